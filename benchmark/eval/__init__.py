@@ -1,0 +1,1 @@
+"""Metric registry, ranking protocols and the single evaluator every model family uses."""

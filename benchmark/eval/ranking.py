@@ -1,0 +1,125 @@
+"""Vectorised top-K ranking: full catalogue (chunked over users) and fixed candidates.
+
+Ties are broken deterministically by item index (lower first), so a ranking is
+a pure function of the scores on any machine and batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from benchmark.data.views import RankingRows
+
+Scorer = Callable[[torch.Tensor], torch.Tensor]  # users [B] -> scores [B, n_items]
+PairScorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # users [B], items [B, C] -> [B, C]
+
+
+def topk_deterministic(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Top-k column indices per row ordered by (score desc, index asc).
+
+    Args:
+        scores: [B, N] float scores; -inf marks excluded columns.
+        k: list length (<= N).
+
+    Returns:
+        [B, k] int64 indices; entries whose score is -inf are set to -1.
+    """
+    b, n = scores.shape
+    k = min(k, n)
+    vals, idx = scores.topk(k, dim=1)  # [B, k], ties in arbitrary order
+    thr = vals[:, -1:]  # [B, 1] k-th largest value
+    n_cand = (scores >= thr).sum(dim=1)  # [B] candidates tied with or above the k-th
+    m = int(n_cand.max()) if b else k
+    if m > k:  # ties straddle the cut: take every candidate, then order exactly
+        vals, idx = scores.topk(m, dim=1)
+    # Order by index, then stable by value desc => (value desc, index asc).
+    o = idx.argsort(dim=1)
+    vals, idx = vals.gather(1, o), idx.gather(1, o)
+    o = vals.argsort(dim=1, descending=True, stable=True)
+    vals, idx = vals.gather(1, o)[:, :k], idx.gather(1, o)[:, :k]
+    return torch.where(torch.isneginf(vals), torch.full_like(idx, -1), idx)
+
+
+@torch.no_grad()
+def rank_full(
+    scorer: Scorer,
+    rows: RankingRows,
+    k: int,
+    chunk_users: int = 1024,
+    device: torch.device | str = "cpu",
+    row_ids: np.ndarray | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Rank the whole catalogue for each row, excluding the row's history.
+
+    Memory is bounded by one [chunk_users, n_items] score block.
+
+    Args:
+        scorer: maps user indices [B] to scores [B, n_items].
+        rows: ranking rows with exclusion lists.
+        k: list length.
+        chunk_users: rows per block.
+        device: where scores are computed.
+        row_ids: subset of row positions to rank (default all), e.g. one rank's shard.
+        progress: called with the number of rows finished after each block.
+
+    Returns:
+        [len(row_ids), k] item indices, -1 where fewer than k items were rankable.
+    """
+    row_ids = np.arange(len(rows)) if row_ids is None else np.asarray(row_ids)
+    out = np.empty((len(row_ids), k), dtype=np.int64)
+    for start in range(0, len(row_ids), chunk_users):
+        r = row_ids[start : start + chunk_users]
+        users = torch.as_tensor(rows.users[r], device=device)
+        scores = scorer(users).float()  # [B, n_items]
+        # Exclusions: flatten the CSR slices of this block into (row, col) pairs.
+        lo, hi = rows.exclude_ptr[r], rows.exclude_ptr[r + 1]
+        lens = hi - lo
+        if lens.sum():
+            flat = np.concatenate([rows.exclude[a:b] for a, b in zip(lo, hi, strict=True)])
+            rr = np.repeat(np.arange(len(r)), lens)
+            scores[torch.as_tensor(rr, device=device), torch.as_tensor(flat, device=device)] = float("-inf")
+        out[start : start + len(r)] = topk_deterministic(scores, k).cpu().numpy()
+        if progress is not None:
+            progress(len(r))
+    return out
+
+
+@torch.no_grad()
+def rank_candidates(
+    pair_scorer: PairScorer,
+    rows: RankingRows,
+    k: int,
+    chunk_users: int = 1024,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
+    """Rank each row's targets together with its fixed negatives (sampled protocol).
+
+    Returns:
+        [R, k] item indices (k capped at the candidate count, padded with -1).
+    """
+    assert rows.negatives is not None, "sampled protocol needs fixed negatives"
+    n_t = np.diff(rows.target_ptr)
+    width = int(n_t.max()) + rows.negatives.shape[1]
+    cand = np.full((len(rows), width), -1, dtype=np.int64)
+    for r in range(len(rows)):  # build [R, C] candidates: targets first, then negatives
+        t = rows.targets_of(r)
+        cand[r, : len(t)] = t
+        cand[r, len(t) : len(t) + rows.negatives.shape[1]] = rows.negatives[r]
+    out = np.full((len(rows), k), -1, dtype=np.int64)
+    kk = min(k, width)
+    for start in range(0, len(rows), chunk_users):
+        c = torch.as_tensor(cand[start : start + chunk_users], device=device)
+        users = torch.as_tensor(rows.users[start : start + chunk_users], device=device)
+        scores = pair_scorer(users, c.clamp(min=0)).float()  # [B, C]
+        scores = scores.masked_fill(c < 0, float("-inf"))
+        # Order by (score desc, item index asc): sort candidate columns by item first.
+        o = c.argsort(dim=1)
+        c_sorted, s_sorted = c.gather(1, o), scores.gather(1, o)
+        pos = topk_deterministic(s_sorted, kk)
+        items = torch.where(pos >= 0, c_sorted.gather(1, pos.clamp(min=0)), torch.full_like(pos, -1))
+        out[start : start + len(c), :kk] = items.cpu().numpy()
+    return out
