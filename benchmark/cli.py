@@ -1,0 +1,171 @@
+"""The ``llm4rec`` command: parses arguments, composes the config, calls pure functions.
+
+    llm4rec run [-m] [OVERRIDE ...]            train + evaluate (Hydra multirun with -m)
+    llm4rec export-split [OVERRIDE ...] out=DIR
+    llm4rec leaderboard [--runs DIR] [--out DIR]
+    llm4rec data prepare data=NAME [OVERRIDE ...]
+    llm4rec data stats data=NAME [OVERRIDE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from pathlib import Path
+
+from benchmark.errors import BenchmarkError
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _fail(msg: str) -> None:
+    print(f"llm4rec: error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(s.strip() for s in str(exc).splitlines() if s.strip())
+    cause = exc.__cause__
+    if cause is not None and str(cause).strip() and str(cause).strip() not in text:
+        text += ": " + " ".join(s.strip() for s in str(cause).splitlines() if s.strip())
+    return text or type(exc).__name__
+
+
+def compose(overrides: list[str]):
+    """Compose the root config with Hydra overrides (no run directory, no chdir)."""
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from benchmark.config import register_schemas
+
+    if not CONFIG_DIR.is_dir():
+        _fail(f"config directory not found: {CONFIG_DIR}")
+    register_schemas()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return hcompose(config_name="config", overrides=overrides)
+    except BenchmarkError:
+        raise
+    except Exception as e:  # Hydra/OmegaConf composition errors: unknown key, group option, type
+        _fail(_one_line(e))
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _expand_sweeps(overrides: list[str]) -> list[list[str]]:
+    """Every combination of the sweep overrides (``a=1,2``), each as a plain override list."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as e:
+        _fail(_one_line(e))
+    choices = []
+    for o in parsed:
+        if o.is_sweep_override():
+            key = o.get_key_element()
+            choices.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+        else:
+            choices.append([o.input_line])
+    return [list(c) for c in itertools.product(*choices)]
+
+
+def check_config(cfg) -> None:
+    """Validate the typed parts of a composed config (one-line error, exit 2)."""
+    from benchmark.config import DataConfig, EvalConfig, SliceConfig, SplitConfig, to_object
+
+    for key, cls in (("data", DataConfig), ("split", SplitConfig), ("eval", EvalConfig), ("slices", SliceConfig)):
+        try:
+            to_object(cfg[key], cls)
+        except BenchmarkError as e:
+            _fail(str(e))
+        except Exception as e:
+            _fail(f"{key}: {_one_line(e)}")
+
+
+def _task(cfg) -> None:
+    from benchmark.run import run
+
+    try:
+        run(cfg)
+    except BenchmarkError as e:
+        _fail(str(e))
+
+
+def cmd_run(argv: list[str]) -> None:
+    multirun = "-m" in argv or "--multirun" in argv
+    overrides = [a for a in argv if a not in ("-m", "--multirun")]
+    for combo in _expand_sweeps(overrides):  # validate every job before any runs
+        check_config(compose(combo))
+    import hydra
+
+    from benchmark.config import register_schemas
+
+    register_schemas()
+    sys.argv = ["llm4rec"] + (["--multirun"] if multirun else []) + overrides
+    hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(_task)()
+
+
+def _pop_out(argv: list[str]) -> tuple[list[str], str | None]:
+    out = [a.split("=", 1)[1] for a in argv if a.startswith("out=")]
+    return [a for a in argv if not a.startswith("out=")], (out[-1] if out else None)
+
+
+def cmd_export_split(argv: list[str]) -> None:
+    from benchmark.data.export import export_split
+
+    overrides, out = _pop_out(argv)
+    if not out:
+        _fail("export-split needs out=DIR")
+    cfg = compose(overrides)
+    check_config(cfg)
+    path = export_split(cfg, Path(out))
+    print(f"split written to {path}")
+
+
+def cmd_leaderboard(argv: list[str]) -> None:
+    from benchmark.results.leaderboard import write_leaderboard
+
+    p = argparse.ArgumentParser(prog="llm4rec leaderboard")
+    p.add_argument("--runs", default="results/runs", help="directory of run folders")
+    p.add_argument("--out", default="results", help="where leaderboard.{md,csv} are written")
+    a = p.parse_args(argv)
+    table = write_leaderboard(Path(a.runs), Path(a.out))
+    print(table)
+
+
+def cmd_data(argv: list[str]) -> None:
+    if not argv or argv[0] not in ("prepare", "stats"):
+        _fail("usage: llm4rec data {prepare,stats} data=NAME [OVERRIDE ...]")
+    from benchmark.config import DataConfig, to_object
+    from benchmark.data.loading import dataset_dir, load_dataset
+
+    cfg = compose(argv[1:])
+    check_config(cfg)
+    dcfg = to_object(cfg.data, DataConfig)
+    if argv[0] == "prepare":
+        print(f"{dcfg.name}: atomic files in {dataset_dir(dcfg)}")
+    else:
+        for k, v in load_dataset(dcfg).stats().items():
+            print(f"{k}\t{v}")
+
+
+COMMANDS = {"run": cmd_run, "export-split": cmd_export_split, "leaderboard": cmd_leaderboard, "data": cmd_data}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__.strip())
+        sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    try:
+        COMMANDS[argv[0]](argv[1:])
+    except BenchmarkError as e:
+        _fail(str(e))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Experiment loggers from config: CSV by default, wandb (offline unless a key is configured)."""
+
+from __future__ import annotations
+
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+
+from pytorch_lightning.loggers import CSVLogger, Logger
+
+
+def wandb_online() -> bool:
+    """True when the user configured a wandb API key (env or ~/.netrc); never needs network."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def csv_logger(save_dir: str, run_id: str) -> Logger:
+    """Lightning's CSV logger under ``save_dir/run_id``."""
+    return CSVLogger(save_dir=save_dir, name=run_id, version="")
+
+
+def wandb_logger(
+    save_dir: str, run_id: str, project: str = "llm4rec-bench", entity: str | None = None,
+    offline: bool | None = None, tags: list[str] | None = None,
+) -> Logger:
+    """Lightning's wandb logger; ``offline=None`` means offline unless a key is configured.
+
+    Offline runs are stored under ``save_dir/wandb`` and can be uploaded later with
+    ``wandb sync <dir>``.
+    """
+    from pytorch_lightning.loggers import WandbLogger
+
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    off = (not wandb_online()) if offline is None else bool(offline)
+    return WandbLogger(
+        project=project, entity=entity, name=run_id, id=run_id, save_dir=save_dir,
+        offline=off, tags=list(tags or []), mode="offline" if off else "online",
+    )
+
+
+def log_final(logger: Logger | None, record: dict[str, Any], run_dir: Path) -> None:
+    """Log config, final metrics and (wandb) the run record as an artifact."""
+    if logger is None:
+        return
+    logger.log_hyperparams(record["config"])
+    logger.log_metrics({k: v for k, v in record["metrics"].items() if v is not None})
+    if type(logger).__name__ == "WandbLogger":
+        import wandb
+
+        art = wandb.Artifact(f"run-{record['run_id']}", type="run-record")
+        art.add_dir(str(run_dir))
+        logger.experiment.log_artifact(art)
+    logger.finalize("success")
+    if type(logger).__name__ == "WandbLogger":
+        import wandb
+
+        wandb.finish()

@@ -1,0 +1,1 @@
+"""Run records, predictions files, leaderboard."""

@@ -1,0 +1,205 @@
+"""``run(cfg) -> record``: one composed experiment, from raw data to a written run record."""
+
+from __future__ import annotations
+
+import math
+import resource
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from benchmark.config import DataConfig, EvalConfig, SliceConfig, SplitConfig, to_object
+from benchmark.data.loading import load_dataset
+from benchmark.data.splits import Split, build_split
+from benchmark.data.views import (
+    RankingRows,
+    array_fingerprint,
+    attach_slices,
+    labeled_rows,
+    ranking_rows,
+    sample_negatives,
+)
+from benchmark.errors import ConfigError
+from benchmark.eval.evaluator import Predictions, evaluate
+from benchmark.eval.ranking import rank_candidates, rank_full
+from benchmark.results.record import (
+    SCHEMA_VERSION,
+    canonical_json,
+    encode_predictions,
+    environment,
+    prediction_lines,
+    sha256_text,
+    write_run,
+)
+
+# Config keys that do not change results: left out of the config hash.
+NOT_RESULT_KEYS = ("paths", "logger", "run_name", "hydra")
+
+
+def result_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config without keys that cannot change a result."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    for k in NOT_RESULT_KEYS:
+        c.pop(k, None)
+    if isinstance(c.get("trainer"), dict):
+        c["trainer"] = {k: v for k, v in c["trainer"].items() if k not in ("enable_progress_bar",)}
+    return c
+
+
+def config_hashes(cfg: DictConfig) -> tuple[str, str]:
+    """(hash of the result config, hash of it without the seed): the run and its seed group."""
+    c = result_config(cfg)
+    full = sha256_text(canonical_json(c))
+    c.pop("seed", None)
+    return full, sha256_text(canonical_json(c))
+
+
+def run_id_for(cfg: DictConfig, config_hash: str) -> str:
+    """Readable, deterministic id: dataset-protocol-eval-model-seed-hash."""
+    label = cfg.model.get("label") or cfg.model.name
+    return f"{cfg.data.name}-{cfg.split.protocol}-{cfg.eval.protocol}-{label}-s{cfg.seed}-{config_hash[:8]}"
+
+
+def _clean(metrics: dict[str, float]) -> dict[str, float | None]:
+    return {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else round(float(v), 10)) for k, v in metrics.items()}
+
+
+def _device(cfg: DictConfig) -> torch.device:
+    acc = str(cfg.trainer.get("accelerator", "cpu"))
+    return torch.device("cuda") if acc in ("gpu", "cuda", "auto") and torch.cuda.is_available() else torch.device("cpu")
+
+
+def predict(
+    model: torch.nn.Module, split: Split, ev: EvalConfig, slices: SliceConfig, device: torch.device,
+    progress: bool = True,
+) -> tuple[Predictions, dict[str, Any]]:
+    """Model outputs for the test rows of the configured protocol."""
+    model.eval().to(device)
+    facts: dict[str, Any] = {}
+    if ev.protocol == "labeled":
+        rows = labeled_rows(split, "test", split.config["label_threshold"], slices)
+        u = torch.as_tensor(rows.users, device=device)
+        i = torch.as_tensor(rows.items, device=device).unsqueeze(1)
+        with torch.no_grad():
+            scores = model.score_pairs(u, i).squeeze(1).float().cpu().numpy()
+        probs = bool(getattr(model, "outputs_probabilities", False))
+        return Predictions(rows, scores=scores, probabilities=probs), facts
+    rows = attach_slices(ranking_rows(split, "test"), split, slices)
+    if ev.protocol == "sampled":
+        rows.negatives = sample_negatives(split, rows, ev.num_negatives, ev.negatives_seed)
+        facts["negatives_fingerprint"] = array_fingerprint(rows.users, rows.negatives)
+        ranked = rank_candidates(model.score_pairs, rows, ev.max_k, ev.chunk_users, device)
+    else:
+        bar = _bar(len(rows), "eval", progress)
+        ranked = rank_full(model.score, rows, ev.max_k, ev.chunk_users, device, progress=bar.update)
+        bar.close()
+    return Predictions(rows, ranked=ranked), facts
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="user", leave=False, disable=not enabled, file=sys.stderr)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train and evaluate one composed experiment; write and return its run record."""
+    import pytorch_lightning as pl
+
+    data_cfg: DataConfig = to_object(cfg.data, DataConfig)
+    split_cfg: SplitConfig = to_object(cfg.split, SplitConfig)
+    ev: EvalConfig = to_object(cfg.eval, EvalConfig)
+    slices: SliceConfig = to_object(cfg.slices, SliceConfig)
+    seed = int(cfg.seed)
+    config_hash, group_key = config_hashes(cfg)
+    run_id = run_id_for(cfg, config_hash)
+    outputs = Path(cfg.paths.outputs)
+    progress = bool(cfg.trainer.get("enable_progress_bar", True))
+
+    data = load_dataset(data_cfg)
+    split = build_split(data, split_cfg)
+    pl.seed_everything(seed, workers=True, verbose=False)
+
+    model = instantiate(cfg.model.module, n_users=split.n_users, n_items=split.n_items)
+    tr = split.train
+    if hasattr(model, "init_from_train"):
+        model.init_from_train(tr["user"].to_numpy(), tr["item"].to_numpy())
+    n_params = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    logger = instantiate(cfg.logger, run_id=run_id) if cfg.get("logger") else None
+    training: dict[str, Any] = {"seconds": 0.0}
+    if n_train and cfg.model.get("train"):
+        from benchmark.training import fit
+
+        valid = ranking_rows(split, "valid")
+        if len(valid) == 0:
+            raise ConfigError(f"split {split.protocol}: the valid part is empty; early stopping needs it")
+        trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+        trainer_kwargs.update(logger=logger if logger is not None else False)
+        training = fit(
+            model, tr["user"].to_numpy(), tr["item"].to_numpy(), split.n_items, valid,
+            cfg.model.train, trainer_kwargs, seed, str(outputs / "checkpoints" / run_id),
+            ev.valid_metric, ev.chunk_users,
+        )
+
+    t0 = time.perf_counter()
+    pred, facts = predict(model, split, ev, slices, _device(cfg), progress)
+    metrics, sizes, _ = evaluate(pred, ev.ks, split.n_items)
+    eval_seconds = time.perf_counter() - t0
+
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config_hash": config_hash,
+        "group_key": group_key,
+        "seed": seed,
+        "dataset": {
+            "name": data.name, "source": data_cfg.source, "fingerprint": data.fingerprint,
+            "files": data.files, "stats": data.stats(),
+        },
+        "split": {"protocol": split.protocol, "fingerprint": split.fingerprint, "stats": split.stats()},
+        "eval": {
+            "protocol": ev.protocol, "ks": ev.ks, "list_length": ev.max_k, "rows": sizes.get("all", 0),
+            "slice_rows": sizes, **facts,
+        },
+        "model": {
+            "name": cfg.model.name, "label": cfg.model.get("label") or cfg.model.name,
+            "family": cfg.model.get("family", "classic"), "params_total": n_params,
+            "params_trainable": n_train, "notes": dict(cfg.model.get("notes") or {}), **pred.extra,
+        },
+        "labels": {"device": _device(cfg).type, "seeds_in_run": 1},
+        "training": training,
+        "metrics": _clean(metrics),
+        "efficiency": {
+            "train_seconds": round(training["seconds"], 3),
+            "eval_seconds": round(eval_seconds, 3),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+        },
+        "environment": environment(),
+    }
+    run_dir = write_run(Path(cfg.paths.results) / "runs", run_id, record, encode_predictions(prediction_lines(pred, split)))
+    from benchmark.loggers import log_final
+
+    log_final(logger, record, run_dir)
+    print(summary_line(record, run_dir))
+    return record
+
+
+def summary_line(record: dict[str, Any], run_dir: Path) -> str:
+    """One line per run: the id, headline metrics, times and where the record is."""
+    m = record["metrics"]
+    keys = [k for k in ("test/ndcg@10", "test/hr@10", "test/auc", "test/gauc") if k in m]
+    vals = " ".join(f"{k.split('/', 1)[1]}={m[k]:.4f}" for k in keys if m[k] is not None)
+    eff = record["efficiency"]
+    return f"[{record['run_id']}] {vals} (train {eff['train_seconds']:.1f}s, eval {eff['eval_seconds']:.1f}s) -> {run_dir}"

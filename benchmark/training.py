@@ -1,0 +1,175 @@
+"""The Lightning task that trains any ranking model, and its pairwise data stream."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, IterableDataset
+
+from benchmark.data.views import RankingRows
+from benchmark.eval.evaluator import ranking_per_row
+from benchmark.eval.ranking import rank_full
+
+
+class PairwiseStream(IterableDataset):
+    """Shuffled (user, positive, negative) batches, one pass over train per epoch.
+
+    Negatives are uniform over items the user has no train interaction with. The
+    order and negatives of epoch e are a function of (seed, e) only, and rank r of
+    world w takes every w-th batch, so runs are reproducible for any device count.
+    """
+
+    def __init__(
+        self, users: np.ndarray, items: np.ndarray, n_items: int, batch_size: int, seed: int
+    ) -> None:
+        self.users = torch.as_tensor(users, dtype=torch.long)
+        self.items = torch.as_tensor(items, dtype=torch.long)
+        self.n_items = n_items
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+        self.rank, self.world = 0, 1
+        self.pos_keys = torch.unique(self.users * n_items + self.items)  # sorted
+
+    def __len__(self) -> int:
+        n_batches = -(-len(self.users) // self.batch_size)
+        return -(-n_batches // self.world)
+
+    def _is_positive(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        keys = users * self.n_items + items
+        pos = torch.searchsorted(self.pos_keys, keys).clamp(max=len(self.pos_keys) - 1)
+        return self.pos_keys[pos] == keys
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        self.epoch += 1
+        perm = torch.randperm(len(self.users), generator=g)
+        neg = torch.randint(self.n_items, (len(self.users),), generator=g)
+        bad = self._is_positive(self.users[perm], neg)
+        while bad.any():  # resample negatives that hit a train positive
+            neg[bad] = torch.randint(self.n_items, (int(bad.sum()),), generator=g)
+            bad = self._is_positive(self.users[perm], neg)
+        for b, start in enumerate(range(0, len(perm), self.batch_size)):
+            if b % self.world != self.rank:
+                continue
+            idx = perm[start : start + self.batch_size]
+            yield {"user": self.users[idx], "pos": self.items[idx], "neg": neg[start : start + self.batch_size]}
+
+
+class RankingTask(pl.LightningModule):
+    """Trains ``model.loss`` and validates by full ranking on the valid rows.
+
+    Args:
+        model: a ranking model (``loss``, ``score``).
+        valid_rows: ranking rows of the valid part (exclusions = train items).
+        optimizer: a partial optimizer (``params -> Optimizer``).
+        valid_metric: per-row metric to monitor, e.g. ``ndcg@10``.
+        chunk_users: rows ranked per validation batch.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        valid_rows: RankingRows,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        valid_metric: str = "ndcg@10",
+        chunk_users: int = 1024,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.valid_rows = valid_rows
+        self.optimizer_factory = optimizer
+        self.valid_metric = valid_metric
+        self.k = int(valid_metric.split("@")[1])
+        self.chunk_users = chunk_users
+        self._valid_values: list[torch.Tensor] = []
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.model.loss(batch)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["user"]))
+        return loss
+
+    def validation_step(self, row_ids: torch.Tensor, batch_idx: int) -> None:
+        ids = row_ids.cpu().numpy()
+        ranked = rank_full(self.model.score, self.valid_rows, self.k, len(ids), self.device, row_ids=ids)
+        sub = _subset_rows(self.valid_rows, ids)
+        per_row, _ = ranking_per_row(ranked, sub, [self.k])
+        self._valid_values.append(torch.as_tensor(per_row[self.valid_metric], dtype=torch.float64))
+
+    def on_validation_epoch_end(self) -> None:
+        values = torch.cat(self._valid_values) if self._valid_values else torch.zeros(0, dtype=torch.float64)
+        self._valid_values.clear()
+        total = values.sum().to(self.device)
+        count = torch.tensor(float(len(values)), dtype=torch.float64, device=self.device)
+        if self.trainer.world_size > 1:  # mean over rows, not over ranks
+            total = self.all_gather(total).sum()
+            count = self.all_gather(count).sum()
+        self.log(f"valid/{self.valid_metric}", (total / count.clamp(min=1)).float(), sync_dist=False, rank_zero_only=False)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(self.model.parameters())
+
+
+def _subset_rows(rows: RankingRows, ids: np.ndarray) -> RankingRows:
+    """The ranking rows at positions ``ids`` (targets only; used for per-row metrics)."""
+    lo, hi = rows.target_ptr[ids], rows.target_ptr[ids + 1]
+    targets = np.concatenate([rows.targets[a:b] for a, b in zip(lo, hi, strict=True)])
+    ptr = np.r_[0, np.cumsum(hi - lo)]
+    empty = np.zeros(len(ids) + 1, dtype=np.int64)
+    return RankingRows(rows.part, rows.users[ids], ptr, targets, empty, np.zeros(0, dtype=np.int64))
+
+
+def fit(
+    model: nn.Module,
+    train_users: np.ndarray,
+    train_items: np.ndarray,
+    n_items: int,
+    valid_rows: RankingRows,
+    train_cfg: Any,
+    trainer_kwargs: dict[str, Any],
+    seed: int,
+    ckpt_dir: str,
+    valid_metric: str = "ndcg@10",
+    chunk_users: int = 1024,
+) -> dict[str, Any]:
+    """Train ``model`` in place with early stopping on ``valid_metric``; keep the best epoch.
+
+    Returns:
+        training facts for the run record (epochs, best epoch and value, seconds).
+    """
+    from hydra.utils import instantiate
+    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+
+    stream = PairwiseStream(train_users, train_items, n_items, int(train_cfg.batch_size), seed)
+    task = RankingTask(model, valid_rows, instantiate(train_cfg.optimizer), valid_metric, chunk_users)
+    monitor = f"valid/{valid_metric}"
+    ckpt = ModelCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode="max", save_last=True, filename="best")
+    callbacks = [ckpt, EarlyStopping(monitor=monitor, mode="max", patience=int(train_cfg.patience))]
+    trainer = pl.Trainer(
+        max_epochs=int(train_cfg.max_epochs), callbacks=callbacks, **trainer_kwargs
+    )
+    stream.rank, stream.world = trainer.global_rank, trainer.world_size
+    train_loader = DataLoader(stream, batch_size=None)
+    valid_ids = torch.arange(len(valid_rows))
+    valid_loader = DataLoader(valid_ids, batch_size=chunk_users, shuffle=False)
+    t0 = time.perf_counter()
+    trainer.fit(task, train_loader, valid_loader)
+    seconds = time.perf_counter() - t0
+    best = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=False)
+    task.load_state_dict(best["state_dict"])
+    return {
+        "epochs": int(trainer.current_epoch),
+        "best_epoch": int(best["epoch"]),
+        "best_valid": float(ckpt.best_model_score),
+        "valid_metric": valid_metric,
+        "max_epochs": int(train_cfg.max_epochs),
+        "patience": int(train_cfg.patience),
+        "batch_size": int(train_cfg.batch_size),
+        "seconds": seconds,
+    }
