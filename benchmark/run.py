@@ -170,6 +170,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "split": {"protocol": split.protocol, "fingerprint": split.fingerprint, "stats": split.stats()},
         "eval": {
             "protocol": ev.protocol, "ks": ev.ks, "list_length": ev.max_k, "rows": sizes.get("all", 0),
+            "n_items": split.n_items, "probabilities": pred.probabilities,
             "slice_rows": sizes, **facts,
         },
         "model": {

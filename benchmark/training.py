@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -28,8 +29,8 @@ class PairwiseStream(IterableDataset):
     def __init__(
         self, users: np.ndarray, items: np.ndarray, n_items: int, batch_size: int, seed: int
     ) -> None:
-        self.users = torch.as_tensor(users, dtype=torch.long)
-        self.items = torch.as_tensor(items, dtype=torch.long)
+        self.users = torch.tensor(users, dtype=torch.long)
+        self.items = torch.tensor(items, dtype=torch.long)
         self.n_items = n_items
         self.batch_size = batch_size
         self.seed = seed
@@ -146,6 +147,7 @@ def fit(
     from hydra.utils import instantiate
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # a rerun never picks up a stale checkpoint
     stream = PairwiseStream(train_users, train_items, n_items, int(train_cfg.batch_size), seed)
     task = RankingTask(model, valid_rows, instantiate(train_cfg.optimizer), valid_metric, chunk_users)
     monitor = f"valid/{valid_metric}"

@@ -181,7 +181,7 @@ def labeled_rows(split: Split, part: str, threshold: float, slices: SliceConfig 
     df = split.parts[part]
     if df["rating"].isna().any():
         raise ConfigError(f"eval.protocol=labeled needs ratings; the dataset has rows without a rating ({part})")
-    users, items = df["user"].to_numpy(), df["item"].to_numpy()
+    users, items = df["user"].to_numpy().copy(), df["item"].to_numpy().copy()
     out = LabeledRows(part, users, items, (df["rating"].to_numpy() >= threshold).astype(np.int64))
     if slices is not None:
         out.slices = slice_masks(split, users, items, slices)

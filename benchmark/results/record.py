@@ -133,6 +133,7 @@ def write_run(runs_dir: Path, run_id: str, record: dict[str, Any], predictions: 
     runs_dir.mkdir(parents=True, exist_ok=True)
     final = runs_dir / run_id
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{run_id}-", dir=runs_dir))
+    os.chmod(tmp, 0o755)
     try:
         (tmp / PREDICTIONS).write_bytes(predictions)
         record = dict(record)

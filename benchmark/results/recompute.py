@@ -1,0 +1,55 @@
+"""Recompute every metric of a run from its predictions file alone (raw ids)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from benchmark.data.views import LabeledRows, RankingRows
+from benchmark.eval.evaluator import Predictions, evaluate
+
+
+def predictions_from_lines(
+    lines: list[dict[str, Any]], kind: str, slice_names: list[str], probabilities: bool = False
+) -> Predictions:
+    """Rebuild :class:`Predictions` from predictions-file lines (ids re-indexed locally).
+
+    ``slice_names`` lists every slice of the run, including empty ones.
+    """
+    if kind == "labeled":
+        users = {u: i for i, u in enumerate(sorted({ln["user"] for ln in lines}))}
+        items = {x: i for i, x in enumerate(sorted({ln["item"] for ln in lines}))}
+        rows = LabeledRows(
+            "test",
+            np.array([users[ln["user"]] for ln in lines], dtype=np.int64),
+            np.array([items[ln["item"]] for ln in lines], dtype=np.int64),
+            np.array([ln["label"] for ln in lines], dtype=np.int64),
+            {n: np.array([n in ln["slices"] for ln in lines], dtype=bool) for n in slice_names},
+        )
+        return Predictions(rows, scores=np.array([ln["score"] for ln in lines], dtype=float), probabilities=probabilities)
+    vocab: dict[str, int] = {}
+
+    def idx(x: str | None) -> int:
+        return -1 if x is None else vocab.setdefault(x, len(vocab))
+
+    targets = [[idx(t) for t in ln["targets"]] for ln in lines]
+    ranked = np.array([[idx(x) for x in ln["ranked"]] for ln in lines], dtype=np.int64)
+    ptr = np.r_[0, np.cumsum([len(t) for t in targets])].astype(np.int64)
+    flat = np.array([t for ts in targets for t in ts], dtype=np.int64)
+    slices = {
+        n: np.array([n in ss for ln in lines for ss in ln["target_slices"]], dtype=bool) for n in slice_names
+    }
+    empty = np.zeros(len(lines) + 1, dtype=np.int64)
+    rows = RankingRows("test", np.arange(len(lines)), ptr, flat, empty, np.zeros(0, np.int64), slices)
+    return Predictions(rows, ranked=ranked)
+
+
+def recompute_metrics(record: dict[str, Any], lines: list[dict[str, Any]]) -> dict[str, float]:
+    """The metrics of ``record`` recomputed from its predictions lines."""
+    ev = record["eval"]
+    kind = "labeled" if ev["protocol"] == "labeled" else "ranking"
+    names = [n for n in ev["slice_rows"] if n != "all"]
+    pred = predictions_from_lines(lines, kind, names, bool(ev.get("probabilities", False)))
+    metrics, _, _ = evaluate(pred, list(ev["ks"]), int(ev["n_items"]))
+    return metrics

@@ -1,0 +1,139 @@
+"""End-to-end runs through the ``llm4rec`` command (in-process), and bad-input handling."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from benchmark.cli import main
+from benchmark.results.record import load_record, read_predictions
+from benchmark.results.recompute import recompute_metrics
+
+
+def llm4rec(*args: str) -> None:
+    main(list(args))
+
+
+def tiny_args(tiny_dir: Path, tmp_path: Path) -> list[str]:
+    return [
+        "data=atomic", f"data.path={tiny_dir}", "data.name=tiny", "logger=none",
+        f"paths.results={tmp_path / 'res'}", f"paths.outputs={tmp_path / 'out'}",
+        "trainer.enable_progress_bar=false",
+    ]
+
+
+def runs(tmp_path: Path) -> list[Path]:
+    d = tmp_path / "res" / "runs"
+    return sorted(p for p in d.iterdir() if not p.name.startswith(".")) if d.exists() else []
+
+
+def assert_metrics_recompute(run_dir: Path) -> dict:
+    rec = load_record(run_dir)
+    again = recompute_metrics(rec, read_predictions(run_dir / rec["predictions"]["file"]))
+    for k, v in rec["metrics"].items():
+        if v is None:
+            assert math.isnan(again[k])
+        else:
+            assert again[k] == pytest.approx(v, abs=1e-9), k
+    assert set(again) == set(rec["metrics"])
+    return rec
+
+
+def test_pop_run_writes_a_complete_record(tiny_dir, tmp_path, capsys):
+    llm4rec("run", "model=pop", *tiny_args(tiny_dir, tmp_path))
+    (run_dir,) = runs(tmp_path)
+    rec = assert_metrics_recompute(run_dir)
+    assert rec["model"]["name"] == "pop" and rec["split"]["protocol"] == "loo"
+    assert rec["eval"]["rows"] == 40 and len(rec["split"]["fingerprint"]) == 64
+    assert "test/cold_item/ndcg@10" in rec["metrics"]
+    assert rec["environment"]["packages"]["torch"]
+    assert rec["config"]["seed"] == 0
+    assert rec["run_id"] in capsys.readouterr().out  # one-line summary
+
+
+def test_bpr_run_is_deterministic(tiny_dir, tmp_path):
+    args = ["model=bpr", "model.train.max_epochs=3", "eval=sampled", "eval.num_negatives=20", *tiny_args(tiny_dir, tmp_path)]
+    llm4rec("run", *args)
+    (run_dir,) = runs(tmp_path)
+    first = assert_metrics_recompute(run_dir)
+    assert first["training"]["epochs"] == 3 and first["model"]["params_trainable"] > 0
+    assert first["eval"]["negatives_fingerprint"]
+    llm4rec("run", *args)
+    second = load_record(run_dir)
+    assert second["metrics"] == first["metrics"]
+    assert second["predictions"]["sha256"] == first["predictions"]["sha256"]
+    assert second["split"]["fingerprint"] == first["split"]["fingerprint"]
+
+
+def test_labeled_protocol_and_multirun_leaderboard(tiny_dir, tmp_path, capsys):
+    llm4rec("run", "-m", "model=pop", "split=random", "eval=labeled", "seed=1,2", *tiny_args(tiny_dir, tmp_path))
+    found = runs(tmp_path)
+    assert len(found) == 2
+    for d in found:
+        rec = assert_metrics_recompute(d)
+        assert 0.0 <= rec["metrics"]["test/auc"] <= 1.0
+    llm4rec("leaderboard", "--runs", str(tmp_path / "res" / "runs"), "--out", str(tmp_path / "lb"))
+    csv = (tmp_path / "lb" / "leaderboard.csv").read_text().splitlines()
+    assert len(csv) == 2 and ",2," in csv[1]  # one row, two seeds
+    assert "| pop | 2 |" in (tmp_path / "lb" / "leaderboard.md").read_text()
+
+
+def test_export_split_matches_the_run(tiny_dir, tmp_path):
+    llm4rec("run", "model=pop", *tiny_args(tiny_dir, tmp_path))
+    (run_dir,) = runs(tmp_path)
+    out = tmp_path / "export"
+    llm4rec("export-split", *tiny_args(tiny_dir, tmp_path), "eval=sampled", "eval.num_negatives=20", f"out={out}")
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["fingerprint"] == load_record(run_dir)["split"]["fingerprint"]
+    test_lines = (out / "test.tsv").read_text().splitlines()
+    assert test_lines[0] == "user\titem\trating\ttimestamp" and len(test_lines) == 41
+    negatives = (out / "test_negatives.tsv").read_text().splitlines()
+    assert len(negatives) == 41 and all(len(n.split("\t")[1].split()) == 20 for n in negatives[1:])
+    assert meta["negatives"]["num_negatives"] == 20
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("foo=1", "foo"),
+        ("model=nope", "model/nope"),
+        ("eval.ks=[0,10]", "eval.ks"),
+        ("eval.protocl=full", "protocl"),
+        ("split.ratios=[0.5,0.5,0.5]", "split.ratios"),
+        ("data.path=/does/not/exist", "/does/not/exist"),
+    ],
+)
+def test_bad_input_is_one_line_nonzero_and_writes_nothing(tiny_dir, tmp_path, capsys, override, needle):
+    with pytest.raises(SystemExit) as e:
+        llm4rec("run", "model=pop", *tiny_args(tiny_dir, tmp_path), override)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err, err
+    assert runs(tmp_path) == []
+
+
+def test_empty_split_is_an_error(tmp_path, capsys):
+    from tests.conftest import write_atomic
+
+    d = write_atomic(tmp_path / "one", "one", [("a", "x", 5, 1), ("b", "y", 5, 2)])
+    with pytest.raises(SystemExit):
+        llm4rec("run", "model=pop", *tiny_args(d, tmp_path), "data.name=one")
+    assert "train part is empty" in capsys.readouterr().err
+    assert runs(tmp_path) == []
+
+
+def test_quickstart_experiment_on_bundled_movielens(tmp_path):
+    # The make-run job, restricted to pop (bpr training is covered above).
+    llm4rec(
+        "run", "-m", "experiment=quickstart", "model=pop", "logger=none", "trainer.enable_progress_bar=false",
+        f"paths.results={tmp_path / 'res'}", f"paths.outputs={tmp_path / 'out'}",
+    )
+    found = runs(tmp_path)
+    assert sorted(load_record(d)["eval"]["protocol"] for d in found) == ["full", "sampled"]
+    for d in found:
+        rec = assert_metrics_recompute(d)
+        assert rec["dataset"]["stats"]["interactions"] == 100_000
+        assert rec["eval"]["rows"] == 943
