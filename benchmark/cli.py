@@ -1,10 +1,10 @@
 """The ``llm4rec`` command: parses arguments, composes the config, calls pure functions.
 
-    llm4rec run [-m] [OVERRIDE ...]            train + evaluate (Hydra multirun with -m)
-    llm4rec export-split [OVERRIDE ...] out=DIR
-    llm4rec leaderboard [--runs DIR] [--out DIR]
-    llm4rec data prepare data=NAME [OVERRIDE ...]
-    llm4rec data stats data=NAME [OVERRIDE ...]
+llm4rec run [-m] [OVERRIDE ...]            train + evaluate (Hydra multirun with -m)
+llm4rec export-split [OVERRIDE ...] out=DIR
+llm4rec leaderboard [--runs DIR] [--out DIR]
+llm4rec data prepare data=NAME [OVERRIDE ...]
+llm4rec data stats data=NAME [OVERRIDE ...]
 """
 
 from __future__ import annotations
@@ -77,7 +77,12 @@ def check_config(cfg) -> None:
     """Validate the typed parts of a composed config (one-line error, exit 2)."""
     from benchmark.config import DataConfig, EvalConfig, SliceConfig, SplitConfig, to_object
 
-    for key, cls in (("data", DataConfig), ("split", SplitConfig), ("eval", EvalConfig), ("slices", SliceConfig)):
+    for key, cls in (
+        ("data", DataConfig),
+        ("split", SplitConfig),
+        ("eval", EvalConfig),
+        ("slices", SliceConfig),
+    ):
         try:
             to_object(cfg[key], cls)
         except BenchmarkError as e:
@@ -153,7 +158,12 @@ def cmd_data(argv: list[str]) -> None:
             print(f"{k}\t{v}")
 
 
-COMMANDS = {"run": cmd_run, "export-split": cmd_export_split, "leaderboard": cmd_leaderboard, "data": cmd_data}
+COMMANDS = {
+    "run": cmd_run,
+    "export-split": cmd_export_split,
+    "leaderboard": cmd_leaderboard,
+    "data": cmd_data,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -61,9 +61,13 @@ class SplitConfig:
 
     def __post_init__(self) -> None:
         if self.protocol not in SPLIT_PROTOCOLS:
-            raise ConfigError(f"split.protocol: unknown protocol '{self.protocol}' (one of {SPLIT_PROTOCOLS})")
+            raise ConfigError(
+                f"split.protocol: unknown protocol '{self.protocol}' (one of {SPLIT_PROTOCOLS})"
+            )
         if len(self.ratios) != 3 or any(r < 0 for r in self.ratios) or abs(sum(self.ratios) - 1) > 1e-9:
-            raise ConfigError(f"split.ratios: need three non-negative parts summing to 1, got {list(self.ratios)}")
+            raise ConfigError(
+                f"split.ratios: need three non-negative parts summing to 1, got {list(self.ratios)}"
+            )
         if not 0.0 <= self.holdout_items < 1.0:
             raise ConfigError(f"split.holdout_items: must be in [0, 1), got {self.holdout_items}")
 

@@ -26,8 +26,12 @@ def csv_logger(save_dir: str, run_id: str) -> Logger:
 
 
 def wandb_logger(
-    save_dir: str, run_id: str, project: str = "llm4rec-bench", entity: str | None = None,
-    offline: bool | None = None, tags: list[str] | None = None,
+    save_dir: str,
+    run_id: str,
+    project: str = "llm4rec-bench",
+    entity: str | None = None,
+    offline: bool | None = None,
+    tags: list[str] | None = None,
 ) -> Logger:
     """Lightning's wandb logger; ``offline=None`` means offline unless a key is configured.
 
@@ -39,8 +43,14 @@ def wandb_logger(
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     off = (not wandb_online()) if offline is None else bool(offline)
     return WandbLogger(
-        project=project, entity=entity, name=run_id, id=run_id, save_dir=save_dir,
-        offline=off, tags=list(tags or []), mode="offline" if off else "online",
+        project=project,
+        entity=entity,
+        name=run_id,
+        id=run_id,
+        save_dir=save_dir,
+        offline=off,
+        tags=list(tags or []),
+        mode="offline" if off else "online",
     )
 
 

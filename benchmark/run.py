@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import resource
+import shutil
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -19,7 +22,6 @@ from benchmark.config import DataConfig, EvalConfig, SliceConfig, SplitConfig, t
 from benchmark.data.loading import load_dataset
 from benchmark.data.splits import Split, build_split
 from benchmark.data.views import (
-    RankingRows,
     array_fingerprint,
     attach_slices,
     labeled_rows,
@@ -40,7 +42,7 @@ from benchmark.results.record import (
 )
 
 # Config keys that do not change results: left out of the config hash.
-NOT_RESULT_KEYS = ("paths", "logger", "run_name", "hydra")
+NOT_RESULT_KEYS = ("paths", "logger", "run_name", "hydra", "reuse_trained")
 
 
 def result_config(cfg: DictConfig) -> dict[str, Any]:
@@ -61,6 +63,33 @@ def config_hashes(cfg: DictConfig) -> tuple[str, str]:
     return full, sha256_text(canonical_json(c))
 
 
+def training_key(cfg: DictConfig) -> str:
+    """Hash of everything that determines the trained weights (the eval protocol does not)."""
+    c = result_config(cfg)
+    ev = c.pop("eval", {}) or {}
+    c.pop("slices", None)
+    c["valid_metric"] = ev.get("valid_metric")
+    return sha256_text(canonical_json(c))
+
+
+def _load_trained(directory: Path, model: torch.nn.Module) -> dict[str, Any] | None:
+    """Weights and training facts saved by an earlier run with the same training key."""
+    facts = directory / "training.json"
+    if not facts.exists():
+        return None
+    model.load_state_dict(torch.load(directory / "model.pt", map_location="cpu", weights_only=True))
+    return {**json.loads(facts.read_text()), "reused_from": directory.name}
+
+
+def _save_trained(directory: Path, model: torch.nn.Module, facts: dict[str, Any]) -> None:
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    torch.save(model.state_dict(), tmp / "model.pt")
+    (tmp / "training.json").write_text(json.dumps(facts, indent=1))
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(tmp, directory)
+
+
 def run_id_for(cfg: DictConfig, config_hash: str) -> str:
     """Readable, deterministic id: dataset-protocol-eval-model-seed-hash."""
     label = cfg.model.get("label") or cfg.model.name
@@ -68,16 +97,27 @@ def run_id_for(cfg: DictConfig, config_hash: str) -> str:
 
 
 def _clean(metrics: dict[str, float]) -> dict[str, float | None]:
-    return {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else round(float(v), 10)) for k, v in metrics.items()}
+    return {
+        k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else round(float(v), 10))
+        for k, v in metrics.items()
+    }
 
 
 def _device(cfg: DictConfig) -> torch.device:
     acc = str(cfg.trainer.get("accelerator", "cpu"))
-    return torch.device("cuda") if acc in ("gpu", "cuda", "auto") and torch.cuda.is_available() else torch.device("cpu")
+    return (
+        torch.device("cuda")
+        if acc in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+        else torch.device("cpu")
+    )
 
 
 def predict(
-    model: torch.nn.Module, split: Split, ev: EvalConfig, slices: SliceConfig, device: torch.device,
+    model: torch.nn.Module,
+    split: Split,
+    ev: EvalConfig,
+    slices: SliceConfig,
+    device: torch.device,
     progress: bool = True,
 ) -> tuple[Predictions, dict[str, Any]]:
     """Model outputs for the test rows of the configured protocol."""
@@ -136,7 +176,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     logger = instantiate(cfg.logger, run_id=run_id) if cfg.get("logger") else None
     training: dict[str, Any] = {"seconds": 0.0}
-    if n_train and cfg.model.get("train"):
+    trained_dir = outputs / "models" / training_key(cfg)[:16]
+    reused = _load_trained(trained_dir, model) if n_train and cfg.get("reuse_trained", True) else None
+    if reused is not None:
+        training = reused
+    elif n_train and cfg.model.get("train"):
         from benchmark.training import fit
 
         valid = ranking_rows(split, "valid")
@@ -145,10 +189,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
         trainer_kwargs.update(logger=logger if logger is not None else False)
         training = fit(
-            model, tr["user"].to_numpy(), tr["item"].to_numpy(), split.n_items, valid,
-            cfg.model.train, trainer_kwargs, seed, str(outputs / "checkpoints" / run_id),
-            ev.valid_metric, ev.chunk_users,
+            model,
+            tr["user"].to_numpy(),
+            tr["item"].to_numpy(),
+            split.n_items,
+            valid,
+            cfg.model.train,
+            trainer_kwargs,
+            seed,
+            str(outputs / "checkpoints" / run_id),
+            ev.valid_metric,
+            ev.chunk_users,
         )
+        _save_trained(trained_dir, model, training)
 
     t0 = time.perf_counter()
     pred, facts = predict(model, split, ev, slices, _device(cfg), progress)
@@ -164,32 +217,48 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "group_key": group_key,
         "seed": seed,
         "dataset": {
-            "name": data.name, "source": data_cfg.source, "fingerprint": data.fingerprint,
-            "files": data.files, "stats": data.stats(),
+            "name": data.name,
+            "source": data_cfg.source,
+            "fingerprint": data.fingerprint,
+            "files": data.files,
+            "stats": data.stats(),
         },
         "split": {"protocol": split.protocol, "fingerprint": split.fingerprint, "stats": split.stats()},
         "eval": {
-            "protocol": ev.protocol, "ks": ev.ks, "list_length": ev.max_k, "rows": sizes.get("all", 0),
-            "n_items": split.n_items, "probabilities": pred.probabilities,
-            "slice_rows": sizes, **facts,
+            "protocol": ev.protocol,
+            "ks": ev.ks,
+            "list_length": ev.max_k,
+            "rows": sizes.get("all", 0),
+            "n_items": split.n_items,
+            "probabilities": pred.probabilities,
+            "slice_rows": sizes,
+            **facts,
         },
         "model": {
-            "name": cfg.model.name, "label": cfg.model.get("label") or cfg.model.name,
-            "family": cfg.model.get("family", "classic"), "params_total": n_params,
-            "params_trainable": n_train, "notes": dict(cfg.model.get("notes") or {}), **pred.extra,
+            "name": cfg.model.name,
+            "label": cfg.model.get("label") or cfg.model.name,
+            "family": cfg.model.get("family", "classic"),
+            "params_total": n_params,
+            "params_trainable": n_train,
+            "notes": dict(cfg.model.get("notes") or {}),
+            **pred.extra,
         },
         "labels": {"device": _device(cfg).type, "seeds_in_run": 1},
         "training": training,
         "metrics": _clean(metrics),
         "efficiency": {
-            "train_seconds": round(training["seconds"], 3),
+            "train_seconds": round(training["seconds"], 3),  # of the original training when reused
             "eval_seconds": round(eval_seconds, 3),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+            "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)
+            if torch.cuda.is_available()
+            else None,
         },
         "environment": environment(),
     }
-    run_dir = write_run(Path(cfg.paths.results) / "runs", run_id, record, encode_predictions(prediction_lines(pred, split)))
+    run_dir = write_run(
+        Path(cfg.paths.results) / "runs", run_id, record, encode_predictions(prediction_lines(pred, split))
+    )
     from benchmark.loggers import log_final
 
     log_final(logger, record, run_dir)

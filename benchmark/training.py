@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -16,6 +19,32 @@ from torch.utils.data import DataLoader, IterableDataset
 from benchmark.data.views import RankingRows
 from benchmark.eval.evaluator import ranking_per_row
 from benchmark.eval.ranking import rank_full
+
+
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's start-up tips and known-harmless warnings for one call."""
+    names = (
+        "pytorch_lightning.utilities.rank_zero",
+        "pytorch_lightning.accelerators.cuda",
+        "lightning.pytorch.utilities.rank_zero",
+    )
+    levels = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            for msg in (
+                ".*IterableDataset.*__len__.*",
+                ".*LeafSpec.*",
+                ".*exists and is not empty.*",
+                ".*does not have many workers.*",
+            ):
+                warnings.filterwarnings("ignore", message=msg)
+            yield
+    finally:
+        for n, lvl in levels.items():
+            logging.getLogger(n).setLevel(lvl)
 
 
 class PairwiseStream(IterableDataset):
@@ -60,7 +89,11 @@ class PairwiseStream(IterableDataset):
             if b % self.world != self.rank:
                 continue
             idx = perm[start : start + self.batch_size]
-            yield {"user": self.users[idx], "pos": self.items[idx], "neg": neg[start : start + self.batch_size]}
+            yield {
+                "user": self.users[idx],
+                "pos": self.items[idx],
+                "neg": neg[start : start + self.batch_size],
+            }
 
 
 class RankingTask(pl.LightningModule):
@@ -111,7 +144,12 @@ class RankingTask(pl.LightningModule):
         if self.trainer.world_size > 1:  # mean over rows, not over ranks
             total = self.all_gather(total).sum()
             count = self.all_gather(count).sum()
-        self.log(f"valid/{self.valid_metric}", (total / count.clamp(min=1)).float(), sync_dist=False, rank_zero_only=False)
+        self.log(
+            f"valid/{self.valid_metric}",
+            (total / count.clamp(min=1)).float(),
+            sync_dist=False,
+            rank_zero_only=False,
+        )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.model.parameters())
@@ -153,15 +191,15 @@ def fit(
     monitor = f"valid/{valid_metric}"
     ckpt = ModelCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode="max", save_last=True, filename="best")
     callbacks = [ckpt, EarlyStopping(monitor=monitor, mode="max", patience=int(train_cfg.patience))]
-    trainer = pl.Trainer(
-        max_epochs=int(train_cfg.max_epochs), callbacks=callbacks, **trainer_kwargs
-    )
+    with quiet_lightning():
+        trainer = pl.Trainer(max_epochs=int(train_cfg.max_epochs), callbacks=callbacks, **trainer_kwargs)
     stream.rank, stream.world = trainer.global_rank, trainer.world_size
     train_loader = DataLoader(stream, batch_size=None)
     valid_ids = torch.arange(len(valid_rows))
     valid_loader = DataLoader(valid_ids, batch_size=chunk_users, shuffle=False)
     t0 = time.perf_counter()
-    trainer.fit(task, train_loader, valid_loader)
+    with quiet_lightning():
+        trainer.fit(task, train_loader, valid_loader)
     seconds = time.perf_counter() - t0
     best = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=False)
     task.load_state_dict(best["state_dict"])

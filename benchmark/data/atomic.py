@@ -48,8 +48,15 @@ def read_table(path: Path) -> tuple[pd.DataFrame, dict[str, str]]:
         raise DataError(f"{path}: line 1: duplicate field names in header")
     try:
         df = pd.read_csv(
-            path, sep="\t", header=0, names=names, dtype=str, quoting=csv.QUOTE_NONE,
-            keep_default_na=False, na_filter=False, engine="c",
+            path,
+            sep="\t",
+            header=0,
+            names=names,
+            dtype=str,
+            quoting=csv.QUOTE_NONE,
+            keep_default_na=False,
+            na_filter=False,
+            engine="c",
         )
     except pd.errors.ParserError as e:
         raise DataError(f"{path}: malformed row ({str(e).strip().splitlines()[-1]})") from None
@@ -108,7 +115,9 @@ def read_atomic(
             "user": raw[user_field].to_numpy(),
             "item": raw[item_field].to_numpy(),
             "rating": raw[rating_field].to_numpy(float) if rating_field else np.full(n, np.nan),
-            "timestamp": raw[timestamp_field].to_numpy(float) if timestamp_field else np.arange(n, dtype=float),
+            "timestamp": raw[timestamp_field].to_numpy(float)
+            if timestamp_field
+            else np.arange(n, dtype=float),
         }
     )
     files = {inter_path.name: sha256_file(inter_path)}

@@ -58,7 +58,8 @@ def write_split_files(split: Split, directory: Path, ev: EvalConfig, slices: Sli
             lines.append(f"{split.user_ids[u]}\t{' '.join(split.item_ids[ns])}")
         (directory / "test_negatives.tsv").write_text("\n".join(lines) + "\n")
         meta["negatives"] = {
-            "num_negatives": ev.num_negatives, "seed": ev.negatives_seed,
+            "num_negatives": ev.num_negatives,
+            "seed": ev.negatives_seed,
             "fingerprint": array_fingerprint(rows.users, neg),
         }
     (directory / META).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")

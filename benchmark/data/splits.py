@@ -21,6 +21,7 @@ from benchmark.errors import DataError
 
 PARTS = ("train", "valid", "test")
 
+
 @dataclass
 class Split:
     """Train/valid/test parts over a shared catalogue.
@@ -103,6 +104,7 @@ class Split:
             "holdout_items": len(self.holdout_items),
         }
 
+
 def _assign_loo(df: pd.DataFrame) -> np.ndarray:
     """Part per row for leave-one-out: last -> test, second last -> valid, rest -> train."""
     # Stable order per user by (timestamp, file order).
@@ -119,6 +121,7 @@ def _assign_loo(df: pd.DataFrame) -> np.ndarray:
     out[order] = part
     return out
 
+
 def _assign_temporal(df: pd.DataFrame, ratios: list[float]) -> np.ndarray:
     """Global timeline cut at timestamp quantiles; equal timestamps stay on one side."""
     ts = np.sort(df["timestamp"].to_numpy(), kind="stable")
@@ -129,6 +132,7 @@ def _assign_temporal(df: pd.DataFrame, ratios: list[float]) -> np.ndarray:
     t2 = ts[min(c2, n - 1)] if c2 < n else np.inf
     t = df["timestamp"].to_numpy()
     return np.where(t < t1, 0, np.where(t < t2, 1, 2)).astype(np.int64)
+
 
 def _assign_random(df: pd.DataFrame, ratios: list[float], seed: int) -> np.ndarray:
     """Seeded random ratio split over all interactions."""
@@ -141,6 +145,7 @@ def _assign_random(df: pd.DataFrame, ratios: list[float], seed: int) -> np.ndarr
     part[perm[c1:c2]] = 1
     part[perm[c2:]] = 2
     return part
+
 
 def build_split(data: Interactions, cfg: SplitConfig, inter: pd.DataFrame | None = None) -> Split:
     """Build the split ``cfg`` of ``data`` (or of the already-filtered table ``inter``)."""
@@ -178,6 +183,8 @@ def build_split(data: Interactions, cfg: SplitConfig, inter: pd.DataFrame | None
     parts = {name: df[part == i].reset_index(drop=True) for i, name in enumerate(PARTS)}
     for name in ("train", "test"):
         if len(parts[name]) == 0:
-            raise DataError(f"split {cfg.protocol}: the {name} part is empty ({data.name}, {len(df)} interactions)")
+            raise DataError(
+                f"split {cfg.protocol}: the {name} part is empty ({data.name}, {len(df)} interactions)"
+            )
 
     return Split(cfg.protocol, user_ids, item_ids, parts, holdout, asdict(cfg))

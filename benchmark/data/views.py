@@ -101,7 +101,9 @@ def train_counts(split: Split) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def slice_masks(split: Split, users: np.ndarray, items: np.ndarray, cfg: SliceConfig) -> dict[str, np.ndarray]:
+def slice_masks(
+    split: Split, users: np.ndarray, items: np.ndarray, cfg: SliceConfig
+) -> dict[str, np.ndarray]:
     """Cold-start slice membership of (user, item) evaluation pairs, from train counts.
 
     - ``cold_user``: the user has <= ``cold_user_max`` train interactions;
@@ -180,7 +182,9 @@ def labeled_rows(split: Split, part: str, threshold: float, slices: SliceConfig 
     """Labeled view of ``part``: label = rating >= threshold."""
     df = split.parts[part]
     if df["rating"].isna().any():
-        raise ConfigError(f"eval.protocol=labeled needs ratings; the dataset has rows without a rating ({part})")
+        raise ConfigError(
+            f"eval.protocol=labeled needs ratings; the dataset has rows without a rating ({part})"
+        )
     users, items = df["user"].to_numpy().copy(), df["item"].to_numpy().copy()
     out = LabeledRows(part, users, items, (df["rating"].to_numpy() >= threshold).astype(np.int64))
     if slices is not None:

@@ -56,9 +56,7 @@ def ranking_per_row(
     n_t = np.bincount(rows.row_of_target()[tmask], minlength=len(rows))
     keep = np.flatnonzero(n_t > 0)
     hits = hit_matrix(ranked, rows, tmask)[keep]
-    per_row = {
-        f"{name}@{k}": m.fn(hits, n_t[keep], k) for name, m in M.RANKING_METRICS.items() for k in ks
-    }
+    per_row = {f"{name}@{k}": m.fn(hits, n_t[keep], k) for name, m in M.RANKING_METRICS.items() for k in ks}
     return per_row, keep
 
 
@@ -107,5 +105,9 @@ def evaluate(
         sizes[sname] = int(mask.sum())
         vals = ctr(mask) if mask.any() else {}
         metrics.update({f"{prefix}/{sname}/{n}": v for n, v in vals.items()})
-    per_row = {"logloss": -np.log(np.clip(np.where(lrows.labels == 1, pred.scores, 1 - pred.scores), 1e-7, 1))} if pred.probabilities else {}
+    per_row = (
+        {"logloss": -np.log(np.clip(np.where(lrows.labels == 1, pred.scores, 1 - pred.scores), 1e-7, 1))}
+        if pred.probabilities
+        else {}
+    )
     return metrics, sizes, per_row

@@ -27,7 +27,9 @@ def predictions_from_lines(
             np.array([ln["label"] for ln in lines], dtype=np.int64),
             {n: np.array([n in ln["slices"] for ln in lines], dtype=bool) for n in slice_names},
         )
-        return Predictions(rows, scores=np.array([ln["score"] for ln in lines], dtype=float), probabilities=probabilities)
+        return Predictions(
+            rows, scores=np.array([ln["score"] for ln in lines], dtype=float), probabilities=probabilities
+        )
     vocab: dict[str, int] = {}
 
     def idx(x: str | None) -> int:

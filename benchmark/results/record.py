@@ -28,8 +28,20 @@ SCHEMA_VERSION = 1
 RECORD = "record.json"
 PREDICTIONS = "predictions.jsonl.gz"
 PACKAGES = (
-    "llm4rec-bench", "torch", "numpy", "pandas", "scipy", "scikit-learn", "pytorch-lightning",
-    "hydra-core", "omegaconf", "transformers", "peft", "recbole", "open_clip_torch", "wandb",
+    "llm4rec-bench",
+    "torch",
+    "numpy",
+    "pandas",
+    "scipy",
+    "scikit-learn",
+    "pytorch-lightning",
+    "hydra-core",
+    "omegaconf",
+    "transformers",
+    "peft",
+    "recbole",
+    "open_clip_torch",
+    "wandb",
 )
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,9 +96,7 @@ def prediction_lines(pred: Predictions, split: Split) -> list[dict[str, Any]]:
     lines = []
     if isinstance(pred.rows, RankingRows):
         rows = pred.rows
-        tslices = [
-            [name for name, m in rows.slices.items() if m[t]] for t in range(len(rows.targets))
-        ]
+        tslices = [[name for name, m in rows.slices.items() if m[t]] for t in range(len(rows.targets))]
         for r in range(len(rows)):
             a, b = rows.target_ptr[r], rows.target_ptr[r + 1]
             lines.append(

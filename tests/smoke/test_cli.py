@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from benchmark.cli import main
-from benchmark.results.record import load_record, read_predictions
 from benchmark.results.recompute import recompute_metrics
+from benchmark.results.record import load_record, read_predictions
 
 
 def llm4rec(*args: str) -> None:
@@ -19,8 +19,12 @@ def llm4rec(*args: str) -> None:
 
 def tiny_args(tiny_dir: Path, tmp_path: Path) -> list[str]:
     return [
-        "data=atomic", f"data.path={tiny_dir}", "data.name=tiny", "logger=none",
-        f"paths.results={tmp_path / 'res'}", f"paths.outputs={tmp_path / 'out'}",
+        "data=atomic",
+        f"data.path={tiny_dir}",
+        "data.name=tiny",
+        "logger=none",
+        f"paths.results={tmp_path / 'res'}",
+        f"paths.outputs={tmp_path / 'out'}",
         "trainer.enable_progress_bar=false",
     ]
 
@@ -55,7 +59,13 @@ def test_pop_run_writes_a_complete_record(tiny_dir, tmp_path, capsys):
 
 
 def test_bpr_run_is_deterministic(tiny_dir, tmp_path):
-    args = ["model=bpr", "model.train.max_epochs=3", "eval=sampled", "eval.num_negatives=20", *tiny_args(tiny_dir, tmp_path)]
+    args = [
+        "model=bpr",
+        "model.train.max_epochs=3",
+        "eval=sampled",
+        "eval.num_negatives=20",
+        *tiny_args(tiny_dir, tmp_path),
+    ]
     llm4rec("run", *args)
     (run_dir,) = runs(tmp_path)
     first = assert_metrics_recompute(run_dir)
@@ -69,7 +79,9 @@ def test_bpr_run_is_deterministic(tiny_dir, tmp_path):
 
 
 def test_labeled_protocol_and_multirun_leaderboard(tiny_dir, tmp_path, capsys):
-    llm4rec("run", "-m", "model=pop", "split=random", "eval=labeled", "seed=1,2", *tiny_args(tiny_dir, tmp_path))
+    llm4rec(
+        "run", "-m", "model=pop", "split=random", "eval=labeled", "seed=1,2", *tiny_args(tiny_dir, tmp_path)
+    )
     found = runs(tmp_path)
     assert len(found) == 2
     for d in found:
@@ -85,7 +97,9 @@ def test_export_split_matches_the_run(tiny_dir, tmp_path):
     llm4rec("run", "model=pop", *tiny_args(tiny_dir, tmp_path))
     (run_dir,) = runs(tmp_path)
     out = tmp_path / "export"
-    llm4rec("export-split", *tiny_args(tiny_dir, tmp_path), "eval=sampled", "eval.num_negatives=20", f"out={out}")
+    llm4rec(
+        "export-split", *tiny_args(tiny_dir, tmp_path), "eval=sampled", "eval.num_negatives=20", f"out={out}"
+    )
     meta = json.loads((out / "meta.json").read_text())
     assert meta["fingerprint"] == load_record(run_dir)["split"]["fingerprint"]
     test_lines = (out / "test.tsv").read_text().splitlines()
@@ -128,8 +142,14 @@ def test_empty_split_is_an_error(tmp_path, capsys):
 def test_quickstart_experiment_on_bundled_movielens(tmp_path):
     # The make-run job, restricted to pop (bpr training is covered above).
     llm4rec(
-        "run", "-m", "experiment=quickstart", "model=pop", "logger=none", "trainer.enable_progress_bar=false",
-        f"paths.results={tmp_path / 'res'}", f"paths.outputs={tmp_path / 'out'}",
+        "run",
+        "-m",
+        "experiment=quickstart",
+        "model=pop",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        f"paths.results={tmp_path / 'res'}",
+        f"paths.outputs={tmp_path / 'out'}",
     )
     found = runs(tmp_path)
     assert sorted(load_record(d)["eval"]["protocol"] for d in found) == ["full", "sampled"]
@@ -137,3 +157,15 @@ def test_quickstart_experiment_on_bundled_movielens(tmp_path):
         rec = assert_metrics_recompute(d)
         assert rec["dataset"]["stats"]["interactions"] == 100_000
         assert rec["eval"]["rows"] == 943
+
+
+def test_trained_weights_are_reused_across_eval_protocols(tiny_dir, tmp_path):
+    base = ["model=bpr", "model.train.max_epochs=2", *tiny_args(tiny_dir, tmp_path)]
+    llm4rec("run", *base, "eval=sampled", "eval.num_negatives=20")
+    llm4rec("run", *base, "eval=full")
+    full = [load_record(d) for d in runs(tmp_path) if "-full-" in d.name][0]
+    assert "reused_from" in full["training"]
+    llm4rec("run", *base, "eval=full", "reuse_trained=false", f"paths.results={tmp_path / 'fresh'}")
+    fresh = load_record(next((tmp_path / "fresh" / "runs").iterdir()))
+    assert "reused_from" not in fresh["training"]
+    assert fresh["metrics"] == full["metrics"] and fresh["config_hash"] == full["config_hash"]

@@ -31,11 +31,23 @@ def test_bundled_movielens_is_read_in_place():
 @pytest.mark.parametrize(
     "header,body,match",
     [
-        ("user_id:token\titem_id\trating:float\ttimestamp:float", "a\tb\t1\t1", "malformed header field 'item_id'"),
+        (
+            "user_id:token\titem_id\trating:float\ttimestamp:float",
+            "a\tb\t1\t1",
+            "malformed header field 'item_id'",
+        ),
         ("user_id:token\titem_id:token\ttimestamp:float", "a\tb\t1", "missing field 'rating'"),
-        ("user_id:token\titem_id:token\trating:float\ttimestamp:float", "a\tb\tfive\t1", "line 2: field 'rating' value 'five'"),
+        (
+            "user_id:token\titem_id:token\trating:float\ttimestamp:float",
+            "a\tb\tfive\t1",
+            "line 2: field 'rating' value 'five'",
+        ),
         ("user_id:token\titem_id:token\trating:float\ttimestamp:float", "", "no interactions"),
-        ("user_id:token\titem_id:token\trating:token\ttimestamp:float", "a\tb\t1\t1", "must be of type float"),
+        (
+            "user_id:token\titem_id:token\trating:token\ttimestamp:float",
+            "a\tb\t1\t1",
+            "must be of type float",
+        ),
     ],
 )
 def test_bad_files_give_one_line_errors(tmp_path: Path, header, body, match):
