@@ -108,6 +108,10 @@ class EvalConfig:
             raise ConfigError(f"eval.num_negatives: must be > 0, got {self.num_negatives}")
         if self.chunk_users <= 0:
             raise ConfigError(f"eval.chunk_users: must be > 0, got {self.chunk_users}")
+        if self.protocol == "labeled" and self.valid_metric != "auc":
+            raise ConfigError(f"eval.valid_metric: the labeled protocol validates with auc, not {self.valid_metric}")
+        if self.protocol != "labeled" and self.valid_metric.split("@")[0] not in ("hr", "recall", "precision", "ndcg", "mrr"):
+            raise ConfigError(f"eval.valid_metric: expected <metric>@K such as ndcg@10, got {self.valid_metric}")
         self.ks = sorted(set(self.ks))
         self.list_length = max(self.list_length, max(self.ks), 20)
 

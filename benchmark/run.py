@@ -112,6 +112,15 @@ def _device(cfg: DictConfig) -> torch.device:
     )
 
 
+def build_model(model_cfg: DictConfig, split: Split, data: Any) -> torch.nn.Module:
+    """Instantiate ``model.module``: with the catalogue sizes, or with the whole split and
+    dataset when the model config says ``inputs: split`` (models that need features/text).
+    """
+    if model_cfg.get("inputs", "ids") == "split":
+        return instantiate(model_cfg.module, split=split, data=data)
+    return instantiate(model_cfg.module, n_users=split.n_users, n_items=split.n_items)
+
+
 def predict(
     model: torch.nn.Module,
     split: Split,
@@ -167,7 +176,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     split = build_split(data, split_cfg)
     pl.seed_everything(seed, workers=True, verbose=False)
 
-    model = instantiate(cfg.model.module, n_users=split.n_users, n_items=split.n_items)
+    model = build_model(cfg.model, split, data)
     tr = split.train
     if hasattr(model, "init_from_train"):
         model.init_from_train(tr["user"].to_numpy(), tr["item"].to_numpy())
@@ -181,18 +190,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if reused is not None:
         training = reused
     elif n_train and cfg.model.get("train"):
-        from benchmark.training import fit
+        from benchmark.training import PairwiseStream, fit
 
-        valid = ranking_rows(split, "valid")
+        if ev.protocol == "labeled":
+            valid = labeled_rows(split, "valid", split_cfg.label_threshold)
+        else:
+            valid = ranking_rows(split, "valid")
         if len(valid) == 0:
             raise ConfigError(f"split {split.protocol}: the valid part is empty; early stopping needs it")
         trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
         trainer_kwargs.update(logger=logger if logger is not None else False)
+        batch_size, train_seed = int(cfg.model.train.batch_size), seed
+        if hasattr(model, "train_dataset"):
+            train_data = model.train_dataset(split, batch_size, train_seed)
+        else:
+            train_data = PairwiseStream(tr["user"].to_numpy(), tr["item"].to_numpy(), split.n_items, batch_size, train_seed)
         training = fit(
             model,
-            tr["user"].to_numpy(),
-            tr["item"].to_numpy(),
-            split.n_items,
+            train_data,
             valid,
             cfg.model.train,
             trainer_kwargs,

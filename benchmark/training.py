@@ -16,8 +16,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
-from benchmark.data.views import RankingRows
+from benchmark.data.views import LabeledRows, RankingRows
 from benchmark.eval.evaluator import ranking_per_row
+from benchmark.eval.metrics import auc
 from benchmark.eval.ranking import rank_full
 
 
@@ -96,21 +97,26 @@ class PairwiseStream(IterableDataset):
             }
 
 
-class RankingTask(pl.LightningModule):
-    """Trains ``model.loss`` and validates by full ranking on the valid rows.
+class RecTask(pl.LightningModule):
+    """Trains ``model.loss`` and validates on the valid part with the evaluator's metrics.
+
+    Ranking validation ranks the full catalogue per valid row (``ndcg@10`` etc.);
+    labeled validation (``auc``) scores every valid interaction. Values are kept
+    per row id and gathered from all ranks, so padding added by a distributed
+    sampler is dropped and the metric is computed over rows, not averaged over ranks.
 
     Args:
-        model: a ranking model (``loss``, ``score``).
-        valid_rows: ranking rows of the valid part (exclusions = train items).
+        model: a model with ``loss`` and ``score`` (ranking) or ``score_pairs`` (labeled).
+        valid_rows: ranking rows (exclusions = train items) or labeled rows of the valid part.
         optimizer: a partial optimizer (``params -> Optimizer``).
-        valid_metric: per-row metric to monitor, e.g. ``ndcg@10``.
-        chunk_users: rows ranked per validation batch.
+        valid_metric: ``<metric>@K`` for ranking rows, ``auc`` for labeled rows.
+        chunk_users: rows scored per validation batch.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        valid_rows: RankingRows,
+        valid_rows: RankingRows | LabeledRows,
         optimizer: Callable[..., torch.optim.Optimizer],
         valid_metric: str = "ndcg@10",
         chunk_users: int = 1024,
@@ -120,36 +126,53 @@ class RankingTask(pl.LightningModule):
         self.valid_rows = valid_rows
         self.optimizer_factory = optimizer
         self.valid_metric = valid_metric
-        self.k = int(valid_metric.split("@")[1])
+        self.labeled = isinstance(valid_rows, LabeledRows)
+        if self.labeled != (valid_metric == "auc"):
+            raise ValueError(f"valid_metric {valid_metric} does not fit {type(valid_rows).__name__}")
+        self.k = 0 if self.labeled else int(valid_metric.split("@")[1])
         self.chunk_users = chunk_users
-        self._valid_values: list[torch.Tensor] = []
+        self._ids: list[np.ndarray] = []
+        self._values: list[np.ndarray] = []
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.model.loss(batch)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["user"]))
+        size = len(next(iter(batch.values())))
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=size)
         return loss
 
     def validation_step(self, row_ids: torch.Tensor, batch_idx: int) -> None:
         ids = row_ids.cpu().numpy()
-        ranked = rank_full(self.model.score, self.valid_rows, self.k, len(ids), self.device, row_ids=ids)
-        sub = _subset_rows(self.valid_rows, ids)
-        per_row, _ = ranking_per_row(ranked, sub, [self.k])
-        self._valid_values.append(torch.as_tensor(per_row[self.valid_metric], dtype=torch.float64))
+        rows = self.valid_rows
+        if self.labeled:
+            u = torch.as_tensor(rows.users[ids], device=self.device)
+            i = torch.as_tensor(rows.items[ids], device=self.device).unsqueeze(1)
+            values = self.model.score_pairs(u, i).squeeze(1).float().cpu().numpy()
+        else:
+            ranked = rank_full(self.model.score, rows, self.k, len(ids), self.device, row_ids=ids)
+            per_row, _ = ranking_per_row(ranked, _subset_rows(rows, ids), [self.k])
+            values = per_row[self.valid_metric]
+        self._ids.append(ids)
+        self._values.append(np.asarray(values, dtype=np.float64))
 
     def on_validation_epoch_end(self) -> None:
-        values = torch.cat(self._valid_values) if self._valid_values else torch.zeros(0, dtype=torch.float64)
-        self._valid_values.clear()
-        total = values.sum().to(self.device)
-        count = torch.tensor(float(len(values)), dtype=torch.float64, device=self.device)
-        if self.trainer.world_size > 1:  # mean over rows, not over ranks
-            total = self.all_gather(total).sum()
-            count = self.all_gather(count).sum()
-        self.log(
-            f"valid/{self.valid_metric}",
-            (total / count.clamp(min=1)).float(),
-            sync_dist=False,
-            rank_zero_only=False,
-        )
+        ids = np.concatenate(self._ids) if self._ids else np.zeros(0, dtype=np.int64)
+        values = np.concatenate(self._values) if self._values else np.zeros(0)
+        self._ids.clear()
+        self._values.clear()
+        if self.trainer.world_size > 1:
+            import torch.distributed as dist
+
+            gathered: list = [None] * self.trainer.world_size
+            dist.all_gather_object(gathered, (ids, values))
+            ids = np.concatenate([g[0] for g in gathered])
+            values = np.concatenate([g[1] for g in gathered])
+        ids, first = np.unique(ids, return_index=True)  # each row once, whatever the sharding
+        values = values[first]
+        if self.labeled:
+            value = auc(self.valid_rows.labels[ids], values)
+        else:
+            value = float(values.mean()) if len(values) else 0.0
+        self.log(f"valid/{self.valid_metric}", float(value), sync_dist=False)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.model.parameters())
@@ -166,10 +189,8 @@ def _subset_rows(rows: RankingRows, ids: np.ndarray) -> RankingRows:
 
 def fit(
     model: nn.Module,
-    train_users: np.ndarray,
-    train_items: np.ndarray,
-    n_items: int,
-    valid_rows: RankingRows,
+    train_data: IterableDataset,
+    valid_rows: RankingRows | LabeledRows,
     train_cfg: Any,
     trainer_kwargs: dict[str, Any],
     seed: int,
@@ -179,6 +200,9 @@ def fit(
 ) -> dict[str, Any]:
     """Train ``model`` in place with early stopping on ``valid_metric``; keep the best epoch.
 
+    ``train_data`` yields ready batches (dicts of tensors) for ``model.loss``; streams
+    with ``rank``/``world`` attributes are sharded across processes by batch.
+
     Returns:
         training facts for the run record (epochs, best epoch and value, seconds).
     """
@@ -186,15 +210,15 @@ def fit(
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # a rerun never picks up a stale checkpoint
-    stream = PairwiseStream(train_users, train_items, n_items, int(train_cfg.batch_size), seed)
-    task = RankingTask(model, valid_rows, instantiate(train_cfg.optimizer), valid_metric, chunk_users)
+    task = RecTask(model, valid_rows, instantiate(train_cfg.optimizer), valid_metric, chunk_users)
     monitor = f"valid/{valid_metric}"
     ckpt = ModelCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode="max", save_last=True, filename="best")
     callbacks = [ckpt, EarlyStopping(monitor=monitor, mode="max", patience=int(train_cfg.patience))]
     with quiet_lightning():
         trainer = pl.Trainer(max_epochs=int(train_cfg.max_epochs), callbacks=callbacks, **trainer_kwargs)
-    stream.rank, stream.world = trainer.global_rank, trainer.world_size
-    train_loader = DataLoader(stream, batch_size=None)
+    if hasattr(train_data, "rank"):  # shard the stream's batches across processes
+        train_data.rank, train_data.world = trainer.global_rank, trainer.world_size
+    train_loader = DataLoader(train_data, batch_size=None)
     valid_ids = torch.arange(len(valid_rows))
     valid_loader = DataLoader(valid_ids, batch_size=chunk_users, shuffle=False)
     t0 = time.perf_counter()

@@ -117,6 +117,7 @@ def machine_facts() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -184,18 +185,27 @@ def _rows_from_recbole(test_data: Any) -> Any:
     )
 
 
-def _recbole_hits(trainer: Any, test_data: Any, k: int) -> np.ndarray:
-    """RecBole's own per-user hit matrix [U, k] (``rec.topk``), from one untimed pass."""
+def _recbole_hits_and_scores(trainer: Any, test_data: Any, k: int) -> tuple[np.ndarray, Any]:
+    """RecBole's own per-user hit matrix and masked scores, from one untimed pass.
+
+    Runs the body of ``Trainer.evaluate`` (``_full_sort_batch_eval`` + the collector)
+    and keeps what it discards: ``rec.topk`` and the scores after RecBole's -inf masking.
+
+    Returns:
+        hits [U, k] bool (rank j of user row u is a test item) and scores [U, n_items].
+    """
     import torch
 
     trainer.model.eval()
     trainer.tot_item_num = test_data._dataset.item_num
+    blocks = []
     with torch.no_grad():
         for batch in test_data:
             interaction, scores, positive_u, positive_i = trainer._full_sort_batch_eval(batch)
             trainer.eval_collector.eval_batch_collect(scores, interaction, positive_u, positive_i)
+            blocks.append(scores.clone())
     struct = trainer.eval_collector.get_data_struct()
-    return struct.get("rec.topk")[:, :k].numpy().astype(bool)
+    return struct.get("rec.topk")[:, :k].numpy().astype(bool), torch.cat(blocks)
 
 
 def compare_recbole_ml100k(train_epochs: int = TRAIN_EPOCHS, repeats: int = REPEATS) -> dict[str, Any]:
@@ -260,7 +270,7 @@ def compare_recbole_ml100k(train_epochs: int = TRAIN_EPOCHS, repeats: int = REPE
         config["eval_batch_size"] = test_data._dataset.item_num * OUR_CHUNK_USERS
         test_data.update_config(config)
         rb_big_best, rb_big_times, rb_big_result = _best_of(recbole_eval, repeats)
-        rb_hits = _recbole_hits(trainer, test_data, max(KS))
+        rb_hits, rb_scores = _recbole_hits_and_scores(trainer, test_data, max(KS))
         trainer.tensorboard.close()
 
     user_emb = model.user_embedding.weight.detach().clone()  # [n_users, d]
@@ -289,11 +299,15 @@ def compare_recbole_ml100k(train_epochs: int = TRAIN_EPOCHS, repeats: int = REPE
 
     our_hits = hit_matrix(ranked, rows)[:, : max(KS)]
     users_differing = int((our_hits != rb_hits).any(axis=1).sum()) if rb_hits.shape == our_hits.shape else None
-    # Ties: rows whose 20th and 21st best rankable scores are equal (where ordering may differ).
     with torch.no_grad():
+        # Our masked score matrix, to compare with RecBole's cell by cell.
         s = scorer(torch.as_tensor(rows.users))
         for r in range(len(rows)):
             s[r, rows.exclude[rows.exclude_ptr[r] : rows.exclude_ptr[r + 1]]] = float("-inf")
+        same_mask = bool(torch.equal(torch.isneginf(s), torch.isneginf(rb_scores)))
+        finite = torch.isfinite(s) & torch.isfinite(rb_scores)
+        score_max_abs_diff = float((s[finite] - rb_scores[finite]).abs().max())
+        # Ties: rows whose 20th and 21st best rankable scores are equal (where ordering may differ).
         top = s.topk(max(KS) + 1, dim=1).values
         rows_with_tie_at_cut = int((top[:, -1] == top[:, -2]).sum())
         rows_with_any_tie_in_top = int((top[:, 1:] == top[:, :-1]).any(dim=1).sum())
@@ -346,6 +360,8 @@ def compare_recbole_ml100k(train_epochs: int = TRAIN_EPOCHS, repeats: int = REPE
         "agreement": {
             **agree,
             "max_abs_diff_all_metrics": max_abs_diff,
+            "same_excluded_cells": same_mask,
+            "score_max_abs_diff": score_max_abs_diff,
             "users_with_different_top20_hits": users_differing,
             "rows_with_score_tie_at_rank_20_21": rows_with_tie_at_cut,
             "rows_with_any_score_tie_in_top21": rows_with_any_tie_in_top,
@@ -563,6 +579,9 @@ def main(out_dir: Path) -> dict[str, Any]:
         "ml100k_vs_recbole": ml,
         "synthetic_scale": synthetic,
         "total_seconds": time.perf_counter() - t0,
+        "load_average_1_5_15_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "timing_note": "wall-clock on a shared machine: a load average above cpu_count means other "
+        "processes competed for the CPUs, so absolute times are pessimistic; best-of-N is reported",
         "torch_threads": torch.get_num_threads(),
     }
     _atomic_write_json(out_dir / OUT_NAME, doc)

@@ -169,3 +169,10 @@ def test_trained_weights_are_reused_across_eval_protocols(tiny_dir, tmp_path):
     fresh = load_record(next((tmp_path / "fresh" / "runs").iterdir()))
     assert "reused_from" not in fresh["training"]
     assert fresh["metrics"] == full["metrics"] and fresh["config_hash"] == full["config_hash"]
+
+
+def test_labeled_protocol_validates_with_auc(tiny_dir, tmp_path):
+    llm4rec("run", "model=bpr", "model.train.max_epochs=2", "split=random", "eval=labeled", *tiny_args(tiny_dir, tmp_path))
+    (run_dir,) = runs(tmp_path)
+    rec = assert_metrics_recompute(run_dir)
+    assert rec["training"]["valid_metric"] == "auc" and 0.0 <= rec["training"]["best_valid"] <= 1.0
