@@ -2,12 +2,16 @@
 
 Each registered benchmark is a module with ``main(out_dir: Path) -> dict`` that writes
 its JSON under ``out_dir``; modules are imported only when their benchmark runs.
+``all`` runs every benchmark in turn; one that fails is reported and the others
+still run, and the command then exits non-zero.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import sys
+import traceback
 from pathlib import Path
 
 BENCHMARKS: dict[str, str] = {
@@ -17,7 +21,22 @@ BENCHMARKS: dict[str, str] = {
 DEFAULT_OUT = Path("results/perf")
 
 
-def run(name: str, out_dir: Path = DEFAULT_OUT) -> dict[str, dict]:
+def run_one(name: str, out_dir: Path = DEFAULT_OUT) -> dict:
+    """Import benchmark ``name`` and run its ``main(out_dir)``.
+
+    Args:
+        name: a key of :data:`BENCHMARKS`.
+        out_dir: folder the benchmark writes its JSON into.
+
+    Returns:
+        what the benchmark's ``main`` returned.
+    """
+    print(f"== bench {name} ({BENCHMARKS[name]})", flush=True)
+    module = importlib.import_module(BENCHMARKS[name])
+    return module.main(out_dir)
+
+
+def run(name: str, out_dir: Path = DEFAULT_OUT) -> tuple[dict[str, dict], list[str]]:
     """Run one benchmark, or every registered one in turn for ``name == "all"``.
 
     Args:
@@ -25,25 +44,36 @@ def run(name: str, out_dir: Path = DEFAULT_OUT) -> dict[str, dict]:
         out_dir: folder the benchmarks write their JSON into.
 
     Returns:
-        benchmark name -> the dict its ``main`` returned.
+        (benchmark name -> the dict its ``main`` returned, names of the benchmarks that
+        failed). A single named benchmark is not caught: its error propagates.
     """
-    names = list(BENCHMARKS) if name == "all" else [name]
-    results = {}
-    for n in names:
-        print(f"== bench {n} ({BENCHMARKS[n]})", flush=True)
-        module = importlib.import_module(BENCHMARKS[n])
-        results[n] = module.main(out_dir)
-    return results
+    if name != "all":
+        return {name: run_one(name, out_dir)}, []
+    results, failed = {}, []
+    for n in BENCHMARKS:
+        try:
+            results[n] = run_one(n, out_dir)
+        except Exception:  # keep going: one broken benchmark must not hide the others
+            traceback.print_exc()
+            print(f"== bench {n} FAILED", file=sys.stderr, flush=True)
+            failed.append(n)
+    return results, failed
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Parse the command line and run the chosen benchmark(s)."""
-    parser = argparse.ArgumentParser(prog="python -m benchmark.bench", description=__doc__)
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run the chosen benchmark(s); returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmark.bench", description="Run performance benchmarks."
+    )
     parser.add_argument("name", choices=["all", *BENCHMARKS], help="benchmark to run, or all")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: %(default)s)")
     args = parser.parse_args(argv)
-    run(args.name, args.out)
+    _, failed = run(args.name, args.out)
+    if failed:
+        print(f"failed benchmarks: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -298,7 +298,9 @@ def compare_recbole_ml100k(train_epochs: int = TRAIN_EPOCHS, repeats: int = REPE
     max_abs_diff = max(abs(ours[m] - recbole[m]) for m in recbole)
 
     our_hits = hit_matrix(ranked, rows)[:, : max(KS)]
-    users_differing = int((our_hits != rb_hits).any(axis=1).sum()) if rb_hits.shape == our_hits.shape else None
+    users_differing = (
+        int((our_hits != rb_hits).any(axis=1).sum()) if rb_hits.shape == our_hits.shape else None
+    )
     with torch.no_grad():
         # Our masked score matrix, to compare with RecBole's cell by cell.
         s = scorer(torch.as_tensor(rows.users))
@@ -435,8 +437,14 @@ def synthetic_child(
     hwm_before = _proc_status_mb("VmHWM")
     done = [0]
     t0 = time.perf_counter()
-    ranked = rank_full(scorer, rows, k, chunk_users=chunk_users, row_ids=row_ids,
-                       progress=lambda n: done.__setitem__(0, done[0] + n))
+    ranked = rank_full(
+        scorer,
+        rows,
+        k,
+        chunk_users=chunk_users,
+        row_ids=row_ids,
+        progress=lambda n: done.__setitem__(0, done[0] + n),
+    )
     seconds = time.perf_counter() - t0
     peak_hwm = _proc_status_mb("VmHWM")
     peak_ru = _maxrss_mb(resource.RUSAGE_SELF)
@@ -527,7 +535,9 @@ def synthetic_scale() -> dict[str, Any]:
     slow = first["seconds"] > SYN_FULL_SLOW_S
     for c in SYN_CHUNKS[1:]:
         r = run_synthetic(c, max_rows=SYN_SUBSET_USERS if slow else None)
-        r["scope"] = f"first {SYN_SUBSET_USERS} users (full run took > {SYN_FULL_SLOW_S:.0f}s)" if slow else "full"
+        r["scope"] = (
+            f"first {SYN_SUBSET_USERS} users (full run took > {SYN_FULL_SLOW_S:.0f}s)" if slow else "full"
+        )
         runs.append(r)
         _print_syn(r)
     return {

@@ -15,6 +15,21 @@ The result directory is keyed by the recipe's content hash, the raw files'
 checksums and the preprocessing name, so preparing twice reuses it. Nothing
 here knows about splits.
 
+Recipe keys (see ``datasets/*/recipe.yaml`` for complete examples):
+
+- ``name`` (= the folder name), ``homepage``, optional ``manual_download`` (where to
+  get files that have no URL);
+- ``archives``: ``{file name: {url, sha256}}`` for downloads that hold raw files;
+- ``files``: ``{key: {name, url | archive, sha256, format: {type, ...}}}``; the format
+  options are those of :func:`benchmark.data.raw_readers.read_chunks`;
+- ``interactions``: ``{file, user_id, item_id, rating, timestamp}`` with ``rating`` a
+  field or null, ``timestamp`` ``{field, unit: s|ms|date, format}`` or null (row
+  number), optional ``dedup: first`` and ``rating_from: {file, user_id, item_id, value}``;
+- ``items`` / ``users``: ``{file, id, fields: {column: {from, type, transform, ...}}}``
+  with ``from`` a field or a list of fallbacks, ``type`` token|token_seq|float and
+  ``transform`` text|list|float|year (default by type);
+- ``preprocess``: ``{name: {option: value}}`` with options from :data:`PREPROCESS_KEYS`.
+
 Conventions of the written files (read them with
 :func:`benchmark.data.atomic.read_atomic`):
 
@@ -934,6 +949,7 @@ def prepare(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
     try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; the prepared dataset is not
         manifest = _build(recipe, paths, preprocess, spec, tmp, chunk_rows)
         manifest.update(
             cache_key=key,

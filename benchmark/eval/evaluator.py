@@ -68,7 +68,8 @@ def evaluate(
     Returns:
         metrics: ``{prefix}/{metric}`` and ``{prefix}/{slice}/{metric}`` -> mean value.
         sizes: slice name ("all" for overall) -> number of rows it covers.
-        per_row: overall metric -> per-row values (for significance tests).
+        per_row: metric -> paired values for significance tests: per row for ranking
+            metrics, per user (users with both classes, ascending) for labeled AUC.
     """
     metrics: dict[str, float] = {}
     sizes: dict[str, int] = {}
@@ -105,9 +106,6 @@ def evaluate(
         sizes[sname] = int(mask.sum())
         vals = ctr(mask) if mask.any() else {}
         metrics.update({f"{prefix}/{sname}/{n}": v for n, v in vals.items()})
-    per_row = (
-        {"logloss": -np.log(np.clip(np.where(lrows.labels == 1, pred.scores, 1 - pred.scores), 1e-7, 1))}
-        if pred.probabilities
-        else {}
-    )
-    return metrics, sizes, per_row
+    # Paired unit for significance tests: the user (AUC within each user with both classes).
+    _, user_auc, _ = M.per_group_auc(lrows.labels, pred.scores, lrows.users)
+    return metrics, sizes, {"auc": user_auc}

@@ -64,19 +64,30 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def gauc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
-    """Per-user AUC averaged with weights = the user's number of rows, over users with both classes."""
+def per_group_auc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """AUC per group that has both classes.
+
+    Returns:
+        (groups [G] ascending, auc [G], rows per group [G]).
+    """
     labels = np.asarray(labels).astype(bool)
     order = np.argsort(groups, kind="stable")
-    g, lab, sc = groups[order], labels[order], np.asarray(scores)[order]
+    g, lab, sc = np.asarray(groups)[order], labels[order], np.asarray(scores)[order]
     bounds = np.flatnonzero(np.r_[True, g[1:] != g[:-1], True])
-    total, weight = 0.0, 0
+    out_g, out_auc, out_n = [], [], []
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         pos = lab[a:b].sum()
         if 0 < pos < b - a:
-            total += auc(lab[a:b], sc[a:b]) * (b - a)
-            weight += b - a
-    return total / weight if weight else float("nan")
+            out_g.append(g[a])
+            out_auc.append(auc(lab[a:b], sc[a:b]))
+            out_n.append(b - a)
+    return np.array(out_g), np.array(out_auc, dtype=float), np.array(out_n, dtype=np.int64)
+
+
+def gauc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
+    """Per-user AUC averaged with weights = the user's number of rows, over users with both classes."""
+    _, values, n = per_group_auc(labels, scores, groups)
+    return float((values * n).sum() / n.sum()) if len(n) else float("nan")
 
 
 def logloss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:

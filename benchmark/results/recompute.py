@@ -55,3 +55,12 @@ def recompute_metrics(record: dict[str, Any], lines: list[dict[str, Any]]) -> di
     pred = predictions_from_lines(lines, kind, names, bool(ev.get("probabilities", False)))
     metrics, _, _ = evaluate(pred, list(ev["ks"]), int(ev["n_items"]))
     return metrics
+
+
+def per_row_values(record: dict[str, Any], lines: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Paired per-row (ranking) or per-user (labeled AUC) values of a run, for significance tests."""
+    ev = record["eval"]
+    kind = "labeled" if ev["protocol"] == "labeled" else "ranking"
+    pred = predictions_from_lines(lines, kind, [], bool(ev.get("probabilities", False)))
+    _, _, per_row = evaluate(pred, list(ev["ks"]), int(ev["n_items"]))
+    return per_row

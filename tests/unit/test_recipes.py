@@ -11,6 +11,7 @@ import math
 import urllib.error
 import warnings
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -560,3 +561,28 @@ def test_unreachable_network_says_to_pass_raw_dir(
         DataError, match=r"yelp_academic_dataset_review.json: raw file .*yelp.com/dataset"
     ):
         prepare("yelp", None, cache)
+
+
+def test_download_fetches_verifies_and_extracts_into_the_cache(
+    raw: Path, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_ml1m(raw)
+    site = tmp_path / "site"
+    site.mkdir()
+    with zipfile.ZipFile(site / "ml-1m.zip", "w") as zf:
+        for f in ("ratings.dat", "movies.dat", "users.dat"):
+            zf.write(raw / f, f"ml-1m/{f}")
+    real = recipes.load_recipe
+
+    def local(name: str) -> recipes.Recipe:
+        recipe = real(name)
+        url = (site / "ml-1m.zip").as_uri()  # file:// URL: urllib without a network
+        archive = replace(recipe.archives["ml-1m.zip"], url=url)
+        return replace(recipe, archives={"ml-1m.zip": archive})
+
+    monkeypatch.setattr(recipes, "load_recipe", local)
+    out = prepare("ml-1m", None, cache, checksums=sums(raw) | sums(site))
+    assert (cache / "raw" / "ml-1m" / "ml-1m.zip").is_file()
+    assert rows(out, "ml-1m")[0] == ["1", "10", "5", "978300760"]
+    with pytest.raises(DataError, match=r"ml-1m.zip: sha256 mismatch \(expected f{64}"):
+        prepare("ml-1m", None, cache, checksums={"ml-1m.zip": "f" * 64})
