@@ -1,0 +1,1 @@
+"""Building blocks shared by the generative recommenders (LM loading, prompt templates)."""

