@@ -158,11 +158,61 @@ def cmd_data(argv: list[str]) -> None:
             print(f"{k}\t{v}")
 
 
+def cmd_submit(argv: list[str]) -> None:
+    from benchmark.results.submission import submit
+
+    p = argparse.ArgumentParser(prog="llm4rec submit")
+    p.add_argument("run_dir")
+    p.add_argument("--out", default=None, help="archive path (default submissions/<run_id>.tar.gz)")
+    a = p.parse_args(argv)
+    print(submit(Path(a.run_dir), Path(a.out) if a.out else None))
+
+
+def cmd_validate(argv: list[str]) -> None:
+    from benchmark.results.submission import validate
+
+    if len(argv) != 1:
+        _fail("usage: llm4rec validate ARCHIVE_OR_RUN_DIR")
+    report = validate(Path(argv[0]))
+    print(report.summary())
+    if not report.ok:
+        failed = next(c for c in report.checks if not c.ok)
+        print(f"llm4rec: rejected: {failed.name}: {failed.message}", file=sys.stderr)
+        sys.exit(1)
+
+
+def cmd_reproduce(argv: list[str]) -> None:
+    import torch
+
+    from benchmark.results.submission import environment_differences, reproduce
+
+    if not argv or "=" in argv[0]:
+        _fail("usage: llm4rec reproduce RUN_DIR [reproduce.tolerance_cpu=X ...]")
+    cfg = compose(argv[1:])
+    tol = float(cfg.reproduce.tolerance_gpu if torch.cuda.is_available() else cfg.reproduce.tolerance_cpu)
+    passed, rows, new = reproduce(Path(argv[0]), tol)
+    from benchmark.results.record import load_record
+
+    old = load_record(Path(argv[0]))
+    for diff in environment_differences(old, new):
+        print(f"note: version differs: {diff}")
+    width = max(len(k) for k, *_ in rows)
+    for k, a, b, d in rows:
+        flag = "ok" if d <= tol else "FAIL"
+        print(f"{k:<{width}}  recorded={a}  reproduced={b}  |diff|={d:.3g}  {flag}")
+    print(f"{'PASS' if passed else 'FAIL'}: {len(rows)} metrics, tolerance {tol:g}")
+    if not passed:
+        sys.exit(1)
+
+
 COMMANDS = {
     "run": cmd_run,
     "export-split": cmd_export_split,
     "leaderboard": cmd_leaderboard,
     "data": cmd_data,
+    "submit": cmd_submit,
+    "validate": cmd_validate,
+    "reproduce": cmd_reproduce,
 }
 
 

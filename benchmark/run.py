@@ -42,7 +42,7 @@ from benchmark.results.record import (
 )
 
 # Config keys that do not change results: left out of the config hash.
-NOT_RESULT_KEYS = ("paths", "logger", "run_name", "hydra", "reuse_trained")
+NOT_RESULT_KEYS = ("paths", "logger", "run_name", "hydra", "reuse_trained", "reproduce")
 
 
 def result_config(cfg: DictConfig) -> dict[str, Any]:

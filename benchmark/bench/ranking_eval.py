@@ -575,6 +575,7 @@ def main(out_dir: Path) -> dict[str, Any]:
     import torch
 
     out_dir = Path(out_dir)
+    machine = machine_facts()  # load average before we add our own load
     t0 = time.perf_counter()
     # Synthetic children first, while this process is small (see run_synthetic).
     print("ranking_eval: synthetic scale (fresh child process per chunk size)", flush=True)
@@ -584,7 +585,7 @@ def main(out_dir: Path) -> dict[str, Any]:
     doc = {
         "benchmark": "ranking_eval",
         "created_unix": time.time(),
-        "machine": machine_facts(),
+        "machine": machine,
         "labels": ["CPU", ml["model"]],
         "ml100k_vs_recbole": ml,
         "synthetic_scale": synthetic,

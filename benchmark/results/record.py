@@ -24,7 +24,7 @@ from benchmark.data.splits import Split
 from benchmark.data.views import LabeledRows, RankingRows
 from benchmark.eval.evaluator import Predictions
 
-SCHEMA_VERSION = 1
+from benchmark.results.schema import SCHEMA_VERSION, check_record  # noqa: F401  (re-exported)
 RECORD = "record.json"
 PREDICTIONS = "predictions.jsonl.gz"
 PACKAGES = (
@@ -151,6 +151,8 @@ def write_run(runs_dir: Path, run_id: str, record: dict[str, Any], predictions: 
             "file": PREDICTIONS,
             "sha256": hashlib.sha256(predictions).hexdigest(),
         }
+        record = json.loads(json.dumps(record, default=_json_default))  # plain JSON types
+        check_record(record)
         (tmp / RECORD).write_text(json.dumps(record, indent=1, sort_keys=True, default=_json_default) + "\n")
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=f".old-{run_id}-", dir=runs_dir))

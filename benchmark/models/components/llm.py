@@ -134,6 +134,16 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def _plain_copy(model: Any) -> Any:
+    """The same weights in a freshly built model of the same class, without quantizer state."""
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    clean = type(model)(config)
+    clean.load_state_dict(model.state_dict())
+    return clean
+
+
 def dequantized_folder(gguf: Path, cache_dir: str | Path | None = None, name: str | None = None) -> tuple[Path, dict]:
     """The fp32 safetensors folder of a GGUF file, created on first use.
 
@@ -146,7 +156,7 @@ def dequantized_folder(gguf: Path, cache_dir: str | Path | None = None, name: st
         (folder, its source facts: file name, sha256, transformers version, seconds taken
         to dequantize, and ``cache``: ``hit`` or ``created``).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     sha = _sha256(gguf)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -157,7 +167,14 @@ def dequantized_folder(gguf: Path, cache_dir: str | Path | None = None, name: st
     t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent,
+            gguf_file=gguf.name,
+            dtype=torch.float32,
+            quantization_config=GgufConfig(dequantize=True),  # plain dense fp32 weights
+        )
+        if getattr(model, "hf_quantizer", None) is not None:  # unpacked, but still marked quantized
+            model = _plain_copy(model)
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)

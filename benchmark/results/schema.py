@@ -1,0 +1,93 @@
+"""The run-record schema (JSON Schema), versioned; used by the writer, the validator and the leaderboard."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmark.errors import BenchmarkError
+
+SCHEMA_VERSION = 1
+
+_num_or_null = {"type": ["number", "null"]}
+_hash = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+
+RECORD_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "llm4rec-bench run record",
+    "type": "object",
+    "required": [
+        "schema_version", "run_id", "created_at", "config", "config_hash", "group_key", "seed", "dataset",
+        "split", "eval", "model", "labels", "training", "metrics", "efficiency", "environment", "predictions",
+    ],
+    "properties": {
+        "schema_version": {"const": SCHEMA_VERSION},
+        "run_id": {"type": "string", "minLength": 1},
+        "created_at": {"type": "string"},
+        "config": {"type": "object", "required": ["data", "split", "eval", "model", "seed"]},
+        "config_hash": _hash,
+        "group_key": _hash,
+        "seed": {"type": "integer"},
+        "dataset": {
+            "type": "object",
+            "required": ["name", "fingerprint", "files", "stats"],
+            "properties": {"fingerprint": _hash, "files": {"type": "object", "additionalProperties": _hash}},
+        },
+        "split": {
+            "type": "object",
+            "required": ["protocol", "fingerprint", "stats"],
+            "properties": {"protocol": {"type": "string"}, "fingerprint": _hash},
+        },
+        "eval": {
+            "type": "object",
+            "required": ["protocol", "ks", "list_length", "rows", "n_items", "slice_rows"],
+            "properties": {
+                "protocol": {"enum": ["full", "sampled", "labeled"]},
+                "ks": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1},
+                "list_length": {"type": "integer", "minimum": 1},
+                "rows": {"type": "integer", "minimum": 0},
+                "n_items": {"type": "integer", "minimum": 1},
+                "slice_rows": {"type": "object", "additionalProperties": {"type": "integer"}},
+            },
+        },
+        "model": {
+            "type": "object",
+            "required": ["name", "label", "family", "params_total", "params_trainable"],
+        },
+        "labels": {"type": "object", "required": ["device"]},
+        "training": {"type": "object", "required": ["seconds"]},
+        "metrics": {
+            "type": "object",
+            "minProperties": 1,
+            "propertyNames": {"pattern": "^test/([a-z_]+/)?[a-z]+(@[0-9]+)?$"},
+            "additionalProperties": _num_or_null,
+        },
+        "efficiency": {
+            "type": "object",
+            "required": ["train_seconds", "eval_seconds", "peak_rss_mb"],
+        },
+        "environment": {"type": "object", "required": ["git_sha", "packages", "python", "platform"]},
+        "predictions": {
+            "type": "object",
+            "required": ["file", "sha256"],
+            "properties": {"file": {"type": "string"}, "sha256": _hash},
+        },
+    },
+}
+
+
+def schema_errors(record: dict[str, Any]) -> list[str]:
+    """Human-readable schema violations (empty when the record is valid)."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(RECORD_SCHEMA)
+    return [
+        f"{'/'.join(str(p) for p in e.absolute_path) or '<record>'}: {e.message}"
+        for e in sorted(validator.iter_errors(record), key=lambda e: list(e.absolute_path))
+    ]
+
+
+def check_record(record: dict[str, Any]) -> None:
+    """Raise a one-line error when ``record`` does not follow the schema."""
+    errs = schema_errors(record)
+    if errs:
+        raise BenchmarkError(f"run record does not follow schema v{SCHEMA_VERSION}: {errs[0]}")
