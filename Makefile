@@ -49,3 +49,7 @@ lock: $(STAMP)
 
 clean:
 	rm -rf $(VENV) outputs multirun
+
+## Regenerate paper/ tables and figures from results/ (and the PDF when LaTeX is installed).
+paper: $(STAMP)
+	$(BIN)/python -m benchmark.paper

@@ -136,10 +136,17 @@ def cmd_leaderboard(argv: list[str]) -> None:
 
     p = argparse.ArgumentParser(prog="llm4rec leaderboard")
     p.add_argument("--runs", default="results/runs", help="directory of run folders")
-    p.add_argument("--out", default="results", help="where leaderboard.{md,csv} are written")
+    p.add_argument("--out", default="results", help="where leaderboard.{md,csv,tex,html} are written")
+    p.add_argument("--wandb", action="store_true", help="also log the table to wandb (offline unless a key is set)")
     a = p.parse_args(argv)
     table = write_leaderboard(Path(a.runs), Path(a.out))
     print(table)
+    if a.wandb:
+        from benchmark.loggers import log_leaderboard_table
+        from benchmark.results.leaderboard import aggregate, load_runs
+
+        where = log_leaderboard_table(aggregate(load_runs(Path(a.runs))), "outputs/wandb")
+        print(f"wandb: leaderboard table logged in {where} (upload with `wandb sync {where}` when offline)")
 
 
 def cmd_data(argv: list[str]) -> None:

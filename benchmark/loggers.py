@@ -71,3 +71,23 @@ def log_final(logger: Logger | None, record: dict[str, Any], run_dir: Path) -> N
         import wandb
 
         wandb.finish()
+
+
+def log_leaderboard_table(rows: list[dict[str, Any]], save_dir: str, project: str = "llm4rec-bench") -> Path:
+    """Log the leaderboard as a wandb Table (offline unless a key is configured); return the run dir."""
+    import wandb
+
+    from benchmark.results.leaderboard import CSV_HEAD
+
+    metrics = sorted({m for r in rows for m in r["metrics"]})
+    columns = [h for h in CSV_HEAD] + metrics
+    data = [[r[h] for h in CSV_HEAD] + [r["metrics"].get(m, (None,))[0] for m in metrics] for r in rows]
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    run = wandb.init(
+        project=project, dir=save_dir, job_type="leaderboard", mode="online" if wandb_online() else "offline",
+        reinit="finish_previous",
+    )
+    run.log({"leaderboard": wandb.Table(columns=columns, data=data)})
+    run_dir = Path(run.dir).parent
+    run.finish()
+    return run_dir

@@ -22,8 +22,8 @@ import numpy as np
 
 from benchmark.eval.metrics import higher_is_better
 from benchmark.eval.significance import holm, paired_pvalue
-from benchmark.results.record import RECORD, read_predictions
 from benchmark.results.recompute import per_row_values
+from benchmark.results.record import RECORD, read_predictions
 
 # Columns shown in the Markdown/LaTeX tables per protocol (the CSV and HTML have every metric).
 HEADLINE = {

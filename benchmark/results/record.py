@@ -23,8 +23,8 @@ import numpy as np
 from benchmark.data.splits import Split
 from benchmark.data.views import LabeledRows, RankingRows
 from benchmark.eval.evaluator import Predictions
-
 from benchmark.results.schema import SCHEMA_VERSION, check_record  # noqa: F401  (re-exported)
+
 RECORD = "record.json"
 PREDICTIONS = "predictions.jsonl.gz"
 PACKAGES = (

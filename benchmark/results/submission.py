@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 
 from benchmark.errors import BenchmarkError
-from benchmark.results.record import PREDICTIONS, RECORD, read_predictions
 from benchmark.results.recompute import recompute_metrics
+from benchmark.results.record import PREDICTIONS, RECORD
 from benchmark.results.schema import schema_errors
 
 METRIC_TOLERANCE = 1e-9  # recomputed vs reported metric (same code, same predictions)

@@ -268,3 +268,82 @@ def load_causal_lm(
         load_seconds=round(time.perf_counter() - t0, 2),
     )
     return LoadedLM(model, tokenizer, facts)
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left-pad token id lists into a batch for a causal LM.
+
+    Positions count only real tokens (``position_ids = cumsum(mask) - 1``), so a padded row
+    sees exactly the positions it would see alone, and its last column is its last token.
+
+    Args:
+        sequences: B lists of token ids (each non-empty).
+        pad_id: the tokenizer's pad token id.
+
+    Returns:
+        ``input_ids`` [B, T], ``attention_mask`` [B, T], ``position_ids`` [B, T] (int64).
+    """
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for r, s in enumerate(sequences):
+        if s:
+            ids[r, width - len(s) :] = torch.as_tensor(s, dtype=torch.long)
+            mask[r, width - len(s) :] = 1
+    position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids}
+
+
+def next_token_logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits of the token after the last column of a left-padded batch.
+
+    Only the last position goes through the LM head (``logits_to_keep=1``), so memory does
+    not grow with sequence length x vocabulary.
+
+    Args:
+        model: a causal LM (or a peft model wrapping one).
+        batch: ``input_ids``, ``attention_mask``, ``position_ids`` [B, T] (see :func:`left_pad`).
+
+    Returns:
+        [B, V] float logits.
+    """
+    device = next(model.parameters()).device
+    out = model(
+        input_ids=batch["input_ids"].to(device),
+        attention_mask=batch["attention_mask"].to(device),
+        position_ids=batch["position_ids"].to(device),
+        use_cache=False,
+        logits_to_keep=1,
+    )
+    return out.logits[:, -1, :]
+
+
+def continuation_logprobs(model: Any, prompt: list[int], continuations: list[list[int]], pad_id: int) -> torch.Tensor:
+    """Sum of log-probabilities of each continuation's tokens after ``prompt``.
+
+    Args:
+        model: a causal LM.
+        prompt: prompt token ids.
+        continuations: C lists of token ids (each non-empty).
+        pad_id: pad token id.
+
+    Returns:
+        [C] float32 sums of log p(token | prompt, earlier continuation tokens).
+    """
+    seqs = [prompt + c for c in continuations]
+    batch = left_pad(seqs, pad_id)
+    device = next(model.parameters()).device
+    longest = max(len(c) for c in continuations)
+    out = model(
+        input_ids=batch["input_ids"].to(device),
+        attention_mask=batch["attention_mask"].to(device),
+        position_ids=batch["position_ids"].to(device),
+        use_cache=False,
+        logits_to_keep=longest + 1,
+    )
+    logp = out.logits[:, :-1, :].float().log_softmax(dim=-1)  # [C, longest, V] predicts the next column
+    target = batch["input_ids"][:, -longest:].to(device)  # [C, longest]
+    tok = logp.gather(2, target.unsqueeze(-1)).squeeze(-1)  # [C, longest]
+    lens = torch.as_tensor([len(c) for c in continuations], device=device)
+    keep = torch.arange(longest, device=device)[None, :] >= (longest - lens)[:, None]  # continuation tokens
+    return (tok * keep).sum(dim=1)
