@@ -189,8 +189,7 @@ def row_histories(
     if has_histories(split):
         return list(df["history"]), list(df["history_likes"])
     tr = split.train
-    order = np.lexsort((tr["row"].to_numpy(), tr["timestamp"].to_numpy(), tr["user"].to_numpy()))
-    _, items, liked, start = _train_order(split, like_threshold)
+    order, items, liked, start = _train_order(split, like_threshold)
     hist: list[tuple[int, ...]] = []
     likes: list[tuple[int, ...]] = []
     if part == "train":
@@ -221,7 +220,7 @@ def user_histories(
     Returns:
         [n_users] (items, likes) tuples; empty for users without train interactions.
     """
-    users, items, liked, start = _train_order(split, like_threshold)
+    _, items, liked, start = _train_order(split, like_threshold)
     out = []
     for u in range(split.n_users):
         a, b = start[u], start[u + 1]
@@ -231,14 +230,18 @@ def user_histories(
 
 
 def _train_order(split: Split, like_threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Train rows by (user, timestamp, file row): users, items, likes and CSR starts per user."""
+    """Train rows ordered by (user, timestamp, file row).
+
+    Returns:
+        (order [N] train row positions, items [N], likes [N], start [n_users + 1] CSR offsets per user).
+    """
     tr = split.train
     order = np.lexsort((tr["row"].to_numpy(), tr["timestamp"].to_numpy(), tr["user"].to_numpy()))
     users = tr["user"].to_numpy()[order]
     items = tr["item"].to_numpy()[order]
     liked = (np.nan_to_num(tr["rating"].to_numpy(float), nan=-np.inf) > like_threshold)[order].astype(np.int64)
     start = np.searchsorted(users, np.arange(split.n_users + 1))  # [n_users + 1]
-    return users, items, liked, start
+    return order, items, liked, start
 
 
 def history_digest(split: Split, part: str, length: int = 10, like_threshold: float = 3.0) -> str:
