@@ -322,6 +322,7 @@ def recbole_config(
     items = [IID] + [f.name for f in spec.features if f.source == "item"]
     inter = [UID, IID, RATING, TIME] + ([LABEL] if spec.label else []) + ([ITEM_LIST] if spec.sequential else [])
     labeled = task == "labeled"
+    params = dict(params or {})
     cfg: dict[str, Any] = {
         "data_path": str(directory.parent),
         "checkpoint_dir": str(directory / "saved"),
@@ -356,8 +357,42 @@ def recbole_config(
         "valid_metric": "AUC" if labeled else "NDCG@10",
         "eval_batch_size": 4096,
     }
-    cfg.update(params or {})
+    if not train_negatives(model, params):
+        cfg["train_neg_sample_args"] = None
+    cfg.update(params)
     return Config(model=model, dataset=directory.name, config_dict=cfg)
+
+
+def model_defaults(name: str) -> dict[str, Any]:
+    """RecBole's default hyperparameters of a model (its ``properties/model/<name>.yaml``)."""
+    import importlib.util
+
+    import yaml
+
+    spec = importlib.util.find_spec("recbole")
+    path = Path(spec.origin).parent / "properties" / "model" / f"{name}.yaml"
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def needs_label(model: Any) -> bool:
+    """Whether the model trains on the CTR label: context-aware models and pointwise
+    sequential ones such as DIN."""
+    from recbole.utils import InputType, ModelType
+
+    return model.type == ModelType.CONTEXT or (
+        model.type == ModelType.SEQUENTIAL and getattr(model, "input_type", None) == InputType.POINTWISE
+    )
+
+
+def train_negatives(model: Any, params: dict[str, Any]) -> bool:
+    """Whether training samples negative items: general models, and sequential ones with BPR loss."""
+    from recbole.utils import ModelType
+
+    if model.type == ModelType.GENERAL:
+        return True
+    if model.type == ModelType.SEQUENTIAL and not needs_label(model):
+        return params.get("loss_type", model_defaults(model.__name__).get("loss_type")) == "BPR"
+    return False
 
 
 def load_recbole_dataset(config: Any) -> Any:
@@ -393,17 +428,17 @@ class Bridge:
     @classmethod
     def from_dataset(cls, config: Any, dataset: Any, spec: BridgeSpec, vocab: dict[str, np.ndarray], n_users: int, n_items: int) -> Bridge:
         """Compute the id maps of a loaded dataset, then build its parts."""
-        maps = []
-        for fld, n in ((UID, n_users), (IID, n_items)):
+        maps: dict[str, np.ndarray] = {}
+        for fld, n, ours, theirs in ((UID, n_users, "user_rb", "rb_user"), (IID, n_items, "item_rb", "rb_item")):
             token_id = dataset.field2token_id[fld]
             ours_to_rb = np.array([token_id.get(str(i), -1) for i in range(n)], dtype=np.int64)
             if (ours_to_rb < 1).any() or len(token_id) != n + 1:
                 raise DataError(f"RecBole bridge: {fld} ids do not cover the catalogue ({len(token_id) - 1} vs {n})")
             rb_to_ours = np.full(n + 1, -1, dtype=np.int64)
             rb_to_ours[ours_to_rb] = np.arange(n)
-            maps += [ours_to_rb, rb_to_ours]
+            maps[ours], maps[theirs] = ours_to_rb, rb_to_ours
         built = dataset.build()
-        return cls(config, dataset, dict(zip(PARTS, built, strict=True)), spec, vocab, *maps)
+        return cls(config, dataset, dict(zip(PARTS, built, strict=True)), spec, vocab, **maps)
 
     @property
     def n_rb_items(self) -> int:
@@ -433,7 +468,7 @@ class Bridge:
         joined by one space, float fields the float (RecBole fills missing with the mean).
         """
         feat = self.dataset.user_feat if source == "user" else self.dataset.item_feat
-        key, back = (UID, self.user_rb) if source == "user" else (IID, self.item_rb)
+        back = self.user_rb if source == "user" else self.item_rb
         out = {}
         for f in self.spec.features:
             if f.source != source:
@@ -452,7 +487,6 @@ class Bridge:
                 out[f.name] = [raw(int(v)) for v in values]
             else:
                 out[f.name] = [" ".join(raw(int(v)) for v in row if v != 0) for row in values]
-        del key
         return pd.DataFrame(out)
 
 

@@ -11,8 +11,9 @@ Why each exists, and when it can go:
   1.20-1.24). RecBole's ``Config`` sets them process-wide on construction, and
   RecBole code uses them while building models (``ContextRecommender``,
   ``ContextSeqEmbLayer``), while building ``Interaction`` objects from arrays and in
-  its evaluator. :func:`recbole_session` lets RecBole set them and restores NumPy's
-  namespace on exit. Go: when RecBole releases a version without them (RecBole > 1.2.1).
+  its evaluator. :func:`recbole_session` sets them for the RecBole calls it wraps and
+  restores NumPy's namespace on exit (RecBole's own models need none of them to train
+  or score once built). Go: when RecBole releases a version without them (RecBole > 1.2.1).
 - **Command line**: ``Config`` parses ``--key=value`` arguments of ``sys.argv`` as
   RecBole settings (and warns about every other argument). The session hides
   ``sys.argv`` from it. Go: never needed if RecBole stops reading ``sys.argv``.
@@ -43,6 +44,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,7 +52,17 @@ from typing import Any
 
 import numpy as np
 
-_NUMPY_ALIASES = ("bool", "int", "float", "complex", "object", "str", "long", "unicode")
+# RecBole's Config.compatibility_settings(): alias -> NumPy name it stands for.
+_NUMPY_ALIASES = {
+    "bool": "bool_",
+    "int": "int_",
+    "float": "float64",
+    "complex": "complex128",
+    "object": "object_",
+    "str": "str_",
+    "long": "int_",
+    "unicode": "str_",
+}
 _MISSING = object()
 
 
@@ -65,8 +77,17 @@ def recbole_session() -> Iterator[None]:
     saved_argv = sys.argv
     saved_cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
     sys.argv = sys.argv[:1]
+    for alias, target in _NUMPY_ALIASES.items():
+        setattr(np, alias, getattr(np, target))
     try:
-        yield
+        with warnings.catch_warnings():
+            # RecBole 1.2.1 under pandas 3: a chained in-place fillna that is a no-op for
+            # the files the bridge writes (no empty sequences), and read-only arrays it
+            # turns into tensors without writing to them.
+            warnings.filterwarnings("ignore", message=".*chained assignment.*")
+            warnings.filterwarnings("ignore", message=".*NumPy array is not writable.*")
+            warnings.filterwarnings("ignore", message=".*In the future `np.*")
+            yield
     finally:
         sys.argv = saved_argv
         if saved_cuda is None:

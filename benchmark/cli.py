@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import sys
 from pathlib import Path
 
@@ -110,7 +111,8 @@ def cmd_run(argv: list[str]) -> None:
     from benchmark.config import register_schemas
 
     register_schemas()
-    sys.argv = ["llm4rec"] + (["--multirun"] if multirun else []) + overrides
+    # argv[0] stays the real program: Lightning's DDP launcher re-executes it for every extra process.
+    sys.argv = [sys.argv[0]] + (["--multirun"] if multirun else []) + overrides
     hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(_task)()
 
 
@@ -225,6 +227,9 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in COMMANDS and "LOCAL_RANK" in os.environ:
+        # A DDP process started by Lightning: it re-runs our command line without the subcommand.
+        argv = ["run", *argv]
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(__doc__.strip())
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)

@@ -10,10 +10,12 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -22,6 +24,7 @@ from benchmark.config import DataConfig, EvalConfig, SliceConfig, SplitConfig, t
 from benchmark.data.loading import load_dataset
 from benchmark.data.splits import Split, build_split
 from benchmark.data.views import (
+    RankingRows,
     array_fingerprint,
     attach_slices,
     labeled_rows,
@@ -40,9 +43,10 @@ from benchmark.results.record import (
     sha256_text,
     write_run,
 )
+from benchmark.training import is_global_zero
 
 # Config keys that do not change results: left out of the config hash.
-NOT_RESULT_KEYS = ("paths", "logger", "run_name", "hydra", "reuse_trained", "reproduce")
+NOT_RESULT_KEYS = ("paths", "logger", "run_name", "hydra", "reuse_trained", "reproduce", "ckpt_path")
 
 
 def result_config(cfg: DictConfig) -> dict[str, Any]:
@@ -103,6 +107,18 @@ def _clean(metrics: dict[str, float]) -> dict[str, float | None]:
     }
 
 
+def trainer_arguments(cfg: DictConfig) -> dict[str, Any]:
+    """Lightning Trainer keyword arguments from ``cfg.trainer`` (``_target_`` nodes, e.g. a
+    strategy object, are instantiated)."""
+    return instantiate(OmegaConf.to_container(cfg.trainer, resolve=True), _convert_="all")
+
+
+def world_size(trainer_kwargs: dict[str, Any]) -> int:
+    devices = trainer_kwargs.get("devices", 1)
+    n = devices if isinstance(devices, int) and devices > 0 else (len(devices) if isinstance(devices, list) else 1)
+    return n * int(trainer_kwargs.get("num_nodes", 1) or 1)
+
+
 def _device(cfg: DictConfig) -> torch.device:
     acc = str(cfg.trainer.get("accelerator", "cpu"))
     return (
@@ -121,35 +137,82 @@ def build_model(model_cfg: DictConfig, split: Split, data: Any) -> torch.nn.Modu
     return instantiate(model_cfg.module, n_users=split.n_users, n_items=split.n_items)
 
 
-def predict(
-    model: torch.nn.Module,
-    split: Split,
-    ev: EvalConfig,
-    slices: SliceConfig,
-    device: torch.device,
-    progress: bool = True,
-) -> tuple[Predictions, dict[str, Any]]:
-    """Model outputs for the test rows of the configured protocol."""
-    model.eval().to(device)
+def eval_rows(split: Split, ev: EvalConfig, slices: SliceConfig) -> tuple[RankingRows | Any, dict[str, Any]]:
+    """The test rows of the configured protocol (with slices, and fixed negatives when sampled)."""
     facts: dict[str, Any] = {}
     if ev.protocol == "labeled":
-        rows = labeled_rows(split, "test", split.config["label_threshold"], slices)
-        u = torch.as_tensor(rows.users, device=device)
-        i = torch.as_tensor(rows.items, device=device).unsqueeze(1)
-        with torch.no_grad():
-            scores = model.score_pairs(u, i).squeeze(1).float().cpu().numpy()
-        probs = bool(getattr(model, "outputs_probabilities", False))
-        return Predictions(rows, scores=scores, probabilities=probs), facts
+        return labeled_rows(split, "test", split.config["label_threshold"], slices), facts
     rows = attach_slices(ranking_rows(split, "test"), split, slices)
     if ev.protocol == "sampled":
         rows.negatives = sample_negatives(split, rows, ev.num_negatives, ev.negatives_seed)
         facts["negatives_fingerprint"] = array_fingerprint(rows.users, rows.negatives)
-        ranked = rank_candidates(model.score_pairs, rows, ev.max_k, ev.chunk_users, device)
+    return rows, facts
+
+
+def row_predictor(rows: Any, ev: EvalConfig) -> Callable[[torch.nn.Module, np.ndarray, torch.device], np.ndarray]:
+    """``fn(model, row_ids, device)``: ranked lists [B, K] or scores [B] for those rows.
+
+    Models that generate their lists (instead of scoring the catalogue) implement
+    ``rank_rows(rows, row_ids, k, device) -> [B, K]``.
+    """
+    if ev.protocol == "labeled":
+
+        def scores(model: torch.nn.Module, ids: np.ndarray, device: torch.device) -> np.ndarray:
+            u = torch.as_tensor(rows.users[ids], device=device)
+            i = torch.as_tensor(rows.items[ids], device=device).unsqueeze(1)
+            return model.score_pairs(u, i).squeeze(1).float().cpu().numpy()
+
+        return scores
+    if ev.protocol == "sampled":
+        return lambda model, ids, device: rank_candidates(
+            model.score_pairs, rows, ev.max_k, ev.chunk_users, device, row_ids=ids
+        )
+
+    def full(model: torch.nn.Module, ids: np.ndarray, device: torch.device) -> np.ndarray:
+        if hasattr(model, "rank_rows"):
+            return model.rank_rows(rows, ids, ev.max_k, device)
+        return rank_full(model.score, rows, ev.max_k, ev.chunk_users, device, row_ids=ids)
+
+    return full
+
+
+def is_distributed(trainer_kwargs: dict[str, Any]) -> bool:
+    """Whether the trainer config asks for more than one process."""
+    devices, nodes = trainer_kwargs.get("devices", 1), int(trainer_kwargs.get("num_nodes", 1) or 1)
+    many = not isinstance(devices, int) or devices != 1
+    return nodes > 1 or (many and devices not in (None, "auto")) or trainer_kwargs.get("strategy") not in (None, "auto")
+
+
+def predict(
+    model: torch.nn.Module,
+    rows: Any,
+    ev: EvalConfig,
+    device: torch.device,
+    trainer_kwargs: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> Predictions:
+    """Model outputs for the test rows, in one process or sharded over the trainer's processes."""
+    fn = row_predictor(rows, ev)
+    model.eval().to(device)
+    if trainer_kwargs is not None and is_distributed(trainer_kwargs):
+        from benchmark.training import predict_sharded
+
+        out = predict_sharded(model, fn, len(rows), ev.chunk_users, trainer_kwargs)
     else:
         bar = _bar(len(rows), "eval", progress)
-        ranked = rank_full(model.score, rows, ev.max_k, ev.chunk_users, device, progress=bar.update)
+        parts = []
+        for start in range(0, len(rows), ev.chunk_users):
+            ids = np.arange(start, min(start + ev.chunk_users, len(rows)))
+            with torch.no_grad():
+                parts.append(fn(model, ids, device))
+            bar.update(len(ids))
         bar.close()
-    return Predictions(rows, ranked=ranked), facts
+        out = np.concatenate(parts) if parts else np.zeros((0, ev.max_k), dtype=np.int64)
+    extra = dict(getattr(model, "prediction_facts", lambda: {})())
+    if ev.protocol == "labeled":
+        probs = bool(getattr(model, "outputs_probabilities", False))
+        return Predictions(rows, scores=out, probabilities=probs, extra=extra)
+    return Predictions(rows, ranked=out, extra=extra)
 
 
 def _bar(total: int, desc: str, enabled: bool):
@@ -185,9 +248,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     logger = instantiate(cfg.logger, run_id=run_id) if cfg.get("logger") else None
     training: dict[str, Any] = {"seconds": 0.0}
+    trainer_kwargs = trainer_arguments(cfg)
     trained_dir = outputs / "models" / training_key(cfg)[:16]
     reused = _load_trained(trained_dir, model) if n_train and cfg.get("reuse_trained", True) else None
-    if reused is not None:
+    if cfg.get("load_weights"):
+        weights = Path(cfg.load_weights)
+        if not weights.exists():
+            raise ConfigError(f"load_weights: file not found: {weights}")
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        training = {"seconds": 0.0, "loaded_weights": str(weights)}
+    elif reused is not None:
         training = reused
     elif n_train and cfg.model.get("train"):
         from benchmark.training import PairwiseStream, fit
@@ -198,8 +268,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             valid = ranking_rows(split, "valid")
         if len(valid) == 0:
             raise ConfigError(f"split {split.protocol}: the valid part is empty; early stopping needs it")
-        trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-        trainer_kwargs.update(logger=logger if logger is not None else False)
         batch_size, train_seed = int(cfg.model.train.batch_size), seed
         if hasattr(model, "train_dataset"):
             train_data = model.train_dataset(split, batch_size, train_seed)
@@ -210,16 +278,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             train_data,
             valid,
             cfg.model.train,
-            trainer_kwargs,
+            {**trainer_kwargs, "logger": logger if logger is not None else False},
             seed,
             str(outputs / "checkpoints" / run_id),
             ev.valid_metric,
             ev.chunk_users,
+            cfg.get("ckpt_path"),
         )
-        _save_trained(trained_dir, model, training)
+        if is_global_zero():
+            _save_trained(trained_dir, model, training)
 
     t0 = time.perf_counter()
-    pred, facts = predict(model, split, ev, slices, _device(cfg), progress)
+    rows, facts = eval_rows(split, ev, slices)
+    pred = predict(model, rows, ev, _device(cfg), trainer_kwargs, progress)
     metrics, sizes, _ = evaluate(pred, ev.ks, split.n_items)
     eval_seconds = time.perf_counter() - t0
 
@@ -258,7 +329,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "notes": dict(cfg.model.get("notes") or {}),
             **pred.extra,
         },
-        "labels": {"device": _device(cfg).type, "seeds_in_run": 1},
+        "labels": {"device": _device(cfg).type, "seeds_in_run": 1, "processes": world_size(trainer_kwargs)},
         "training": training,
         "metrics": _clean(metrics),
         "efficiency": {
@@ -271,6 +342,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         },
         "environment": environment(),
     }
+    if not is_global_zero():  # other processes of a distributed run write nothing
+        return record
     run_dir = write_run(
         Path(cfg.paths.results) / "runs", run_id, record, encode_predictions(prediction_lines(pred, split))
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 import warnings
@@ -69,8 +70,7 @@ class PairwiseStream(IterableDataset):
         self.pos_keys = torch.unique(self.users * n_items + self.items)  # sorted
 
     def __len__(self) -> int:
-        n_batches = -(-len(self.users) // self.batch_size)
-        return -(-n_batches // self.world)
+        return -(-len(self.users) // self.batch_size)
 
     def _is_positive(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         keys = users * self.n_items + items
@@ -78,22 +78,19 @@ class PairwiseStream(IterableDataset):
         return self.pos_keys[pos] == keys
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        self.epoch += 1
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)  # epoch set by the task
         perm = torch.randperm(len(self.users), generator=g)
         neg = torch.randint(self.n_items, (len(self.users),), generator=g)
         bad = self._is_positive(self.users[perm], neg)
         while bad.any():  # resample negatives that hit a train positive
             neg[bad] = torch.randint(self.n_items, (int(bad.sum()),), generator=g)
             bad = self._is_positive(self.users[perm], neg)
-        for b, start in enumerate(range(0, len(perm), self.batch_size)):
-            if b % self.world != self.rank:
-                continue
-            idx = perm[start : start + self.batch_size]
+        for start in range(0, len(perm), self.batch_size):
+            idx = perm[start : start + self.batch_size][self.rank :: self.world]
             yield {
                 "user": self.users[idx],
                 "pos": self.items[idx],
-                "neg": neg[start : start + self.batch_size],
+                "neg": neg[start : start + self.batch_size][self.rank :: self.world],
             }
 
 
@@ -133,6 +130,12 @@ class RecTask(pl.LightningModule):
         self.chunk_users = chunk_users
         self._ids: list[np.ndarray] = []
         self._values: list[np.ndarray] = []
+
+    def on_train_epoch_start(self) -> None:
+        # Streams derive order and negatives from (seed, epoch): a resumed run replays the same epochs.
+        data = getattr(self.trainer.train_dataloader, "dataset", None)
+        if hasattr(data, "epoch"):
+            data.epoch = self.current_epoch
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.model.loss(batch)
@@ -197,11 +200,12 @@ def fit(
     ckpt_dir: str,
     valid_metric: str = "ndcg@10",
     chunk_users: int = 1024,
+    ckpt_path: str | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place with early stopping on ``valid_metric``; keep the best epoch.
 
     ``train_data`` yields ready batches (dicts of tensors) for ``model.loss``; streams
-    with ``rank``/``world`` attributes are sharded across processes by batch.
+    with ``rank``/``world`` attributes split every batch across processes.
 
     Returns:
         training facts for the run record (epochs, best epoch and value, seconds).
@@ -209,21 +213,22 @@ def fit(
     from hydra.utils import instantiate
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
-    shutil.rmtree(ckpt_dir, ignore_errors=True)  # a rerun never picks up a stale checkpoint
+    if ckpt_path is None and is_global_zero():
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # a fresh run never picks up a stale checkpoint
     task = RecTask(model, valid_rows, instantiate(train_cfg.optimizer), valid_metric, chunk_users)
     monitor = f"valid/{valid_metric}"
     ckpt = ModelCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode="max", save_last=True, filename="best")
     callbacks = [ckpt, EarlyStopping(monitor=monitor, mode="max", patience=int(train_cfg.patience))]
     with quiet_lightning():
         trainer = pl.Trainer(max_epochs=int(train_cfg.max_epochs), callbacks=callbacks, **trainer_kwargs)
-    if hasattr(train_data, "rank"):  # shard the stream's batches across processes
+    if hasattr(train_data, "rank"):  # shard every batch across processes
         train_data.rank, train_data.world = trainer.global_rank, trainer.world_size
     train_loader = DataLoader(train_data, batch_size=None)
     valid_ids = torch.arange(len(valid_rows))
     valid_loader = DataLoader(valid_ids, batch_size=chunk_users, shuffle=False)
     t0 = time.perf_counter()
     with quiet_lightning():
-        trainer.fit(task, train_loader, valid_loader)
+        trainer.fit(task, train_loader, valid_loader, ckpt_path=ckpt_path)
     seconds = time.perf_counter() - t0
     best = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=False)
     task.load_state_dict(best["state_dict"])
@@ -236,4 +241,66 @@ def fit(
         "patience": int(train_cfg.patience),
         "batch_size": int(train_cfg.batch_size),
         "seconds": seconds,
+        "resumed_from": ckpt_path,
+        "world_size": int(trainer.world_size),
     }
+
+
+def is_global_zero() -> bool:
+    """True in the process that writes files (global rank 0, before or after Lightning set up)."""
+    from pytorch_lightning.utilities import rank_zero_only
+
+    env = int(os.environ.get("NODE_RANK", 0)) * 1000 + int(os.environ.get("LOCAL_RANK", 0))
+    return getattr(rank_zero_only, "rank", 0) == 0 and env == 0
+
+
+class ShardedPredict(pl.LightningModule):
+    """Runs ``fn(model, row_ids, device)`` over row shards on every process and gathers the
+    outputs by row id, so each row is predicted exactly once whatever the number of processes
+    (padding added by the distributed sampler is dropped).
+    """
+
+    def __init__(self, model: nn.Module, fn: Callable[[nn.Module, np.ndarray, torch.device], np.ndarray], n_rows: int) -> None:
+        super().__init__()
+        self.model = model
+        self.fn = fn
+        self.n_rows = n_rows
+        self._ids: list[np.ndarray] = []
+        self._out: list[np.ndarray] = []
+        self.result: np.ndarray | None = None
+
+    def predict_step(self, row_ids: torch.Tensor, batch_idx: int) -> None:
+        ids = row_ids.cpu().numpy()
+        with torch.no_grad():
+            self._out.append(np.asarray(self.fn(self.model, ids, self.device)))
+        self._ids.append(ids)
+
+    def on_predict_epoch_end(self) -> None:
+        ids, out = np.concatenate(self._ids), np.concatenate(self._out)
+        if self.trainer.world_size > 1:
+            import torch.distributed as dist
+
+            gathered: list = [None] * self.trainer.world_size
+            dist.all_gather_object(gathered, (ids, out))
+            ids = np.concatenate([g[0] for g in gathered])
+            out = np.concatenate([g[1] for g in gathered])
+        uniq, first = np.unique(ids, return_index=True)
+        if len(uniq) != self.n_rows:
+            raise RuntimeError(f"sharded prediction covered {len(uniq)} of {self.n_rows} rows")
+        self.result = out[first]
+
+
+def predict_sharded(
+    model: nn.Module,
+    fn: Callable[[nn.Module, np.ndarray, torch.device], np.ndarray],
+    n_rows: int,
+    chunk: int,
+    trainer_kwargs: dict[str, Any],
+) -> np.ndarray:
+    """``fn`` over all rows, sharded across the trainer's processes; every process gets all rows."""
+    kwargs = {**trainer_kwargs, "logger": False, "enable_checkpointing": False}
+    with quiet_lightning():
+        trainer = pl.Trainer(**kwargs)
+        module = ShardedPredict(model.eval(), fn, n_rows)
+        trainer.predict(module, DataLoader(torch.arange(n_rows), batch_size=chunk), return_predictions=False)
+    return module.result

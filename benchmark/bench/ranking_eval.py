@@ -22,6 +22,7 @@ import logging
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -128,6 +129,7 @@ def _atomic_write_json(path: Path, obj: Any) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=False)
         f.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
     os.replace(tmp, path)
 
 
@@ -272,6 +274,7 @@ def compare_recbole_ml100k(train_epochs: int = TRAIN_EPOCHS, repeats: int = REPE
         rb_big_best, rb_big_times, rb_big_result = _best_of(recbole_eval, repeats)
         rb_hits, rb_scores = _recbole_hits_and_scores(trainer, test_data, max(KS))
         trainer.tensorboard.close()
+    shutil.rmtree(workdir, ignore_errors=True)  # RecBole's tensorboard events, empty checkpoint dir
 
     user_emb = model.user_embedding.weight.detach().clone()  # [n_users, d]
     item_emb = model.item_embedding.weight.detach().clone()  # [n_items, d]

@@ -17,6 +17,14 @@ Scorer = Callable[[torch.Tensor], torch.Tensor]  # users [B] -> scores [B, n_ite
 PairScorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # users [B], items [B, C] -> [B, C]
 
 
+def _order(vals: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort each row by (value desc, index asc)."""
+    o = idx.argsort(dim=1)
+    vals, idx = vals.gather(1, o), idx.gather(1, o)
+    o = vals.argsort(dim=1, descending=True, stable=True)
+    return vals.gather(1, o), idx.gather(1, o)
+
+
 def topk_deterministic(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Top-k column indices per row ordered by (score desc, index asc).
 
@@ -29,17 +37,20 @@ def topk_deterministic(scores: torch.Tensor, k: int) -> torch.Tensor:
     """
     b, n = scores.shape
     k = min(k, n)
-    vals, idx = scores.topk(k, dim=1)  # [B, k], ties in arbitrary order
-    thr = vals[:, -1:]  # [B, 1] k-th largest value
-    n_cand = (scores >= thr).sum(dim=1)  # [B] candidates tied with or above the k-th
-    m = int(n_cand.max()) if b else k
-    if m > k:  # ties straddle the cut: take every candidate, then order exactly
-        vals, idx = scores.topk(m, dim=1)
-    # Order by index, then stable by value desc => (value desc, index asc).
-    o = idx.argsort(dim=1)
-    vals, idx = vals.gather(1, o), idx.gather(1, o)
-    o = vals.argsort(dim=1, descending=True, stable=True)
-    vals, idx = vals.gather(1, o)[:, :k], idx.gather(1, o)[:, :k]
+    if k < n:
+        vals, idx = scores.topk(k + 1, dim=1)  # [B, k+1], ties in arbitrary order
+        # Rows where a tie straddles the cut need every tied candidate to pick by index.
+        tied = (vals[:, k] == vals[:, k - 1]) & torch.isfinite(vals[:, k])
+        vals, idx = vals[:, :k].contiguous(), idx[:, :k].contiguous()
+        if bool(tied.any()):
+            rows = tied.nonzero().squeeze(1)
+            sub = scores[rows]  # [T, N]
+            m = int((sub >= vals[rows, k - 1 :]).sum(dim=1, dtype=torch.int32).max())
+            v2, i2 = _order(*sub.topk(m, dim=1))
+            vals[rows], idx[rows] = v2[:, :k], i2[:, :k]
+    else:
+        vals, idx = scores.topk(k, dim=1)
+    vals, idx = _order(vals, idx)
     return torch.where(torch.isneginf(vals), torch.full_like(idx, -1), idx)
 
 
@@ -83,6 +94,7 @@ def rank_full(
             rr = np.repeat(np.arange(len(r)), lens)
             scores[torch.as_tensor(rr, device=device), torch.as_tensor(flat, device=device)] = float("-inf")
         out[start : start + len(r)] = topk_deterministic(scores, k).cpu().numpy()
+        del scores  # free this block before the scorer allocates the next one
         if progress is not None:
             progress(len(r))
     return out
@@ -95,25 +107,30 @@ def rank_candidates(
     k: int,
     chunk_users: int = 1024,
     device: torch.device | str = "cpu",
+    row_ids: np.ndarray | None = None,
 ) -> np.ndarray:
     """Rank each row's targets together with its fixed negatives (sampled protocol).
 
+    Args:
+        row_ids: subset of row positions to rank (default all), e.g. one rank's shard.
+
     Returns:
-        [R, k] item indices (k capped at the candidate count, padded with -1).
+        [len(row_ids), k] item indices (k capped at the candidate count, padded with -1).
     """
     assert rows.negatives is not None, "sampled protocol needs fixed negatives"
+    row_ids = np.arange(len(rows)) if row_ids is None else np.asarray(row_ids)
     n_t = np.diff(rows.target_ptr)
     width = int(n_t.max()) + rows.negatives.shape[1]
-    cand = np.full((len(rows), width), -1, dtype=np.int64)
-    for r in range(len(rows)):  # build [R, C] candidates: targets first, then negatives
+    cand = np.full((len(row_ids), width), -1, dtype=np.int64)
+    for j, r in enumerate(row_ids):  # build [R, C] candidates: targets first, then negatives
         t = rows.targets_of(r)
-        cand[r, : len(t)] = t
-        cand[r, len(t) : len(t) + rows.negatives.shape[1]] = rows.negatives[r]
-    out = np.full((len(rows), k), -1, dtype=np.int64)
+        cand[j, : len(t)] = t
+        cand[j, len(t) : len(t) + rows.negatives.shape[1]] = rows.negatives[r]
+    out = np.full((len(row_ids), k), -1, dtype=np.int64)
     kk = min(k, width)
-    for start in range(0, len(rows), chunk_users):
+    for start in range(0, len(row_ids), chunk_users):
         c = torch.as_tensor(cand[start : start + chunk_users], device=device)
-        users = torch.as_tensor(rows.users[start : start + chunk_users], device=device)
+        users = torch.as_tensor(rows.users[row_ids[start : start + chunk_users]], device=device)
         scores = pair_scorer(users, c.clamp(min=0)).float()  # [B, C]
         scores = scores.masked_fill(c < 0, float("-inf"))
         # Order by (score desc, item index asc): sort candidate columns by item first.

@@ -1,0 +1,361 @@
+"""Any unmodified RecBole model as a benchmark model: ``RecBoleModel(split, data, name, params)``.
+
+The RecBole class is built by name (``recbole.utils.get_model``) on the RecBole dataset
+the bridge makes from our split (:mod:`baselines.bridge`), and trained by our Lightning
+task through its own ``calculate_loss``; it is scored through its own ``predict`` and
+``full_sort_predict``, with ids mapped both ways. Nothing of the model is re-implemented.
+
+Supported RecBole model types:
+
+- general (e.g. BPR, LightGCN): trained on (user, item, sampled negative) rows
+  (pairwise), or positives and sampled negatives with a 0/1 label (pointwise);
+- context-aware (e.g. DeepFM): trained on every train row with the CTR label
+  (rating >= ``split.label_threshold``) and the user/item feature fields;
+- sequential (e.g. SASRec, DIN): trained on train rows with their history
+  (``item_id_list``, ``item_length``); DIN-like pointwise models use the CTR label.
+
+Context-aware models and DIN-like ones output probabilities (RecBole's ``predict`` is a
+sigmoid), so the labeled protocol also reports LogLoss for them.
+
+Histories at evaluation: a sequential model scores the valid part from the user's
+train items and the test part from train + valid items. The model cannot see which
+part it is scoring, so it follows training: scoring uses the valid history until
+weights are loaded into it (which :func:`benchmark.training.fit` does with the best
+checkpoint when training ends, and ``run`` does when it reuses trained weights), then
+the test history; a training step switches back. :attr:`RecBoleModel.eval_part` can also
+be set directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import IterableDataset
+
+from benchmark.data.interactions import Interactions
+from benchmark.data.splits import Split
+from benchmark.errors import ConfigError
+
+from baselines import bridge as B
+from baselines import compat
+
+# RecBole trains these on user batches of the rating matrix (its UserDataLoader).
+USER_BATCH_MODELS = ("MultiDAE", "MultiVAE", "MacridVAE", "CDAE", "ENMF", "RaCT", "RecVAE", "DiffRec", "LDiffRec")
+# Sequential models whose forward is defined for an empty history (others gather at length - 1).
+EMPTY_HISTORY_OK = ("DIN",)
+# Rows per ``predict`` call when a model has no full-sort scorer.
+PREDICT_ROWS = 1 << 16
+
+
+def recbole_class(name: str) -> type:
+    """The RecBole model class ``name``, or a one-line ConfigError saying why it cannot run here."""
+    import importlib
+
+    from recbole.utils import ModelType, get_model
+
+    try:
+        cls = get_model(name)
+    except ValueError:
+        raise ConfigError(f"model.module.name: RecBole has no model '{name}'") from None
+    why = None
+    if cls.type == ModelType.KNOWLEDGE:
+        why = "knowledge-aware models need a knowledge graph (.kg/.link files), which benchmark splits do not carry"
+    elif cls.type == ModelType.TRADITIONAL:
+        why = "it is fitted in closed form / by counting (RecBole's TraditionalTrainer), not trained by gradient"
+    elif cls.type == ModelType.DECISIONTREE:
+        why = "decision-tree models (xgboost/lightgbm) are not torch modules trained by gradient"
+    elif name in USER_BATCH_MODELS:
+        why = "it trains on user batches of the rating matrix (RecBole's UserDataLoader), which the wrapper does not build"
+    elif hasattr(importlib.import_module("recbole.trainer"), f"{name}Trainer"):
+        why = f"it needs RecBole's own {name}Trainer (a custom training loop)"
+    elif hasattr(importlib.import_module("recbole.data.dataset"), f"{name}Dataset"):
+        why = f"it needs RecBole's own {name}Dataset"
+    if why:
+        raise ConfigError(f"model.module.name={name}: RecBole {cls.type.name.lower()} model not supported: {why}")
+    return cls
+
+
+class _Rows:
+    """CPU tensors of the RecBole train part (kept out of the module's device moves)."""
+
+    def __init__(self, fields: dict[str, torch.Tensor]) -> None:
+        self.fields = fields
+
+
+class RecBoleStream(IterableDataset):
+    """Shuffled batches of RecBole train rows (dicts of field tensors), one pass per epoch.
+
+    ``mode``: ``rows`` yields the rows as they are; ``pairwise`` adds ``neg_item_id``;
+    ``pointwise`` yields the positives with label 1 and as many negatives with label 0.
+    Negatives are uniform over RecBole item ids the user has no train row with. The order
+    and negatives of epoch e are a function of (seed, e) only, and rank r of world w takes
+    every w-th batch, as :class:`benchmark.training.PairwiseStream` does.
+    """
+
+    def __init__(
+        self, fields: dict[str, torch.Tensor], batch_size: int, seed: int, mode: str = "rows", n_items: int = 0
+    ) -> None:
+        self.fields = fields
+        self.n = len(next(iter(fields.values())))
+        self.batch_size = batch_size
+        self.seed = seed
+        self.mode = mode
+        self.n_items = n_items  # RecBole ids 1..n_items-1 (0 = padding)
+        self.epoch = 0
+        self.rank, self.world = 0, 1
+        if mode != "rows":
+            self.users = fields[B.UID]
+            self.pos_keys = torch.unique(self.users * n_items + fields[B.IID])  # sorted
+
+    def __len__(self) -> int:
+        n_batches = -(-self.n // self.batch_size)
+        return -(-n_batches // self.world)
+
+    def _negatives(self, users: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        neg = torch.randint(1, self.n_items, (len(users),), generator=g)
+        for _ in range(1000):  # resample negatives that hit a train positive
+            keys = users * self.n_items + neg
+            pos = torch.searchsorted(self.pos_keys, keys).clamp(max=len(self.pos_keys) - 1)
+            bad = self.pos_keys[pos] == keys
+            if not bad.any():
+                break
+            neg[bad] = torch.randint(1, self.n_items, (int(bad.sum()),), generator=g)
+        return neg
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        self.epoch += 1
+        perm = torch.randperm(self.n, generator=g)
+        neg = self._negatives(self.users[perm], g) if self.mode != "rows" else None
+        for b, start in enumerate(range(0, self.n, self.batch_size)):
+            if b % self.world != self.rank:
+                continue
+            idx = perm[start : start + self.batch_size]
+            batch = {k: v[idx] for k, v in self.fields.items()}
+            if self.mode == "pairwise":
+                batch["neg_item_id"] = neg[start : start + self.batch_size]
+            elif self.mode == "pointwise":
+                k = len(idx)
+                batch = {key: torch.cat([v, v]) for key, v in batch.items()}
+                batch[B.IID] = torch.cat([batch[B.IID][:k], neg[start : start + self.batch_size]])
+                batch[B.LABEL] = torch.cat([torch.ones(k), torch.zeros(k)])
+            yield batch
+
+
+class RecBoleModel(nn.Module):
+    """An unmodified RecBole model behind the benchmark's model interface.
+
+    Args:
+        split: our split (parts with user/item indices).
+        data: the dataset (user/item side tables for feature fields).
+        name: RecBole model class name (``DeepFM``, ``DIN``, ``SASRec``, ``BPR``, ``LightGCN``, ...).
+        params: RecBole hyperparameters of the model (``embedding_size``, ``loss_type``, ...);
+            unset ones take RecBole's defaults (its ``properties/model/<name>.yaml``).
+        user_features: user columns as feature fields; None = all (only models that
+            read features use them).
+        item_features: item columns; None = all but the title.
+        field_types: column -> ``token``/``token_seq``/``float`` overriding the inferred type.
+        max_len: longest history for sequential models (RecBole's ``MAX_ITEM_LIST_LENGTH``).
+        min_history: sequential train rows need at least this many history items.
+
+    Attributes:
+        outputs_probabilities: True for models trained on the CTR label.
+        eval_part: ``valid`` or ``test``: whose history a sequential model scores from.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        data: Interactions,
+        name: str,
+        params: dict[str, Any] | None = None,
+        user_features: list[str] | None = None,
+        item_features: list[str] | None = None,
+        field_types: dict[str, str] | None = None,
+        max_len: int = 50,
+        min_history: int = 1,
+    ) -> None:
+        super().__init__()
+        from recbole.data.interaction import Interaction
+        from recbole.model.abstract_recommender import AbstractRecommender
+        from recbole.utils import InputType, ModelType
+
+        self._interaction = Interaction
+        params = {k: _plain(v) for k, v in dict(params or {}).items()}
+        cls = recbole_class(name)
+        self.name = name
+        self.kind = {ModelType.GENERAL: "general", ModelType.CONTEXT: "context", ModelType.SEQUENTIAL: "sequential"}[
+            cls.type
+        ]
+        self.outputs_probabilities = B.needs_label(cls)
+        spec = B.BridgeSpec(
+            features=B.feature_fields(data, user_features, item_features, field_types),
+            label=self.outputs_probabilities,
+            sequential=self.kind == "sequential",
+            max_len=max_len,
+            min_history=min_history,
+            label_threshold=float(split.config.get("label_threshold", 4.0)),
+        )
+        task = "labeled" if self.outputs_probabilities else "full"
+        bridge = B.build_bridge(split, data, cls, spec, task, params)
+        with compat.recbole_session():
+            self.recbole = cls(bridge.config, bridge.parts["train"])
+        self.recbole_config = {k: _plain(bridge.config[k]) for k in sorted(params)}
+        self.n_rb_items = bridge.n_rb_items
+        self._user_rb = torch.as_tensor(bridge.user_rb)  # [n_users] our index -> RecBole id
+        self._item_rb = torch.as_tensor(bridge.item_rb)  # [n_items]
+        self._user_feat = _features(bridge.dataset.user_feat, B.UID)  # field -> [n_rb_users, ...]
+        self._item_feat = _features(bridge.dataset.item_feat, B.IID)  # field -> [n_rb_items, ...]
+        self._full_sort = type(self.recbole).full_sort_predict is not AbstractRecommender.full_sort_predict
+        self._empty_history_ok = name in EMPTY_HISTORY_OK
+        self._hist: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if self.kind == "sequential":
+            for part in ("valid", "test"):
+                hist, length = B.user_histories(split, part, max_len)  # our item indices, -1 = none
+                rb = np.where(hist >= 0, bridge.item_rb[np.maximum(hist, 0)], 0)
+                self._hist[part] = (torch.as_tensor(rb), torch.as_tensor(length))
+        train = bridge.parts["train"].inter_feat
+        self._train = _Rows({k: v for k, v in train.interaction.items()})
+        if self.kind == "general":
+            self._mode = "pointwise" if getattr(cls, "input_type", None) == InputType.POINTWISE else "pairwise"
+        elif self.kind == "sequential" and B.train_negatives(cls, params):
+            self._mode = "pairwise"
+        else:
+            self._mode = "rows"
+        self.eval_part = "valid"
+        self.register_load_state_dict_post_hook(_after_load)
+
+    # ------------------------------------------------------------------ training
+
+    def train_dataset(self, split: Split, batch_size: int, seed: int) -> RecBoleStream:
+        """Seeded, epoch-dependent batches of the RecBole train part (shardable by batch)."""
+        del split  # the rows were fixed when the model was built from the same split
+        return RecBoleStream(self._train.fields, batch_size, seed, self._mode, self.n_rb_items)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The RecBole model's ``calculate_loss`` on a batch (multi-part losses are summed)."""
+        self.eval_part = "valid"
+        out = self.recbole.calculate_loss(self._inter(dict(batch)))
+        return sum(out) if isinstance(out, tuple) else out
+
+    # ------------------------------------------------------------------ scoring
+
+    def score(self, users: torch.Tensor) -> torch.Tensor:
+        """[B] user indices -> [B, n_items] scores over our catalogue (RecBole's ``full_sort_predict``)."""
+        if not self._full_sort:  # e.g. context-aware models: predict every (user, item) pair
+            n = len(self._item_rb)
+            items = torch.arange(n, device=users.device)
+            parts = [self.score_pairs(u, items.expand(len(u), n)) for u in users.split(max(1, PREDICT_ROWS // n))]
+            return torch.cat(parts) if parts else torch.zeros(0, n, device=users.device)
+        inter = {B.UID: self._user_rb[users]}
+        self._add_history(inter, users)
+        scores = self.recbole.full_sort_predict(self._inter(inter)).view(len(users), -1)  # [B, n_rb_items]
+        return scores[:, self._item_rb]
+
+    def score_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """[B] users, [B, C] items -> [B, C] scores (RecBole's ``predict``; probabilities for CTR models)."""
+        b, c = items.shape
+        if c > 1 and self._full_sort and not self.outputs_probabilities:
+            return self.score(users).gather(1, items)
+        flat_users = users.repeat_interleave(c)  # [B*C]
+        inter = {B.UID: self._user_rb[flat_users], B.IID: self._item_rb[items.reshape(-1)]}
+        self._add_history(inter, flat_users)
+        out = []
+        for start in range(0, b * c, PREDICT_ROWS):
+            chunk = {k: v[start : start + PREDICT_ROWS] for k, v in inter.items()}
+            out.append(self.recbole.predict(self._inter(chunk)).reshape(-1))
+        return torch.cat(out).view(b, c)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _add_history(self, inter: dict[str, torch.Tensor], users: torch.Tensor) -> None:
+        """Add ``item_id_list``/``item_length`` of ``users`` for the current eval part."""
+        if self.kind != "sequential":
+            return
+        hist, length = self._hist[self.eval_part]
+        inter[B.ITEM_LIST] = hist[users]  # [N, max_len] RecBole ids, 0 = padding
+        n = length[users]
+        inter[B.ITEM_LEN] = n if self._empty_history_ok else n.clamp(min=1)  # empty: one padding item
+
+    def _inter(self, fields: dict[str, torch.Tensor]) -> Any:
+        """A RecBole ``Interaction`` with the user/item feature fields joined, as RecBole's loaders do."""
+        if B.UID in fields:
+            for k, v in self._user_feat.items():
+                fields.setdefault(k, v[fields[B.UID]])
+        if B.IID in fields:
+            for k, v in self._item_feat.items():
+                fields.setdefault(k, v[fields[B.IID]])
+        if "neg_item_id" in fields:
+            for k, v in self._item_feat.items():
+                fields.setdefault(f"neg_{k}", v[fields["neg_item_id"]])
+        return self._interaction(fields)
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> RecBoleModel:
+        """Move RecBole's plain tensor attributes along with the parameters.
+
+        RecBole models keep tensors outside parameters and buffers (LightGCN's adjacency
+        matrix, DIN's feature tables and masks) and a ``device`` attribute; Lightning's
+        device placement would leave them behind.
+        """
+        super()._apply(fn, recurse)
+        device = fn(torch.zeros(1)).device
+        for m in self.modules():
+            for name, value in list(vars(m).items()):
+                if name.startswith("_") and name not in ("_user_rb", "_item_rb", "_user_feat", "_item_feat", "_hist"):
+                    continue
+                moved = _move(value, fn, device)
+                if moved is not value:
+                    object.__setattr__(m, name, moved)
+        return self
+
+    def extra_repr(self) -> str:
+        return f"name={self.name}, kind={self.kind}, eval_part={self.eval_part}"
+
+
+def _after_load(module: RecBoleModel, incompatible: Any) -> None:
+    """Weights were loaded (best checkpoint, or reused): score the test part; drop stale caches."""
+    module.eval_part = "test"
+    for name in ("restore_user_e", "restore_item_e"):  # e.g. LightGCN's cached propagated embeddings
+        if getattr(module.recbole, name, None) is not None:
+            setattr(module.recbole, name, None)
+
+
+def _move(value: Any, fn: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> Any:
+    from recbole.data.interaction import Interaction
+
+    if isinstance(value, nn.Parameter) or isinstance(value, nn.Module):
+        return value
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, torch.device):
+        return device
+    if isinstance(value, Interaction):
+        return value.to(device)
+    if isinstance(value, dict) and value and all(isinstance(v, torch.Tensor) for v in value.values()):
+        return {k: fn(v) for k, v in value.items()}
+    if isinstance(value, dict) and value and all(isinstance(v, tuple) for v in value.values()):
+        return {k: tuple(fn(t) if isinstance(t, torch.Tensor) else t for t in v) for k, v in value.items()}
+    return value
+
+
+def _features(feat: Any, key: str) -> dict[str, torch.Tensor]:
+    """Feature columns of a RecBole user/item table (without the id), indexed by RecBole id."""
+    if feat is None:
+        return {}
+    return {k: v for k, v in feat.interaction.items() if k != key}
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers -> plain Python (RecBole checks ``isinstance(x, list)``)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(value, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return value

@@ -1,0 +1,283 @@
+"""LLM reranking of a first-stage model's top-N candidates (``model=llm_rerank``, ``eval=full``).
+
+The first stage is a committed run directory (``record.json`` + ``predictions.jsonl.gz``) made on
+the SAME split (its split fingerprint must equal this run's). For each test user, its top-N
+ranked items (default 20) are listed in a prompt after the user's liked/disliked train history,
+and each candidate is scored by the likelihood of its quoted title as the answer (summed token
+log-probabilities, divided by the token count with ``length_norm``). ``score(users)`` returns
+these scores for the candidates and -inf for every other item, so the evaluator's full ranking
+is the reordered candidate list.
+
+Position bias: ``order`` sets the order candidates are listed in the prompt (``first_stage``,
+``reverse``, or ``random``: a permutation per user drawn by seed). The record reports the mean
+LLM rank and the top-1 share per prompt position and the mean Spearman correlation between
+prompt position and LLM rank; with ``order=random`` these measure position bias directly.
+The prompt is computed once per user and its key/value cache shared by the N candidates.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from benchmark.data.splits import Split
+from benchmark.data.tallrec import user_histories
+from benchmark.errors import ConfigError
+from benchmark.models.components.llm import load_causal_lm, shared_prefix_logprobs
+from benchmark.models.components.prompts import PromptTemplate, continuation_ids, item_texts
+from benchmark.models.tallrec import as_template
+
+ORDERS = ("first_stage", "reverse", "random")
+
+
+def read_first_stage(run_dir: str | Path, split: Split, top_n: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Candidates of a first-stage run, checked against this run's split.
+
+    Args:
+        run_dir: a run directory with ``record.json`` and its predictions file.
+        split: the current split (its fingerprint must equal the run's).
+        top_n: candidates kept per user (the first ``top_n`` of the stored list).
+
+    Returns:
+        ([n_users, top_n] item indices, -1 where a user has fewer or no candidates;
+        facts about the first-stage run for the record).
+    """
+    from benchmark.results.record import RECORD, read_predictions
+
+    run_dir = Path(run_dir)
+    if not (run_dir / RECORD).is_file():
+        raise ConfigError(f"model.module.first_stage: no {RECORD} in {run_dir}")
+    rec = json.loads((run_dir / RECORD).read_text())
+    theirs = rec.get("split", {}).get("fingerprint")
+    if theirs != split.fingerprint:
+        raise ConfigError(
+            f"model.module.first_stage: run {rec.get('run_id', run_dir.name)} was made on split "
+            f"{str(theirs)[:12]} ({rec.get('split', {}).get('protocol')}), this run's split is "
+            f"{split.fingerprint[:12]} ({split.protocol}); rerank needs the same split"
+        )
+    if rec.get("eval", {}).get("protocol") != "full":
+        raise ConfigError(
+            f"model.module.first_stage: run {rec.get('run_id')} used eval={rec.get('eval', {}).get('protocol')}; "
+            "reranking needs a full-ranking (eval=full) first stage"
+        )
+    stored = int(rec["eval"].get("list_length", 0))
+    if top_n > stored:
+        raise ConfigError(f"model.module.top_n={top_n}: the first-stage run stores only the top {stored}")
+    lines = read_predictions(run_dir / rec["predictions"]["file"])
+    user_of = {u: i for i, u in enumerate(split.user_ids.tolist())}
+    item_of = {x: i for i, x in enumerate(split.item_ids.tolist())}
+    cands = np.full((split.n_users, top_n), -1, dtype=np.int64)
+    for line in lines:
+        ranked = [item_of[x] for x in line["ranked"] if x is not None and x in item_of][:top_n]
+        cands[user_of[line["user"]], : len(ranked)] = ranked
+    facts = {
+        "run_id": rec.get("run_id"),
+        "model": rec.get("model", {}).get("label") or rec.get("model", {}).get("name"),
+        "split_fingerprint": theirs,
+        "metrics": {k: v for k, v in rec.get("metrics", {}).items() if k.count("/") == 1},
+    }
+    return cands, facts
+
+
+class LLMRerank(nn.Module):
+    """Reorders a first-stage run's top-N by the LLM's answer likelihood (see the module docstring).
+
+    Args:
+        split: the split (must be the first stage's split).
+        data: the dataset (item titles).
+        first_stage: path of the first-stage run directory.
+        backbone: causal LM (see :func:`benchmark.models.components.llm.load_causal_lm`).
+        prompt: a listwise template with the fields ``liked``, ``disliked``, ``candidates``.
+        top_n: candidates per user.
+        order: candidate order in the prompt: ``first_stage``, ``reverse`` or ``random``.
+        history: train items per user shown in the prompt (its most recent ones).
+        like_threshold: like = rating > threshold.
+        length_norm: divide a candidate's log-likelihood by its number of tokens.
+        dtype: weights dtype (``auto``: bf16 on CUDA, fp32 otherwise).
+        accelerator: the trainer accelerator (resolves ``dtype=auto``).
+        seed: seed of ``order=random``; None = the run seed (``torch.initial_seed()``).
+        cache_dir: cache root for dequantized GGUF backbones.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        data: Any,
+        first_stage: str | None = None,
+        backbone: str = "smollm2-135m-instruct",
+        prompt: PromptTemplate | Mapping[str, Any] | None = None,
+        top_n: int = 20,
+        order: str = "first_stage",
+        history: int = 10,
+        like_threshold: float = 3.0,
+        length_norm: bool = True,
+        dtype: str = "auto",
+        accelerator: str = "cpu",
+        seed: int | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not first_stage:
+            raise ConfigError("model.module.first_stage: set it to a first-stage run directory (record.json)")
+        if order not in ORDERS:
+            raise ConfigError(f"model.module.order: unknown '{order}' (one of {ORDERS})")
+        if top_n < 1:
+            raise ConfigError(f"model.module.top_n: must be >= 1, got {top_n}")
+        if prompt is None:
+            raise ConfigError("model.module.prompt: a prompt template is required (configs/prompt)")
+        self.template = as_template(prompt)
+        need = {"liked", "disliked", "candidates"}
+        if not need <= self.template.fields:
+            raise ConfigError(f"prompt {self.template.name}: a listwise prompt needs the fields {sorted(need)}")
+        self.first_stage_path = str(first_stage)
+        self.candidates, self.first_stage = read_first_stage(first_stage, split, int(top_n))
+        self.top_n, self.order, self.length_norm = int(top_n), order, bool(length_norm)
+        self.seed = int(torch.initial_seed() if seed is None else seed) % (2**63)
+        self.n_items = split.n_items
+        lm = load_causal_lm(backbone, dtype, accelerator, cache_dir)
+        self.lm, self.tokenizer, self.lm_facts = lm.model, lm.tokenizer, lm.facts
+        for p in self.lm.parameters():
+            p.requires_grad_(False)
+        self.texts = item_texts(data.items, data.item_fields, split.item_ids, self.template.item_text)
+        self.histories = user_histories(split, int(history), float(like_threshold))
+        self.history, self.like_threshold = int(history), float(like_threshold)
+        self._scores: dict[int, np.ndarray] = {}  # user -> [top_n] LLM scores (first-stage order)
+        self._positions: dict[int, np.ndarray] = {}  # user -> [top_n] prompt position per candidate
+        self.example_prompt = ""
+        self.register_state_dict_post_hook(_drop_all)
+        self.register_load_state_dict_post_hook(_ignore_missing)
+
+    def prompt_order(self, user: int, n: int) -> np.ndarray:
+        """[n] the prompt position of each of the user's n candidates (first-stage order in)."""
+        if self.order == "first_stage":
+            return np.arange(n)
+        if self.order == "reverse":
+            return np.arange(n)[::-1].copy()
+        perm = np.random.default_rng([self.seed, 4_099, int(user)]).permutation(n)
+        return np.argsort(perm)  # candidate j is shown at position pos[j]; perm lists the shown order
+
+    def _prompt(self, user: int, cands: np.ndarray, pos: np.ndarray) -> str:
+        hist, likes = self.histories[user]
+        shown = cands[np.argsort(pos)]
+        t = self.template
+        fields = {
+            "liked": t.items([self.texts[i] for i, lk in zip(hist, likes, strict=True) if lk]),
+            "disliked": t.items([self.texts[i] for i, lk in zip(hist, likes, strict=True) if not lk]),
+            "candidates": t.items([self.texts[i] for i in shown]),
+        }
+        return t.render(fields, (), self.tokenizer)
+
+    def _score_user(self, user: int) -> None:
+        cands = self.candidates[user]
+        cands = cands[cands >= 0]
+        if len(cands) == 0:
+            self._scores[user] = np.zeros(0)
+            return
+        pos = self.prompt_order(user, len(cands))
+        text = self._prompt(user, cands, pos)
+        if not self.example_prompt:
+            self.example_prompt = text
+        conts = [continuation_ids(self.tokenizer, text, self.template.item.format(text=self.texts[i])) for i in cands]
+        prompt_ids = conts[0][0]
+        tails = [c[1] for c in conts]
+        lp = shared_prefix_logprobs(self.lm, prompt_ids, tails, self.tokenizer.pad_token_id).cpu().numpy()
+        if self.length_norm:
+            lp = lp / np.array([len(t) for t in tails])
+        self._scores[user] = lp.astype(np.float64)
+        self._positions[user] = pos
+
+    @torch.no_grad()
+    def score(self, users: torch.Tensor) -> torch.Tensor:
+        """[B] users -> [B, n_items]: LLM scores of each user's candidates, -inf elsewhere."""
+        out = torch.full((len(users), self.n_items), float("-inf"))
+        for r, u in enumerate(users.tolist()):
+            if u not in self._scores:
+                self._score_user(u)
+            cands = self.candidates[u]
+            cands = cands[cands >= 0]
+            if len(cands):
+                out[r, torch.as_tensor(cands)] = torch.as_tensor(self._scores[u], dtype=torch.float32)
+        return out.to(users.device)
+
+    def score_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        raise ConfigError("model llm_rerank reorders a first-stage run's top-N: use eval=full")
+
+    def position_bias(self) -> dict[str, Any]:
+        """Mean LLM rank and top-1 share per prompt position; Spearman(position, LLM rank) and
+        Spearman(first-stage rank, LLM rank), averaged over users with >= 2 candidates."""
+        n = self.top_n
+        rank_sum, count, top1 = np.zeros(n), np.zeros(n), np.zeros(n)
+        rho_pos, rho_first = [], []
+        for u, s in self._scores.items():
+            if len(s) == 0:
+                continue
+            llm_rank = np.empty(len(s))
+            llm_rank[np.argsort(-s, kind="stable")] = np.arange(len(s))
+            pos = self._positions[u]
+            np.add.at(rank_sum, pos, llm_rank)
+            np.add.at(count, pos, 1)
+            np.add.at(top1, pos, llm_rank == 0)
+            if len(s) >= 2:
+                rho_pos.append(_spearman(pos, llm_rank))
+                rho_first.append(_spearman(np.arange(len(s)), llm_rank))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_rank = np.where(count > 0, rank_sum / count, np.nan)
+            share = np.where(count > 0, top1 / count, np.nan)
+        return {
+            "mean_llm_rank_by_prompt_position": [None if np.isnan(x) else round(float(x), 4) for x in mean_rank],
+            "top1_share_by_prompt_position": [None if np.isnan(x) else round(float(x), 4) for x in share],
+            "spearman_prompt_position_vs_llm_rank": _mean(rho_pos),
+            "spearman_first_stage_rank_vs_llm_rank": _mean(rho_first),
+        }
+
+    def prediction_facts(self) -> dict[str, Any]:
+        """Facts for ``record["model"]``: backbone, prompt, first stage, order, position bias."""
+        scored = [len(s) for s in self._scores.values()]
+        return {
+            "llm": {
+                **{k: v for k, v in self.lm_facts.items() if k not in ("load_seconds",)},
+                "prompt": {**self.template.describe(), "example": self.example_prompt},
+                "history": {"source": "user_last_train_items", "length": self.history, "like_threshold": self.like_threshold},
+            },
+            "rerank": {
+                "first_stage": {**self.first_stage, "path": self.first_stage_path},
+                "top_n": self.top_n,
+                "order": self.order,
+                "order_seed": self.seed if self.order == "random" else None,
+                "length_norm": self.length_norm,
+                "users_scored": len(scored),
+                "mean_candidates": round(float(np.mean(scored)), 4) if scored else 0.0,
+                "position_bias": self.position_bias(),
+            },
+        }
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman correlation of two tie-free rankings."""
+    ra = np.argsort(np.argsort(a, kind="stable"), kind="stable").astype(float)
+    rb = np.argsort(np.argsort(b, kind="stable"), kind="stable").astype(float)
+    ra -= ra.mean()
+    rb -= rb.mean()
+    den = np.sqrt((ra**2).sum() * (rb**2).sum())
+    return float((ra * rb).sum() / den) if den else 0.0
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(float(np.mean(values)), 6) if values else None
+
+
+def _drop_all(module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any) -> None:
+    """Nothing of the reranker is trained: its state dict is empty (the LM reloads from its source)."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        del state_dict[key]
+
+
+def _ignore_missing(module: nn.Module, incompatible: Any) -> None:
+    names = {n for n, _ in module.named_parameters()} | {n for n, _ in module.named_buffers()}
+    incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if not any(k.endswith(n) for n in names)]

@@ -1,0 +1,383 @@
+"""TALLRec-style recommendation as a yes/no instruction task for a causal LM (Bao et al., RecSys 2023).
+
+A row is a prompt built from the user's liked and disliked history items (by title) and a target
+item; the model answers ``Yes.`` or ``No.``. The score of a (user, item) pair is P("Yes")
+normalised over the first tokens of the two answers, read from the logits at the answer
+position (the token ids are derived from the tokenizer, never hard-coded).
+
+- Training (``model=tallrec``): LoRA adapters (peft) on the frozen LM, cross-entropy of the
+  answer token, on ``shots`` rows (16, 64, 256 or ``all``) drawn by seed from the train part.
+- Zero-shot / in-context few-shot (``model=tallrec_zeroshot``): no training; ``icl_shots``
+  labelled train rows, drawn by seed, are shown before every prompt.
+
+Histories: on ``split=tallrec_movie`` a row's own history; on the framework's other splits the
+user's last ``history`` train items (valid/test rows) or the train items before the row (train
+rows), with like = rating > ``like_threshold`` -- never anything outside the train part.
+
+Batches are left-padded with positions counted over real tokens, so a row scores the same in
+any batch. Only the adapter weights are in ``state_dict()`` (checkpoints, reused weights): the
+frozen backbone is reloaded from its source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import IterableDataset
+
+from benchmark.data.splits import Split
+from benchmark.data.tallrec import has_histories, row_histories, user_histories
+from benchmark.errors import ConfigError, DataError
+from benchmark.models.components.llm import left_pad, load_causal_lm, next_token_logits
+from benchmark.models.components.prompts import PromptTemplate, answer_token_ids, item_texts
+
+SHOT_CHOICES = "a positive integer or 'all'"
+
+
+def as_template(prompt: PromptTemplate | Mapping[str, Any]) -> PromptTemplate:
+    """A :class:`PromptTemplate` from itself or a plain mapping (``_target_`` ignored)."""
+    if isinstance(prompt, PromptTemplate):
+        return prompt
+    from omegaconf import DictConfig, OmegaConf
+
+    data = OmegaConf.to_container(prompt, resolve=True) if isinstance(prompt, DictConfig) else dict(prompt)
+    data.pop("_target_", None)
+    data.pop("_convert_", None)
+    try:
+        return PromptTemplate(**data)
+    except TypeError as e:
+        raise ConfigError(f"model.prompt: {e}") from None
+
+
+def draw_rows(n: int, count: int | str, seed: int, stream: int = 0) -> np.ndarray:
+    """``count`` distinct positions in [0, n) drawn by ``seed`` (all of them, shuffled, for ``all``).
+
+    Args:
+        n: number of rows to draw from.
+        count: how many (or ``all``).
+        seed: the run seed.
+        stream: separates independent draws made with one seed (0: training shots, 1: in-context).
+
+    Returns:
+        [count] int64 positions, in draw order.
+    """
+    perm = np.random.default_rng([int(seed), 7_207, stream]).permutation(n)
+    if count == "all":
+        return perm.astype(np.int64)
+    if int(count) > n:
+        raise ConfigError(f"model shots={count}: the train part has only {n} rows")
+    return perm[: int(count)].astype(np.int64)
+
+
+def part_labels(split: Split, part: str) -> np.ndarray:
+    """[R] 0/1 labels of a part: its ``label`` column, else rating >= split.label_threshold."""
+    df = split.parts[part]
+    if "label" in df.columns:
+        return df["label"].to_numpy().astype(np.int64)
+    if df["rating"].isna().any():
+        raise DataError(f"model tallrec needs ratings for labels; the {part} part has rows without one")
+    return (df["rating"].to_numpy() >= float(split.config.get("label_threshold", 4.0))).astype(np.int64)
+
+
+class PromptStream(IterableDataset):
+    """Shuffled, left-padded batches of (prompt tokens, answer token), one pass per epoch.
+
+    The order of epoch e is a function of (seed, e) only; rank r of world w takes every
+    w-th batch, as :class:`benchmark.training.PairwiseStream` does.
+    """
+
+    def __init__(self, sequences: list[list[int]], answers: np.ndarray, pad_id: int, batch_size: int, seed: int) -> None:
+        self.sequences = sequences
+        self.answers = torch.as_tensor(answers, dtype=torch.long)
+        self.pad_id = pad_id
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+        self.rank, self.world = 0, 1
+
+    def __len__(self) -> int:
+        n_batches = -(-len(self.sequences) // self.batch_size)
+        return -(-n_batches // self.world)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        self.epoch += 1
+        perm = torch.randperm(len(self.sequences), generator=g).tolist()
+        for b, start in enumerate(range(0, len(perm), self.batch_size)):
+            if b % self.world != self.rank:
+                continue
+            idx = perm[start : start + self.batch_size]
+            batch = left_pad([self.sequences[i] for i in idx], self.pad_id)
+            batch["answer"] = self.answers[idx]
+            yield batch
+
+
+class TallRec(nn.Module):
+    """A causal LM scoring (user, item) pairs by P("Yes"), optionally tuned with LoRA.
+
+    Args:
+        split: the split (histories, train rows for shots and in-context examples).
+        data: the dataset (item titles from its item side table).
+        backbone: an offline model name (``smollm2-135m-instruct``), a ``.gguf`` file, a local
+            model folder or a hub name (see :func:`benchmark.models.components.llm.load_causal_lm`).
+        prompt: the prompt template (``configs/prompt``).
+        lora: ``{r, alpha, dropout, target_modules}``, or None for no adapters (nothing trains).
+        shots: train rows used for tuning (a positive integer or ``all``), drawn by the run seed.
+        icl_shots: labelled train rows shown in every prompt as in-context examples.
+        history: history length on splits without their own histories.
+        like_threshold: like = rating > threshold for history items on such splits.
+        dtype: weights dtype (``auto``: bf16 on a CUDA accelerator, fp32 otherwise).
+        accelerator: the trainer accelerator (resolves ``dtype=auto``).
+        max_length: longest prompt in tokens; longer prompts are cut from the left (counted).
+        score_batch_size: prompts per forward pass when scoring.
+        seed: draws of shots and in-context rows; None = the run seed (``torch.initial_seed()``,
+            set by ``seed_everything`` before the model is built), which keeps the seed out of
+            the model config and so out of the leaderboard's seed-group key.
+        cache_dir: cache root for dequantized GGUF backbones (None: ``$LLM4REC_CACHE`` or
+            ``.cache/llm4rec``).
+    """
+
+    outputs_probabilities = True
+
+    def __init__(
+        self,
+        split: Split,
+        data: Any,
+        backbone: str = "smollm2-135m-instruct",
+        prompt: PromptTemplate | Mapping[str, Any] | None = None,
+        lora: Mapping[str, Any] | None = None,
+        shots: int | str = "all",
+        icl_shots: int = 0,
+        history: int = 10,
+        like_threshold: float = 3.0,
+        dtype: str = "auto",
+        accelerator: str = "cpu",
+        max_length: int = 1024,
+        score_batch_size: int = 16,
+        seed: int | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if prompt is None:
+            raise ConfigError("model.module.prompt: a prompt template is required (configs/prompt)")
+        if not (shots == "all" or (isinstance(shots, int) and not isinstance(shots, bool) and shots > 0)):
+            raise ConfigError(f"model.module.shots: expected {SHOT_CHOICES}, got {shots!r}")
+        if icl_shots < 0 or score_batch_size < 1 or max_length < 8 or history < 0:
+            raise ConfigError("model.module: icl_shots >= 0, score_batch_size >= 1, max_length >= 8, history >= 0")
+        self.template = as_template(prompt)
+        need = {"liked", "disliked", "target"}
+        if not need <= self.template.fields:
+            raise ConfigError(f"prompt {self.template.name}: a yes/no prompt needs the fields {sorted(need)}")
+        self.seed = int(torch.initial_seed() if seed is None else seed) % (2**63)
+        self.shots, self.icl_shots = shots, int(icl_shots)
+        self.history, self.like_threshold = int(history), float(like_threshold)
+        self.max_length, self.score_batch_size = int(max_length), int(score_batch_size)
+
+        lm = load_causal_lm(backbone, dtype, accelerator, cache_dir)
+        self.tokenizer = lm.tokenizer
+        self.tokenizer.truncation_side = "left"
+        self.lm_facts = lm.facts
+        for p in lm.model.parameters():
+            p.requires_grad_(False)
+        self.lora_config = self._lora_config(lora)
+        if self.lora_config is not None:
+            from peft import LoraConfig, get_peft_model
+
+            cfg = LoraConfig(
+                r=self.lora_config["r"],
+                lora_alpha=self.lora_config["alpha"],
+                lora_dropout=self.lora_config["dropout"],
+                target_modules=self.lora_config["target_modules"],
+                bias="none",
+                task_type="CAUSAL_LM",
+            )
+            try:
+                self.lm = get_peft_model(lm.model, cfg)
+            except ValueError as e:
+                raise ConfigError(f"model.module.lora: {str(e).splitlines()[0]}") from None
+        else:
+            self.lm = lm.model
+
+        self.texts = item_texts(data.items, data.item_fields, split.item_ids, self.template.item_text)
+        self.sequence_split = has_histories(split)
+        self._pair_rows: dict[tuple[int, int], tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        if self.sequence_split:  # a (user, item) pair names one row of the protocol
+            for part in ("train", "valid", "test"):
+                df = split.parts[part]
+                for u, i, h, lk in zip(df["user"], df["item"], df["history"], df["history_likes"], strict=True):
+                    key = (int(u), int(i))
+                    if self._pair_rows.setdefault(key, (h, lk)) != (h, lk):
+                        raise DataError(f"split {split.protocol}: (user, item) {key} names two rows with different histories")
+            self._user_rows: list = []
+        else:
+            self._user_rows = user_histories(split, self.history, self.like_threshold)
+
+        train_hist, train_likes = row_histories(split, "train", self.history, self.like_threshold)
+        self._train = (split.train["item"].to_numpy(), train_hist, train_likes, part_labels(split, "train"))
+        icl = draw_rows(len(split.train), self.icl_shots, self.seed, stream=1) if self.icl_shots else np.zeros(0, int)
+        self.icl_rows = icl
+        self.examples = [(self._fields(train_hist[r], train_likes[r], int(self._train[0][r])), self.template.answers[1 - int(self._train[3][r])]) for r in icl]
+        first = self._render(train_hist[0], train_likes[0], int(self._train[0][0])) if len(split.train) else ""
+        self.answer_ids = answer_token_ids(self.tokenizer, first, self.template.answers)  # [yes, no]
+        test = split.test
+        self.example_prompt = self._prompt(int(test["user"].iloc[0]), int(test["item"].iloc[0])) if len(test) else ""
+        self.truncated = 0
+        self.register_state_dict_post_hook(_keep_trainable)
+        self.register_load_state_dict_post_hook(_ignore_frozen)
+
+    # ------------------------------------------------------------------ prompts
+
+    @staticmethod
+    def _lora_config(lora: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        if lora is None:
+            return None
+        lora = dict(lora)
+        unknown = set(lora) - {"r", "alpha", "dropout", "target_modules"}
+        if unknown:
+            raise ConfigError(f"model.module.lora: unknown key(s) {sorted(unknown)} (r, alpha, dropout, target_modules)")
+        out = {
+            "r": int(lora.get("r", 8)),
+            "alpha": float(lora.get("alpha", 16)),
+            "dropout": float(lora.get("dropout", 0.05)),
+            "target_modules": list(lora.get("target_modules", ["q_proj", "v_proj"])),
+        }
+        if out["r"] < 1 or not 0.0 <= out["dropout"] < 1.0 or not out["target_modules"]:
+            raise ConfigError(f"model.module.lora: need r >= 1, 0 <= dropout < 1, target_modules; got {out}")
+        return out
+
+    def _fields(self, hist: Sequence[int], likes: Sequence[int], target: int) -> dict[str, str]:
+        t = self.template
+        return {
+            "liked": t.items([self.texts[i] for i, lk in zip(hist, likes, strict=True) if lk]),
+            "disliked": t.items([self.texts[i] for i, lk in zip(hist, likes, strict=True) if not lk]),
+            "target": t.item.format(text=self.texts[target]),
+        }
+
+    def _render(self, hist: Sequence[int], likes: Sequence[int], target: int) -> str:
+        return self.template.render(self._fields(hist, likes, target), self.examples, self.tokenizer)
+
+    def _prompt(self, user: int, item: int) -> str:
+        """The prompt of one evaluated (user, item) pair."""
+        if self.sequence_split:
+            row = self._pair_rows.get((user, item))
+            if row is None:
+                raise DataError(f"model tallrec: (user {user}, item {item}) is not a row of this split")
+            return self._render(row[0], row[1], item)
+        hist, likes = self._user_rows[user]
+        return self._render(hist, likes, item)
+
+    def _tokens(self, prompts: list[str]) -> list[list[int]]:
+        ids = self.tokenizer(prompts, add_special_tokens=True)["input_ids"]
+        out = []
+        for s in ids:
+            if len(s) > self.max_length:
+                self.truncated += 1
+                s = s[-self.max_length :]
+            out.append(list(s))
+        return out
+
+    # ------------------------------------------------------------------ training
+
+    def shot_rows(self, n_train: int, seed: int | None = None) -> np.ndarray:
+        """Train-part positions of the tuning rows (``shots`` drawn by seed)."""
+        return draw_rows(n_train, self.shots, self.seed if seed is None else seed, stream=0)
+
+    def train_dataset(self, split: Split, batch_size: int, seed: int) -> PromptStream:
+        """Batches over the ``shots`` train rows drawn by ``seed`` (left-padded prompts + answer token)."""
+        if self.lora_config is None:
+            raise ConfigError("model tallrec: training needs model.module.lora (or use model.train=null)")
+        items, hist, likes, labels = self._train
+        rows = self.shot_rows(len(items), seed)
+        prompts = [self._render(hist[r], likes[r], int(items[r])) for r in rows]
+        answers = np.where(labels[rows] == 1, self.answer_ids[0], self.answer_ids[1])
+        return PromptStream(self._tokens(prompts), answers, self.tokenizer.pad_token_id, batch_size, seed)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Cross-entropy of the answer token over the vocabulary at the answer position."""
+        logits = next_token_logits(self.lm, batch).float()  # [B, V]
+        return F.cross_entropy(logits, batch["answer"].to(logits.device))
+
+    # ------------------------------------------------------------------ scoring
+
+    @torch.no_grad()
+    def p_yes(self, prompts: list[str]) -> torch.Tensor:
+        """[N] P(yes) = softmax over the (yes, no) answer-token logits, in prompt order.
+
+        Prompts are batched by token length (``score_batch_size`` per forward pass).
+        """
+        seqs = self._tokens(prompts)
+        order = np.argsort([len(s) for s in seqs], kind="stable")
+        out = torch.empty(len(seqs), dtype=torch.float32)
+        ids = torch.as_tensor(self.answer_ids)
+        for start in range(0, len(order), self.score_batch_size):
+            idx = order[start : start + self.score_batch_size]
+            batch = left_pad([seqs[i] for i in idx], self.tokenizer.pad_token_id)
+            logits = next_token_logits(self.lm, batch).float()  # [b, V]
+            pair = logits[:, ids.to(logits.device)]  # [b, 2] (yes, no)
+            out[torch.as_tensor(idx)] = pair.softmax(dim=-1)[:, 0].cpu()
+        return out
+
+    def score_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """[B] users, [B, C] items -> [B, C] P("Yes") of each pair's prompt."""
+        b, c = items.shape
+        prompts = [self._prompt(int(u), int(i)) for u, row in zip(users.tolist(), items.tolist(), strict=True) for i in row]
+        return self.p_yes(prompts).view(b, c).to(users.device)
+
+    def score(self, users: torch.Tensor) -> torch.Tensor:
+        raise ConfigError("model tallrec scores (user, item) pairs: use eval=labeled (or eval=sampled), not eval=full")
+
+    # ------------------------------------------------------------------ record
+
+    def prediction_facts(self) -> dict[str, Any]:
+        """Facts for ``record["model"]``: backbone, weights, prompt, shots, seed, LoRA."""
+        n_train = len(self._train[0])
+        trained = self.lora_config is not None
+        shots = self.shot_rows(n_train) if trained else np.zeros(0, int)
+        labels = self._train[3]
+        return {
+            "llm": {
+                **{k: v for k, v in self.lm_facts.items() if k not in ("load_seconds",)},
+                "prompt": {**self.template.describe(), "example": self.example_prompt},
+                "answer_token_ids": dict(zip(self.template.answers, self.answer_ids, strict=True)),
+                "seed": self.seed,
+                "shots": self.shots if trained else 0,
+                "shot_rows_sha256": _rows_digest(shots) if trained else None,
+                "shot_positives": int(labels[shots].sum()) if trained else None,
+                "icl_shots": self.icl_shots,
+                "icl_rows": self.icl_rows.tolist(),
+                "lora": self.lora_config,
+                "history": {
+                    "source": "row" if self.sequence_split else "user_last_train_items",
+                    "length": None if self.sequence_split else self.history,
+                    "like_threshold": None if self.sequence_split else self.like_threshold,
+                },
+                "max_length": self.max_length,
+                "truncated_prompts": self.truncated,
+            }
+        }
+
+
+def _rows_digest(rows: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(rows, dtype=np.int64).tobytes()).hexdigest()
+
+
+def _keep_trainable(module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any) -> None:
+    """state_dict post-hook: drop frozen parameters (the backbone is reloaded from its source)."""
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            state_dict.pop(prefix + name, None)
+    for name, _ in module.named_buffers():
+        state_dict.pop(prefix + name, None)
+
+
+def _ignore_frozen(module: nn.Module, incompatible: Any) -> None:
+    """load_state_dict post-hook: frozen parameters and buffers are not expected in a state dict."""
+    frozen = {n for n, p in module.named_parameters() if not p.requires_grad} | {n for n, _ in module.named_buffers()}
+    keep = [k for k in incompatible.missing_keys if not any(k.endswith("." + f) or k == f for f in frozen)]
+    incompatible.missing_keys[:] = keep

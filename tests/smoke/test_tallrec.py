@@ -1,0 +1,125 @@
+"""End-to-end ``llm4rec run`` of the LLM models (in-process) with a tiny random causal LM by local path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmark.results.record import load_record
+from tests.smoke.test_cli import assert_metrics_recompute, llm4rec, runs, tiny_args
+from tests.unit.test_tallrec import make_tiny_lm, template_words
+
+
+def split_inputs_supported() -> bool:
+    """Whether ``run.build_model`` hands the Split (a dataclass of DataFrames) to an ``inputs: split``
+    model without Hydra merging it into the config (which fails)."""
+    from omegaconf import OmegaConf
+
+    from benchmark.data.splits import Split
+    from benchmark.run import build_model
+
+    frame = pd.DataFrame({"user": [0], "item": [0]})
+    split = Split("loo", np.array(["u"]), np.array(["i"]), {"train": frame, "valid": frame, "test": frame})
+    try:
+        built = build_model(OmegaConf.create({"inputs": "split", "module": {"_target_": "builtins.dict"}}), split, None)
+    except Exception:
+        return False
+    return built["split"] is split
+
+
+pytestmark = pytest.mark.skipif(
+    not split_inputs_supported(), reason="run.build_model cannot pass a Split to `inputs: split` models yet"
+)
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory):
+    titles = [f"Title {i}" for i in range(60)]
+    return make_tiny_lm(tmp_path_factory.mktemp("lm"), template_words("tallrec", "rerank_listwise") + titles)
+
+
+def test_tallrec_run_through_the_cli(tiny_dir, tmp_path, lm_dir):
+    args = [
+        "model=tallrec",
+        f"model.module.backbone={lm_dir}",
+        "model.module.shots=16",
+        "model.train.max_epochs=2",
+        "split=random",
+        "eval=labeled",
+        *tiny_args(tiny_dir, tmp_path),
+    ]
+    llm4rec("run", *args)
+    (run_dir,) = runs(tmp_path)
+    rec = assert_metrics_recompute(run_dir)
+    assert rec["eval"]["probabilities"] is True and "test/logloss" in rec["metrics"]
+    assert 0 < rec["model"]["params_trainable"] < rec["model"]["params_total"]
+    assert rec["model"]["family"] == "llm" and rec["model"]["label"] == "tallrec-16shot"
+    notes = rec["model"]["notes"]
+    assert notes["shots"] == 16 and notes["prompt"] == "tallrec" and "r=8" in notes["lora"]
+    assert rec["training"]["epochs"] >= 1 and rec["training"]["valid_metric"] == "auc"
+    assert rec["config"]["model"]["prompt"]["layout"].endswith("### Response:\n")
+    llm = rec["model"]["llm"]
+    assert llm["shots"] == 16 and llm["seed"] == 0 and llm["lora"]["r"] == 8 and llm["dequantized"] is False
+    assert llm["prompt"]["name"] == "tallrec" and llm["prompt"]["example"].endswith("### Response:\n")
+
+
+def test_llm_rerank_reorders_a_first_stage_run(tiny_dir, tmp_path, lm_dir, capsys):
+    llm4rec("run", "model=pop", *tiny_args(tiny_dir, tmp_path))
+    (first,) = runs(tmp_path)
+    llm4rec(
+        "run",
+        "model=llm_rerank",
+        f"model.module.first_stage={first}",
+        f"model.module.backbone={lm_dir}",
+        "model.module.order=random",
+        *tiny_args(tiny_dir, tmp_path),
+    )
+    (rerank,) = [d for d in runs(tmp_path) if d != first]
+    rec = assert_metrics_recompute(rerank)
+    pop = load_record(first)
+    # The same 20 candidates, reordered: HR@20 cannot change.
+    assert rec["metrics"]["test/hr@20"] == pop["metrics"]["test/hr@20"]
+    assert rec["model"]["params_trainable"] == 0
+    # A first stage made on another split is refused with a one-line error.
+    other = tmp_path / "other"
+    llm4rec("run", "model=pop", "split=strict_cold_item", *tiny_args(tiny_dir, other))
+    (cold,) = runs(other)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        llm4rec("run", "model=llm_rerank", f"model.module.first_stage={cold}", f"model.module.backbone={lm_dir}", *tiny_args(tiny_dir, tmp_path))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "same split" in err
+    bias = rec["model"]["rerank"]["position_bias"]
+    assert rec["model"]["rerank"]["order"] == "random" and len(bias["mean_llm_rank_by_prompt_position"]) == 20
+    assert rec["model"]["rerank"]["first_stage"]["run_id"] == pop["run_id"]
+
+
+def test_tallrec_movie_run_through_the_cli(tmp_path, tmp_path_factory):
+    from benchmark.config import SPLIT_PROTOCOLS
+
+    if "tallrec_movie" not in SPLIT_PROTOCOLS:
+        pytest.skip("split protocol tallrec_movie is not registered in benchmark.config yet")
+    from benchmark.config import DataConfig
+    from benchmark.data.loading import load_dataset
+
+    data = load_dataset(DataConfig(name="ml-100k", source="bundled"))
+    titles = data.items["movie_title"].tolist() + data.items["release_year"].tolist()
+    lm = make_tiny_lm(tmp_path_factory.mktemp("movie_lm"), template_words("tallrec") + titles)
+    llm4rec(
+        "run",
+        "model=tallrec",
+        f"model.module.backbone={lm}",
+        "model.module.shots=16",
+        "model.train.max_epochs=1",
+        "split=tallrec_movie",
+        "eval=labeled",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        f"paths.results={tmp_path / 'res'}",
+        f"paths.outputs={tmp_path / 'out'}",
+    )
+    (run_dir,) = runs(tmp_path)
+    rec = assert_metrics_recompute(run_dir)
+    assert rec["eval"]["rows"] == 1000 and rec["split"]["stats"]["train_rows"] == 8000

@@ -1,0 +1,400 @@
+"""TALLRec-style LLM recommender: the tallrec_movie protocol, prompts, scoring, LoRA, shots, reranking.
+
+Everything but the SmolLM2 test runs on a tiny randomly initialised Llama with a word-level
+tokenizer (``make_tiny_lm``), built in a temporary folder and loaded by local path.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark.config import DataConfig, SplitConfig
+from benchmark.data.atomic import read_atomic
+from benchmark.data.loading import load_dataset
+from benchmark.data.splits import build_split
+from benchmark.data.tallrec import build_tallrec_movie, row_histories
+from benchmark.errors import ConfigError
+from benchmark.models.components.llm import (
+    continuation_logprobs,
+    left_pad,
+    load_causal_lm,
+    shared_prefix_logprobs,
+)
+from benchmark.models.components.prompts import PromptTemplate, answer_token_ids, item_texts
+from benchmark.models.tallrec import TallRec
+from tests.conftest import random_rows, write_atomic
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def load_prompt(name: str) -> PromptTemplate:
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    return instantiate(OmegaConf.load(REPO / "configs" / "prompt" / f"{name}.yaml"))
+
+
+def make_tiny_lm(directory: Path, texts: list[str], seed: int = 0) -> Path:
+    """A randomly initialised 2-layer Llama with a word-level tokenizer over ``texts``, saved to ``directory``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]+", t)})
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[EOS]", *words])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]")
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        pad_token_id=0,
+        eos_token_id=2,
+        bos_token_id=None,
+    )
+    model = LlamaForCausalLM(cfg)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    fast.save_pretrained(directory)
+    return directory
+
+
+def template_words(*names: str) -> list[str]:
+    out = []
+    for n in names:
+        t = load_prompt(n)
+        out += [t.instruction, t.input, t.layout, *t.answers, "(none)"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    write_atomic(d, "tiny", random_rows(n_users=12, n_items=30, per_user=14), {f"i{i}": f"Title {i}" for i in range(30)})
+    return read_atomic(d, "tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory, tiny_data):
+    titles = [f"Title {i}" for i in range(30)]
+    return make_tiny_lm(tmp_path_factory.mktemp("lm"), template_words("tallrec", "rerank_listwise") + titles)
+
+
+@pytest.fixture(scope="module")
+def tiny_split(tiny_data):
+    return build_split(tiny_data, SplitConfig(protocol="temporal"))
+
+
+def tallrec(split, data, lm, **kw):
+    kw.setdefault("prompt", load_prompt("tallrec"))
+    kw.setdefault("lora", {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]})
+    kw.setdefault("shots", 16)
+    kw.setdefault("seed", 0)
+    return TallRec(split, data, backbone=str(lm), **kw)
+
+
+# ----------------------------------------------------------------------------- tallrec_movie protocol
+
+
+@pytest.fixture(scope="module")
+def movie():
+    data = load_dataset(DataConfig(name="ml-100k", source="bundled"))
+    return data, build_tallrec_movie(data, SplitConfig(protocol="loo"))
+
+
+def reference_rows(inter):
+    """TALLRec's construction written out plainly (dicts in first-appearance order, stable sort)."""
+    per_user: dict[str, list] = {}
+    for j, (u, i, r, t) in enumerate(zip(inter["user"], inter["item"], inter["rating"], inter["timestamp"], strict=True)):
+        per_user.setdefault(u, []).append((i, int(r > 3), t, j, r))
+    rows = []
+    for seq in per_user.values():
+        seq = sorted(seq, key=lambda x: x[2])
+        for k in range(10, len(seq)):
+            rows.append(([x[0] for x in seq[k - 10 : k]], [x[1] for x in seq[k - 10 : k]], seq[k]))
+    return rows[-10000:]
+
+
+def test_tallrec_movie_counts(movie):
+    _, s = movie
+    assert s.protocol == "tallrec_movie"
+    assert (len(s.train), len(s.valid), len(s.test)) == (8000, 1000, 1000)
+    assert int(s.test["label"].sum()) == 528 and int(s.valid["label"].sum()) == 658
+    assert (s.n_users, s.n_items) == (943, 1682)  # indices over the whole catalogue
+    for part in ("train", "valid", "test"):
+        df = s.parts[part]
+        assert {"user", "item", "rating", "timestamp", "row", "history", "history_likes", "label"} <= set(df.columns)
+        assert df["history"].map(len).eq(10).all() and df["history_likes"].map(len).eq(10).all()
+
+
+def test_tallrec_movie_rows_follow_the_published_construction(movie):
+    data, s = movie
+    ref = reference_rows(data.inter)
+    rows = [s.parts[p] for p in ("train", "valid", "test")]
+    ours = [(df, k) for df in rows for k in range(len(df))]
+    assert len(ours) == len(ref) == 10000
+    inter = data.inter
+    for (df, k), (hist, likes, target) in zip(ours, ref, strict=True):
+        r = df.iloc[k]
+        assert r["row"] == target[3] and s.item_ids[r["item"]] == target[0]
+        assert r["label"] == target[1] == int(inter["rating"].iloc[r["row"]] > 3)
+        assert list(s.item_ids[list(r["history"])]) == hist
+        assert list(r["history_likes"]) == likes
+    # Users and items are indexed by position in the sorted raw ids.
+    assert list(s.user_ids) == sorted(s.user_ids) and list(s.item_ids) == sorted(s.item_ids)
+
+
+def test_tallrec_movie_is_a_value_and_checks_its_labels(movie):
+    data, s = movie
+    again = build_tallrec_movie(data, SplitConfig(protocol="loo"))
+    assert again.fingerprint == s.fingerprint
+    shorter = build_tallrec_movie(data, SplitConfig(protocol="loo", history=5))
+    assert shorter.fingerprint != s.fingerprint
+    with pytest.raises(ConfigError, match="label_threshold"):
+        build_tallrec_movie(data, SplitConfig(protocol="loo", label_threshold=3.0))
+    hist, likes = row_histories(s, "test")
+    assert hist[0] == s.test["history"].iloc[0] and likes[0] == s.test["history_likes"].iloc[0]
+
+
+def test_histories_of_other_splits_are_leak_free(tiny_split):
+    s = tiny_split
+    tr = s.train.assign(pos=np.arange(len(s.train)))
+    hist, likes = row_histories(s, "test", length=10)
+    for k, u in enumerate(s.test["user"]):
+        mine = tr[tr["user"] == u].sort_values(["timestamp", "row"], kind="stable").tail(10)
+        assert list(hist[k]) == mine["item"].tolist()
+        assert list(likes[k]) == (mine["rating"] > 3).astype(int).tolist()
+    thist, _ = row_histories(s, "train", length=10)
+    for k in range(len(tr)):
+        r = tr.iloc[k]
+        before = tr[(tr["user"] == r["user"]) & ((tr["timestamp"] < r["timestamp"]) | ((tr["timestamp"] == r["timestamp"]) & (tr["row"] < r["row"])))]
+        assert list(thist[k]) == before.sort_values(["timestamp", "row"], kind="stable").tail(10)["item"].tolist()
+
+
+# ----------------------------------------------------------------------------- prompts and tokens
+
+
+def test_item_texts_and_prompt_validation():
+    import pandas as pd
+
+    items = pd.DataFrame({"t": ["Toy Story", "Heat", ""], "y": ["1995", "unknown", "1990"]}, index=pd.Index(["1", "2", "3"]))
+    assert item_texts(items, {"title": "t", "year": "y"}, ["1", "2", "3", "4"], "{title} ({year})") == [
+        "Toy Story (1995)",
+        "Heat",
+        "3",
+        "4",
+    ]
+    with pytest.raises(ConfigError, match="layout"):
+        PromptTemplate(name="x", instruction="i", input="{target}", layout="{instruction}")
+    with pytest.raises(ConfigError, match="answers"):
+        PromptTemplate(name="x", instruction="i", input="{target}", answers=["Yes.", "Yes."])
+
+
+def test_answer_token_ids_are_derived_from_the_tokenizer(tiny_lm):
+    tok = load_causal_lm(str(tiny_lm)).tokenizer
+    assert answer_token_ids(tok, "### Response:\n", ["Yes.", "No."]) == [
+        tok.convert_tokens_to_ids("Yes"),
+        tok.convert_tokens_to_ids("No"),
+    ]
+    with pytest.raises(ConfigError, match="merges"):
+        answer_token_ids(tok, "Response", ["Yes.", "No."])  # "ResponseYes" is one word
+
+
+def test_score_is_the_yes_no_softmax_at_the_answer_position(tiny_split, tiny_data, tiny_lm):
+    m = tallrec(tiny_split, tiny_data, tiny_lm).eval()
+    u, i = int(tiny_split.test["user"].iloc[0]), int(tiny_split.test["item"].iloc[0])
+    prompt = m._prompt(u, i)
+    assert prompt.endswith("### Response:\n") and "Title" in prompt
+    ids = torch.as_tensor([m.tokenizer(prompt)["input_ids"]])
+    with torch.no_grad():
+        logits = m.lm(input_ids=ids).logits[0, -1]
+    yes, no = m.answer_ids
+    manual = torch.softmax(torch.stack([logits[yes], logits[no]]), dim=0)[0]
+    got = m.score_pairs(torch.tensor([u]), torch.tensor([[i]]))
+    assert got.shape == (1, 1) and got[0, 0].item() == pytest.approx(manual.item(), abs=1e-6)
+    assert m.outputs_probabilities
+
+
+def test_left_padding_scores_like_single_rows(tiny_split, tiny_data, tiny_lm):
+    m = tallrec(tiny_split, tiny_data, tiny_lm, score_batch_size=8, history=14).eval()
+    users = torch.arange(tiny_split.n_users)  # users with different numbers of train items
+    items = torch.arange(tiny_split.n_users).unsqueeze(1) % tiny_split.n_items
+    lens = {len(m.tokenizer(m._prompt(int(u), int(i)))["input_ids"]) for u, i in zip(users, items[:, 0], strict=True)}
+    assert len(lens) > 1  # the batch really is padded
+    batched = m.score_pairs(users, items)[:, 0]
+    m.score_batch_size = 1
+    alone = m.score_pairs(users, items)[:, 0]
+    assert torch.allclose(batched, alone, atol=1e-5)
+
+
+def test_shared_prefix_scoring_equals_separate_sequences(tiny_lm):
+    lm = load_causal_lm(str(tiny_lm))
+    tok = lm.tokenizer
+    prompt = tok("Below is an instruction Candidates : Title 1 , Title 2")["input_ids"]
+    conts = [tok(t, add_special_tokens=False)["input_ids"] for t in ('" Title 1 "', "Title", '" Title 22 " .')]
+    a = shared_prefix_logprobs(lm.model, prompt, conts, tok.pad_token_id)
+    with torch.no_grad():
+        b = continuation_logprobs(lm.model, prompt, conts, tok.pad_token_id)
+    assert torch.allclose(a, b, atol=1e-4)
+    batch = left_pad([[5, 6, 7], [8]], 0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]] and batch["position_ids"][1].tolist() == [0, 0, 0]
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_lora_trains_only_adapter_parameters(tiny_split, tiny_data, tiny_lm):
+    m = tallrec(tiny_split, tiny_data, tiny_lm)
+    trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    frozen_before = {n: p.detach().clone() for n, p in m.named_parameters() if not p.requires_grad}
+    lora_before = {n: p.detach().clone() for n, p in m.named_parameters() if p.requires_grad}
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+    m.train()
+    for batch in m.train_dataset(tiny_split, 8, 0):
+        loss = m.loss(batch)
+        assert loss.ndim == 0 and torch.isfinite(loss)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    for n, p in m.named_parameters():
+        if n in frozen_before:
+            assert torch.equal(p, frozen_before[n]), n
+    assert any(not torch.equal(p, lora_before[n]) for n, p in m.named_parameters() if n in lora_before)
+    # The state dict holds the adapters only and loads back strictly.
+    sd = m.state_dict()
+    assert set(sd) == trainable
+    fresh = tallrec(tiny_split, tiny_data, tiny_lm)
+    fresh.load_state_dict(sd)
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in sd.items())
+
+
+def test_loss_is_cross_entropy_of_the_answer_token(tiny_split, tiny_data, tiny_lm):
+    m = tallrec(tiny_split, tiny_data, tiny_lm).eval()
+    batch = next(iter(m.train_dataset(tiny_split, 4, 0)))
+    assert set(batch["answer"].tolist()) <= set(m.answer_ids)
+    with torch.no_grad():
+        logits = m.lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]).logits[:, -1]
+        manual = torch.nn.functional.cross_entropy(logits, batch["answer"])
+        assert m.loss(batch).item() == pytest.approx(manual.item(), abs=1e-5)
+
+
+def test_shots_are_drawn_from_train_by_seed(tiny_split, tiny_data, tiny_lm):
+    m = tallrec(tiny_split, tiny_data, tiny_lm, shots=16)
+    n = len(tiny_split.train)
+    a, b, c = m.shot_rows(n, 1), m.shot_rows(n, 1), m.shot_rows(n, 2)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert len(a) == len(set(a.tolist())) == 16 and a.max() < n
+    # The stream's prompts are exactly those train rows (targets and labels of the train part).
+    stream = m.train_dataset(tiny_split, 64, 1)
+    items, hist, likes, labels = m._train
+    expect = sorted(tuple(m._tokens([m._render(hist[r], likes[r], int(items[r]))])[0]) for r in a)
+    assert sorted(tuple(s) for s in stream.sequences) == expect
+    yes, no = m.answer_ids
+    assert stream.answers.tolist() == [yes if labels[r] else no for r in a]
+    assert len(m.shot_rows(n, 0)) == 16 and len(tallrec(tiny_split, tiny_data, tiny_lm, shots="all").shot_rows(n, 0)) == n
+    with pytest.raises(ConfigError, match="shots"):
+        tallrec(tiny_split, tiny_data, tiny_lm, shots=0)
+
+
+def test_zero_shot_and_in_context_examples(tiny_split, tiny_data, tiny_lm):
+    zs = tallrec(tiny_split, tiny_data, tiny_lm, lora=None, icl_shots=0)
+    assert not any(p.requires_grad for p in zs.parameters()) and zs.state_dict() == {}
+    icl = tallrec(tiny_split, tiny_data, tiny_lm, lora=None, icl_shots=2, seed=3)
+    again = tallrec(tiny_split, tiny_data, tiny_lm, lora=None, icl_shots=2, seed=3)
+    assert icl.icl_rows.tolist() == again.icl_rows.tolist() and icl.icl_rows.max() < len(tiny_split.train)
+    u, i = int(tiny_split.test["user"].iloc[0]), int(tiny_split.test["item"].iloc[0])
+    p = icl._prompt(u, i)
+    assert p.count("### Response:") == 3 and p.endswith(zs._prompt(u, i))
+    extra = icl.prediction_facts()["llm"]
+    assert extra["icl_shots"] == 2 and extra["shots"] == 0 and extra["lora"] is None and extra["dequantized"] is False
+
+
+# ----------------------------------------------------------------------------- reranking
+
+
+def fake_first_stage(directory: Path, split, fingerprint: str | None = None, protocol: str = "full") -> Path:
+    """A run folder like a committed one: record.json + predictions ranking items by index."""
+    from benchmark.results.record import encode_predictions
+
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = [
+        {"row": r, "user": str(u), "targets": [], "target_slices": [], "ranked": [str(x) for x in split.item_ids[:20]]}
+        for r, u in enumerate(split.user_ids)
+    ]
+    (directory / "predictions.jsonl.gz").write_bytes(encode_predictions(lines))
+    rec = {
+        "run_id": "first-stage",
+        "split": {"protocol": split.protocol, "fingerprint": fingerprint or split.fingerprint},
+        "eval": {"protocol": protocol, "list_length": 20},
+        "model": {"name": "pop"},
+        "metrics": {},
+        "predictions": {"file": "predictions.jsonl.gz"},
+    }
+    (directory / "record.json").write_text(json.dumps(rec))
+    return directory
+
+
+def test_rerank_checks_the_first_stage_split(tmp_path, tiny_data, tiny_lm):
+    from benchmark.models.llm_rerank import LLMRerank
+
+    split = build_split(tiny_data, SplitConfig(protocol="loo"))
+    prompt = load_prompt("rerank_listwise")
+    bad = fake_first_stage(tmp_path / "bad", split, fingerprint="0" * 64)
+    with pytest.raises(ConfigError, match="same split") as e:
+        LLMRerank(split, tiny_data, first_stage=str(bad), backbone=str(tiny_lm), prompt=prompt)
+    assert len(str(e.value).splitlines()) == 1
+    sampled = fake_first_stage(tmp_path / "sampled", split, protocol="sampled")
+    with pytest.raises(ConfigError, match="eval=full"):
+        LLMRerank(split, tiny_data, first_stage=str(sampled), backbone=str(tiny_lm), prompt=prompt)
+    good = fake_first_stage(tmp_path / "good", split)
+    m = LLMRerank(split, tiny_data, first_stage=str(good), backbone=str(tiny_lm), prompt=prompt, top_n=5, order="random", seed=0)
+    scores = m.score(torch.tensor([0, 1]))
+    assert scores.shape == (2, split.n_items)
+    assert torch.isfinite(scores[:, :5]).all() and torch.isneginf(scores[:, 5:]).all()
+    bias = m.prediction_facts()["rerank"]["position_bias"]
+    assert len(bias["mean_llm_rank_by_prompt_position"]) == 5
+    assert sorted(m.prompt_order(0, 5).tolist()) == [0, 1, 2, 3, 4]
+
+
+# ----------------------------------------------------------------------------- the real backbone
+
+
+@pytest.mark.slow
+def test_smollm2_dequantized_once_and_reloaded(tmp_path):
+    from transformers import AutoModelForCausalLM, GgufConfig
+
+    from benchmark.models.components.llm import OFFLINE_MODELS, offline_gguf_path
+
+    first = load_causal_lm("smollm2-135m-instruct", cache_dir=tmp_path)
+    assert first.facts["dequantized"] is True and first.facts["cache"] == "created"
+    assert first.facts["backbone"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and first.facts["params_total"] > 100e6
+    second = load_causal_lm("smollm2-135m-instruct", cache_dir=tmp_path)
+    assert second.facts["cache"] == "hit"
+    (folder,) = (tmp_path / "models").iterdir()
+    assert (folder / "model.safetensors").is_file()
+    gguf = offline_gguf_path(OFFLINE_MODELS["smollm2-135m-instruct"])
+    direct = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
+    )
+    ids = second.tokenizer("### Response:\n", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(second.model(input_ids=ids).logits, direct(input_ids=ids).logits, atol=1e-5)
+    tmpl = load_prompt("tallrec")
+    prompt = tmpl.render({"liked": '"Heat (1995)"', "disliked": "", "target": '"Toy Story (1995)"'})
+    yes, no = answer_token_ids(second.tokenizer, prompt, tmpl.answers)
+    assert second.tokenizer.convert_ids_to_tokens([yes, no]) == ["Yes", "No"]
