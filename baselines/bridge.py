@@ -41,11 +41,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from baselines import compat
 from benchmark.data.interactions import Interactions
 from benchmark.data.splits import PARTS, Split
 from benchmark.errors import ConfigError, DataError
-
-from baselines import compat
 
 NAME = "bench"
 UID, IID, LABEL, RATING, TIME = "user_id", "item_id", "label", "rating", "timestamp"
@@ -199,7 +198,9 @@ def train_histories(split: Split, max_len: int) -> tuple[np.ndarray, np.ndarray]
     users = tr["user"].to_numpy()[order]
     items = tr["item"].to_numpy()[order]
     new_user = np.r_[True, users[1:] != users[:-1]] if n else np.zeros(0, dtype=bool)
-    run_start = np.maximum.accumulate(np.where(new_user, np.arange(n), 0)) if n else np.zeros(0, dtype=np.int64)
+    run_start = (
+        np.maximum.accumulate(np.where(new_user, np.arange(n), 0)) if n else np.zeros(0, dtype=np.int64)
+    )
     length = np.minimum(np.arange(n) - run_start, max_len)
     j = np.arange(max_len)
     idx = np.arange(n)[:, None] - length[:, None] + j[None, :]
@@ -234,7 +235,9 @@ def user_histories(split: Split, part: str, max_len: int) -> tuple[np.ndarray, n
 
 
 def _write(path: Path, columns: dict[str, list[str] | np.ndarray], header: list[str]) -> None:
-    body = pd.DataFrame({h: np.asarray(v, dtype=object) for h, v in zip(header, columns.values(), strict=True)})
+    body = pd.DataFrame(
+        {h: np.asarray(v, dtype=object) for h, v in zip(header, columns.values(), strict=True)}
+    )
     body.to_csv(path, sep="\t", index=False, header=True, lineterminator="\n")
 
 
@@ -249,7 +252,9 @@ def write_files(split: Split, data: Interactions, directory: Path, spec: BridgeS
     """
     directory.mkdir(parents=True, exist_ok=True)
     if spec.label and any(split.parts[p]["rating"].isna().any() for p in PARTS):
-        raise ConfigError("this RecBole model trains on labels (rating >= split.label_threshold); the dataset has no ratings")
+        raise ConfigError(
+            "this RecBole model trains on labels (rating >= split.label_threshold); the dataset has no ratings"
+        )
     hist_train = train_histories(split, spec.max_len) if spec.sequential else None
     for part in PARTS:
         df = split.parts[part]
@@ -320,7 +325,9 @@ def recbole_config(
 
     users = [UID] + [f.name for f in spec.features if f.source == "user"]
     items = [IID] + [f.name for f in spec.features if f.source == "item"]
-    inter = [UID, IID, RATING, TIME] + ([LABEL] if spec.label else []) + ([ITEM_LIST] if spec.sequential else [])
+    inter = (
+        [UID, IID, RATING, TIME] + ([LABEL] if spec.label else []) + ([ITEM_LIST] if spec.sequential else [])
+    )
     labeled = task == "labeled"
     params = dict(params or {})
     cfg: dict[str, Any] = {
@@ -426,14 +433,27 @@ class Bridge:
     rb_item: np.ndarray
 
     @classmethod
-    def from_dataset(cls, config: Any, dataset: Any, spec: BridgeSpec, vocab: dict[str, np.ndarray], n_users: int, n_items: int) -> Bridge:
+    def from_dataset(
+        cls,
+        config: Any,
+        dataset: Any,
+        spec: BridgeSpec,
+        vocab: dict[str, np.ndarray],
+        n_users: int,
+        n_items: int,
+    ) -> Bridge:
         """Compute the id maps of a loaded dataset, then build its parts."""
         maps: dict[str, np.ndarray] = {}
-        for fld, n, ours, theirs in ((UID, n_users, "user_rb", "rb_user"), (IID, n_items, "item_rb", "rb_item")):
+        for fld, n, ours, theirs in (
+            (UID, n_users, "user_rb", "rb_user"),
+            (IID, n_items, "item_rb", "rb_item"),
+        ):
             token_id = dataset.field2token_id[fld]
             ours_to_rb = np.array([token_id.get(str(i), -1) for i in range(n)], dtype=np.int64)
             if (ours_to_rb < 1).any() or len(token_id) != n + 1:
-                raise DataError(f"RecBole bridge: {fld} ids do not cover the catalogue ({len(token_id) - 1} vs {n})")
+                raise DataError(
+                    f"RecBole bridge: {fld} ids do not cover the catalogue ({len(token_id) - 1} vs {n})"
+                )
             rb_to_ours = np.full(n + 1, -1, dtype=np.int64)
             rb_to_ours[ours_to_rb] = np.arange(n)
             maps[ours], maps[theirs] = ours_to_rb, rb_to_ours

@@ -36,15 +36,24 @@ import torch
 from torch import nn
 from torch.utils.data import IterableDataset
 
+from baselines import bridge as B
+from baselines import compat
 from benchmark.data.interactions import Interactions
 from benchmark.data.splits import Split
 from benchmark.errors import ConfigError
 
-from baselines import bridge as B
-from baselines import compat
-
 # RecBole trains these on user batches of the rating matrix (its UserDataLoader).
-USER_BATCH_MODELS = ("MultiDAE", "MultiVAE", "MacridVAE", "CDAE", "ENMF", "RaCT", "RecVAE", "DiffRec", "LDiffRec")
+USER_BATCH_MODELS = (
+    "MultiDAE",
+    "MultiVAE",
+    "MacridVAE",
+    "CDAE",
+    "ENMF",
+    "RaCT",
+    "RecVAE",
+    "DiffRec",
+    "LDiffRec",
+)
 # Sequential models whose forward is defined for an empty history (others gather at length - 1).
 EMPTY_HISTORY_OK = ("DIN",)
 # Rows per ``predict`` call when a model has no full-sort scorer.
@@ -75,7 +84,9 @@ def recbole_class(name: str) -> type:
     elif hasattr(importlib.import_module("recbole.data.dataset"), f"{name}Dataset"):
         why = f"it needs RecBole's own {name}Dataset"
     if why:
-        raise ConfigError(f"model.module.name={name}: RecBole {cls.type.name.lower()} model not supported: {why}")
+        raise ConfigError(
+            f"model.module.name={name}: RecBole {cls.type.name.lower()} model not supported: {why}"
+        )
     return cls
 
 
@@ -91,13 +102,19 @@ class RecBoleStream(IterableDataset):
 
     ``mode``: ``rows`` yields the rows as they are; ``pairwise`` adds ``neg_item_id``;
     ``pointwise`` yields the positives with label 1 and as many negatives with label 0.
-    Negatives are uniform over RecBole item ids the user has no train row with. The order
-    and negatives of epoch e are a function of (seed, e) only, and rank r of world w takes
-    every w-th batch, as :class:`benchmark.training.PairwiseStream` does.
+    Negatives are uniform over RecBole item ids the user has no train row with. As in
+    :class:`benchmark.training.PairwiseStream`, the order and negatives of an epoch are a
+    function of (seed, epoch) only (``epoch`` is set by the training task), and every
+    batch is split across processes (rank r of world w takes rows r, r + w, ...).
     """
 
     def __init__(
-        self, fields: dict[str, torch.Tensor], batch_size: int, seed: int, mode: str = "rows", n_items: int = 0
+        self,
+        fields: dict[str, torch.Tensor],
+        batch_size: int,
+        seed: int,
+        mode: str = "rows",
+        n_items: int = 0,
     ) -> None:
         self.fields = fields
         self.n = len(next(iter(fields.values())))
@@ -108,40 +125,35 @@ class RecBoleStream(IterableDataset):
         self.epoch = 0
         self.rank, self.world = 0, 1
         if mode != "rows":
-            self.users = fields[B.UID]
-            self.pos_keys = torch.unique(self.users * n_items + fields[B.IID])  # sorted
+            self.pos_keys = torch.unique(fields[B.UID] * n_items + fields[B.IID])  # sorted
 
     def __len__(self) -> int:
-        n_batches = -(-self.n // self.batch_size)
-        return -(-n_batches // self.world)
+        return -(-self.n // self.batch_size)
 
     def _negatives(self, users: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """[N] uniform RecBole item ids that are no train positive of ``users`` [N]."""
         neg = torch.randint(1, self.n_items, (len(users),), generator=g)
-        for _ in range(1000):  # resample negatives that hit a train positive
+        while True:  # resample negatives that hit a train positive
             keys = users * self.n_items + neg
             pos = torch.searchsorted(self.pos_keys, keys).clamp(max=len(self.pos_keys) - 1)
             bad = self.pos_keys[pos] == keys
             if not bad.any():
-                break
+                return neg
             neg[bad] = torch.randint(1, self.n_items, (int(bad.sum()),), generator=g)
-        return neg
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        self.epoch += 1
         perm = torch.randperm(self.n, generator=g)
-        neg = self._negatives(self.users[perm], g) if self.mode != "rows" else None
-        for b, start in enumerate(range(0, self.n, self.batch_size)):
-            if b % self.world != self.rank:
-                continue
-            idx = perm[start : start + self.batch_size]
+        neg = self._negatives(self.fields[B.UID][perm], g) if self.mode != "rows" else None
+        for start in range(0, self.n, self.batch_size):
+            idx = perm[start : start + self.batch_size][self.rank :: self.world]
             batch = {k: v[idx] for k, v in self.fields.items()}
             if self.mode == "pairwise":
-                batch["neg_item_id"] = neg[start : start + self.batch_size]
+                batch["neg_item_id"] = neg[start : start + self.batch_size][self.rank :: self.world]
             elif self.mode == "pointwise":
                 k = len(idx)
                 batch = {key: torch.cat([v, v]) for key, v in batch.items()}
-                batch[B.IID] = torch.cat([batch[B.IID][:k], neg[start : start + self.batch_size]])
+                batch[B.IID][k:] = neg[start : start + self.batch_size][self.rank :: self.world]
                 batch[B.LABEL] = torch.cat([torch.ones(k), torch.zeros(k)])
             yield batch
 
@@ -188,9 +200,11 @@ class RecBoleModel(nn.Module):
         params = {k: _plain(v) for k, v in dict(params or {}).items()}
         cls = recbole_class(name)
         self.name = name
-        self.kind = {ModelType.GENERAL: "general", ModelType.CONTEXT: "context", ModelType.SEQUENTIAL: "sequential"}[
-            cls.type
-        ]
+        self.kind = {
+            ModelType.GENERAL: "general",
+            ModelType.CONTEXT: "context",
+            ModelType.SEQUENTIAL: "sequential",
+        }[cls.type]
         self.outputs_probabilities = B.needs_label(cls)
         spec = B.BridgeSpec(
             features=B.feature_fields(data, user_features, item_features, field_types),
@@ -221,7 +235,9 @@ class RecBoleModel(nn.Module):
         train = bridge.parts["train"].inter_feat
         self._train = _Rows({k: v for k, v in train.interaction.items()})
         if self.kind == "general":
-            self._mode = "pointwise" if getattr(cls, "input_type", None) == InputType.POINTWISE else "pairwise"
+            self._mode = (
+                "pointwise" if getattr(cls, "input_type", None) == InputType.POINTWISE else "pairwise"
+            )
         elif self.kind == "sequential" and B.train_negatives(cls, params):
             self._mode = "pairwise"
         else:
@@ -249,7 +265,9 @@ class RecBoleModel(nn.Module):
         if not self._full_sort:  # e.g. context-aware models: predict every (user, item) pair
             n = len(self._item_rb)
             items = torch.arange(n, device=users.device)
-            parts = [self.score_pairs(u, items.expand(len(u), n)) for u in users.split(max(1, PREDICT_ROWS // n))]
+            parts = [
+                self.score_pairs(u, items.expand(len(u), n)) for u in users.split(max(1, PREDICT_ROWS // n))
+            ]
             return torch.cat(parts) if parts else torch.zeros(0, n, device=users.device)
         inter = {B.UID: self._user_rb[users]}
         self._add_history(inter, users)
@@ -305,7 +323,13 @@ class RecBoleModel(nn.Module):
         device = fn(torch.zeros(1)).device
         for m in self.modules():
             for name, value in list(vars(m).items()):
-                if name.startswith("_") and name not in ("_user_rb", "_item_rb", "_user_feat", "_item_feat", "_hist"):
+                if name.startswith("_") and name not in (
+                    "_user_rb",
+                    "_item_rb",
+                    "_user_feat",
+                    "_item_feat",
+                    "_hist",
+                ):
                     continue
                 moved = _move(value, fn, device)
                 if moved is not value:

@@ -119,6 +119,10 @@ def build_tallrec_movie(data: Interactions, cfg: SplitConfig) -> Split:
         raise ConfigError(f"split.history: must be >= 1, got {cfg.history}")
     if cfg.keep_last < 1:
         raise ConfigError(f"split.keep_last: must be >= 1, got {cfg.keep_last}")
+    if cfg.holdout_items:
+        raise ConfigError(
+            f"split.holdout_items: not part of the {PROTOCOL} protocol (got {cfg.holdout_items})"
+        )
     if inter["rating"].isna().any():
         raise DataError(f"split {PROTOCOL}: {data.name} has interactions without a rating")
     user_ids = np.unique(inter["user"].to_numpy().astype(str))
@@ -229,7 +233,9 @@ def user_histories(
     return out
 
 
-def _train_order(split: Split, like_threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _train_order(
+    split: Split, like_threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Train rows ordered by (user, timestamp, file row).
 
     Returns:
@@ -239,7 +245,9 @@ def _train_order(split: Split, like_threshold: float) -> tuple[np.ndarray, np.nd
     order = np.lexsort((tr["row"].to_numpy(), tr["timestamp"].to_numpy(), tr["user"].to_numpy()))
     users = tr["user"].to_numpy()[order]
     items = tr["item"].to_numpy()[order]
-    liked = (np.nan_to_num(tr["rating"].to_numpy(float), nan=-np.inf) > like_threshold)[order].astype(np.int64)
+    liked = (np.nan_to_num(tr["rating"].to_numpy(float), nan=-np.inf) > like_threshold)[order].astype(
+        np.int64
+    )
     start = np.searchsorted(users, np.arange(split.n_users + 1))  # [n_users + 1]
     return order, items, liked, start
 

@@ -134,7 +134,9 @@ class LLMRerank(nn.Module):
         self.template = as_template(prompt)
         need = {"liked", "disliked", "candidates"}
         if not need <= self.template.fields:
-            raise ConfigError(f"prompt {self.template.name}: a listwise prompt needs the fields {sorted(need)}")
+            raise ConfigError(
+                f"prompt {self.template.name}: a listwise prompt needs the fields {sorted(need)}"
+            )
         self.first_stage_path = str(first_stage)
         self.candidates, self.first_stage = read_first_stage(first_stage, split, int(top_n))
         self.top_n, self.order, self.length_norm = int(top_n), order, bool(length_norm)
@@ -183,7 +185,10 @@ class LLMRerank(nn.Module):
         text = self._prompt(user, cands, pos)
         if not self.example_prompt:
             self.example_prompt = text
-        conts = [continuation_ids(self.tokenizer, text, self.template.item.format(text=self.texts[i])) for i in cands]
+        conts = [
+            continuation_ids(self.tokenizer, text, self.template.item.format(text=self.texts[i]))
+            for i in cands
+        ]
         prompt_ids = conts[0][0]
         tails = [c[1] for c in conts]
         lp = shared_prefix_logprobs(self.lm, prompt_ids, tails, self.tokenizer.pad_token_id).cpu().numpy()
@@ -230,7 +235,9 @@ class LLMRerank(nn.Module):
             mean_rank = np.where(count > 0, rank_sum / count, np.nan)
             share = np.where(count > 0, top1 / count, np.nan)
         return {
-            "mean_llm_rank_by_prompt_position": [None if np.isnan(x) else round(float(x), 4) for x in mean_rank],
+            "mean_llm_rank_by_prompt_position": [
+                None if np.isnan(x) else round(float(x), 4) for x in mean_rank
+            ],
             "top1_share_by_prompt_position": [None if np.isnan(x) else round(float(x), 4) for x in share],
             "spearman_prompt_position_vs_llm_rank": _mean(rho_pos),
             "spearman_first_stage_rank_vs_llm_rank": _mean(rho_first),
@@ -243,7 +250,11 @@ class LLMRerank(nn.Module):
             "llm": {
                 **{k: v for k, v in self.lm_facts.items() if k not in ("load_seconds",)},
                 "prompt": {**self.template.describe(), "example": self.example_prompt},
-                "history": {"source": "user_last_train_items", "length": self.history, "like_threshold": self.like_threshold},
+                "history": {
+                    "source": "user_last_train_items",
+                    "length": self.history,
+                    "like_threshold": self.like_threshold,
+                },
             },
             "rerank": {
                 "first_stage": {**self.first_stage, "path": self.first_stage_path},
@@ -280,4 +291,6 @@ def _drop_all(module: nn.Module, state_dict: dict, prefix: str, local_metadata: 
 
 def _ignore_missing(module: nn.Module, incompatible: Any) -> None:
     names = {n for n, _ in module.named_parameters()} | {n for n, _ in module.named_buffers()}
-    incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if not any(k.endswith(n) for n in names)]
+    incompatible.missing_keys[:] = [
+        k for k in incompatible.missing_keys if not any(k.endswith(n) for n in names)
+    ]

@@ -92,7 +92,9 @@ class PromptStream(IterableDataset):
     w-th batch, as :class:`benchmark.training.PairwiseStream` does.
     """
 
-    def __init__(self, sequences: list[list[int]], answers: np.ndarray, pad_id: int, batch_size: int, seed: int) -> None:
+    def __init__(
+        self, sequences: list[list[int]], answers: np.ndarray, pad_id: int, batch_size: int, seed: int
+    ) -> None:
         self.sequences = sequences
         self.answers = torch.as_tensor(answers, dtype=torch.long)
         self.pad_id = pad_id
@@ -169,7 +171,9 @@ class TallRec(nn.Module):
         if not (shots == "all" or (isinstance(shots, int) and not isinstance(shots, bool) and shots > 0)):
             raise ConfigError(f"model.module.shots: expected {SHOT_CHOICES}, got {shots!r}")
         if icl_shots < 0 or score_batch_size < 1 or max_length < 8 or history < 0:
-            raise ConfigError("model.module: icl_shots >= 0, score_batch_size >= 1, max_length >= 8, history >= 0")
+            raise ConfigError(
+                "model.module: icl_shots >= 0, score_batch_size >= 1, max_length >= 8, history >= 0"
+            )
         self.template = as_template(prompt)
         need = {"liked", "disliked", "target"}
         if not need <= self.template.fields:
@@ -210,24 +214,43 @@ class TallRec(nn.Module):
         if self.sequence_split:  # a (user, item) pair names one row of the protocol
             for part in ("train", "valid", "test"):
                 df = split.parts[part]
-                for u, i, h, lk in zip(df["user"], df["item"], df["history"], df["history_likes"], strict=True):
+                for u, i, h, lk in zip(
+                    df["user"], df["item"], df["history"], df["history_likes"], strict=True
+                ):
                     key = (int(u), int(i))
                     if self._pair_rows.setdefault(key, (h, lk)) != (h, lk):
-                        raise DataError(f"split {split.protocol}: (user, item) {key} names two rows with different histories")
+                        raise DataError(
+                            f"split {split.protocol}: (user, item) {key} names two rows with different histories"
+                        )
             self._user_rows: list = []
         else:
             self._user_rows = user_histories(split, self.history, self.like_threshold)
 
         train_hist, train_likes = row_histories(split, "train", self.history, self.like_threshold)
         self._train = (split.train["item"].to_numpy(), train_hist, train_likes, part_labels(split, "train"))
-        icl = draw_rows(len(split.train), self.icl_shots, self.seed, stream=1) if self.icl_shots else np.zeros(0, int)
+        icl = (
+            draw_rows(len(split.train), self.icl_shots, self.seed, stream=1)
+            if self.icl_shots
+            else np.zeros(0, int)
+        )
         self.icl_rows = icl
-        self.examples = [(self._fields(train_hist[r], train_likes[r], int(self._train[0][r])), self.template.answers[1 - int(self._train[3][r])]) for r in icl]
-        first = self._render(train_hist[0], train_likes[0], int(self._train[0][0])) if len(split.train) else ""
+        self.examples = [
+            (
+                self._fields(train_hist[r], train_likes[r], int(self._train[0][r])),
+                self.template.answers[1 - int(self._train[3][r])],
+            )
+            for r in icl
+        ]
+        first = (
+            self._render(train_hist[0], train_likes[0], int(self._train[0][0])) if len(split.train) else ""
+        )
         self.answer_ids = answer_token_ids(self.tokenizer, first, self.template.answers)  # [yes, no]
         test = split.test
-        self.example_prompt = self._prompt(int(test["user"].iloc[0]), int(test["item"].iloc[0])) if len(test) else ""
+        self.example_prompt = (
+            self._prompt(int(test["user"].iloc[0]), int(test["item"].iloc[0])) if len(test) else ""
+        )
         self.truncated = 0
+        self.lm.train()  # from_pretrained returns eval mode; Lightning keeps modes as they are
         self.register_state_dict_post_hook(_keep_trainable)
         self.register_load_state_dict_post_hook(_ignore_frozen)
 
@@ -240,7 +263,9 @@ class TallRec(nn.Module):
         lora = dict(lora)
         unknown = set(lora) - {"r", "alpha", "dropout", "target_modules"}
         if unknown:
-            raise ConfigError(f"model.module.lora: unknown key(s) {sorted(unknown)} (r, alpha, dropout, target_modules)")
+            raise ConfigError(
+                f"model.module.lora: unknown key(s) {sorted(unknown)} (r, alpha, dropout, target_modules)"
+            )
         out = {
             "r": int(lora.get("r", 8)),
             "alpha": float(lora.get("alpha", 16)),
@@ -326,11 +351,17 @@ class TallRec(nn.Module):
     def score_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """[B] users, [B, C] items -> [B, C] P("Yes") of each pair's prompt."""
         b, c = items.shape
-        prompts = [self._prompt(int(u), int(i)) for u, row in zip(users.tolist(), items.tolist(), strict=True) for i in row]
+        prompts = [
+            self._prompt(int(u), int(i))
+            for u, row in zip(users.tolist(), items.tolist(), strict=True)
+            for i in row
+        ]
         return self.p_yes(prompts).view(b, c).to(users.device)
 
     def score(self, users: torch.Tensor) -> torch.Tensor:
-        raise ConfigError("model tallrec scores (user, item) pairs: use eval=labeled (or eval=sampled), not eval=full")
+        raise ConfigError(
+            "model tallrec scores (user, item) pairs: use eval=labeled (or eval=sampled), not eval=full"
+        )
 
     # ------------------------------------------------------------------ record
 
@@ -378,6 +409,8 @@ def _keep_trainable(module: nn.Module, state_dict: dict, prefix: str, local_meta
 
 def _ignore_frozen(module: nn.Module, incompatible: Any) -> None:
     """load_state_dict post-hook: frozen parameters and buffers are not expected in a state dict."""
-    frozen = {n for n, p in module.named_parameters() if not p.requires_grad} | {n for n, _ in module.named_buffers()}
+    frozen = {n for n, p in module.named_parameters() if not p.requires_grad} | {
+        n for n, _ in module.named_buffers()
+    }
     keep = [k for k in incompatible.missing_keys if not any(k.endswith("." + f) or k == f for f in frozen)]
     incompatible.missing_keys[:] = keep

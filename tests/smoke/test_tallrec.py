@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.results.record import load_record
+from benchmark.results.record import load_record, read_predictions
 from tests.smoke.test_cli import assert_metrics_recompute, llm4rec, runs, tiny_args
 from tests.unit.test_tallrec import make_tiny_lm, template_words
 
@@ -22,7 +22,9 @@ def split_inputs_supported() -> bool:
     frame = pd.DataFrame({"user": [0], "item": [0]})
     split = Split("loo", np.array(["u"]), np.array(["i"]), {"train": frame, "valid": frame, "test": frame})
     try:
-        built = build_model(OmegaConf.create({"inputs": "split", "module": {"_target_": "builtins.dict"}}), split, None)
+        built = build_model(
+            OmegaConf.create({"inputs": "split", "module": {"_target_": "builtins.dict"}}), split, None
+        )
     except Exception:
         return False
     return built["split"] is split
@@ -87,7 +89,13 @@ def test_llm_rerank_reorders_a_first_stage_run(tiny_dir, tmp_path, lm_dir, capsy
     (cold,) = runs(other)
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
-        llm4rec("run", "model=llm_rerank", f"model.module.first_stage={cold}", f"model.module.backbone={lm_dir}", *tiny_args(tiny_dir, tmp_path))
+        llm4rec(
+            "run",
+            "model=llm_rerank",
+            f"model.module.first_stage={cold}",
+            f"model.module.backbone={lm_dir}",
+            *tiny_args(tiny_dir, tmp_path),
+        )
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "same split" in err
@@ -123,3 +131,21 @@ def test_tallrec_movie_run_through_the_cli(tmp_path, tmp_path_factory):
     (run_dir,) = runs(tmp_path)
     rec = assert_metrics_recompute(run_dir)
     assert rec["eval"]["rows"] == 1000 and rec["split"]["stats"]["train_rows"] == 8000
+    lines = read_predictions(run_dir / rec["predictions"]["file"])
+    assert sum(ln["label"] for ln in lines) == 528  # label = rating > 3
+    assert rec["model"]["llm"]["history"]["source"] == "row"
+
+
+def test_tallrec_movie_export_has_histories_and_labels(tmp_path):
+    from benchmark.config import SPLIT_PROTOCOLS
+
+    if "tallrec_movie" not in SPLIT_PROTOCOLS:
+        pytest.skip("split protocol tallrec_movie is not registered in benchmark.config yet")
+    out = tmp_path / "export"
+    llm4rec("export-split", "split=tallrec_movie", "eval=labeled", f"out={out}")
+    test = (out / "test.tsv").read_text().splitlines()
+    assert test[0] == "user\titem\trating\ttimestamp\tlabel\thistory\thistory_likes" and len(test) == 1001
+    first = test[1].split("\t")
+    assert first[4] == "0" and len(first[5].split()) == 10 and first[6].split() == list("1111111011")
+    assert sum(int(line.split("\t")[4]) for line in test[1:]) == 528
+    assert len((out / "train.tsv").read_text().splitlines()) == 8001

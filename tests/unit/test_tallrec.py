@@ -52,7 +52,9 @@ def make_tiny_lm(directory: Path, texts: list[str], seed: int = 0) -> Path:
     vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[EOS]", *words])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]"
+    )
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=len(vocab),
@@ -84,7 +86,12 @@ def template_words(*names: str) -> list[str]:
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny")
-    write_atomic(d, "tiny", random_rows(n_users=12, n_items=30, per_user=14), {f"i{i}": f"Title {i}" for i in range(30)})
+    write_atomic(
+        d,
+        "tiny",
+        random_rows(n_users=12, n_items=30, per_user=14),
+        {f"i{i}": f"Title {i}" for i in range(30)},
+    )
     return read_atomic(d, "tiny")
 
 
@@ -119,7 +126,9 @@ def movie():
 def reference_rows(inter):
     """TALLRec's construction written out plainly (dicts in first-appearance order, stable sort)."""
     per_user: dict[str, list] = {}
-    for j, (u, i, r, t) in enumerate(zip(inter["user"], inter["item"], inter["rating"], inter["timestamp"], strict=True)):
+    for j, (u, i, r, t) in enumerate(
+        zip(inter["user"], inter["item"], inter["rating"], inter["timestamp"], strict=True)
+    ):
         per_user.setdefault(u, []).append((i, int(r > 3), t, j, r))
     rows = []
     for seq in per_user.values():
@@ -137,7 +146,9 @@ def test_tallrec_movie_counts(movie):
     assert (s.n_users, s.n_items) == (943, 1682)  # indices over the whole catalogue
     for part in ("train", "valid", "test"):
         df = s.parts[part]
-        assert {"user", "item", "rating", "timestamp", "row", "history", "history_likes", "label"} <= set(df.columns)
+        assert {"user", "item", "rating", "timestamp", "row", "history", "history_likes", "label"} <= set(
+            df.columns
+        )
         assert df["history"].map(len).eq(10).all() and df["history_likes"].map(len).eq(10).all()
 
 
@@ -181,8 +192,17 @@ def test_histories_of_other_splits_are_leak_free(tiny_split):
     thist, _ = row_histories(s, "train", length=10)
     for k in range(len(tr)):
         r = tr.iloc[k]
-        before = tr[(tr["user"] == r["user"]) & ((tr["timestamp"] < r["timestamp"]) | ((tr["timestamp"] == r["timestamp"]) & (tr["row"] < r["row"])))]
-        assert list(thist[k]) == before.sort_values(["timestamp", "row"], kind="stable").tail(10)["item"].tolist()
+        before = tr[
+            (tr["user"] == r["user"])
+            & (
+                (tr["timestamp"] < r["timestamp"])
+                | ((tr["timestamp"] == r["timestamp"]) & (tr["row"] < r["row"]))
+            )
+        ]
+        assert (
+            list(thist[k])
+            == before.sort_values(["timestamp", "row"], kind="stable").tail(10)["item"].tolist()
+        )
 
 
 # ----------------------------------------------------------------------------- prompts and tokens
@@ -191,7 +211,9 @@ def test_histories_of_other_splits_are_leak_free(tiny_split):
 def test_item_texts_and_prompt_validation():
     import pandas as pd
 
-    items = pd.DataFrame({"t": ["Toy Story", "Heat", ""], "y": ["1995", "unknown", "1990"]}, index=pd.Index(["1", "2", "3"]))
+    items = pd.DataFrame(
+        {"t": ["Toy Story", "Heat", ""], "y": ["1995", "unknown", "1990"]}, index=pd.Index(["1", "2", "3"])
+    )
     assert item_texts(items, {"title": "t", "year": "y"}, ["1", "2", "3", "4"], "{title} ({year})") == [
         "Toy Story (1995)",
         "Heat",
@@ -233,7 +255,10 @@ def test_left_padding_scores_like_single_rows(tiny_split, tiny_data, tiny_lm):
     m = tallrec(tiny_split, tiny_data, tiny_lm, score_batch_size=8, history=14).eval()
     users = torch.arange(tiny_split.n_users)  # users with different numbers of train items
     items = torch.arange(tiny_split.n_users).unsqueeze(1) % tiny_split.n_items
-    lens = {len(m.tokenizer(m._prompt(int(u), int(i)))["input_ids"]) for u, i in zip(users, items[:, 0], strict=True)}
+    lens = {
+        len(m.tokenizer(m._prompt(int(u), int(i)))["input_ids"])
+        for u, i in zip(users, items[:, 0], strict=True)
+    }
     assert len(lens) > 1  # the batch really is padded
     batched = m.score_pairs(users, items)[:, 0]
     m.score_batch_size = 1
@@ -245,13 +270,19 @@ def test_shared_prefix_scoring_equals_separate_sequences(tiny_lm):
     lm = load_causal_lm(str(tiny_lm))
     tok = lm.tokenizer
     prompt = tok("Below is an instruction Candidates : Title 1 , Title 2")["input_ids"]
-    conts = [tok(t, add_special_tokens=False)["input_ids"] for t in ('" Title 1 "', "Title", '" Title 22 " .')]
+    conts = [
+        tok(t, add_special_tokens=False)["input_ids"] for t in ('" Title 1 "', "Title", '" Title 22 " .')
+    ]
     a = shared_prefix_logprobs(lm.model, prompt, conts, tok.pad_token_id)
     with torch.no_grad():
         b = continuation_logprobs(lm.model, prompt, conts, tok.pad_token_id)
     assert torch.allclose(a, b, atol=1e-4)
     batch = left_pad([[5, 6, 7], [8]], 0)
-    assert batch["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]] and batch["position_ids"][1].tolist() == [0, 0, 0]
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]] and batch["position_ids"][1].tolist() == [
+        0,
+        0,
+        0,
+    ]
 
 
 # ----------------------------------------------------------------------------- training
@@ -288,7 +319,11 @@ def test_loss_is_cross_entropy_of_the_answer_token(tiny_split, tiny_data, tiny_l
     batch = next(iter(m.train_dataset(tiny_split, 4, 0)))
     assert set(batch["answer"].tolist()) <= set(m.answer_ids)
     with torch.no_grad():
-        logits = m.lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]).logits[:, -1]
+        logits = m.lm(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+        ).logits[:, -1]
         manual = torch.nn.functional.cross_entropy(logits, batch["answer"])
         assert m.loss(batch).item() == pytest.approx(manual.item(), abs=1e-5)
 
@@ -306,7 +341,10 @@ def test_shots_are_drawn_from_train_by_seed(tiny_split, tiny_data, tiny_lm):
     assert sorted(tuple(s) for s in stream.sequences) == expect
     yes, no = m.answer_ids
     assert stream.answers.tolist() == [yes if labels[r] else no for r in a]
-    assert len(m.shot_rows(n, 0)) == 16 and len(tallrec(tiny_split, tiny_data, tiny_lm, shots="all").shot_rows(n, 0)) == n
+    assert (
+        len(m.shot_rows(n, 0)) == 16
+        and len(tallrec(tiny_split, tiny_data, tiny_lm, shots="all").shot_rows(n, 0)) == n
+    )
     with pytest.raises(ConfigError, match="shots"):
         tallrec(tiny_split, tiny_data, tiny_lm, shots=0)
 
@@ -321,7 +359,12 @@ def test_zero_shot_and_in_context_examples(tiny_split, tiny_data, tiny_lm):
     p = icl._prompt(u, i)
     assert p.count("### Response:") == 3 and p.endswith(zs._prompt(u, i))
     extra = icl.prediction_facts()["llm"]
-    assert extra["icl_shots"] == 2 and extra["shots"] == 0 and extra["lora"] is None and extra["dequantized"] is False
+    assert (
+        extra["icl_shots"] == 2
+        and extra["shots"] == 0
+        and extra["lora"] is None
+        and extra["dequantized"] is False
+    )
 
 
 # ----------------------------------------------------------------------------- reranking
@@ -333,7 +376,13 @@ def fake_first_stage(directory: Path, split, fingerprint: str | None = None, pro
 
     directory.mkdir(parents=True, exist_ok=True)
     lines = [
-        {"row": r, "user": str(u), "targets": [], "target_slices": [], "ranked": [str(x) for x in split.item_ids[:20]]}
+        {
+            "row": r,
+            "user": str(u),
+            "targets": [],
+            "target_slices": [],
+            "ranked": [str(x) for x in split.item_ids[:20]],
+        }
         for r, u in enumerate(split.user_ids)
     ]
     (directory / "predictions.jsonl.gz").write_bytes(encode_predictions(lines))
@@ -362,7 +411,16 @@ def test_rerank_checks_the_first_stage_split(tmp_path, tiny_data, tiny_lm):
     with pytest.raises(ConfigError, match="eval=full"):
         LLMRerank(split, tiny_data, first_stage=str(sampled), backbone=str(tiny_lm), prompt=prompt)
     good = fake_first_stage(tmp_path / "good", split)
-    m = LLMRerank(split, tiny_data, first_stage=str(good), backbone=str(tiny_lm), prompt=prompt, top_n=5, order="random", seed=0)
+    m = LLMRerank(
+        split,
+        tiny_data,
+        first_stage=str(good),
+        backbone=str(tiny_lm),
+        prompt=prompt,
+        top_n=5,
+        order="random",
+        seed=0,
+    )
     scores = m.score(torch.tensor([0, 1]))
     assert scores.shape == (2, split.n_items)
     assert torch.isfinite(scores[:, :5]).all() and torch.isneginf(scores[:, 5:]).all()
@@ -382,7 +440,10 @@ def test_smollm2_dequantized_once_and_reloaded(tmp_path):
 
     first = load_causal_lm("smollm2-135m-instruct", cache_dir=tmp_path)
     assert first.facts["dequantized"] is True and first.facts["cache"] == "created"
-    assert first.facts["backbone"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and first.facts["params_total"] > 100e6
+    assert (
+        first.facts["backbone"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+        and first.facts["params_total"] > 100e6
+    )
     second = load_causal_lm("smollm2-135m-instruct", cache_dir=tmp_path)
     assert second.facts["cache"] == "hit"
     (folder,) = (tmp_path / "models").iterdir()

@@ -144,7 +144,9 @@ def _plain_copy(model: Any) -> Any:
     return clean
 
 
-def dequantized_folder(gguf: Path, cache_dir: str | Path | None = None, name: str | None = None) -> tuple[Path, dict]:
+def dequantized_folder(
+    gguf: Path, cache_dir: str | Path | None = None, name: str | None = None
+) -> tuple[Path, dict]:
     """The fp32 safetensors folder of a GGUF file, created on first use.
 
     Args:
@@ -318,7 +320,9 @@ def next_token_logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tenso
     return out.logits[:, -1, :]
 
 
-def continuation_logprobs(model: Any, prompt: list[int], continuations: list[list[int]], pad_id: int) -> torch.Tensor:
+def continuation_logprobs(
+    model: Any, prompt: list[int], continuations: list[list[int]], pad_id: int
+) -> torch.Tensor:
     """Sum of log-probabilities of each continuation's tokens after ``prompt``.
 
     Args:
@@ -350,7 +354,9 @@ def continuation_logprobs(model: Any, prompt: list[int], continuations: list[lis
 
 
 @torch.no_grad()
-def shared_prefix_logprobs(model: Any, prompt: list[int], continuations: list[list[int]], pad_id: int) -> torch.Tensor:
+def shared_prefix_logprobs(
+    model: Any, prompt: list[int], continuations: list[list[int]], pad_id: int
+) -> torch.Tensor:
     """:func:`continuation_logprobs` for continuations of ONE prompt, computing the prompt once.
 
     The prompt's key/value cache is repeated for the C continuations, which are right-padded
@@ -382,7 +388,10 @@ def shared_prefix_logprobs(model: Any, prompt: list[int], continuations: list[li
         target[r, : len(c) - 1] = torch.as_tensor(c[1:])
     position_ids = (len(prompt) + torch.arange(longest - 1)).expand(len(continuations), -1)
     out = model(
-        input_ids=feed.to(device), position_ids=position_ids.to(device), use_cache=True, **_cache_kwarg(model, cache)
+        input_ids=feed.to(device),
+        position_ids=position_ids.to(device),
+        use_cache=True,
+        **_cache_kwarg(model, cache),
     )
     logp = out.logits.float().log_softmax(dim=-1)  # [C, L-1, V]
     tok = logp.gather(2, target.to(device).unsqueeze(-1)).squeeze(-1)  # [C, L-1]

@@ -75,12 +75,16 @@ class PromptTemplate:
                 f"prompt {self.name}: layout must use exactly {{instruction}} and {{input}}, got {sorted(got)}"
             )
         if len(self.answers) != 2 or not all(self.answers) or self.answers[0] == self.answers[1]:
-            raise ConfigError(f"prompt {self.name}: answers must be two different non-empty texts, got {self.answers}")
+            raise ConfigError(
+                f"prompt {self.name}: answers must be two different non-empty texts, got {self.answers}"
+            )
         if placeholders(self.item) != {"text"}:
             raise ConfigError(f"prompt {self.name}: item must use exactly {{text}}, got {self.item!r}")
         bad = placeholders(self.item_text) - {"title", "year", "genres", "id"}
         if bad:
-            raise ConfigError(f"prompt {self.name}: item_text has unknown fields {sorted(bad)} (title, year, genres, id)")
+            raise ConfigError(
+                f"prompt {self.name}: item_text has unknown fields {sorted(bad)} (title, year, genres, id)"
+            )
         placeholders(self.instruction)
         placeholders(self.input)
 

@@ -1,0 +1,104 @@
+"""Multi-process (DDP, gloo on CPU) correctness: every test row exactly once, the same metrics as
+one process for the same checkpoint, and resume-after-kill giving the same record."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmark.cli import main
+from benchmark.results.record import load_record
+from tests.smoke.test_cli import runs, tiny_args
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str, wait: bool = True, timeout: int = 600) -> subprocess.Popen | subprocess.CompletedProcess:
+    """The real command line (Lightning's DDP launcher re-executes it for each process)."""
+    cmd = [sys.executable, "-m", "benchmark", *args]
+    env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(ROOT)}
+    if not wait:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+DDP = ["trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
+
+
+def test_two_processes_give_the_metrics_of_one_for_the_same_weights(tiny_dir, tmp_path):
+    base = tiny_args(tiny_dir, tmp_path)
+    main(["run", "model=bpr", "model.train.max_epochs=2", *base])
+    (single,) = runs(tmp_path)
+    weights = next((tmp_path / "out" / "models").glob("*/model.pt"))
+    protocols = [["eval=full"], ["eval=sampled", "eval.num_negatives=20"], ["split=random", "eval=labeled"]]
+    for proto in protocols:
+        one = tmp_path / "one"
+        main(["run", "model=bpr", f"load_weights={weights}", *proto, *base, f"paths.results={one}"])
+        two = tmp_path / "two"
+        # Odd chunk size: shards and batches of uneven size, padded by the distributed sampler.
+        r = cli("run", "model=bpr", f"load_weights={weights}", *proto, *DDP, "eval.chunk_users=7", *base,
+                f"paths.results={two}")
+        assert r.returncode == 0, r.stderr[-3000:]
+        (a,) = [load_record(d) for d in (one / "runs").iterdir() if not d.name.startswith(".")]
+        (b,) = [load_record(d) for d in (two / "runs").iterdir() if not d.name.startswith(".")]
+        assert b["labels"]["processes"] == 2
+        assert b["eval"]["rows"] == a["eval"]["rows"]
+        assert set(a["metrics"]) == set(b["metrics"])
+        for k, v in a["metrics"].items():
+            assert (v is None and b["metrics"][k] is None) or abs(v - b["metrics"][k]) <= 1e-6, (proto, k)
+        assert a["predictions"]["sha256"] == b["predictions"]["sha256"]
+        for d in (one, two):
+            import shutil
+
+            shutil.rmtree(d)
+    assert load_record(single)["metrics"] == load_record(next((tmp_path / "res" / "runs").iterdir()))["metrics"]
+
+
+def test_ddp_training_runs_and_records_its_world_size(tiny_dir, tmp_path):
+    r = cli("run", "model=bpr", "model.train.max_epochs=2", *DDP, *tiny_args(tiny_dir, tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    (d,) = runs(tmp_path)
+    rec = load_record(d)
+    assert rec["training"]["world_size"] == 2 and rec["eval"]["rows"] == 40
+
+
+def test_resume_after_kill_gives_the_uninterrupted_record(tiny_dir, tmp_path):
+    args = ["model=bpr", "model.train.max_epochs=8", "model.train.patience=100", "reuse_trained=false",
+            *tiny_args(tiny_dir, tmp_path)]
+    main(["run", *args, f"paths.results={tmp_path / 'full'}", f"paths.outputs={tmp_path / 'full_out'}"])
+    (ref,) = [load_record(d) for d in (tmp_path / "full" / "runs").iterdir()]
+
+    proc = cli("run", *args, wait=False)
+    ckpt_dir = tmp_path / "out" / "checkpoints" / ref["run_id"]
+    deadline = time.time() + 300
+    import torch
+
+    while time.time() < deadline:  # kill once a checkpoint after epoch >= 2 exists
+        last = ckpt_dir / "last.ckpt"
+        if last.exists():
+            try:
+                if torch.load(last, map_location="cpu", weights_only=False)["epoch"] >= 2:
+                    break
+            except Exception:  # being written
+                pass
+        if proc.poll() is not None:
+            pytest.fail("run finished before it could be killed: " + proc.stderr.read().decode()[-2000:])
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert runs(tmp_path) == []  # a killed run leaves no record
+
+    r = cli("run", *args, "ckpt_path=last")
+    assert r.returncode == 0, r.stderr[-3000:]
+    (d,) = runs(tmp_path)
+    resumed = load_record(d)
+    assert resumed["training"]["resumed_from"] == "last"
+    assert resumed["run_id"] == ref["run_id"]
+    assert resumed["metrics"] == ref["metrics"]
+    assert resumed["predictions"]["sha256"] == ref["predictions"]["sha256"]
