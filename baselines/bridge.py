@@ -391,6 +391,29 @@ def needs_label(model: Any) -> bool:
     )
 
 
+def spec_for(
+    model: Any,
+    split: Split,
+    data: Interactions,
+    user_features: list[str] | None = None,
+    item_features: list[str] | None = None,
+    field_types: dict[str, str] | None = None,
+    max_len: int = 50,
+    min_history: int = 1,
+) -> BridgeSpec:
+    """What to write for a RecBole model class: features, label (CTR models), histories (sequential)."""
+    from recbole.utils import ModelType
+
+    return BridgeSpec(
+        features=feature_fields(data, user_features, item_features, field_types),
+        label=needs_label(model),
+        sequential=model.type == ModelType.SEQUENTIAL,
+        max_len=max_len,
+        min_history=min_history,
+        label_threshold=float(split.config.get("label_threshold", 4.0)),
+    )
+
+
 def train_negatives(model: Any, params: dict[str, Any]) -> bool:
     """Whether training samples negative items: general models, and sequential ones with BPR loss."""
     from recbole.utils import ModelType

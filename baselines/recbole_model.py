@@ -206,14 +206,8 @@ class RecBoleModel(nn.Module):
             ModelType.SEQUENTIAL: "sequential",
         }[cls.type]
         self.outputs_probabilities = B.needs_label(cls)
-        spec = B.BridgeSpec(
-            features=B.feature_fields(data, user_features, item_features, field_types),
-            label=self.outputs_probabilities,
-            sequential=self.kind == "sequential",
-            max_len=max_len,
-            min_history=min_history,
-            label_threshold=float(split.config.get("label_threshold", 4.0)),
-        )
+        user_features, item_features, field_types = map(_plain, (user_features, item_features, field_types))
+        spec = B.spec_for(cls, split, data, user_features, item_features, field_types, max_len, min_history)
         task = "labeled" if self.outputs_probabilities else "full"
         bridge = B.build_bridge(split, data, cls, spec, task, params)
         with compat.recbole_session():

@@ -13,6 +13,7 @@ import argparse
 import itertools
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from benchmark.errors import BenchmarkError
@@ -33,8 +34,11 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def compose(overrides: list[str]):
-    """Compose the root config with Hydra overrides (no run directory, no chdir)."""
+def compose(overrides: list[str], hydra: bool = False):
+    """Compose the root config with Hydra overrides (no run directory, no chdir).
+
+    With ``hydra=True`` the ``hydra`` node (launcher, sweeper) is included.
+    """
     from hydra import compose as hcompose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -47,7 +51,7 @@ def compose(overrides: list[str]):
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return hcompose(config_name="config", overrides=overrides)
+            return hcompose(config_name="config", overrides=overrides, return_hydra_config=hydra)
     except BenchmarkError:
         raise
     except Exception as e:  # Hydra/OmegaConf composition errors: unknown key, group option, type
@@ -214,6 +218,20 @@ def cmd_reproduce(argv: list[str]) -> None:
         sys.exit(1)
 
 
+def cmd_slurm_scripts(argv: list[str]) -> None:
+    """Dry run of a SLURM sweep: write one sbatch script per job without submitting."""
+    from benchmark.slurm import write_scripts
+
+    overrides, out = _pop_out([a for a in argv if a not in ("-m", "--multirun")])
+    if not out:
+        _fail("slurm-scripts needs out=DIR")
+    combos = _expand_sweeps(overrides)
+    for combo in combos:
+        check_config(compose(combo))
+    paths = write_scripts(combos, [compose(c, hydra=True) for c in combos], Path(out))
+    print(f"{len(paths)} sbatch scripts written to {out}")
+
+
 COMMANDS = {
     "run": cmd_run,
     "export-split": cmd_export_split,
@@ -222,10 +240,13 @@ COMMANDS = {
     "submit": cmd_submit,
     "validate": cmd_validate,
     "reproduce": cmd_reproduce,
+    "slurm-scripts": cmd_slurm_scripts,
 }
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Our launcher YAMLs complete the plugins' configs of the same name; Hydra warns about that match.
+    warnings.filterwarnings("ignore", message="(?s).*is validated against ConfigStore schema")
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in COMMANDS and "LOCAL_RANK" in os.environ:
         # A DDP process started by Lightning: it re-runs our command line without the subcommand.

@@ -17,6 +17,7 @@ from pathlib import Path
 BENCHMARKS: dict[str, str] = {
     "ranking": "benchmark.bench.ranking_eval",
     "prepare_memory": "benchmark.bench.prepare_memory",
+    "scaling": "benchmark.bench.scaling",
 }
 DEFAULT_OUT = Path("results/perf")
 
