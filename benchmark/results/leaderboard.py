@@ -164,8 +164,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         cols = table_columns(trs)
         best = best_values(trs, cols)
         out.append(f"### {table_title(key)}\n")
-        out.append("| model | seeds | " + " | ".join(c.removeprefix("test/") for c in cols) + " | sig. | train s |")
-        out.append("|---|---|" + "---|" * len(cols) + "---|---|")
+        out.append("| model | seeds | device | " + " | ".join(c.removeprefix("test/") for c in cols) + " | sig. | train s |")
+        out.append("|---|---|---|" + "---|" * len(cols) + "---|---|")
         for r in trs:
             cells = []
             for c in cols:
@@ -174,7 +174,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                     s = f"**{s}**"
                 cells.append(s)
             sig = "base" if r["sig_vs"] == "(best baseline)" else (r["sig"] or ("n.s." if r["sig_vs"] else ""))
-            out.append(f"| {r['model']} | {r['seeds']} | " + " | ".join(cells) + f" | {sig} | {r['train_seconds']:.1f} |")
+            out.append(
+                f"| {r['model']} | {r['seeds']} | {r['device']} | " + " | ".join(cells) + f" | {sig} | {r['train_seconds']:.1f} |"
+            )
         out.append("")
     return "\n".join(out)
 

@@ -90,7 +90,7 @@ def test_labeled_protocol_and_multirun_leaderboard(tiny_dir, tmp_path, capsys):
     llm4rec("leaderboard", "--runs", str(tmp_path / "res" / "runs"), "--out", str(tmp_path / "lb"))
     csv = (tmp_path / "lb" / "leaderboard.csv").read_text().splitlines()
     assert len(csv) == 2 and ",2," in csv[1]  # one row, two seeds
-    assert "| pop | 2 |" in (tmp_path / "lb" / "leaderboard.md").read_text()
+    assert "| pop | 2 | cpu |" in (tmp_path / "lb" / "leaderboard.md").read_text()
 
 
 def test_export_split_matches_the_run(tiny_dir, tmp_path):
