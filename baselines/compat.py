@@ -31,8 +31,9 @@ Why each exists, and when it can go:
   (load_best_model=True)`` fails. :func:`load_checkpoint` loads them explicitly; the
   cross-check calls it instead. Go: when RecBole saves plain state dicts.
 - **./log_tensorboard**: RecBole's ``Trainer`` creates a TensorBoard folder in the
-  current directory on construction. :func:`native_trainer` builds it with the
-  working directory set to a scratch folder. Go: when RecBole makes it optional.
+  current directory and writes to it by relative path. :func:`native_trainer` builds
+  it with the working directory set to a scratch folder and reopens the writer there
+  by absolute path. Go: when RecBole makes it optional.
 
 ``ray`` (imported by ``recbole.quick_start``, and needing ``pkg_resources``) is never
 imported: the bridge uses ``recbole.config``, ``recbole.data`` and ``recbole.trainer``
@@ -155,9 +156,15 @@ def native_trainer(config: Any, model: Any, workdir: Path) -> Any:
     """RecBole's own ``Trainer`` for ``model``, its TensorBoard folder kept in ``workdir``."""
     from recbole.utils import get_trainer
 
+    from torch.utils.tensorboard import SummaryWriter
+
+    workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     with _cwd(workdir):
-        return get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+        trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    trainer.tensorboard.close()  # it writes by relative path: reopen it by absolute path
+    trainer.tensorboard = SummaryWriter(str(workdir / "log_tensorboard"))
+    return trainer
 
 
 # ----------------------------------------------------------------------------- pandas 3

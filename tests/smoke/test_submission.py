@@ -118,3 +118,11 @@ def test_every_committed_run_validates():
     for rec in committed:
         report = validate(rec.parent)
         assert report.ok, report.summary()
+
+
+@pytest.mark.slow
+def test_reproduce_passes_for_a_committed_bpr_row(capsys):
+    run_dir = sorted((Path(__file__).resolve().parents[2] / "results" / "runs").glob("ml-100k-loo-full-bpr-*"))[0]
+    main(["reproduce", str(run_dir)])
+    out = capsys.readouterr().out
+    assert "PASS" in out and "FAIL" not in out
