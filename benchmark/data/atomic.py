@@ -79,6 +79,20 @@ def _require(path: Path, types: dict[str, str], name: str) -> None:
         raise DataError(f"{path}: missing field '{name}' (header has: {', '.join(types)})")
 
 
+def _side_table(path: Path, id_field: str, index_name: str, files: dict[str, str]) -> pd.DataFrame:
+    """An optional side table indexed by its id field (empty when the file is absent); ids must be unique."""
+    if not path.exists():
+        return pd.DataFrame(index=pd.Index([], name=index_name))
+    table, types = read_table(path)
+    _require(path, types, id_field)
+    table = table.set_index(id_field)
+    table.index.name = index_name
+    if table.index.has_duplicates:
+        raise DataError(f"{path}: duplicate {index_name} id '{table.index[table.index.duplicated()][0]}'")
+    files[path.name] = sha256_file(path)
+    return table
+
+
 def read_atomic(
     directory: str | Path,
     name: str,
@@ -122,26 +136,9 @@ def read_atomic(
     )
     files = {inter_path.name: sha256_file(inter_path)}
 
-    items = pd.DataFrame(index=pd.Index([], name="item"))
     item_path = directory / f"{name}.item"
-    if item_path.exists():
-        table, itypes = read_table(item_path)
-        _require(item_path, itypes, item_field)
-        items = table.set_index(item_field)
-        items.index.name = "item"
-        if items.index.has_duplicates:
-            dup = items.index[items.index.duplicated()][0]
-            raise DataError(f"{item_path}: duplicate item id '{dup}'")
-        files[item_path.name] = sha256_file(item_path)
-
-    users = pd.DataFrame(index=pd.Index([], name="user"))
-    user_path = directory / f"{name}.user"
-    if user_path.exists():
-        table, utypes = read_table(user_path)
-        _require(user_path, utypes, user_field)
-        users = table.set_index(user_field)
-        users.index.name = "user"
-        files[user_path.name] = sha256_file(user_path)
+    items = _side_table(item_path, item_field, "item", files)
+    users = _side_table(directory / f"{name}.user", user_field, "user", files)
 
     roles = dict(item_fields or {})
     for role, col in roles.items():
