@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from benchmark.errors import ConfigError
 
-SPLIT_PROTOCOLS = ("loo", "temporal", "random")
+SPLIT_PROTOCOLS = ("loo", "temporal", "random", "tallrec_movie")
 EVAL_PROTOCOLS = ("full", "sampled", "labeled")
 
 

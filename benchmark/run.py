@@ -133,7 +133,9 @@ def build_model(model_cfg: DictConfig, split: Split, data: Any) -> torch.nn.Modu
     dataset when the model config says ``inputs: split`` (models that need features/text).
     """
     if model_cfg.get("inputs", "ids") == "split":
-        return instantiate(model_cfg.module, split=split, data=data)
+        # Split and Interactions are dataclasses of DataFrames: passed to instantiate as kwargs,
+        # Hydra would merge them into the config (and fail). Bind them to the partial instead.
+        return instantiate(model_cfg.module, _partial_=True)(split=split, data=data)
     return instantiate(model_cfg.module, n_users=split.n_users, n_items=split.n_items)
 
 

@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, str] = {
     "ranking": "benchmark.bench.ranking_eval",
     "prepare_memory": "benchmark.bench.prepare_memory",
     "scaling": "benchmark.bench.scaling",
+    "llm_cost": "benchmark.bench.llm_cost",
 }
 DEFAULT_OUT = Path("results/perf")
 

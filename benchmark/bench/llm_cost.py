@@ -12,8 +12,10 @@ Each measurement runs in a fresh child process, which reports its own wall times
   forward, cross-entropy of the answer token, backward, AdamW step.
 
 On CPU always (fp32); on CUDA too when a GPU is present (bf16 when supported, plus peak GPU
-memory). Results go to ``<out_dir>/llm_cost.json`` with the machine's load average before and
-after, since a shared machine slows every number down.
+memory). Results go to ``<out_dir>/llm_cost.json``. A shared machine slows every number down,
+so each timed section also reports per-batch/per-step times (the best one is the closest to an
+idle machine), the CPU time it got (``cpu_per_wall``: process CPU seconds
+per wall second, at most the torch thread count on an idle machine) and the load average.
 
 Run: ``python -m benchmark.bench llm_cost`` or ``python -m benchmark.bench.llm_cost --out results/perf``.
 """
@@ -40,6 +42,19 @@ PROMPT = Path(__file__).resolve().parents[2] / "configs" / "prompt" / "tallrec.y
 
 
 # ----------------------------------------------------------------------------- children
+
+
+def _cpu_share(cpu_seconds: float, wall_seconds: float) -> dict[str, Any]:
+    """How much CPU the timed section got: process CPU seconds / wall seconds (at most the torch
+    thread count when nothing else competes), and the load average right after it."""
+    import torch
+
+    return {
+        "cpu_seconds": round(cpu_seconds, 2),
+        "cpu_per_wall": round(cpu_seconds / wall_seconds, 2) if wall_seconds else None,
+        "torch_threads": torch.get_num_threads(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def _peak_rss_mb() -> float:
@@ -114,19 +129,25 @@ def child_score(device: str, batches: int, cache_dir: str | None) -> dict[str, A
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    model.p_yes(prompts[2:])
-    if device == "cuda":
-        torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
+    times = []
+    c0 = time.process_time()
+    for start in range(2, n + 2, SCORE_BATCH):
+        t0 = time.perf_counter()
+        model.p_yes(prompts[start : start + SCORE_BATCH])
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    dt, cpu = sum(times), time.process_time() - c0
     return {
         "rows": n,
         "batch_size": SCORE_BATCH,
         "prompt_tokens_mean": round(sum(tokens) / len(tokens), 1),
         "prompt_tokens_max": max(tokens),
-        "seconds": round(dt, 3),
+        "seconds_per_batch": [round(t, 3) for t in times],
         "seconds_per_row": round(dt / n, 4),
+        "seconds_per_row_best_batch": round(min(times) / SCORE_BATCH, 4),
         "tokens_per_second": round(sum(tokens) / dt, 1),
+        "cpu_share": _cpu_share(cpu, dt),
         "dtype": model.lm_facts["dtype"],
         "peak_rss_mb": _peak_rss_mb(),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else None,
@@ -155,12 +176,14 @@ def child_train(device: str, steps: int, cache_dir: str | None) -> dict[str, Any
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     times = []
+    c0 = time.process_time()
     for b in batches:
         t0 = time.perf_counter()
         step(b)
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
+    cpu = time.process_time() - c0
     tokens = [int(b["attention_mask"].sum()) for b in batches]
     mean = sum(times) / len(times)
     return {
@@ -172,6 +195,8 @@ def child_train(device: str, steps: int, cache_dir: str | None) -> dict[str, Any
         "seconds_per_step": [round(t, 3) for t in times],
         "seconds_per_step_mean": round(mean, 3),
         "seconds_per_row": round(mean / TRAIN_BATCH, 4),
+        "seconds_per_step_min": round(min(times), 3),
+        "cpu_share": _cpu_share(cpu, sum(times)),
         "dtype": model.lm_facts["dtype"],
         "peak_rss_mb": _peak_rss_mb(),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else None,
@@ -198,7 +223,7 @@ def _in_child(fn: str, **kwargs: Any) -> dict[str, Any]:
     return out
 
 
-def measure(score_batches: int = 1, train_steps: int = 2, cache_dir: str | None = None) -> dict[str, Any]:
+def measure(score_batches: int = 2, train_steps: int = 3, cache_dir: str | None = None) -> dict[str, Any]:
     """Every measurement, CPU first, then CUDA when available.
 
     Args:
@@ -233,7 +258,7 @@ def measure(score_batches: int = 1, train_steps: int = 2, cache_dir: str | None 
     return result
 
 
-def main(out_dir: Path, score_batches: int = 1, train_steps: int = 2) -> dict[str, Any]:
+def main(out_dir: Path, score_batches: int = 2, train_steps: int = 3) -> dict[str, Any]:
     """Measure and write ``<out_dir>/llm_cost.json``; returns what was written."""
     result = measure(score_batches, train_steps)
     out_dir = Path(out_dir)
@@ -244,8 +269,9 @@ def main(out_dir: Path, score_batches: int = 1, train_steps: int = 2) -> dict[st
     cpu = result["cpu"]
     print(
         f"llm_cost: dequantize {result['dequantize']['seconds']}s, load {result['load']['seconds']}s, "
-        f"score {cpu['score']['seconds_per_row']} s/row (batch {SCORE_BATCH}), "
-        f"train {cpu['train']['seconds_per_step_mean']} s/step (batch {TRAIN_BATCH}) -> {out_dir / OUT_NAME}"
+        f"score {cpu['score']['seconds_per_row']} s/row (best batch {cpu['score']['seconds_per_row_best_batch']}), "
+        f"train {cpu['train']['seconds_per_step_mean']} s/step (best {cpu['train']['seconds_per_step_min']}) "
+        f"-> {out_dir / OUT_NAME}"
     )
     return result
 
@@ -255,7 +281,7 @@ if __name__ == "__main__":
         prog="python -m benchmark.bench.llm_cost", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--out", type=Path, default=Path("results/perf"))
-    parser.add_argument("--score-batches", type=int, default=1, help="timed scoring batches of 16 rows")
-    parser.add_argument("--train-steps", type=int, default=2, help="timed training steps of 8 rows")
+    parser.add_argument("--score-batches", type=int, default=2, help="timed scoring batches of 16 rows")
+    parser.add_argument("--train-steps", type=int, default=3, help="timed training steps of 8 rows")
     a = parser.parse_args()
     main(a.out, a.score_batches, a.train_steps)

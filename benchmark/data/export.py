@@ -1,7 +1,9 @@
 """Export a split as plain files with raw dataset ids, for use outside the framework.
 
 Files (tab-separated, with a header line):
-    train.tsv, valid.tsv, test.tsv   user, item, rating, timestamp (file order)
+    train.tsv, valid.tsv, test.tsv   user, item, rating, timestamp (file order); sequence protocols
+                                     (tallrec_movie) add label, history (space-separated raw item
+                                     ids, oldest first) and history_likes (space-separated 0/1)
     test_slices.tsv                  user, item, slices (comma-separated names, may be empty)
     test_negatives.tsv               user, negatives (space-separated raw item ids); with eval=sampled
     meta.json                        protocol, configs, fingerprints, statistics
@@ -30,11 +32,18 @@ META = "meta.json"
 
 def _part_tsv(split: Split, part: str) -> str:
     df = split.parts[part]
-    lines = ["user\titem\trating\ttimestamp"]
+    sequence = "history" in df.columns  # rows that carry their own history and label
+    lines = ["user\titem\trating\ttimestamp" + ("\tlabel\thistory\thistory_likes" if sequence else "")]
     users = split.user_ids[df["user"].to_numpy()]
     items = split.item_ids[df["item"].to_numpy()]
-    for u, i, r, t in zip(users, items, df["rating"].to_numpy(), df["timestamp"].to_numpy(), strict=True):
-        lines.append(f"{u}\t{i}\t{'' if np.isnan(r) else repr(float(r))}\t{repr(float(t))}")
+    rows = zip(users, items, df["rating"].to_numpy(), df["timestamp"].to_numpy(), strict=True)
+    for j, (u, i, r, t) in enumerate(rows):
+        line = f"{u}\t{i}\t{'' if np.isnan(r) else repr(float(r))}\t{repr(float(t))}"
+        if sequence:
+            history = " ".join(split.item_ids[list(df["history"].iat[j])])
+            likes = " ".join(str(int(x)) for x in df["history_likes"].iat[j])
+            line += f"\t{int(df['label'].iat[j])}\t{history}\t{likes}"
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 

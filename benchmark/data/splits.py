@@ -9,7 +9,7 @@ text (raw ids), so the same config and data give the same fingerprint anywhere.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -152,6 +152,10 @@ def build_split(data: Interactions, cfg: SplitConfig, inter: pd.DataFrame | None
     inter = data.inter if inter is None else inter
     if len(inter) == 0:
         raise DataError(f"{data.name}: no interactions left after filtering; the split would be empty")
+    if cfg.protocol == "tallrec_movie":  # TALLRec's published sequence protocol (rows carry histories)
+        from benchmark.data.tallrec import build_tallrec_movie  # imports this module: import on use
+
+        return build_tallrec_movie(replace(data, inter=inter), cfg)
     user_ids = np.unique(inter["user"].to_numpy().astype(str))
     item_ids = np.unique(inter["item"].to_numpy().astype(str))
     df = pd.DataFrame(

@@ -179,14 +179,19 @@ class LabeledRows:
 
 
 def labeled_rows(split: Split, part: str, threshold: float, slices: SliceConfig | None = None) -> LabeledRows:
-    """Labeled view of ``part``: label = rating >= threshold."""
+    """Labeled view of ``part``: label = rating >= threshold, or the part's own ``label`` column
+    (protocols that define labels themselves, e.g. tallrec_movie: rating > like_threshold)."""
     df = split.parts[part]
     if df["rating"].isna().any():
         raise ConfigError(
             f"eval.protocol=labeled needs ratings; the dataset has rows without a rating ({part})"
         )
     users, items = df["user"].to_numpy().copy(), df["item"].to_numpy().copy()
-    out = LabeledRows(part, users, items, (df["rating"].to_numpy() >= threshold).astype(np.int64))
+    if "label" in df.columns:
+        labels = df["label"].to_numpy().astype(np.int64)
+    else:
+        labels = (df["rating"].to_numpy() >= threshold).astype(np.int64)
+    out = LabeledRows(part, users, items, labels)
     if slices is not None:
         out.slices = slice_masks(split, users, items, slices)
     return out

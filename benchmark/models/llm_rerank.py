@@ -12,7 +12,8 @@ Position bias: ``order`` sets the order candidates are listed in the prompt (``f
 ``reverse``, or ``random``: a permutation per user drawn by seed). The record reports the mean
 LLM rank and the top-1 share per prompt position and the mean Spearman correlation between
 prompt position and LLM rank; with ``order=random`` these measure position bias directly.
-The prompt is computed once per user and its key/value cache shared by the N candidates.
+The prompts of ``user_batch_size`` users run as one batch, and each prompt's key/value cache is
+shared by its N candidates.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from benchmark.data.tallrec import user_histories
 from benchmark.errors import ConfigError
 from benchmark.models.components.llm import load_causal_lm, shared_prefix_logprobs
 from benchmark.models.components.prompts import PromptTemplate, continuation_ids, item_texts
-from benchmark.models.tallrec import as_template
+from benchmark.models.tallrec import MACHINE_FACTS, as_template
 
 ORDERS = ("first_stage", "reverse", "random")
 
@@ -99,6 +100,7 @@ class LLMRerank(nn.Module):
         history: train items per user shown in the prompt (its most recent ones).
         like_threshold: like = rating > threshold.
         length_norm: divide a candidate's log-likelihood by its number of tokens.
+        user_batch_size: users whose prompts run as one batch (their candidates run together next).
         dtype: weights dtype (``auto``: bf16 on CUDA, fp32 otherwise).
         accelerator: the trainer accelerator (resolves ``dtype=auto``).
         seed: seed of ``order=random``; None = the run seed (``torch.initial_seed()``).
@@ -117,6 +119,7 @@ class LLMRerank(nn.Module):
         history: int = 10,
         like_threshold: float = 3.0,
         length_norm: bool = True,
+        user_batch_size: int = 4,
         dtype: str = "auto",
         accelerator: str = "cpu",
         seed: int | None = None,
@@ -127,8 +130,10 @@ class LLMRerank(nn.Module):
             raise ConfigError("model.module.first_stage: set it to a first-stage run directory (record.json)")
         if order not in ORDERS:
             raise ConfigError(f"model.module.order: unknown '{order}' (one of {ORDERS})")
-        if top_n < 1:
-            raise ConfigError(f"model.module.top_n: must be >= 1, got {top_n}")
+        if top_n < 1 or user_batch_size < 1:
+            raise ConfigError(
+                f"model.module: top_n and user_batch_size must be >= 1, got {top_n}, {user_batch_size}"
+            )
         if prompt is None:
             raise ConfigError("model.module.prompt: a prompt template is required (configs/prompt)")
         self.template = as_template(prompt)
@@ -140,6 +145,7 @@ class LLMRerank(nn.Module):
         self.first_stage_path = str(first_stage)
         self.candidates, self.first_stage = read_first_stage(first_stage, split, int(top_n))
         self.top_n, self.order, self.length_norm = int(top_n), order, bool(length_norm)
+        self.user_batch_size = int(user_batch_size)
         self.seed = int(torch.initial_seed() if seed is None else seed) % (2**63)
         self.n_items = split.n_items
         lm = load_causal_lm(backbone, dtype, accelerator, cache_dir)
@@ -175,35 +181,45 @@ class LLMRerank(nn.Module):
         }
         return t.render(fields, (), self.tokenizer)
 
-    def _score_user(self, user: int) -> None:
-        cands = self.candidates[user]
-        cands = cands[cands >= 0]
-        if len(cands) == 0:
-            self._scores[user] = np.zeros(0)
+    def _score_users(self, users: list[int]) -> None:
+        """LLM scores of the candidates of ``users`` (one batched prompt pass, then the candidates)."""
+        todo, prompts, tails, positions = [], [], [], []
+        for u in users:
+            cands = self.candidates[u]
+            cands = cands[cands >= 0]
+            if len(cands) == 0:
+                self._scores[u] = np.zeros(0)
+                continue
+            pos = self.prompt_order(u, len(cands))
+            text = self._prompt(u, cands, pos)
+            if not self.example_prompt:
+                self.example_prompt = text
+            conts = [
+                continuation_ids(self.tokenizer, text, self.template.item.format(text=self.texts[i]))
+                for i in cands
+            ]
+            todo.append(u)
+            prompts.append(conts[0][0])
+            tails.append([c[1] for c in conts])
+            positions.append(pos)
+        if not todo:
             return
-        pos = self.prompt_order(user, len(cands))
-        text = self._prompt(user, cands, pos)
-        if not self.example_prompt:
-            self.example_prompt = text
-        conts = [
-            continuation_ids(self.tokenizer, text, self.template.item.format(text=self.texts[i]))
-            for i in cands
-        ]
-        prompt_ids = conts[0][0]
-        tails = [c[1] for c in conts]
-        lp = shared_prefix_logprobs(self.lm, prompt_ids, tails, self.tokenizer.pad_token_id).cpu().numpy()
-        if self.length_norm:
-            lp = lp / np.array([len(t) for t in tails])
-        self._scores[user] = lp.astype(np.float64)
-        self._positions[user] = pos
+        lps = shared_prefix_logprobs(self.lm, prompts, tails, self.tokenizer.pad_token_id)
+        for u, lp, t, pos in zip(todo, lps, tails, positions, strict=True):
+            lp = lp.numpy().astype(np.float64)
+            if self.length_norm:
+                lp = lp / np.array([len(x) for x in t])
+            self._scores[u] = lp
+            self._positions[u] = pos
 
     @torch.no_grad()
     def score(self, users: torch.Tensor) -> torch.Tensor:
         """[B] users -> [B, n_items]: LLM scores of each user's candidates, -inf elsewhere."""
         out = torch.full((len(users), self.n_items), float("-inf"))
+        todo = [u for u in users.tolist() if u not in self._scores]
+        for start in range(0, len(todo), self.user_batch_size):
+            self._score_users(todo[start : start + self.user_batch_size])
         for r, u in enumerate(users.tolist()):
-            if u not in self._scores:
-                self._score_user(u)
             cands = self.candidates[u]
             cands = cands[cands >= 0]
             if len(cands):
@@ -248,7 +264,7 @@ class LLMRerank(nn.Module):
         scored = [len(s) for s in self._scores.values()]
         return {
             "llm": {
-                **{k: v for k, v in self.lm_facts.items() if k not in ("load_seconds",)},
+                **{k: v for k, v in self.lm_facts.items() if k not in MACHINE_FACTS},
                 "prompt": {**self.template.describe(), "example": self.example_prompt},
                 "history": {
                     "source": "user_last_train_items",
@@ -290,7 +306,8 @@ def _drop_all(module: nn.Module, state_dict: dict, prefix: str, local_metadata: 
 
 
 def _ignore_missing(module: nn.Module, incompatible: Any) -> None:
-    names = {n for n, _ in module.named_parameters()} | {n for n, _ in module.named_buffers()}
+    names = {n for n, _ in module.named_parameters(remove_duplicate=False)}
+    names |= {n for n, _ in module.named_buffers(remove_duplicate=False)}
     incompatible.missing_keys[:] = [
         k for k in incompatible.missing_keys if not any(k.endswith(n) for n in names)
     ]

@@ -38,6 +38,7 @@ from benchmark.models.components.llm import left_pad, load_causal_lm, next_token
 from benchmark.models.components.prompts import PromptTemplate, answer_token_ids, item_texts
 
 SHOT_CHOICES = "a positive integer or 'all'"
+MACHINE_FACTS = ("load_seconds", "dequantize_seconds", "cache")  # differ between machines: not recorded
 
 
 def as_template(prompt: PromptTemplate | Mapping[str, Any]) -> PromptTemplate:
@@ -373,7 +374,7 @@ class TallRec(nn.Module):
         labels = self._train[3]
         return {
             "llm": {
-                **{k: v for k, v in self.lm_facts.items() if k not in ("load_seconds",)},
+                **{k: v for k, v in self.lm_facts.items() if k not in MACHINE_FACTS},
                 "prompt": {**self.template.describe(), "example": self.example_prompt},
                 "answer_token_ids": dict(zip(self.template.answers, self.answer_ids, strict=True)),
                 "seed": self.seed,
@@ -400,17 +401,16 @@ def _rows_digest(rows: np.ndarray) -> str:
 
 def _keep_trainable(module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any) -> None:
     """state_dict post-hook: drop frozen parameters (the backbone is reloaded from its source)."""
-    for name, p in module.named_parameters():
+    for name, p in module.named_parameters(remove_duplicate=False):  # tied weights under every name
         if not p.requires_grad:
             state_dict.pop(prefix + name, None)
-    for name, _ in module.named_buffers():
+    for name, _ in module.named_buffers(remove_duplicate=False):
         state_dict.pop(prefix + name, None)
 
 
 def _ignore_frozen(module: nn.Module, incompatible: Any) -> None:
     """load_state_dict post-hook: frozen parameters and buffers are not expected in a state dict."""
-    frozen = {n for n, p in module.named_parameters() if not p.requires_grad} | {
-        n for n, _ in module.named_buffers()
-    }
+    frozen = {n for n, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    frozen |= {n for n, _ in module.named_buffers(remove_duplicate=False)}
     keep = [k for k in incompatible.missing_keys if not any(k.endswith("." + f) or k == f for f in frozen)]
     incompatible.missing_keys[:] = keep

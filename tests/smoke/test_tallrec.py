@@ -47,6 +47,7 @@ def test_tallrec_run_through_the_cli(tiny_dir, tmp_path, lm_dir):
         f"model.module.backbone={lm_dir}",
         "model.module.shots=16",
         "model.train.max_epochs=2",
+        "+trainer.accumulate_grad_batches=2",
         "split=random",
         "eval=labeled",
         *tiny_args(tiny_dir, tmp_path),

@@ -67,6 +67,7 @@ def make_tiny_lm(directory: Path, texts: list[str], seed: int = 0) -> Path:
         pad_token_id=0,
         eos_token_id=2,
         bos_token_id=None,
+        tie_word_embeddings=True,  # as SmolLM2: lm_head shares the embedding matrix
     )
     model = LlamaForCausalLM(cfg)
     directory.mkdir(parents=True, exist_ok=True)
@@ -269,14 +270,18 @@ def test_left_padding_scores_like_single_rows(tiny_split, tiny_data, tiny_lm):
 def test_shared_prefix_scoring_equals_separate_sequences(tiny_lm):
     lm = load_causal_lm(str(tiny_lm))
     tok = lm.tokenizer
-    prompt = tok("Below is an instruction Candidates : Title 1 , Title 2")["input_ids"]
-    conts = [
-        tok(t, add_special_tokens=False)["input_ids"] for t in ('" Title 1 "', "Title", '" Title 22 " .')
+    prompts = [
+        tok("Below is an instruction Candidates : Title 1 , Title 2")["input_ids"],
+        tok("Candidates : Title 3")["input_ids"],  # shorter: left-padded in the prompt batch
     ]
-    a = shared_prefix_logprobs(lm.model, prompt, conts, tok.pad_token_id)
+    texts = [('" Title 1 "', "Title", '" Title 22 " .'), ('" Title 3 "',)]
+    conts = [[tok(t, add_special_tokens=False)["input_ids"] for t in ts] for ts in texts]
+    shared = shared_prefix_logprobs(lm.model, prompts, conts, tok.pad_token_id)
     with torch.no_grad():
-        b = continuation_logprobs(lm.model, prompt, conts, tok.pad_token_id)
-    assert torch.allclose(a, b, atol=1e-4)
+        for got, prompt, cs in zip(shared, prompts, conts, strict=True):
+            assert torch.allclose(
+                got, continuation_logprobs(lm.model, prompt, cs, tok.pad_token_id), atol=1e-4
+            )
     batch = left_pad([[5, 6, 7], [8]], 0)
     assert batch["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]] and batch["position_ids"][1].tolist() == [
         0,
@@ -308,7 +313,7 @@ def test_lora_trains_only_adapter_parameters(tiny_split, tiny_data, tiny_lm):
     assert any(not torch.equal(p, lora_before[n]) for n, p in m.named_parameters() if n in lora_before)
     # The state dict holds the adapters only and loads back strictly.
     sd = m.state_dict()
-    assert set(sd) == trainable
+    assert set(sd) == trainable  # no frozen weight, tied ones (lm_head = embeddings) included
     fresh = tallrec(tiny_split, tiny_data, tiny_lm)
     fresh.load_state_dict(sd)
     assert all(torch.equal(fresh.state_dict()[k], v) for k, v in sd.items())

@@ -355,49 +355,59 @@ def continuation_logprobs(
 
 @torch.no_grad()
 def shared_prefix_logprobs(
-    model: Any, prompt: list[int], continuations: list[list[int]], pad_id: int
-) -> torch.Tensor:
-    """:func:`continuation_logprobs` for continuations of ONE prompt, computing the prompt once.
+    model: Any, prompts: list[list[int]], continuations: list[list[list[int]]], pad_id: int
+) -> list[torch.Tensor]:
+    """:func:`continuation_logprobs` for several prompts, each with its own continuations,
+    computing every prompt once.
 
-    The prompt's key/value cache is repeated for the C continuations, which are right-padded
-    (a real token never attends to a later pad), so the result equals scoring every
-    ``prompt + continuation`` on its own, at about (P + C * L) instead of C * (P + L) tokens.
+    The prompts run as one left-padded batch with a key/value cache; the cache rows are
+    repeated for each prompt's continuations, which run as one right-padded batch (a real
+    token never attends to a later pad) with the prompt's padding mask and positions. The
+    result equals scoring every ``prompt + continuation`` on its own, at about
+    (sum P + sum C * L) instead of sum C * (P + L) tokens.
 
     Args:
-        model: a causal LM whose cache supports ``batch_repeat_interleave`` (transformers caches).
-        prompt: P prompt token ids.
-        continuations: C non-empty lists of token ids.
-        pad_id: pad token id (fills the right of short continuations).
+        model: a causal LM whose cache supports ``batch_select_indices`` (transformers caches).
+        prompts: B lists of prompt token ids.
+        continuations: B lists of non-empty token id lists (C_b continuations of prompt b).
+        pad_id: pad token id.
 
     Returns:
-        [C] float32 sums of log p(token | prompt, earlier continuation tokens).
+        B float32 tensors [C_b]: sums of log p(token | prompt, earlier continuation tokens).
     """
     device = next(model.parameters()).device
-    out = model(input_ids=torch.as_tensor([prompt], device=device), use_cache=True, logits_to_keep=1)
-    first = out.logits[0, -1].float().log_softmax(dim=-1)  # [V]: predicts each continuation's first token
-    total = first[torch.as_tensor([c[0] for c in continuations], device=device)]  # [C]
-    longest = max(len(c) for c in continuations)
-    if longest == 1:
-        return total
-    cache = getattr(out, "cache", None) or out.past_key_values
-    cache.batch_repeat_interleave(len(continuations))
-    feed = torch.full((len(continuations), longest - 1), pad_id, dtype=torch.long)  # tokens 0..L-2
-    target = torch.full((len(continuations), longest - 1), pad_id, dtype=torch.long)  # tokens 1..L-1
-    for r, c in enumerate(continuations):
-        feed[r, : len(c) - 1] = torch.as_tensor(c[:-1])
-        target[r, : len(c) - 1] = torch.as_tensor(c[1:])
-    position_ids = (len(prompt) + torch.arange(longest - 1)).expand(len(continuations), -1)
-    out = model(
-        input_ids=feed.to(device),
-        position_ids=position_ids.to(device),
-        use_cache=True,
-        **_cache_kwarg(model, cache),
-    )
-    logp = out.logits.float().log_softmax(dim=-1)  # [C, L-1, V]
-    tok = logp.gather(2, target.to(device).unsqueeze(-1)).squeeze(-1)  # [C, L-1]
-    lens = torch.as_tensor([len(c) - 1 for c in continuations], device=device)
-    keep = torch.arange(longest - 1, device=device)[None, :] < lens[:, None]
-    return total + (tok * keep).sum(dim=1)
+    batch = {k: v.to(device) for k, v in left_pad(prompts, pad_id).items()}
+    out = model(**batch, use_cache=True, logits_to_keep=1)
+    first = out.logits[:, -1].float().log_softmax(dim=-1)  # [B, V]: predicts each first token
+    owner = torch.as_tensor([b for b, cs in enumerate(continuations) for _ in cs], device=device)  # [N]
+    flat = [c for cs in continuations for c in cs]
+    total = first[owner, torch.as_tensor([c[0] for c in flat], device=device)]  # [N]
+    longest = max(len(c) for c in flat)
+    if longest > 1:
+        cache = getattr(out, "cache", None) or out.past_key_values
+        cache.batch_select_indices(owner)  # [N, ...]: each continuation gets its prompt's keys/values
+        feed = torch.full((len(flat), longest - 1), pad_id, dtype=torch.long)  # tokens 0..L-2
+        target = torch.full((len(flat), longest - 1), pad_id, dtype=torch.long)  # tokens 1..L-1
+        for r, c in enumerate(flat):
+            feed[r, : len(c) - 1] = torch.as_tensor(c[:-1])
+            target[r, : len(c) - 1] = torch.as_tensor(c[1:])
+        feed, target = feed.to(device), target.to(device)
+        mask = torch.cat([batch["attention_mask"][owner], torch.ones_like(feed)], dim=1)  # [N, P + L - 1]
+        start = batch["attention_mask"].sum(dim=1)[owner]  # [N] real prompt length = next position
+        position_ids = start[:, None] + torch.arange(longest - 1, device=device)[None, :]
+        out = model(
+            input_ids=feed,
+            attention_mask=mask,
+            position_ids=position_ids,
+            use_cache=True,
+            **_cache_kwarg(model, cache),
+        )
+        logp = out.logits.float().log_softmax(dim=-1)  # [N, L-1, V]
+        tok = logp.gather(2, target.unsqueeze(-1)).squeeze(-1)  # [N, L-1]
+        lens = torch.as_tensor([len(c) - 1 for c in flat], device=device)
+        keep = torch.arange(longest - 1, device=device)[None, :] < lens[:, None]
+        total = total + (tok * keep).sum(dim=1)
+    return list(total.cpu().split([len(cs) for cs in continuations]))
 
 
 def _cache_kwarg(model: Any, cache: Any) -> dict[str, Any]:
