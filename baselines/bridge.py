@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from baselines import compat
 from benchmark.data.interactions import Interactions
@@ -481,6 +482,15 @@ class Bridge:
             rb_to_ours[ours_to_rb] = np.arange(n)
             maps[ours], maps[theirs] = ours_to_rb, rb_to_ours
         built = dataset.build()
+        if spec.sequential:
+            # Benchmark files are padded to their longest history; RecBole's own sequence
+            # augmentation pads to MAX_ITEM_LIST_LENGTH, which models size layers by (DIN's mask).
+            for part in [dataset, *built]:
+                seqs = part.inter_feat.interaction[ITEM_LIST]
+                if seqs.shape[1] < spec.max_len:
+                    part.inter_feat.interaction[ITEM_LIST] = torch.nn.functional.pad(
+                        seqs, (0, spec.max_len - seqs.shape[1])
+                    )
         return cls(config, dataset, dict(zip(PARTS, built, strict=True)), spec, vocab, **maps)
 
     @property

@@ -26,6 +26,10 @@ Why each exists, and when it can go:
   subclasses of RecBole's ``Dataset``/``SequentialDataset`` that override exactly those
   three methods with pandas-3-safe equivalents (same results as on pandas 2). Go: when
   RecBole supports pandas 3, or if the project pins ``pandas<3``.
+- **scipy.sparse.dok_matrix._update**: graph models (LightGCN, NGCF, SpectralCF, GCMC,
+  NCL) build their adjacency matrix with this private method, which SciPy no longer
+  has (1.17 here). :func:`recbole_session` adds an equivalent (a bulk update of the
+  stored entries) for its duration when it is missing. Go: when RecBole stops using it.
 - **torch.load weights_only**: torch >= 2.6 loads with ``weights_only=True``, which
   refuses RecBole's checkpoints (they pickle a ``Config``), so ``Trainer.evaluate
   (load_best_model=True)`` fails. :func:`load_checkpoint` loads them explicitly; the
@@ -80,6 +84,10 @@ def recbole_session() -> Iterator[None]:
     sys.argv = sys.argv[:1]
     for alias, target in _NUMPY_ALIASES.items():
         setattr(np, alias, getattr(np, target))
+    dok = _dok_class()
+    added_update = dok is not None and not hasattr(dok, "_update")
+    if added_update:
+        dok._update = _dok_update
     try:
         with warnings.catch_warnings():
             # RecBole 1.2.1 under pandas 3: a chained in-place fillna that is a no-op for
@@ -88,8 +96,12 @@ def recbole_session() -> Iterator[None]:
             warnings.filterwarnings("ignore", message=".*chained assignment.*")
             warnings.filterwarnings("ignore", message=".*NumPy array is not writable.*")
             warnings.filterwarnings("ignore", message=".*In the future `np.*")
+            warnings.filterwarnings("ignore", message=".*sparse.SparseTensor.*is deprecated.*")
+            warnings.filterwarnings("ignore", message=".*torch.cuda.amp.GradScaler.*is deprecated.*")
             yield
     finally:
+        if added_update:
+            del dok._update
         sys.argv = saved_argv
         if saved_cuda is None:
             os.environ.pop("CUDA_VISIBLE_DEVICES", None)
@@ -100,6 +112,23 @@ def recbole_session() -> Iterator[None]:
                 np.__dict__.pop(name, None)
             else:
                 setattr(np, name, value)
+
+
+def _dok_class() -> type | None:
+    try:
+        from scipy.sparse import dok_matrix
+    except ImportError:  # pragma: no cover
+        return None
+    return dok_matrix
+
+
+def _dok_update(self: Any, data: dict) -> None:
+    """SciPy's removed private ``dok_matrix._update``: store ``{(row, col): value}`` unchecked."""
+    store = getattr(self, "_dict", None)
+    if store is not None:
+        store.update(data)
+    else:  # older SciPy: the matrix is the dict
+        dict.update(self, data)
 
 
 def gpu_id(native: bool) -> str:
@@ -155,7 +184,6 @@ def _cwd(path: Path) -> Iterator[None]:
 def native_trainer(config: Any, model: Any, workdir: Path) -> Any:
     """RecBole's own ``Trainer`` for ``model``, its TensorBoard folder kept in ``workdir``."""
     from recbole.utils import get_trainer
-
     from torch.utils.tensorboard import SummaryWriter
 
     workdir = workdir.resolve()

@@ -47,8 +47,6 @@ LEARNERS = {
     "torch.optim.RMSprop": "rmsprop",
 }
 RECBOLE_METRIC = {"hr": "Hit", "recall": "Recall", "precision": "Precision", "ndcg": "NDCG", "mrr": "MRR"}
-# Largest |ours - recbole| accepted for a converged run (see baselines/README.md).
-TOLERANCE = {"auc": 0.01, "logloss": 0.02, "hr": 0.02, "ndcg": 0.015}
 
 
 def _native_settings(cfg: DictConfig, ev: EvalConfig) -> dict[str, Any]:
@@ -95,8 +93,7 @@ def _ours(cfg: DictConfig, split: Any, data: Any, ev: EvalConfig, slices: SliceC
     from hydra.utils import instantiate
 
     from benchmark.data.views import labeled_rows, ranking_rows
-    from benchmark.eval.evaluator import evaluate
-    from benchmark.run import _device, eval_rows, predict, trainer_arguments
+    from benchmark.run import trainer_arguments
     from benchmark.training import fit
 
     seed = int(cfg.seed)
@@ -119,17 +116,18 @@ def _ours(cfg: DictConfig, split: Any, data: Any, ev: EvalConfig, slices: SliceC
         ev.valid_metric,
         ev.chunk_users,
     )
-    metrics = _score(model, split, ev, slices, _device(cfg), trainer_kwargs, eval_rows, predict, evaluate)
-    return model, metrics, training
+    return model, _score(cfg, model, split, ev, slices), training
 
 
-def _score(
-    model, split, ev, slices, device, trainer_kwargs, eval_rows, predict, evaluate
-) -> dict[str, float]:
+def _score(cfg: DictConfig, model: Any, split: Any, ev: EvalConfig, slices: SliceConfig) -> tuple:
+    """Our test metrics of ``model`` (as ``run`` computes them), its predictions and per-row values."""
+    from benchmark.eval.evaluator import evaluate
+    from benchmark.run import _device, eval_rows, predict, trainer_arguments
+
     rows, _ = eval_rows(split, ev, slices)
-    pred = predict(model, rows, ev, device, trainer_kwargs, progress=False)
-    metrics, _, _ = evaluate(pred, ev.ks, split.n_items)
-    return metrics
+    pred = predict(model, rows, ev, _device(cfg), trainer_arguments(cfg), progress=False)
+    metrics, _, per_row = evaluate(pred, ev.ks, split.n_items)
+    return metrics, pred, per_row
 
 
 def _native(cfg: DictConfig, split: Any, data: Any, ev: EvalConfig, work: Path) -> tuple:
@@ -197,8 +195,10 @@ def crosscheck(cfg: DictConfig) -> dict[str, Any]:
 
     Returns:
         ``metrics``: per compared metric, ``ours``, ``recbole``, ``diff`` (ours - recbole) and
-        ``recbole_weights_our_evaluator``; ``training`` facts of both; the tolerance and
-        whether every difference is within it.
+        ``recbole_weights_our_evaluator`` (RecBole's trained weights scored by our evaluator),
+        ``training_diff`` (ours - that: same protocol, so only training differs),
+        ``evaluation_diff`` (that - recbole: same weights, so only evaluation differs), the
+        ``tolerance`` of ``training_diff`` and whether it holds; ``training`` facts of both.
     """
     from benchmark.data.loading import load_dataset
     from benchmark.data.splits import build_split
@@ -217,36 +217,34 @@ def crosscheck(cfg: DictConfig) -> dict[str, Any]:
     split = build_split(data, split_cfg)
     work = Path(tempfile.mkdtemp(prefix="recbole-crosscheck-"))
     try:
-        model, ours, ours_training = _ours(cfg, split, data, ev, slices, work)
+        model, (ours, pred, per_row), ours_training = _ours(cfg, split, data, ev, slices, work)
         native, native_training, state, bridge = _native(cfg, split, data, ev, work)
-        if not (
-            np.array_equal(bridge.user_rb, model._user_rb.cpu().numpy())
-            and np.array_equal(bridge.item_rb, model._item_rb.cpu().numpy())
-        ):
-            raise BenchmarkError("crosscheck: the two RecBole datasets map ids differently")
-        from benchmark.eval.evaluator import evaluate
-        from benchmark.run import _device, eval_rows, predict, trainer_arguments
-
-        model.load_state_dict({f"recbole.{k}": v for k, v in state.items()})  # -> scores the test part
-        theirs_ours_eval = _score(
-            model, split, ev, slices, _device(cfg), trainer_arguments(cfg), eval_rows, predict, evaluate
+        same_ids = np.array_equal(bridge.user_rb, model._user_rb.cpu().numpy()) and np.array_equal(
+            bridge.item_rb, model._item_rb.cpu().numpy()
         )
+        if not same_ids:
+            raise BenchmarkError("crosscheck: the two RecBole datasets map ids differently")
+        model.load_state_dict({f"recbole.{k}": v for k, v in state.items()})  # also: score the test part
+        theirs, _, _ = _score(cfg, model, split, ev, slices)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     rows = []
     for ours_key, native_key in _compared(ev):
-        o, n = float(ours[ours_key]), native.get(native_key, float("nan"))
-        tol = TOLERANCE[ours_key.split("/")[-1].split("@")[0]]
+        name = ours_key.removeprefix("test/")
+        o, n, t = float(ours[ours_key]), native.get(native_key, float("nan")), float(theirs[ours_key])
+        tol = tolerance(name, o, pred, per_row)
         rows.append(
             {
-                "metric": ours_key.removeprefix("test/"),
+                "metric": name,
                 "ours": o,
                 "recbole": n,
                 "diff": o - n,
-                "recbole_weights_our_evaluator": float(theirs_ours_eval[ours_key]),
+                "recbole_weights_our_evaluator": t,
+                "training_diff": o - t,
+                "evaluation_diff": t - n,
                 "tolerance": tol,
-                "within": bool(abs(o - n) <= tol),
+                "within": bool(abs(o - t) <= tol),
             }
         )
     return {
@@ -268,22 +266,46 @@ def crosscheck(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def tolerance(metric: str, value: float, pred: Any, per_row: dict[str, np.ndarray]) -> float:
+    """Two standard errors of the difference of two independent runs' estimates on these test rows.
+
+    Ranking metrics and LogLoss: from the per-row values; AUC: Hanley & McNeil (1982).
+    """
+    if metric == "auc":
+        labels = np.asarray(pred.rows.labels).astype(bool)
+        n1, n0 = int(labels.sum()), int((~labels).sum())
+        a = value
+        q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+        se = np.sqrt((a * (1 - a) + (n1 - 1) * (q1 - a * a) + (n0 - 1) * (q2 - a * a)) / (n1 * n0))
+    else:
+        if metric == "logloss":
+            y, p = np.asarray(pred.rows.labels).astype(bool), np.asarray(pred.scores, dtype=np.float64)
+            v = -np.log(np.clip(np.where(y, p, 1 - p), 1e-7, 1.0))
+        else:
+            v = np.asarray(per_row[metric], dtype=np.float64)
+        se = v.std(ddof=1) / np.sqrt(len(v))
+    return float(2 * np.sqrt(2) * se)
+
+
 def format_table(result: dict[str, Any]) -> str:
     """The comparison as a fixed-width table."""
     head = (
         f"crosscheck {result['model']} on {result['dataset']} {result['split']} ({result['eval']}), "
         f"seed {result['seed']}, max_epochs {result['train']['max_epochs']}"
     )
-    lines = [
-        head,
-        f"{'metric':<12}{'ours':>10}{'recbole':>10}{'diff':>10}{'recbole w/ our eval':>22}{'tol':>8}",
-    ]
+    cols = f"{'metric':<11}{'ours':>9}{'recbole':>9}{'diff':>9}{'rb w/ ours':>12}{'train diff':>12}{'tol':>8}"
+    lines = [head, cols]
     for r in result["metrics"]:
         lines.append(
-            f"{r['metric']:<12}{r['ours']:>10.4f}{r['recbole']:>10.4f}{r['diff']:>+10.4f}"
-            f"{r['recbole_weights_our_evaluator']:>22.4f}{r['tolerance']:>8.3f}{'' if r['within'] else '  !'}"
+            f"{r['metric']:<11}{r['ours']:>9.4f}{r['recbole']:>9.4f}{r['diff']:>+9.4f}"
+            f"{r['recbole_weights_our_evaluator']:>12.4f}{r['training_diff']:>+12.4f}{r['tolerance']:>8.4f}"
+            f"{'' if r['within'] else '  !'}"
         )
     t = result["training"]
+    lines.append(
+        "diff = ours - recbole; rb w/ ours = RecBole's weights scored by our evaluator; "
+        "train diff = ours - rb w/ ours (must be within tol)"
+    )
     lines.append(
         f"epochs (best): ours {t['ours']['epochs']} ({t['ours']['best_epoch']}), "
         f"recbole {t['recbole']['epochs']} ({t['recbole']['best_epoch']}); "

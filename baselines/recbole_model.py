@@ -63,13 +63,28 @@ PREDICT_ROWS = 1 << 16
 def recbole_class(name: str) -> type:
     """The RecBole model class ``name``, or a one-line ConfigError saying why it cannot run here."""
     import importlib
+    import importlib.util
 
     from recbole.utils import ModelType, get_model
 
+    if name.lower() in ("lightgbm", "xgboost"):  # importing them needs the libraries
+        raise ConfigError(
+            f"model.module.name={name}: RecBole decisiontree model not supported: "
+            "decision-tree models (xgboost/lightgbm) are not torch modules trained by gradient"
+        )
+    # get_model would import recbole.model.exlib_recommender (needs xgboost and lightgbm)
+    # for a name found nowhere else: look it up in the other packages first.
+    packages = ("general", "context_aware", "sequential", "knowledge_aware")
+    if not any(importlib.util.find_spec(f"recbole.model.{p}_recommender.{name.lower()}") for p in packages):
+        raise ConfigError(f"model.module.name: RecBole has no model '{name}'")
     try:
         cls = get_model(name)
-    except ValueError:
-        raise ConfigError(f"model.module.name: RecBole has no model '{name}'") from None
+    except AttributeError:
+        raise ConfigError(
+            f"model.module.name: RecBole has no model '{name}' (class names are case-sensitive, e.g. DeepFM)"
+        ) from None
+    except ImportError as e:
+        raise ConfigError(f"model.module.name={name}: RecBole's model cannot be imported ({e})") from None
     why = None
     if cls.type == ModelType.KNOWLEDGE:
         why = "knowledge-aware models need a knowledge graph (.kg/.link files), which benchmark splits do not carry"
@@ -212,7 +227,6 @@ class RecBoleModel(nn.Module):
         bridge = B.build_bridge(split, data, cls, spec, task, params)
         with compat.recbole_session():
             self.recbole = cls(bridge.config, bridge.parts["train"])
-        self.recbole_config = {k: _plain(bridge.config[k]) for k in sorted(params)}
         self.n_rb_items = bridge.n_rb_items
         self._user_rb = torch.as_tensor(bridge.user_rb)  # [n_users] our index -> RecBole id
         self._item_rb = torch.as_tensor(bridge.item_rb)  # [n_items]
