@@ -46,7 +46,7 @@ from benchmark.results.record import (
 from benchmark.training import is_global_zero
 
 # Config keys that do not change results: left out of the config hash.
-NOT_RESULT_KEYS = ("paths", "logger", "run_name", "hydra", "reuse_trained", "reproduce", "ckpt_path")
+NOT_RESULT_KEYS = ("paths", "logger", "run_name", "hydra", "reuse_trained", "reproduce", "ckpt_path", "skip_existing")
 
 
 def result_config(cfg: DictConfig) -> dict[str, Any]:
@@ -236,6 +236,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_id = run_id_for(cfg, config_hash)
     outputs = Path(cfg.paths.outputs)
     progress = bool(cfg.trainer.get("enable_progress_bar", True))
+    existing = Path(cfg.paths.results) / "runs" / run_id / "record.json"
+    if cfg.get("skip_existing") and existing.exists():  # long sweeps continue where they stopped
+        print(f"[{run_id}] already recorded in {existing.parent}; skipped (skip_existing=true)")
+        return json.loads(existing.read_text())
 
     data = load_dataset(data_cfg)
     split = build_split(data, split_cfg)

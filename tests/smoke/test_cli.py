@@ -176,3 +176,14 @@ def test_labeled_protocol_validates_with_auc(tiny_dir, tmp_path):
     (run_dir,) = runs(tmp_path)
     rec = assert_metrics_recompute(run_dir)
     assert rec["training"]["valid_metric"] == "auc" and 0.0 <= rec["training"]["best_valid"] <= 1.0
+
+
+def test_skip_existing_continues_a_sweep(tiny_dir, tmp_path, capsys):
+    llm4rec("run", "model=pop", *tiny_args(tiny_dir, tmp_path))
+    (run_dir,) = runs(tmp_path)
+    before = (run_dir / "record.json").read_text()
+    capsys.readouterr()
+    llm4rec("run", "-m", "model=pop", "seed=0,1", "skip_existing=true", *tiny_args(tiny_dir, tmp_path))
+    out = capsys.readouterr().out
+    assert "skipped (skip_existing=true)" in out and len(runs(tmp_path)) == 2
+    assert (run_dir / "record.json").read_text() == before  # the existing record was not rewritten
