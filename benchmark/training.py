@@ -97,7 +97,8 @@ class PairwiseStream(IterableDataset):
 class RecTask(pl.LightningModule):
     """Trains ``model.loss`` and validates on the valid part with the evaluator's metrics.
 
-    Ranking validation ranks the full catalogue per valid row (``ndcg@10`` etc.);
+    Ranking validation ranks the full catalogue per valid row (``ndcg@10`` etc.), or asks
+    ``model.rank_rows`` for models that generate their ranked lists;
     labeled validation (``auc``) scores every valid interaction. Values are kept
     per row id and gathered from all ranks, so padding added by a distributed
     sampler is dropped and the metric is computed over rows, not averaged over ranks.
@@ -151,7 +152,10 @@ class RecTask(pl.LightningModule):
             i = torch.as_tensor(rows.items[ids], device=self.device).unsqueeze(1)
             values = self.model.score_pairs(u, i).squeeze(1).float().cpu().numpy()
         else:
-            ranked = rank_full(self.model.score, rows, self.k, len(ids), self.device, row_ids=ids)
+            if hasattr(self.model, "rank_rows"):  # generative models rank their rows themselves
+                ranked = self.model.rank_rows(rows, ids, self.k, self.device)
+            else:
+                ranked = rank_full(self.model.score, rows, self.k, len(ids), self.device, row_ids=ids)
             per_row, _ = ranking_per_row(ranked, _subset_rows(rows, ids), [self.k])
             values = per_row[self.valid_metric]
         self._ids.append(ids)

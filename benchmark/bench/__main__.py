@@ -18,7 +18,9 @@ BENCHMARKS: dict[str, str] = {
     "ranking": "benchmark.bench.ranking_eval",
     "prepare_memory": "benchmark.bench.prepare_memory",
     "scaling": "benchmark.bench.scaling",
+    "decoding": "benchmark.bench.decoding",
     "llm_cost": "benchmark.bench.llm_cost",
+    "recbole_throughput": "benchmark.bench.recbole_throughput",
 }
 DEFAULT_OUT = Path("results/perf")
 
