@@ -232,6 +232,12 @@ def cmd_slurm_scripts(argv: list[str]) -> None:
     print(f"{len(paths)} sbatch scripts written to {out}")
 
 
+def cmd_crosscheck(argv: list[str]) -> None:
+    from baselines.crosscheck import main as crosscheck_main
+
+    crosscheck_main(argv)
+
+
 COMMANDS = {
     "run": cmd_run,
     "export-split": cmd_export_split,
@@ -241,6 +247,7 @@ COMMANDS = {
     "validate": cmd_validate,
     "reproduce": cmd_reproduce,
     "slurm-scripts": cmd_slurm_scripts,
+    "crosscheck": cmd_crosscheck,
 }
 
 
