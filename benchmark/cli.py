@@ -5,6 +5,11 @@ llm4rec export-split [OVERRIDE ...] out=DIR
 llm4rec leaderboard [--runs DIR] [--out DIR]
 llm4rec data prepare data=NAME [OVERRIDE ...]
 llm4rec data stats data=NAME [OVERRIDE ...]
+llm4rec submit RUN_DIR [--out ARCHIVE]
+llm4rec validate ARCHIVE_OR_RUN_DIR
+llm4rec reproduce RUN_DIR [reproduce.tolerance_cpu=X]
+llm4rec slurm-scripts [OVERRIDE ...] out=DIR            sbatch scripts of a sweep, not submitted
+llm4rec crosscheck model=deepfm|sasrec [OVERRIDE ...]   ours vs RecBole's own trainer
 """
 
 from __future__ import annotations
