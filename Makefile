@@ -44,7 +44,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check benchmark baselines tests
 
 lock: $(STAMP)
-	$(BIN)/python -m pip freeze --exclude-editable | sort -f > requirements/lock.txt.new
+	(echo "# Pinned versions used by make (pip constraints). Regenerate with 'make lock'."; ($(BIN)/python -m pip freeze --exclude-editable; echo "setuptools==84.2.1") | sort -f) > requirements/lock.txt.new
 	mv requirements/lock.txt.new requirements/lock.txt
 
 clean:
