@@ -48,6 +48,7 @@ from benchmark.data.splits import Split
 from benchmark.data.views import RankingRows, ranking_rows
 from benchmark.errors import ConfigError
 from benchmark.models.components.indexing import IndexConfig, ItemIndex, build_index, train_sequences
+from benchmark.models.components.llm import lora_settings
 from benchmark.models.components.seq_prompts import SeqPromptSet
 from benchmark.models.components.trie import ItemTrie, TrieConstraint
 
@@ -840,27 +841,9 @@ def _index_config(node: Mapping[str, Any] | None) -> IndexConfig:
 
 
 def _lora_config(lora: Mapping[str, Any] | None, pretrained: bool) -> dict[str, Any] | None:
-    if lora is None:
-        return None
-    if not pretrained:
-        raise ConfigError(
-            "model.module.lora: a model trained from scratch trains every weight (set lora: null)"
-        )
-    lora = dict(lora)
-    unknown = set(lora) - {"r", "alpha", "dropout", "target_modules"}
-    if unknown:
-        raise ConfigError(
-            f"model.module.lora: unknown key(s) {sorted(unknown)} (r, alpha, dropout, target_modules)"
-        )
-    out = {
-        "r": int(lora.get("r", 8)),
-        "alpha": float(lora.get("alpha", 16)),
-        "dropout": float(lora.get("dropout", 0.05)),
-        "target_modules": list(lora.get("target_modules", ["q_proj", "v_proj"])),
-    }
-    if out["r"] < 1 or not 0.0 <= out["dropout"] < 1.0 or not out["target_modules"]:
-        raise ConfigError(f"model.module.lora: need r >= 1, 0 <= dropout < 1, target_modules; got {out}")
-    return out
+    if lora is not None and not pretrained:
+        raise ConfigError("model.module.lora: a model trained from scratch trains every weight (set lora: null)")
+    return lora_settings(lora)
 
 
 def _part_sequences(split: Split, part: str) -> list[np.ndarray]:

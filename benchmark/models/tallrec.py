@@ -34,7 +34,7 @@ from torch.utils.data import IterableDataset
 from benchmark.data.splits import Split
 from benchmark.data.tallrec import has_histories, row_histories, user_histories
 from benchmark.errors import ConfigError, DataError
-from benchmark.models.components.llm import left_pad, load_causal_lm, next_token_logits
+from benchmark.models.components.llm import left_pad, load_causal_lm, lora_settings, next_token_logits
 from benchmark.models.components.prompts import PromptTemplate, answer_token_ids, item_texts
 
 SHOT_CHOICES = "a positive integer or 'all'"
@@ -190,7 +190,7 @@ class TallRec(nn.Module):
         self.lm_facts = lm.facts
         for p in lm.model.parameters():
             p.requires_grad_(False)
-        self.lora_config = self._lora_config(lora)
+        self.lora_config = lora_settings(lora)
         if self.lora_config is not None:
             from peft import LoraConfig, get_peft_model
 
@@ -256,26 +256,6 @@ class TallRec(nn.Module):
         self.register_load_state_dict_post_hook(_ignore_frozen)
 
     # ------------------------------------------------------------------ prompts
-
-    @staticmethod
-    def _lora_config(lora: Mapping[str, Any] | None) -> dict[str, Any] | None:
-        if lora is None:
-            return None
-        lora = dict(lora)
-        unknown = set(lora) - {"r", "alpha", "dropout", "target_modules"}
-        if unknown:
-            raise ConfigError(
-                f"model.module.lora: unknown key(s) {sorted(unknown)} (r, alpha, dropout, target_modules)"
-            )
-        out = {
-            "r": int(lora.get("r", 8)),
-            "alpha": float(lora.get("alpha", 16)),
-            "dropout": float(lora.get("dropout", 0.05)),
-            "target_modules": list(lora.get("target_modules", ["q_proj", "v_proj"])),
-        }
-        if out["r"] < 1 or not 0.0 <= out["dropout"] < 1.0 or not out["target_modules"]:
-            raise ConfigError(f"model.module.lora: need r >= 1, 0 <= dropout < 1, target_modules; got {out}")
-        return out
 
     def _fields(self, hist: Sequence[int], likes: Sequence[int], target: int) -> dict[str, str]:
         t = self.template

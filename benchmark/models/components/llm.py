@@ -24,6 +24,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -420,3 +421,22 @@ def _cache_kwarg(model: Any, cache: Any) -> dict[str, Any]:
 
     name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     return {name: cache}
+
+
+def lora_settings(lora: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Validated LoRA settings (r, alpha, dropout, target_modules) from config, or None."""
+    if lora is None:
+        return None
+    lora = dict(lora)
+    unknown = set(lora) - {"r", "alpha", "dropout", "target_modules"}
+    if unknown:
+        raise ConfigError(f"model.module.lora: unknown key(s) {sorted(unknown)} (r, alpha, dropout, target_modules)")
+    out = {
+        "r": int(lora.get("r", 8)),
+        "alpha": float(lora.get("alpha", 16)),
+        "dropout": float(lora.get("dropout", 0.05)),
+        "target_modules": list(lora.get("target_modules", ["q_proj", "v_proj"])),
+    }
+    if out["r"] < 1 or not 0.0 <= out["dropout"] < 1.0 or not out["target_modules"]:
+        raise ConfigError(f"model.module.lora: need r >= 1, 0 <= dropout < 1, target_modules; got {out}")
+    return out
