@@ -90,15 +90,14 @@ def _compared(ev: EvalConfig) -> list[tuple[str, str]]:
 def _ours(cfg: DictConfig, split: Any, data: Any, ev: EvalConfig, slices: SliceConfig, work: Path) -> tuple:
     """Train the wrapper with our Lightning task and score it with our evaluator (as ``run`` does)."""
     import pytorch_lightning as pl
-    from hydra.utils import instantiate
 
     from benchmark.data.views import labeled_rows, ranking_rows
-    from benchmark.run import trainer_arguments
+    from benchmark.run import build_model, trainer_arguments
     from benchmark.training import fit
 
     seed = int(cfg.seed)
     pl.seed_everything(seed, workers=True, verbose=False)
-    model = instantiate(cfg.model.module, _partial_=True)(split=split, data=data)
+    model = build_model(cfg.model, split, data)
     if ev.protocol == "labeled":
         valid = labeled_rows(split, "valid", split.config["label_threshold"])
     else:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 
 from benchmark.results.record import load_record
@@ -15,43 +13,6 @@ from tests.smoke.test_cli import assert_metrics_recompute, llm4rec, runs, tiny_a
 from tests.unit.test_baselines_bridge import write_features
 
 pytest.importorskip("recbole")
-
-
-def split_inputs_supported() -> bool:
-    """Whether ``run.build_model`` hands the Split (a dataclass of DataFrames) to an ``inputs: split``
-    model without Hydra merging it into the config (which fails)."""
-    from omegaconf import OmegaConf
-
-    from benchmark.data.splits import Split
-    from benchmark.run import build_model
-
-    frame = pd.DataFrame({"user": [0], "item": [0]})
-    split = Split("loo", np.array(["u"]), np.array(["i"]), {"train": frame, "valid": frame, "test": frame})
-    try:
-        built = build_model(
-            OmegaConf.create({"inputs": "split", "module": {"_target_": "builtins.dict"}}), split, None
-        )
-    except Exception:
-        return False
-    return built["split"] is split
-
-
-def partial_build_model(model_cfg, split, data):
-    """``run.build_model`` as proposed in baselines/README.md: the split reaches a partial, not Hydra's merge."""
-    from hydra.utils import instantiate
-
-    if model_cfg.get("inputs", "ids") == "split":
-        return instantiate(model_cfg.module, _partial_=True)(split=split, data=data)
-    return instantiate(model_cfg.module, n_users=split.n_users, n_items=split.n_items)
-
-
-@pytest.fixture(autouse=True)
-def split_inputs(monkeypatch):
-    """Until ``run.build_model`` can pass the split (see baselines/README.md), use the proposed fix."""
-    if not split_inputs_supported():
-        import benchmark.run
-
-        monkeypatch.setattr(benchmark.run, "build_model", partial_build_model)
 
 
 @pytest.fixture(scope="module")
@@ -133,17 +94,6 @@ def test_experiment_configs_compose():
     )
 
 
-DRIVER = """import sys
-sys.path.insert(0, {root!r})
-import benchmark.run
-from tests.smoke.test_baselines import partial_build_model, split_inputs_supported
-if not split_inputs_supported():
-    benchmark.run.build_model = partial_build_model
-from benchmark.cli import main
-main(sys.argv[1:])
-"""
-
-
 @pytest.mark.slow
 def test_two_processes_score_a_recbole_model_like_one(feat_dir, tmp_path):
     """DDP (gloo, 2 CPU processes): same test metrics and predictions as one process for the same weights."""
@@ -158,13 +108,20 @@ def test_two_processes_score_a_recbole_model_like_one(feat_dir, tmp_path):
     weights = next((tmp_path / "out" / "models").glob("*/model.pt"))
     one, two = tmp_path / "one", tmp_path / "two"
     llm4rec("run", *base, f"load_weights={weights}", f"paths.results={one}")
-    driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER.format(root=str(root)))
     ddp = ["trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "eval.chunk_users=7"]
     r = subprocess.run(
-        [sys.executable, str(driver), "run", *base, f"load_weights={weights}", *ddp, f"paths.results={two}"],
+        [
+            sys.executable,
+            "-m",
+            "benchmark",
+            "run",
+            *base,
+            f"load_weights={weights}",
+            *ddp,
+            f"paths.results={two}",
+        ],
         cwd=root,
-        env={**os.environ, "PYTHONHASHSEED": "0"},
+        env={**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(root)},
         capture_output=True,
         text=True,
         timeout=600,
