@@ -48,7 +48,7 @@ from benchmark.data.splits import Split
 from benchmark.data.views import RankingRows, ranking_rows
 from benchmark.errors import ConfigError
 from benchmark.models.components.indexing import IndexConfig, ItemIndex, build_index, train_sequences
-from benchmark.models.components.llm import lora_settings
+from benchmark.models.components.llm import ignore_frozen_on_load, keep_trainable_in_state_dict, lora_settings
 from benchmark.models.components.seq_prompts import SeqPromptSet
 from benchmark.models.components.trie import ItemTrie, TrieConstraint
 
@@ -435,8 +435,8 @@ class P5(nn.Module):
             self._eval_prompt(int(split.test["user"].iloc[0]), "test") if len(split.test) else ""
         )
         if self.lora_config is not None:
-            self.register_state_dict_post_hook(_keep_trainable)
-            self.register_load_state_dict_post_hook(_ignore_frozen)
+            self.register_state_dict_post_hook(keep_trainable_in_state_dict)
+            self.register_load_state_dict_post_hook(ignore_frozen_on_load)
 
     # ------------------------------------------------------------------ setup helpers
 
@@ -861,19 +861,3 @@ def _unk_count(tokenizer: Any, sequences: list[list[int]]) -> int:
     return 0 if unk is None else sum(1 for s in sequences if unk in s)
 
 
-def _keep_trainable(module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any) -> None:
-    """state_dict post-hook (LoRA): drop frozen parameters; the backbone is rebuilt from its source."""
-    for name, p in module.named_parameters(remove_duplicate=False):  # tied weights under every name
-        if not p.requires_grad:
-            state_dict.pop(prefix + name, None)
-    for name, _ in module.named_buffers(remove_duplicate=False):
-        state_dict.pop(prefix + name, None)
-
-
-def _ignore_frozen(module: nn.Module, incompatible: Any) -> None:
-    """load_state_dict post-hook (LoRA): frozen parameters and buffers are not expected."""
-    frozen = {n for n, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad} | {
-        n for n, _ in module.named_buffers(remove_duplicate=False)
-    }
-    keep = [k for k in incompatible.missing_keys if not any(k.endswith("." + f) or k == f for f in frozen)]
-    incompatible.missing_keys[:] = keep

@@ -34,7 +34,14 @@ from torch.utils.data import IterableDataset
 from benchmark.data.splits import Split
 from benchmark.data.tallrec import has_histories, row_histories, user_histories
 from benchmark.errors import ConfigError, DataError
-from benchmark.models.components.llm import left_pad, load_causal_lm, lora_settings, next_token_logits
+from benchmark.models.components.llm import (
+    ignore_frozen_on_load,
+    keep_trainable_in_state_dict,
+    left_pad,
+    load_causal_lm,
+    lora_settings,
+    next_token_logits,
+)
 from benchmark.models.components.prompts import PromptTemplate, answer_token_ids, item_texts
 
 SHOT_CHOICES = "a positive integer or 'all'"
@@ -252,8 +259,8 @@ class TallRec(nn.Module):
         )
         self.truncated = 0
         self.lm.train()  # from_pretrained returns eval mode; Lightning keeps modes as they are
-        self.register_state_dict_post_hook(_keep_trainable)
-        self.register_load_state_dict_post_hook(_ignore_frozen)
+        self.register_state_dict_post_hook(keep_trainable_in_state_dict)
+        self.register_load_state_dict_post_hook(ignore_frozen_on_load)
 
     # ------------------------------------------------------------------ prompts
 
@@ -379,18 +386,3 @@ def _rows_digest(rows: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(rows, dtype=np.int64).tobytes()).hexdigest()
 
 
-def _keep_trainable(module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any) -> None:
-    """state_dict post-hook: drop frozen parameters (the backbone is reloaded from its source)."""
-    for name, p in module.named_parameters(remove_duplicate=False):  # tied weights under every name
-        if not p.requires_grad:
-            state_dict.pop(prefix + name, None)
-    for name, _ in module.named_buffers(remove_duplicate=False):
-        state_dict.pop(prefix + name, None)
-
-
-def _ignore_frozen(module: nn.Module, incompatible: Any) -> None:
-    """load_state_dict post-hook: frozen parameters and buffers are not expected in a state dict."""
-    frozen = {n for n, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad}
-    frozen |= {n for n, _ in module.named_buffers(remove_duplicate=False)}
-    keep = [k for k in incompatible.missing_keys if not any(k.endswith("." + f) or k == f for f in frozen)]
-    incompatible.missing_keys[:] = keep

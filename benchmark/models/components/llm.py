@@ -440,3 +440,22 @@ def lora_settings(lora: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if out["r"] < 1 or not 0.0 <= out["dropout"] < 1.0 or not out["target_modules"]:
         raise ConfigError(f"model.module.lora: need r >= 1, 0 <= dropout < 1, target_modules; got {out}")
     return out
+
+
+def keep_trainable_in_state_dict(module: torch.nn.Module, state_dict: dict, prefix: str, local_metadata: Any) -> None:
+    """state_dict post-hook for adapter tuning: drop frozen parameters and buffers (the backbone is
+    rebuilt from its source), under every name a tied weight has."""
+    for name, p in module.named_parameters(remove_duplicate=False):
+        if not p.requires_grad:
+            state_dict.pop(prefix + name, None)
+    for name, _ in module.named_buffers(remove_duplicate=False):
+        state_dict.pop(prefix + name, None)
+
+
+def ignore_frozen_on_load(module: torch.nn.Module, incompatible: Any) -> None:
+    """load_state_dict post-hook matching :func:`keep_trainable_in_state_dict`: frozen parameters and
+    buffers are not expected in the loaded dict."""
+    frozen = {n for n, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    frozen |= {n for n, _ in module.named_buffers(remove_duplicate=False)}
+    keep = [k for k in incompatible.missing_keys if not any(k.endswith("." + f) or k == f for f in frozen)]
+    incompatible.missing_keys[:] = keep
