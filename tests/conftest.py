@@ -37,3 +37,14 @@ def random_rows(n_users: int = 40, n_items: int = 60, per_user: int = 12, seed: 
 def tiny_dir(tmp_path: Path) -> Path:
     """A 40-user x 60-item atomic dataset named ``tiny``."""
     return write_atomic(tmp_path / "tiny", "tiny", random_rows(), {f"i{i}": f"Title {i}" for i in range(60)})
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models: one intra-op thread (on a busy machine, more threads wait on each other)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -69,6 +69,11 @@ from benchmark.data.interactions import filter_interactions, sha256_file
 from benchmark.data.raw_readers import DEFAULT_CHUNK_ROWS, FORMATS, read_chunks
 from benchmark.errors import DataError
 
+# Atomic-file rows: tab-separated, no header/index, floats round-trip, empty for missing.
+_TSV: dict[str, Any] = dict(
+    sep="\t", header=False, index=False, float_format="%.15g", na_rep="", quoting=csv.QUOTE_NONE, lineterminator="\n"
+)
+
 PREPARER_VERSION = 1
 MANIFEST = "manifest.json"
 INTER_HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float"
@@ -876,32 +881,14 @@ def _write_inter(
                     "r": part["rating"].to_numpy(),
                     "t": part["timestamp"].to_numpy(),
                 }
-            ).to_csv(
-                f,
-                sep="\t",
-                header=False,
-                index=False,
-                float_format="%.15g",
-                na_rep="",
-                quoting=csv.QUOTE_NONE,
-                lineterminator="\n",
-            )
+            ).to_csv(f, **_TSV)
 
 
 def _write_side(path: Path, id_field: str, table: pd.DataFrame, fields: Mapping[str, Any]) -> None:
     header = "\t".join([f"{id_field}:token", *(f"{n}:{f['type']}" for n, f in fields.items())])
     with open(path, "w", encoding="utf-8", newline="") as f:
         f.write(header + "\n")
-        table.to_csv(
-            f,
-            sep="\t",
-            header=False,
-            index=False,
-            float_format="%.15g",
-            na_rep="",
-            quoting=csv.QUOTE_NONE,
-            lineterminator="\n",
-        )
+        table.to_csv(f, **_TSV)
 
 
 # --------------------------------------------------------------------------- prepare

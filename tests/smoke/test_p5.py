@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from benchmark.results.record import load_record, read_predictions
 from tests.smoke.test_cli import assert_metrics_recompute, llm4rec, runs, tiny_args
@@ -18,13 +17,7 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models: one intra-op thread (on a busy machine, more threads wait on each other)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_p5_run_records_validity_and_recomputes(tiny_dir, tmp_path):

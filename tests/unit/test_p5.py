@@ -36,13 +36,7 @@ FILMS = ["Toy Story", "Heat", "Casino", "Babe", "Jumanji", "Sabrina", "Nixon", "
 SMALL_INDEX = {"n_clusters": 3, "max_leaf": 5}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models: one intra-op thread (on a busy machine, more threads wait on each other)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def prompts(**kw) -> SeqPromptSet:

@@ -13,13 +13,7 @@ from benchmark.models.components.trie import ItemTrie, TrieConstraint
 EOS = 1
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models: one intra-op thread (on a busy machine, more threads wait on each other)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def brute_allowed(seqs: list[list[int]], prefix: list[int], banned: set[int]) -> set[int]:
