@@ -110,7 +110,11 @@ def _clean(metrics: dict[str, float]) -> dict[str, float | None]:
 def trainer_arguments(cfg: DictConfig) -> dict[str, Any]:
     """Lightning Trainer keyword arguments from ``cfg.trainer`` (``_target_`` nodes, e.g. a
     strategy object, are instantiated)."""
-    return instantiate(OmegaConf.to_container(cfg.trainer, resolve=True), _convert_="all")
+    from benchmark.distributed import check_trainer
+
+    kwargs = instantiate(OmegaConf.to_container(cfg.trainer, resolve=True), _convert_="all")
+    check_trainer(kwargs)
+    return kwargs
 
 
 def world_size(trainer_kwargs: dict[str, Any]) -> int:

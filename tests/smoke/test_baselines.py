@@ -94,7 +94,6 @@ def test_experiment_configs_compose():
     )
 
 
-@pytest.mark.slow
 def test_two_processes_score_a_recbole_model_like_one(feat_dir, tmp_path):
     """DDP (gloo, 2 CPU processes): same test metrics and predictions as one process for the same weights."""
     import os

@@ -84,7 +84,6 @@ def test_bad_indexing_scheme_is_a_one_line_error(tiny_dir, tmp_path, capsys):
     assert runs(tmp_path) == []
 
 
-@pytest.mark.slow
 def test_two_processes_rank_every_row_once_and_gather_the_rates(tiny_dir, tmp_path):
     from tests.smoke.test_distributed import DDP, cli
 
