@@ -105,14 +105,20 @@ def test_resume_after_kill_gives_the_uninterrupted_record(tiny_dir, tmp_path):
 
 
 def test_two_processes_score_an_llm_like_one(tiny_dir, tmp_path):
-    """TALLRec-style yes/no scoring (tiny causal LM + LoRA) sharded over 2 processes: every labeled
-    test row scored once, the same probabilities and metrics as one process for the same adapters."""
+    """TALLRec-style LoRA tuning on 2 processes (bf16 autocast, gradient accumulation), then yes/no
+    scoring sharded over 2 processes: every labeled test row scored once, the same probabilities
+    and metrics as one process for the same adapters."""
     from tests.unit.test_tallrec import make_tiny_lm, template_words
 
     lm = make_tiny_lm(tmp_path / "lm", template_words("tallrec") + [f"Title {i}" for i in range(60)])
     base = ["model=tallrec", f"model.module.backbone={lm}", "model.module.shots=16", "split=random",
             "eval=labeled", "model.module.score_batch_size=3", *tiny_args(tiny_dir, tmp_path)]
-    main(["run", *base, "model.train.max_epochs=1"])
+    # Trained on 2 processes with bf16 autocast and gradient accumulation.
+    r = cli("run", *base, "model.train.max_epochs=1", *DDP, "trainer.precision=bf16-mixed",
+            "trainer.accumulate_grad_batches=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    (trained,) = [load_record(d) for d in runs(tmp_path)]
+    assert trained["training"]["world_size"] == 2 and trained["config"]["trainer"]["precision"] == "bf16-mixed"
     weights = next((tmp_path / "out" / "models").glob("*/model.pt"))
     one, two = tmp_path / "one", tmp_path / "two"
     main(["run", *base, f"load_weights={weights}", f"paths.results={one}"])
@@ -132,3 +138,35 @@ def test_two_processes_score_an_llm_like_one(tiny_dir, tmp_path):
     pa, pb = (read_predictions(d / "runs" / r["run_id"] / PREDICTIONS) for d, r in ((one, a), (two, b)))
     assert [p["row"] for p in pa] == [p["row"] for p in pb]
     assert max(abs(x["score"] - y["score"]) for x, y in zip(pa, pb, strict=True)) <= 1e-6
+
+
+def test_two_nodes_train_and_score_like_one_process(tiny_dir, tmp_path):
+    """``trainer.num_nodes=2``: two node processes (one device each, gloo, on this host, started
+    the way a cluster scheduler starts them) train together, then score every test row once; the
+    saved weights evaluated by one process give the same metrics."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = ["model=bpr", "model.train.max_epochs=2", *tiny_args(tiny_dir, tmp_path)]
+    nodes = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.num_nodes=2", "eval.chunk_users=7"]
+    env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(ROOT), "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port), "WORLD_SIZE": "2", "LOCAL_RANK": "0"}
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "benchmark", "run", *base, *nodes], cwd=ROOT,
+                         env={**env, "NODE_RANK": str(rank)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for rank in (0, 1)
+    ]
+    errs = [p.communicate(timeout=600)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
+    (d,) = runs(tmp_path)  # written once, by global rank 0
+    two = load_record(d)
+    assert two["training"]["world_size"] == 2 and two["labels"]["processes"] == 2 and two["eval"]["rows"] == 40
+    weights = next((tmp_path / "out" / "models").glob("*/model.pt"))
+    main(["run", *base, f"load_weights={weights}", f"paths.results={tmp_path / 'one'}"])
+    (one,) = [load_record(p) for p in (tmp_path / "one" / "runs").iterdir() if not p.name.startswith(".")]
+    assert one["labels"]["processes"] == 1
+    for k, v in one["metrics"].items():
+        assert (v is None and two["metrics"][k] is None) or abs(v - two["metrics"][k]) <= 1e-6, k
+    assert one["predictions"]["sha256"] == two["predictions"]["sha256"]
