@@ -26,7 +26,8 @@ Histories are leak-free: a train row's history is the user's train items strictl
 before it in (timestamp, file order); a valid row's history is the user's train items;
 a test row's is the user's train and valid items (all in time order, last ``max_len``).
 Sequential train rows with an empty history are left out, as RecBole's own sequence
-augmentation does (``min_history``).
+augmentation does (``min_history``). A split whose rows carry their own history (a
+sequence protocol such as ``tallrec_movie``) gives every row of every part that history.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import torch
 from baselines import compat
 from benchmark.data.interactions import Interactions
 from benchmark.data.splits import PARTS, Split
+from benchmark.data.tallrec import has_histories
 from benchmark.errors import ConfigError, DataError
 
 NAME = "bench"
@@ -232,6 +234,21 @@ def user_histories(split: Split, part: str, max_len: int) -> tuple[np.ndarray, n
     return hist.astype(np.int64), length.astype(np.int64)
 
 
+def row_histories(split: Split, part: str, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's own history on a sequence split (its ``history`` column, last ``max_len``).
+
+    Returns:
+        hist: [N_part, max_len] item indices, oldest first, -1 after the last.
+        length: [N_part] history lengths (<= max_len).
+    """
+    seqs = [tuple(h)[-max_len:] if max_len else () for h in split.parts[part]["history"]]
+    length = np.array([len(h) for h in seqs], dtype=np.int64)
+    hist = np.full((len(seqs), max_len), -1, dtype=np.int64)
+    for r, h in enumerate(seqs):
+        hist[r, : len(h)] = h
+    return hist, length
+
+
 # ----------------------------------------------------------------------------- files
 
 
@@ -256,7 +273,8 @@ def write_files(split: Split, data: Interactions, directory: Path, spec: BridgeS
         raise ConfigError(
             "this RecBole model trains on labels (rating >= split.label_threshold); the dataset has no ratings"
         )
-    hist_train = train_histories(split, spec.max_len) if spec.sequential else None
+    own = has_histories(split)
+    hist_train = train_histories(split, spec.max_len) if spec.sequential and not own else None
     for part in PARTS:
         df = split.parts[part]
         cols: dict[str, Any] = {
@@ -271,7 +289,10 @@ def write_files(split: Split, data: Interactions, directory: Path, spec: BridgeS
             header.append(f"{LABEL}:float")
         keep = np.ones(len(df), dtype=bool)
         if spec.sequential:
-            if part == "train":
+            if own:
+                hist, length = row_histories(split, part, spec.max_len)
+                keep = length >= spec.min_history if part == "train" else keep
+            elif part == "train":
                 hist, length = hist_train
                 keep = length >= spec.min_history
             else:

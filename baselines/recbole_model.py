@@ -18,7 +18,9 @@ Context-aware models and DIN-like ones output probabilities (RecBole's ``predict
 sigmoid), so the labeled protocol also reports LogLoss for them.
 
 Histories at evaluation: a sequential model scores the valid part from the user's
-train items and the test part from train + valid items. The model cannot see which
+train items and the test part from train + valid items; on a split whose rows carry
+their own history (``tallrec_movie``), a labeled row is scored with that row's history,
+found by its (user, item) pair, which names one row of such a split. The model cannot see which
 part it is scoring, so it follows training: scoring uses the valid history until
 weights are loaded into it (which :func:`benchmark.training.fit` does with the best
 checkpoint when training ends, and ``run`` does when it reuses trained weights), then
@@ -40,7 +42,8 @@ from baselines import bridge as B
 from baselines import compat
 from benchmark.data.interactions import Interactions
 from benchmark.data.splits import Split
-from benchmark.errors import ConfigError
+from benchmark.data.tallrec import has_histories
+from benchmark.errors import ConfigError, DataError
 
 # RecBole trains these on user batches of the rating matrix (its UserDataLoader).
 USER_BATCH_MODELS = (
@@ -235,9 +238,21 @@ class RecBoleModel(nn.Module):
         self._full_sort = type(self.recbole).full_sort_predict is not AbstractRecommender.full_sort_predict
         self._empty_history_ok = name in EMPTY_HISTORY_OK
         self._hist: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._row_keys: dict[str, torch.Tensor] = {}  # sequence splits: sorted user * n_items + item
+        self._n_items = split.n_items
         if self.kind == "sequential":
             for part in ("valid", "test"):
-                hist, length = B.user_histories(split, part, max_len)  # our item indices, -1 = none
+                if has_histories(split):  # one history per row, looked up by (user, item)
+                    df = split.parts[part]
+                    keys = df["user"].to_numpy() * split.n_items + df["item"].to_numpy()
+                    order = np.argsort(keys, kind="stable")
+                    if len(keys) and (np.diff(keys[order]) == 0).any():
+                        raise DataError(f"split {split.protocol}: a (user, item) pair names two {part} rows")
+                    hist, length = B.row_histories(split, part, max_len)
+                    hist, length = hist[order], length[order]
+                    self._row_keys[part] = torch.as_tensor(keys[order])
+                else:
+                    hist, length = B.user_histories(split, part, max_len)  # our item indices, -1 = none
                 rb = np.where(hist >= 0, bridge.item_rb[np.maximum(hist, 0)], 0)
                 self._hist[part] = (torch.as_tensor(rb), torch.as_tensor(length))
         train = bridge.parts["train"].inter_feat
@@ -270,6 +285,10 @@ class RecBoleModel(nn.Module):
 
     def score(self, users: torch.Tensor) -> torch.Tensor:
         """[B] user indices -> [B, n_items] scores over our catalogue (RecBole's ``full_sort_predict``)."""
+        if self._row_keys:
+            raise ConfigError(
+                f"model={self.name}: this split's rows carry their own histories; score it with eval=labeled"
+            )
         if not self._full_sort:  # e.g. context-aware models: predict every (user, item) pair
             n = len(self._item_rb)
             items = torch.arange(n, device=users.device)
@@ -285,11 +304,11 @@ class RecBoleModel(nn.Module):
     def score_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """[B] users, [B, C] items -> [B, C] scores (RecBole's ``predict``; probabilities for CTR models)."""
         b, c = items.shape
-        if c > 1 and self._full_sort and not self.outputs_probabilities:
+        if c > 1 and self._full_sort and not self.outputs_probabilities and not self._row_keys:
             return self.score(users).gather(1, items)
         flat_users = users.repeat_interleave(c)  # [B*C]
         inter = {B.UID: self._user_rb[flat_users], B.IID: self._item_rb[items.reshape(-1)]}
-        self._add_history(inter, flat_users)
+        self._add_history(inter, flat_users, items.reshape(-1))
         out = []
         for start in range(0, b * c, PREDICT_ROWS):
             chunk = {k: v[start : start + PREDICT_ROWS] for k, v in inter.items()}
@@ -298,13 +317,25 @@ class RecBoleModel(nn.Module):
 
     # ------------------------------------------------------------------ helpers
 
-    def _add_history(self, inter: dict[str, torch.Tensor], users: torch.Tensor) -> None:
-        """Add ``item_id_list``/``item_length`` of ``users`` for the current eval part."""
+    def _add_history(
+        self, inter: dict[str, torch.Tensor], users: torch.Tensor, items: torch.Tensor | None = None
+    ) -> None:
+        """Add ``item_id_list``/``item_length`` of ``users`` (of the rows ``(users, items)`` on a
+        sequence split) for the current eval part."""
         if self.kind != "sequential":
             return
         hist, length = self._hist[self.eval_part]
-        inter[B.ITEM_LIST] = hist[users]  # [N, max_len] RecBole ids, 0 = padding
-        n = length[users]
+        at = users
+        if self.eval_part in self._row_keys:
+            keys = self._row_keys[self.eval_part]
+            want = users * self._n_items + items
+            at = torch.searchsorted(keys, want).clamp(max=max(len(keys) - 1, 0))
+            if len(keys) == 0 or (keys[at] != want).any():
+                raise ConfigError(
+                    f"model={self.name}: a scored (user, item) pair is no {self.eval_part} row of this sequence split"
+                )
+        inter[B.ITEM_LIST] = hist[at]  # [N, max_len] RecBole ids, 0 = padding
+        n = length[at]
         inter[B.ITEM_LEN] = n if self._empty_history_ok else n.clamp(min=1)  # empty: one padding item
 
     def _inter(self, fields: dict[str, torch.Tensor]) -> Any:
@@ -337,6 +368,7 @@ class RecBoleModel(nn.Module):
                     "_user_feat",
                     "_item_feat",
                     "_hist",
+                    "_row_keys",
                 ):
                     continue
                 moved = _move(value, fn, device)

@@ -306,3 +306,42 @@ def test_pointwise_general_model_trains_on_sampled_negatives(feat_dir):
     assert torch.isfinite(loss) and loss.requires_grad
     with torch.no_grad():
         assert model.score(torch.arange(4)).shape == (4, split.n_items)
+
+
+def test_sequence_split_rows_keep_their_own_histories(feat_dir, tmp_path):
+    """On a split whose rows carry a history (tallrec_movie), every RecBole row of every part gets
+    that row's history, and DIN scores a labeled row with it (checked against RecBole's own
+    ``predict`` on a hand-built interaction), not with a per-user history."""
+    from baselines.recbole_model import RecBoleModel
+
+    data = load_dataset(DataConfig(name="tiny", source="atomic", path=str(feat_dir)))
+    split = build_split(data, SplitConfig(protocol="tallrec_movie", history=3, keep_last=100_000))
+    spec = B.spec_for(recbole_cls("DIN"), split, data, [], [], max_len=2)
+    B.write_files(split, data, tmp_path, spec)
+    for part in ("train", "valid", "test"):
+        lines = (tmp_path / f"bench.{part}.inter").read_text().splitlines()[1:]
+        df = split.parts[part]
+        assert len(lines) == len(df)
+        for line, hist in zip(lines, df["history"], strict=True):
+            assert line.split("\t")[-1].split() == [str(i) for i in hist[-2:]]  # last max_len items
+
+    model = RecBoleModel(split, data, "DIN", {"embedding_size": 4, "mlp_hidden_size": [8]}, [], [], max_len=3)
+    model.eval().load_state_dict(model.state_dict())  # -> scores the test part
+    test = split.test
+    users = torch.as_tensor(test["user"].to_numpy())
+    items = torch.as_tensor(test["item"].to_numpy())
+    with torch.no_grad():
+        got = model.score_pairs(users, items[:, None]).squeeze(1)
+        hist = torch.as_tensor([[model._item_rb[i].item() for i in h] for h in test["history"]])
+        manual = model.recbole.predict(model._inter({
+            B.UID: model._user_rb[users], B.IID: model._item_rb[items],
+            B.ITEM_LIST: hist, B.ITEM_LEN: torch.full((len(test),), 3),
+        }))
+    torch.testing.assert_close(got, manual)
+    # Some user has test rows with different histories: no per-user history could give `manual`.
+    by_user = test.groupby("user")["history"].agg(lambda h: len(set(h)))
+    assert (by_user > 1).any()
+    with pytest.raises(ConfigError, match="eval=labeled"):
+        model.score(users[:2])
+    with pytest.raises(ConfigError, match="no test row"):
+        model.score_pairs(users[:1], (items[:1] + 1)[:, None] % split.n_items)
