@@ -88,6 +88,10 @@ def test_experiment_configs_compose():
         assert ctr.eval.protocol == "labeled" and ctr.model.module.name == name and ctr.data.name == "ml-100k"
         assert list(ctr.model.module.user_features) == ["age", "gender", "occupation"]
         assert list(ctr.model.module.item_features) == ["release_year", "class"]
+    for model, name in (("deepfm", "DeepFM"), ("din", "DIN"), ("sasrec", "SASRec")):
+        movie = compose(["experiment=tallrec_movie_baselines", f"model={model}"])
+        assert (movie.split.protocol, movie.eval.protocol, movie.model.module.name) == ("tallrec_movie", "labeled", name)
+        assert movie.model.module.max_len == movie.split.history == 10
     rank = compose(["experiment=baselines_rank_ml100k"])
     assert (
         rank.model.module.name == "SASRec" and rank.split.protocol == "loo" and rank.eval.protocol == "full"
