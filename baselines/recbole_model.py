@@ -41,6 +41,7 @@ from torch.utils.data import IterableDataset
 from baselines import bridge as B
 from baselines import compat
 from benchmark.data.interactions import Interactions
+from benchmark.data.shots import draw_rows, rows_digest
 from benchmark.data.splits import Split
 from benchmark.data.tallrec import has_histories
 from benchmark.errors import ConfigError, DataError
@@ -191,6 +192,8 @@ class RecBoleModel(nn.Module):
         field_types: column -> ``token``/``token_seq``/``float`` overriding the inferred type.
         max_len: longest history for sequential models (RecBole's ``MAX_ITEM_LIST_LENGTH``).
         min_history: sequential train rows need at least this many history items.
+        shots: train on this many train rows drawn by the run seed (the rows a TALLRec-style
+            model with the same ``shots`` and seed tunes on), or ``all``/None for every row.
 
     Attributes:
         outputs_probabilities: True for models trained on the CTR label.
@@ -208,8 +211,13 @@ class RecBoleModel(nn.Module):
         field_types: dict[str, str] | None = None,
         max_len: int = 50,
         min_history: int = 1,
+        shots: int | str | None = None,
     ) -> None:
         super().__init__()
+        if shots is not None and shots != "all" and (isinstance(shots, bool) or not isinstance(shots, int) or shots < 1):
+            raise ConfigError(f"model.module.shots: a positive number of train rows or 'all', got {shots!r}")
+        self.shots = None if shots == "all" else shots
+        self._shot_rows: np.ndarray | None = None
         from recbole.data.interaction import Interaction
         from recbole.model.abstract_recommender import AbstractRecommender
         from recbole.utils import InputType, ModelType
@@ -272,8 +280,28 @@ class RecBoleModel(nn.Module):
 
     def train_dataset(self, split: Split, batch_size: int, seed: int) -> RecBoleStream:
         """Seeded, epoch-dependent batches of the RecBole train part (shardable by batch)."""
-        del split  # the rows were fixed when the model was built from the same split
-        return RecBoleStream(self._train.fields, batch_size, seed, self._mode, self.n_rb_items)
+        fields = self._train.fields
+        if self.shots is not None:
+            n = len(next(iter(fields.values())))
+            if n != len(split.train):
+                raise ConfigError(
+                    f"model.module.shots: {len(split.train) - n} train rows have no history "
+                    "(min_history); shots need every train row"
+                )
+            self._shot_rows = draw_rows(n, self.shots, seed, stream=0)  # RecBole train row p = our row p
+            fields = {k: v[torch.as_tensor(self._shot_rows)] for k, v in fields.items()}
+        return RecBoleStream(fields, batch_size, seed, self._mode, self.n_rb_items)
+
+    def prediction_facts(self) -> dict[str, Any]:
+        """Facts for ``record["model"]``: the RecBole class and, with ``shots``, the rows trained on."""
+        rows = self._shot_rows
+        return {
+            "recbole": {
+                "name": self.name,
+                "shots": self.shots if self.shots is not None else "all",
+                "shot_rows_sha256": rows_digest(rows) if rows is not None else None,
+            }
+        }
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The RecBole model's ``calculate_loss`` on a batch (multi-part losses are summed)."""

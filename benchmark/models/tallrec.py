@@ -21,7 +21,6 @@ frozen backbone is reloaded from its source.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import IterableDataset
 
+from benchmark.data.shots import draw_rows, rows_digest
 from benchmark.data.splits import Split
 from benchmark.data.tallrec import has_histories, row_histories, user_histories
 from benchmark.errors import ConfigError, DataError
@@ -61,26 +61,6 @@ def as_template(prompt: PromptTemplate | Mapping[str, Any]) -> PromptTemplate:
         return PromptTemplate(**data)
     except TypeError as e:
         raise ConfigError(f"model.prompt: {e}") from None
-
-
-def draw_rows(n: int, count: int | str, seed: int, stream: int = 0) -> np.ndarray:
-    """``count`` distinct positions in [0, n) drawn by ``seed`` (all of them, shuffled, for ``all``).
-
-    Args:
-        n: number of rows to draw from.
-        count: how many (or ``all``).
-        seed: the run seed.
-        stream: separates independent draws made with one seed (0: training shots, 1: in-context).
-
-    Returns:
-        [count] int64 positions, in draw order.
-    """
-    perm = np.random.default_rng([int(seed), 7_207, stream]).permutation(n)
-    if count == "all":
-        return perm.astype(np.int64)
-    if int(count) > n:
-        raise ConfigError(f"model shots={count}: the train part has only {n} rows")
-    return perm[: int(count)].astype(np.int64)
 
 
 def part_labels(split: Split, part: str) -> np.ndarray:
@@ -366,7 +346,7 @@ class TallRec(nn.Module):
                 "answer_token_ids": dict(zip(self.template.answers, self.answer_ids, strict=True)),
                 "seed": self.seed,
                 "shots": self.shots if trained else 0,
-                "shot_rows_sha256": _rows_digest(shots) if trained else None,
+                "shot_rows_sha256": rows_digest(shots) if trained else None,
                 "shot_positives": int(labels[shots].sum()) if trained else None,
                 "icl_shots": self.icl_shots,
                 "icl_rows": self.icl_rows.tolist(),
@@ -380,9 +360,3 @@ class TallRec(nn.Module):
                 "truncated_prompts": self.truncated,
             }
         }
-
-
-def _rows_digest(rows: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(rows, dtype=np.int64).tobytes()).hexdigest()
-
-

@@ -92,6 +92,7 @@ def test_experiment_configs_compose():
         movie = compose(["experiment=tallrec_movie_baselines", f"model={model}"])
         assert (movie.split.protocol, movie.eval.protocol, movie.model.module.name) == ("tallrec_movie", "labeled", name)
         assert movie.model.module.max_len == movie.split.history == 10
+        assert movie.model.module.shots == "all" and movie.model.label == f"{model}-recbole-allshot"
     rank = compose(["experiment=baselines_rank_ml100k"])
     assert (
         rank.model.module.name == "SASRec" and rank.split.protocol == "loo" and rank.eval.protocol == "full"

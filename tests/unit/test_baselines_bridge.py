@@ -345,3 +345,27 @@ def test_sequence_split_rows_keep_their_own_histories(feat_dir, tmp_path):
         model.score(users[:2])
     with pytest.raises(ConfigError, match="no test row"):
         model.score_pairs(users[:1], (items[:1] + 1)[:, None] % split.n_items)
+
+
+def test_shots_train_on_the_rows_a_tallrec_model_draws(feat_dir):
+    from baselines.recbole_model import RecBoleModel
+    from benchmark.data.shots import draw_rows, rows_digest
+
+    data, split = tiny(feat_dir)
+    model = RecBoleModel(split, data, "DeepFM", {"embedding_size": 4, "mlp_hidden_size": [8]}, [], [], shots=16)
+    rows = draw_rows(len(split.train), 16, seed=3, stream=0)
+    batches = list(model.train_dataset(split, 5, seed=3))
+    seen = torch.cat([b[B.IID] for b in batches])
+    want = model._item_rb[torch.as_tensor(split.train["item"].to_numpy()[rows])]
+    assert sorted(seen.tolist()) == sorted(want.tolist()) and len(seen) == 16
+    facts = model.prediction_facts()["recbole"]
+    assert facts["shots"] == 16 and facts["shot_rows_sha256"] == rows_digest(rows)
+    other = list(model.train_dataset(split, 5, seed=4))  # another seed, other rows
+    assert sorted(torch.cat([b[B.IID] for b in other]).tolist()) != sorted(want.tolist())
+    every = RecBoleModel(split, data, "DeepFM", {"embedding_size": 4}, [], [], shots="all")
+    assert sum(len(b[B.IID]) for b in every.train_dataset(split, 64, 3)) == len(split.train)
+    for bad in (0, -2, "many", 1.5):
+        with pytest.raises(ConfigError, match="model.module.shots"):
+            RecBoleModel(split, data, "DeepFM", {"embedding_size": 4}, [], [], shots=bad)
+    with pytest.raises(ConfigError, match="only"):
+        RecBoleModel(split, data, "DeepFM", {"embedding_size": 4}, [], [], shots=10**6).train_dataset(split, 5, 0)
