@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -39,6 +40,33 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+_OPTION_NAMES = re.compile(r"^[\w.\-]+(,[\w.\-]+)*$")
+
+
+def nested_group_overrides(overrides: list[str]) -> list[str]:
+    """``adapter.encoder=open_clip`` -> ``adapter/encoder=open_clip`` for nested config groups.
+
+    Hydra selects an option of a nested group only with a slash (``adapter/encoder=NAME``); with a
+    dot it would replace the whole node by the string NAME. An override ``a.b=NAME`` (or a sweep
+    ``a.b=N1,N2``) whose ``configs/a/b/`` is a config group is rewritten, so both spellings work.
+    """
+    out = []
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        group = key.replace(".", "/")
+        if (
+            sep
+            and "." in key
+            and not key.startswith(("+", "~"))
+            and "@" not in key
+            and _OPTION_NAMES.match(value)
+            and (CONFIG_DIR / group).is_dir()
+        ):
+            o = f"{group}={value}"
+        out.append(o)
+    return out
+
+
 def compose(overrides: list[str], hydra: bool = False):
     """Compose the root config with Hydra overrides (no run directory, no chdir).
 
@@ -56,7 +84,9 @@ def compose(overrides: list[str], hydra: bool = False):
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return hcompose(config_name="config", overrides=overrides, return_hydra_config=hydra)
+            return hcompose(
+                config_name="config", overrides=nested_group_overrides(overrides), return_hydra_config=hydra
+            )
     except BenchmarkError:
         raise
     except Exception as e:  # Hydra/OmegaConf composition errors: unknown key, group option, type
@@ -99,6 +129,12 @@ def check_config(cfg) -> None:
             _fail(str(e))
         except Exception as e:
             _fail(f"{key}: {_one_line(e)}")
+    from benchmark.run import check_adapter
+
+    try:
+        check_adapter(cfg.model, cfg.get("adapter"))
+    except BenchmarkError as e:
+        _fail(str(e))
 
 
 def _task(cfg) -> None:
@@ -112,7 +148,7 @@ def _task(cfg) -> None:
 
 def cmd_run(argv: list[str]) -> None:
     multirun = "-m" in argv or "--multirun" in argv
-    overrides = [a for a in argv if a not in ("-m", "--multirun")]
+    overrides = nested_group_overrides([a for a in argv if a not in ("-m", "--multirun")])
     for combo in _expand_sweeps(overrides):  # validate every job before any runs
         check_config(compose(combo))
     import hydra

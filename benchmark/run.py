@@ -34,6 +34,7 @@ from benchmark.data.views import (
 from benchmark.errors import ConfigError
 from benchmark.eval.evaluator import Predictions, evaluate
 from benchmark.eval.ranking import rank_candidates, rank_full
+from benchmark.models.components.adapter import adapter_label, is_active_node
 from benchmark.results.record import (
     SCHEMA_VERSION,
     canonical_json,
@@ -50,10 +51,13 @@ NOT_RESULT_KEYS = ("paths", "logger", "run_name", "hydra", "reuse_trained", "rep
 
 
 def result_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config without keys that cannot change a result."""
+    """The resolved config without keys that cannot change a result (``adapter=none`` included:
+    runs without an item adapter hash as they did before adapters existed)."""
     c = OmegaConf.to_container(cfg, resolve=True)
     for k in NOT_RESULT_KEYS:
         c.pop(k, None)
+    if not is_active_node(c.get("adapter")):
+        c.pop("adapter", None)
     if isinstance(c.get("trainer"), dict):
         c["trainer"] = {k: v for k, v in c["trainer"].items() if k not in ("enable_progress_bar",)}
     return c
@@ -94,9 +98,14 @@ def _save_trained(directory: Path, model: torch.nn.Module, facts: dict[str, Any]
     os.replace(tmp, directory)
 
 
+def model_label(cfg: DictConfig) -> str:
+    """The model's label, with its item adapter when one is on (e.g. ``p5-collaborative+clip_proj-text-minilm``)."""
+    return (cfg.model.get("label") or cfg.model.name) + adapter_label(cfg.get("adapter"))
+
+
 def run_id_for(cfg: DictConfig, config_hash: str) -> str:
     """Readable, deterministic id: dataset-protocol-eval-model-seed-hash."""
-    label = cfg.model.get("label") or cfg.model.name
+    label = model_label(cfg)
     return f"{cfg.data.name}-{cfg.split.protocol}-{cfg.eval.protocol}-{label}-s{cfg.seed}-{config_hash[:8]}"
 
 
@@ -132,15 +141,38 @@ def _device(cfg: DictConfig) -> torch.device:
     )
 
 
-def build_model(model_cfg: DictConfig, split: Split, data: Any) -> torch.nn.Module:
+def build_model(
+    model_cfg: DictConfig, split: Split, data: Any, adapter: DictConfig | None = None
+) -> torch.nn.Module:
     """Instantiate ``model.module``: with the catalogue sizes, or with the whole split and
     dataset when the model config says ``inputs: split`` (models that need features/text).
+    An item adapter other than ``none`` goes to models that take one (``adapter=``).
     """
+    extra = {"adapter": adapter} if check_adapter(model_cfg, adapter) else {}
     if model_cfg.get("inputs", "ids") == "split":
         # Split and Interactions are dataclasses of DataFrames: passed to instantiate as kwargs,
         # Hydra would merge them into the config (and fail). Bind them to the partial instead.
-        return instantiate(model_cfg.module, _partial_=True)(split=split, data=data)
+        return instantiate(model_cfg.module, _partial_=True)(split=split, data=data, **extra)
     return instantiate(model_cfg.module, n_users=split.n_users, n_items=split.n_items)
+
+
+def check_adapter(model_cfg: DictConfig, adapter: DictConfig | None) -> bool:
+    """Whether an item adapter is on (validated); ConfigError when the model takes none."""
+    if not is_active_node(adapter):
+        return False
+    import inspect
+
+    from hydra.utils import get_class
+
+    from benchmark.models.components.adapter import adapter_config
+
+    adapter_config(adapter)  # unknown keys, modalities, k, encoder/projector nodes
+    target = get_class(model_cfg.module._target_)
+    if model_cfg.get("inputs", "ids") != "split" or "adapter" not in inspect.signature(target).parameters:
+        raise ConfigError(
+            f"adapter={adapter.name}: model {model_cfg.name} takes no item adapter (p5 and tallrec do)"
+        )
+    return True
 
 
 def eval_rows(split: Split, ev: EvalConfig, slices: SliceConfig) -> tuple[RankingRows | Any, dict[str, Any]]:
@@ -249,7 +281,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     split = build_split(data, split_cfg)
     pl.seed_everything(seed, workers=True, verbose=False)
 
-    model = build_model(cfg.model, split, data)
+    model = build_model(cfg.model, split, data, cfg.get("adapter"))
     tr = split.train
     if hasattr(model, "init_from_train"):
         model.init_from_train(tr["user"].to_numpy(), tr["item"].to_numpy())
@@ -332,7 +364,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         },
         "model": {
             "name": cfg.model.name,
-            "label": cfg.model.get("label") or cfg.model.name,
+            "label": model_label(cfg),
             "family": cfg.model.get("family", "classic"),
             "params_total": n_params,
             "params_trainable": n_train,

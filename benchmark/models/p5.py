@@ -29,6 +29,10 @@ is evaluated on exactly the framework's full-ranking rows (``eval=full``).
 
 Histories: valid rows see the user's train items, test rows train + valid items (time order),
 the last ``history`` of them.
+
+Item adapters (``adapter=clip_proj``, :mod:`benchmark.models.components.adapter`): every history
+item mention gets ``k`` soft tokens from its frozen features; the encoder reads them through
+``inputs_embeds`` in training and in (trie-constrained) beam search. Targets stay item ids.
 """
 
 from __future__ import annotations
@@ -47,6 +51,13 @@ from torch.utils.data import IterableDataset
 from benchmark.data.splits import Split
 from benchmark.data.views import RankingRows, ranking_rows
 from benchmark.errors import ConfigError
+from benchmark.models.components.adapter import (
+    AdapterConfig,
+    ItemAdapter,
+    adapter_config,
+    build_item_adapter,
+    inactive_facts,
+)
 from benchmark.models.components.indexing import IndexConfig, ItemIndex, build_index, train_sequences
 from benchmark.models.components.llm import ignore_frozen_on_load, keep_trainable_in_state_dict, lora_settings
 from benchmark.models.components.seq_prompts import SeqPromptSet
@@ -343,6 +354,7 @@ class P5(nn.Module):
         cache_dir: cache root for dequantized GGUF backbones.
         shared_cross_cache: encoder-decoder beam search without reordering the cross-attention
             cache (identical results, faster; see :func:`_row_shared_cross_cache`).
+        adapter: the run's ``adapter`` config (soft tokens from frozen item features), or None.
     """
 
     def __init__(
@@ -364,6 +376,7 @@ class P5(nn.Module):
         seed: int | None = None,
         cache_dir: str | None = None,
         shared_cross_cache: bool = True,
+        adapter: AdapterConfig | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if prompts is None:
@@ -394,12 +407,14 @@ class P5(nn.Module):
         # Few-shot examples: train windows of any user, drawn once by seed.
         users, ends = self._windows()
         self.examples: list[tuple[list[str], str, str]] = []
+        self._example_items: list[np.ndarray] = []
         if self.prompts.few_shot:
             pick = np.random.default_rng([self.seed, 5_011]).permutation(len(users))[: self.prompts.few_shot]
             for w in pick:
                 seq = self.train_seq[users[w]]
                 hist = seq[max(0, ends[w] - self.history) : ends[w]]
                 self.examples.append(([texts[i] for i in hist], self.user_ids[users[w]], texts[seq[ends[w]]]))
+                self._example_items.append(hist)
 
         corpus = [*self.prompts.corpus(), *texts, *self.user_ids]
         bb = load_backbone(backbone, corpus, self.index.new_tokens, dtype, accelerator, cache_dir, self.seed)
@@ -407,11 +422,22 @@ class P5(nn.Module):
         self.eos_id = int(self.tokenizer.eos_token_id)
         self.pad_id = int(self.tokenizer.pad_token_id)
         self.lora_config = _lora_config(lora, bb.facts["init"] == "pretrained")
+        self.adapter_config = adapter_config(adapter)
+        self.adapter: ItemAdapter | None = None
+        if self.adapter_config is not None and self.adapter_config.active:
+            from benchmark.models.components.projector import add_placeholder_token
+
+            placeholder = add_placeholder_token(bb.model, self.tokenizer)
+            d_model = int(bb.model.get_input_embeddings().weight.shape[1])
+            self.adapter = build_item_adapter(self.adapter_config, split, data, d_model, placeholder)
         vocab = max(int(bb.model.get_output_embeddings().weight.shape[0]), len(self.tokenizer))
         if self.lora_config is not None:
             self.lm = self._with_lora(bb.model)
         else:
             self.lm = bb.model
+        if self.adapter is not None and not self.adapter_config.train_llm:
+            for p in self.lm.parameters():
+                p.requires_grad_(False)
         self.lm.train()
 
         # Item token sequences and the trie.
@@ -434,6 +460,8 @@ class P5(nn.Module):
         self.example_prompt = (
             self._eval_prompt(int(split.test["user"].iloc[0]), "test") if len(split.test) else ""
         )
+        if self.adapter is not None:
+            self.example_prompt = self.adapter.expand(self.example_prompt)[0]
         if self.lora_config is not None:
             self.register_state_dict_post_hook(keep_trainable_in_state_dict)
             self.register_load_state_dict_post_hook(ignore_frozen_on_load)
@@ -470,10 +498,23 @@ class P5(nn.Module):
 
     # ------------------------------------------------------------------ prompts and batches
 
+    def _item_text(self, item: int) -> str:
+        """An item as shown in a history: its id text, with soft-token markers when an adapter is on."""
+        text = self.index.texts[item]
+        return text if self.adapter is None else self.adapter.mention_text(int(item), text)
+
     def _render(self, template_name: str, hist: np.ndarray, user: int) -> str:
-        texts = self.index.texts
+        examples = self.examples
+        if self.adapter is not None:
+            examples = [
+                ([self._item_text(i) for i in items], u, answer)
+                for (_, u, answer), items in zip(self.examples, self._example_items, strict=True)
+            ]
         return self.prompts.render(
-            self.prompts.template(template_name), [texts[i] for i in hist], self.user_ids[user], self.examples
+            self.prompts.template(template_name),
+            [self._item_text(i) for i in hist],
+            self.user_ids[user],
+            examples,
         )
 
     def _eval_prompt(self, user: int, part: str) -> str:
@@ -485,13 +526,27 @@ class P5(nn.Module):
 
     def _prompt_ids(self, prompts: list[str]) -> list[list[int]]:
         """Token ids per prompt, cut to ``max_source_length`` from the left (counted)."""
+        return self._tokenize(prompts)[0]
+
+    def _tokenize(self, prompts: list[str]) -> tuple[list[list[int]], list[list[int]]]:
+        """(token ids per prompt cut from the left, items mentioned per prompt when an adapter is on)."""
+        mentions: list[list[int]] = []
+        if self.adapter is not None:
+            expanded = [self.adapter.expand(p) for p in prompts]
+            prompts, mentions = [e[0] for e in expanded], [e[1] for e in expanded]
         out = []
         for s in self.tokenizer(prompts, add_special_tokens=True)["input_ids"]:
             if len(s) > self.max_source_length:
                 self.truncated += 1
                 s = s[-self.max_source_length :]
             out.append(list(s))
-        return out
+        return out, mentions
+
+    def _lm_inputs(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``input_ids``, or ``inputs_embeds`` with the soft tokens when the batch has placeholders."""
+        if "soft_items" in batch:
+            return {"inputs_embeds": self.adapter.embed(self.lm, batch)}
+        return {"input_ids": batch["input_ids"]}
 
     def _inputs(self, prompt_ids: list[list[int]]) -> dict[str, torch.Tensor]:
         """Padded model inputs: right padding for encoders, left padding (real positions) for decoders."""
@@ -521,7 +576,7 @@ class P5(nn.Module):
             seq = self.train_seq[u]
             prompts.append(self._render(seen[t].name, seq[max(0, e - self.history) : e], int(u)))
             targets.append(self.item_tokens[seq[e]])
-        ids = self._prompt_ids(prompts)
+        ids, mentions = self._tokenize(prompts)
         width = max(len(t) for t in targets)
         labels = torch.full((len(targets), width), -100, dtype=torch.long)
         if self.kind == "causal":
@@ -532,6 +587,8 @@ class P5(nn.Module):
             batch = self._inputs(ids)
             for r, t in enumerate(targets):
                 labels[r, : len(t)] = torch.as_tensor(t)
+        if self.adapter is not None:
+            batch.update(self.adapter.slots(batch["input_ids"], mentions))
         batch["labels"] = labels
         return batch
 
@@ -549,12 +606,13 @@ class P5(nn.Module):
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean cross-entropy of the target id tokens (and EOS) given the prompt."""
         labels = batch["labels"]
+        inputs = self._lm_inputs(batch)
         if self.kind == "seq2seq":
-            out = self.lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels)
+            out = self.lm(**inputs, attention_mask=batch["attention_mask"], labels=labels)
             return out.loss
         width = labels.shape[1]
         out = self.lm(
-            input_ids=batch["input_ids"],
+            **inputs,
             attention_mask=batch["attention_mask"],
             position_ids=batch["position_ids"],
             logits_to_keep=width + 1,
@@ -600,12 +658,19 @@ class P5(nn.Module):
         device = torch.device(device)
         nb = max(self.num_beams, k)
         trie = self._trie_on(device)
+        ids, mentions = self._tokenize(prompts)
         enc = {
             n: t.to(device)
-            for n, t in self._inputs(self._prompt_ids(prompts)).items()
+            for n, t in self._inputs(ids).items()
             if n != "position_ids"  # generate derives positions from the attention mask
         }
         start = 1 if self.kind == "seq2seq" else enc["input_ids"].shape[1]
+        if self.adapter is not None:
+            slots = self.adapter.slots(enc["input_ids"], mentions)
+            enc["inputs_embeds"] = self.adapter.embed(self.lm, {**enc, **slots})
+            # The encoder reads the embeddings; a causal LM keeps the ids too, as the returned prefix.
+            if self.kind == "seq2seq":
+                del enc["input_ids"]
         processors = []
         if self.constrained:
             blocked = trie.blocked_counts([np.asarray(e) for e in excluded]).to(device)
@@ -798,7 +863,14 @@ class P5(nn.Module):
                 "max_source_length": self.max_source_length,
                 "seed": self.seed,
             },
+            **self._adapter_facts(),
         }
+
+    def _adapter_facts(self) -> dict[str, Any]:
+        if self.adapter is not None:
+            return {"adapter": self.adapter.facts}
+        facts = inactive_facts(self.adapter_config)
+        return {} if facts is None else {"adapter": facts}
 
 
 # ----------------------------------------------------------------------------- helpers

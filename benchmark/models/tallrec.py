@@ -14,6 +14,10 @@ Histories: on ``split=tallrec_movie`` a row's own history; on the framework's ot
 user's last ``history`` train items (valid/test rows) or the train items before the row (train
 rows), with like = rating > ``like_threshold`` -- never anything outside the train part.
 
+Item adapters (``adapter=clip_proj``, :mod:`benchmark.models.components.adapter`): every item
+mention (history and target, in-context examples too) gets ``k`` soft tokens from its frozen
+features, read through ``inputs_embeds`` in training and scoring.
+
 Batches are left-padded with positions counted over real tokens, so a row scores the same in
 any batch. Only the adapter weights are in ``state_dict()`` (checkpoints, reused weights): the
 frozen backbone is reloaded from its source.
@@ -34,6 +38,13 @@ from benchmark.data.shots import draw_rows, rows_digest
 from benchmark.data.splits import Split
 from benchmark.data.tallrec import has_histories, row_histories, user_histories
 from benchmark.errors import ConfigError, DataError
+from benchmark.models.components.adapter import (
+    AdapterConfig,
+    ItemAdapter,
+    adapter_config,
+    build_item_adapter,
+    inactive_facts,
+)
 from benchmark.models.components.llm import (
     ignore_frozen_on_load,
     keep_trainable_in_state_dict,
@@ -77,13 +88,22 @@ class PromptStream(IterableDataset):
     """Shuffled, left-padded batches of (prompt tokens, answer token), one pass per epoch.
 
     The order of epoch e is a function of (seed, e) only; rank r of world w takes every
-    w-th batch, as :class:`benchmark.training.PairwiseStream` does.
+    w-th batch, as :class:`benchmark.training.PairwiseStream` does. With an item adapter,
+    ``mentions`` holds each sequence's mentioned items and ``adapter`` adds their soft-token slots.
     """
 
     def __init__(
-        self, sequences: list[list[int]], answers: np.ndarray, pad_id: int, batch_size: int, seed: int
+        self,
+        sequences: list[list[int]],
+        answers: np.ndarray,
+        pad_id: int,
+        batch_size: int,
+        seed: int,
+        mentions: list[list[int]] | None = None,
+        adapter: ItemAdapter | None = None,
     ) -> None:
         self.sequences = sequences
+        self.mentions, self.adapter = mentions, adapter
         self.answers = torch.as_tensor(answers, dtype=torch.long)
         self.pad_id = pad_id
         self.batch_size = batch_size
@@ -104,6 +124,8 @@ class PromptStream(IterableDataset):
                 continue
             idx = perm[start : start + self.batch_size]
             batch = left_pad([self.sequences[i] for i in idx], self.pad_id)
+            if self.adapter is not None:
+                batch.update(self.adapter.slots(batch["input_ids"], [self.mentions[i] for i in idx]))
             batch["answer"] = self.answers[idx]
             yield batch
 
@@ -131,6 +153,7 @@ class TallRec(nn.Module):
             the model config and so out of the leaderboard's seed-group key.
         cache_dir: cache root for dequantized GGUF backbones (None: ``$LLM4REC_CACHE`` or
             ``.cache/llm4rec``).
+        adapter: the run's ``adapter`` config (soft tokens from frozen item features), or None.
     """
 
     outputs_probabilities = True
@@ -152,6 +175,7 @@ class TallRec(nn.Module):
         score_batch_size: int = 16,
         seed: int | None = None,
         cache_dir: str | None = None,
+        adapter: AdapterConfig | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if prompt is None:
@@ -177,6 +201,14 @@ class TallRec(nn.Module):
         self.lm_facts = lm.facts
         for p in lm.model.parameters():
             p.requires_grad_(False)
+        self.adapter_config = adapter_config(adapter)
+        self.adapter: ItemAdapter | None = None
+        if self.adapter_config is not None and self.adapter_config.active:
+            from benchmark.models.components.projector import add_placeholder_token
+
+            placeholder = add_placeholder_token(lm.model, self.tokenizer)
+            d_model = int(lm.model.get_input_embeddings().weight.shape[1])
+            self.adapter = build_item_adapter(self.adapter_config, split, data, d_model, placeholder)
         self.lora_config = lora_settings(lora)
         if self.lora_config is not None:
             from peft import LoraConfig, get_peft_model
@@ -195,6 +227,9 @@ class TallRec(nn.Module):
                 raise ConfigError(f"model.module.lora: {str(e).splitlines()[0]}") from None
         else:
             self.lm = lm.model
+        if self.adapter is not None and not self.adapter_config.train_llm:
+            for p in self.lm.parameters():
+                p.requires_grad_(False)
 
         self.texts = item_texts(data.items, data.item_fields, split.item_ids, self.template.item_text)
         self.sequence_split = has_histories(split)
@@ -232,10 +267,13 @@ class TallRec(nn.Module):
         first = (
             self._render(train_hist[0], train_likes[0], int(self._train[0][0])) if len(split.train) else ""
         )
+        first = self._expand(first)
         self.answer_ids = answer_token_ids(self.tokenizer, first, self.template.answers)  # [yes, no]
         test = split.test
         self.example_prompt = (
-            self._prompt(int(test["user"].iloc[0]), int(test["item"].iloc[0])) if len(test) else ""
+            self._expand(self._prompt(int(test["user"].iloc[0]), int(test["item"].iloc[0])))
+            if len(test)
+            else ""
         )
         self.truncated = 0
         self.lm.train()  # from_pretrained returns eval mode; Lightning keeps modes as they are
@@ -244,12 +282,20 @@ class TallRec(nn.Module):
 
     # ------------------------------------------------------------------ prompts
 
+    def _item_text(self, item: int) -> str:
+        """An item as shown in a prompt: its text, with soft-token markers when an adapter is on."""
+        text = self.texts[item]
+        return text if self.adapter is None else self.adapter.mention_text(int(item), text)
+
+    def _expand(self, prompt: str) -> str:
+        return prompt if self.adapter is None else self.adapter.expand(prompt)[0]
+
     def _fields(self, hist: Sequence[int], likes: Sequence[int], target: int) -> dict[str, str]:
         t = self.template
         return {
-            "liked": t.items([self.texts[i] for i, lk in zip(hist, likes, strict=True) if lk]),
-            "disliked": t.items([self.texts[i] for i, lk in zip(hist, likes, strict=True) if not lk]),
-            "target": t.item.format(text=self.texts[target]),
+            "liked": t.items([self._item_text(i) for i, lk in zip(hist, likes, strict=True) if lk]),
+            "disliked": t.items([self._item_text(i) for i, lk in zip(hist, likes, strict=True) if not lk]),
+            "target": t.item.format(text=self._item_text(target)),
         }
 
     def _render(self, hist: Sequence[int], likes: Sequence[int], target: int) -> str:
@@ -266,6 +312,14 @@ class TallRec(nn.Module):
         return self._render(hist, likes, item)
 
     def _tokens(self, prompts: list[str]) -> list[list[int]]:
+        return self._tokenize(prompts)[0]
+
+    def _tokenize(self, prompts: list[str]) -> tuple[list[list[int]], list[list[int]]]:
+        """(token ids per prompt cut from the left, items mentioned per prompt when an adapter is on)."""
+        mentions: list[list[int]] = []
+        if self.adapter is not None:
+            expanded = [self.adapter.expand(p) for p in prompts]
+            prompts, mentions = [e[0] for e in expanded], [e[1] for e in expanded]
         ids = self.tokenizer(prompts, add_special_tokens=True)["input_ids"]
         out = []
         for s in ids:
@@ -273,7 +327,13 @@ class TallRec(nn.Module):
                 self.truncated += 1
                 s = s[-self.max_length :]
             out.append(list(s))
-        return out
+        return out, mentions
+
+    def _embedded(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch with ``inputs_embeds`` (soft tokens in place) when it has placeholders."""
+        if "soft_items" not in batch:
+            return batch
+        return {**batch, "inputs_embeds": self.adapter.embed(self.lm, batch)}
 
     # ------------------------------------------------------------------ training
 
@@ -283,17 +343,20 @@ class TallRec(nn.Module):
 
     def train_dataset(self, split: Split, batch_size: int, seed: int) -> PromptStream:
         """Batches over the ``shots`` train rows drawn by ``seed`` (left-padded prompts + answer token)."""
-        if self.lora_config is None:
+        if self.lora_config is None and self.adapter is None:
             raise ConfigError("model tallrec: training needs model.module.lora (or use model.train=null)")
         items, hist, likes, labels = self._train
         rows = self.shot_rows(len(items), seed)
         prompts = [self._render(hist[r], likes[r], int(items[r])) for r in rows]
         answers = np.where(labels[rows] == 1, self.answer_ids[0], self.answer_ids[1])
-        return PromptStream(self._tokens(prompts), answers, self.tokenizer.pad_token_id, batch_size, seed)
+        seqs, mentions = self._tokenize(prompts)
+        return PromptStream(
+            seqs, answers, self.tokenizer.pad_token_id, batch_size, seed, mentions or None, self.adapter
+        )
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Cross-entropy of the answer token over the vocabulary at the answer position."""
-        logits = next_token_logits(self.lm, batch).float()  # [B, V]
+        logits = next_token_logits(self.lm, self._embedded(batch)).float()  # [B, V]
         return F.cross_entropy(logits, batch["answer"].to(logits.device))
 
     # ------------------------------------------------------------------ scoring
@@ -304,13 +367,16 @@ class TallRec(nn.Module):
 
         Prompts are batched by token length (``score_batch_size`` per forward pass).
         """
-        seqs = self._tokens(prompts)
+        seqs, mentions = self._tokenize(prompts)
         order = np.argsort([len(s) for s in seqs], kind="stable")
         out = torch.empty(len(seqs), dtype=torch.float32)
         ids = torch.as_tensor(self.answer_ids)
         for start in range(0, len(order), self.score_batch_size):
             idx = order[start : start + self.score_batch_size]
             batch = left_pad([seqs[i] for i in idx], self.tokenizer.pad_token_id)
+            if self.adapter is not None:
+                slots = self.adapter.slots(batch["input_ids"], [mentions[i] for i in idx])
+                batch = self._embedded({**batch, **slots})
             logits = next_token_logits(self.lm, batch).float()  # [b, V]
             pair = logits[:, ids.to(logits.device)]  # [b, 2] (yes, no)
             out[torch.as_tensor(idx)] = pair.softmax(dim=-1)[:, 0].cpu()
@@ -358,5 +424,12 @@ class TallRec(nn.Module):
                 },
                 "max_length": self.max_length,
                 "truncated_prompts": self.truncated,
-            }
+            },
+            **self._adapter_facts(),
         }
+
+    def _adapter_facts(self) -> dict[str, Any]:
+        if self.adapter is not None:
+            return {"adapter": self.adapter.facts}
+        facts = inactive_facts(self.adapter_config)
+        return {} if facts is None else {"adapter": facts}

@@ -305,14 +305,19 @@ def next_token_logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tenso
 
     Args:
         model: a causal LM (or a peft model wrapping one).
-        batch: ``input_ids``, ``attention_mask``, ``position_ids`` [B, T] (see :func:`left_pad`).
+        batch: ``input_ids``, ``attention_mask``, ``position_ids`` [B, T] (see :func:`left_pad`);
+            with ``inputs_embeds`` [B, T, d] (item soft tokens in place) the LM reads those instead.
 
     Returns:
         [B, V] float logits.
     """
     device = next(model.parameters()).device
+    if "inputs_embeds" in batch:
+        inputs = {"inputs_embeds": batch["inputs_embeds"].to(device)}
+    else:
+        inputs = {"input_ids": batch["input_ids"].to(device)}
     out = model(
-        input_ids=batch["input_ids"].to(device),
+        **inputs,
         attention_mask=batch["attention_mask"].to(device),
         position_ids=batch["position_ids"].to(device),
         use_cache=False,
