@@ -58,6 +58,10 @@ def result_config(cfg: DictConfig) -> dict[str, Any]:
         c.pop(k, None)
     if not is_active_node(c.get("adapter")):
         c.pop("adapter", None)
+    else:  # where features and downloaded weights are cached does not change them
+        c["adapter"] = {k: v for k, v in c["adapter"].items() if k != "cache_dir"}
+        if isinstance(c["adapter"].get("encoder"), dict):
+            c["adapter"]["encoder"] = {k: v for k, v in c["adapter"]["encoder"].items() if k != "cache_dir"}
     if isinstance(c.get("trainer"), dict):
         c["trainer"] = {k: v for k, v in c["trainer"].items() if k not in ("enable_progress_bar",)}
     return c

@@ -141,6 +141,10 @@ def test_adapter_none_keeps_config_hashes_and_labels():
     assert config_hashes(
         compose(["model=p5", "adapter=clip_proj", "adapter.modalities=[]"])
     ) != config_hashes(cfg)
+    # Where features are cached is no part of a result; what is encoded is.
+    clip = ["model=p5", "adapter=clip_proj"]
+    assert config_hashes(compose([*clip, "adapter.cache_dir=/elsewhere"])) == config_hashes(compose(clip))
+    assert config_hashes(compose([*clip, "adapter.k=3"])) != config_hashes(compose(clip))
 
 
 def test_bad_adapter_input_is_a_one_line_error(image_dir, feature_cache, tmp_path, capsys):

@@ -393,3 +393,13 @@ def test_bad_adapter_settings_are_one_line_config_errors(tiny, store):
     assert (
         adapter_label(base) == "+clip_proj-text-tiny-test-clip-rand" and adapter_label({"name": "none"}) == ""
     )
+
+
+def test_few_shot_examples_carry_soft_tokens_in_prompt_order(tiny, store):
+    model = p5(tiny, prompts=prompts(few_shot=2), adapter=node(store))
+    text, items = model.adapter.expand(model._eval_prompt(1, "valid"))
+    hist = model.train_seq[1][-model.history :]
+    shown = [int(i) for ex in model._example_items for i in ex] + [int(i) for i in hist]
+    assert items == shown and text.count(PLACEHOLDER) == 2 * len(shown)
+    ids, mentions = model._tokenize([model._eval_prompt(1, "valid")])
+    assert mentions == [shown] and ids[0].count(model.adapter.placeholder_id) == 2 * len(shown)
