@@ -218,6 +218,13 @@ def test_image_adapter_runs_end_to_end_on_synthetic_images(image_dir, feature_ca
     assert rec["config"]["adapter"]["modalities"] == ["image", "text"]
     assert "<item_feat><item_feat>" in rec["model"]["p5"]["prompt"]["example"]
     assert 0 < rec["model"]["params_trainable"] and "test/cold_item/ndcg@10" in rec["metrics"]
+    # The same run again, trained afresh: the features now come from the store, the results are identical.
+    llm4rec("run", *args, "reuse_trained=false")
+    again = load_record(run_dir)
+    assert again["model"]["adapter"]["cache_hits"] == 2 and facts["cache_hits"] == 0
+    assert (
+        again["predictions"]["sha256"] == rec["predictions"]["sha256"] and again["metrics"] == rec["metrics"]
+    )
     # Another seed: same features, read from the store (hits recorded), new weights trained.
     llm4rec("run", *args, "seed=1")
     second = load_record(next(d for d in runs(tmp_path) if d != run_dir))
@@ -298,3 +305,20 @@ def test_ablation_multirun_runs_every_modality_set(image_dir, feature_cache, tmp
     for r in recs:
         assert "test/cold_item/ndcg@10" in r["metrics"] and "test/cold_user/ndcg@10" in r["metrics"]
         assert r["model"]["adapter"].get("active", True) == bool(r["config"]["adapter"]["modalities"])
+
+
+@pytest.mark.slow
+def test_documented_command_runs_with_a_random_vit_b_32(image_dir, feature_cache, tmp_path):
+    """The documented command line, offline: pretrained=null builds ViT-B-32 with random weights."""
+    args = [o for o in DOCUMENTED if not o.startswith("adapter.encoder.pretrained=")]
+    llm4rec(
+        "run",
+        *TINY,
+        *args,
+        "adapter.encoder.pretrained=null",
+        *image_args(image_dir, tmp_path, feature_cache),
+    )
+    (run_dir,) = runs(tmp_path)
+    facts = assert_metrics_recompute(run_dir)["model"]["adapter"]
+    assert facts["encoder"]["model"] == "ViT-B-32" and facts["random_init"] is True
+    assert facts["features"]["image"]["dim"] == 512 and facts["features"]["image"]["missing"] == 3

@@ -202,11 +202,12 @@ def soft_token_slots(
         k: soft tokens per mention.
 
     Returns:
-        ``soft_items`` and ``soft_slots``: [B, T] int64, -1 where the token is not a placeholder.
+        ``soft_items`` and ``soft_slots``: [B, T] int64 on the CPU, -1 where the token is not a
+        placeholder.
     """
-    is_ph = input_ids == placeholder_id  # [B, T]
-    items = torch.full_like(input_ids, -1)
-    slots = torch.full_like(input_ids, -1)
+    is_ph = input_ids.cpu() == placeholder_id  # [B, T]
+    items = torch.full(is_ph.shape, -1, dtype=torch.long)
+    slots = torch.full(is_ph.shape, -1, dtype=torch.long)
     for r, row in enumerate(mentions):
         pos = torch.nonzero(is_ph[r]).flatten()
         if len(pos) > len(row) * k:
