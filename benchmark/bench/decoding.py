@@ -22,7 +22,6 @@ Run: ``python -m benchmark.bench.decoding [--out results/perf] [--rows 48]``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -32,6 +31,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from benchmark.bench import write_result
 
 OUT_NAME = "decoding.json"
 BEAMS = 20
@@ -220,10 +221,7 @@ def main(out_dir: Path, rows: int = 48) -> dict[str, Any]:
     }
     result["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".{OUT_NAME}.tmp"
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(tmp, out_dir / OUT_NAME)
+    write_result(out_dir / OUT_NAME, result)
     g, p = result["generation"], result["processor"]
     print(
         f"decoding: constrained {g['seconds_per_row']['constrained']} s/row, free {g['seconds_per_row']['free']} "

@@ -22,7 +22,6 @@ Run: ``python -m benchmark.bench.features [--out results/perf] [--steps 8] [--th
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from benchmark.bench import write_result
 
 OUT_NAME = "features.json"
 BATCH = 64
@@ -202,10 +203,7 @@ def main(out_dir: Path, steps: int = 8, threads: int = 1) -> dict[str, Any]:
     result["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     torch.set_num_threads(default_threads)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".{OUT_NAME}.tmp"
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(tmp, out_dir / OUT_NAME)
+    write_result(out_dir / OUT_NAME, result)
     s, e = result["store"], result["epoch"]
     print(
         f"features: store miss {s['miss_seconds']} s, hit {s['hit_seconds']} s ({s['items']} items); "

@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmark.bench import write_result
+
 OUT_NAME = "llm_cost.json"
 BACKBONE = "smollm2-135m-instruct"
 SCORE_BATCH = 16
@@ -262,10 +264,7 @@ def main(out_dir: Path, score_batches: int = 2, train_steps: int = 3) -> dict[st
     """Measure and write ``<out_dir>/llm_cost.json``; returns what was written."""
     result = measure(score_batches, train_steps)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".{OUT_NAME}.tmp"
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(tmp, out_dir / OUT_NAME)
+    write_result(out_dir / OUT_NAME, result)
     cpu = result["cpu"]
     print(
         f"llm_cost: dequantize {result['dequantize']['seconds']}s, load {result['load']['seconds']}s, "

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmark.bench import write_result
+
 OUT_NAME = "prepare_memory.json"
 DEFAULT_REVIEWS = 4_000_000
 YELP_REVIEWS = 7_000_000  # the real review dump is about 7M reviews (~5 GB)
@@ -272,11 +274,7 @@ def main(
             "the real dump's 2019 volume would; the null run is the memory bound",
         ],
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / OUT_NAME
-    tmp_path = path.with_name(path.name + ".tmp")
-    tmp_path.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp_path, path)
+    write_result(out_dir / OUT_NAME, report, indent=2)
     return report
 
 

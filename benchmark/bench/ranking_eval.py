@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmark.bench import write_result
+
 OUT_NAME = "ranking_eval.json"
 KS = [5, 10, 20]
 REPEATS = 5  # timed repetitions (best is reported), after one warm-up
@@ -120,17 +122,6 @@ def machine_facts() -> dict[str, Any]:
         "processor": platform.processor() or platform.machine(),
         "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON via a temp file + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-    os.replace(tmp, path)
 
 
 @contextlib.contextmanager
@@ -598,7 +589,7 @@ def main(out_dir: Path) -> dict[str, Any]:
         "processes competed for the CPUs, so absolute times are pessimistic; best-of-N is reported",
         "torch_threads": torch.get_num_threads(),
     }
-    _atomic_write_json(out_dir / OUT_NAME, doc)
+    write_result(out_dir / OUT_NAME, doc)
     a = ml["agreement"]
     print(
         f"ML-100K ({ml['model']}, {ml['n_test_users']} users, CPU): RecBole {ml['recbole']['best_seconds'] * 1e3:.1f} ms "

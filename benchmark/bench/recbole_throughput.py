@@ -26,7 +26,6 @@ Run: ``python -m benchmark.bench recbole_throughput`` or
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -36,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmark.bench import write_result
 
 OUT_NAME = "recbole_throughput.json"
 PAIRS = 8  # timed epochs per side, alternating ours / RecBole, after one warm-up epoch each
@@ -58,16 +59,6 @@ def _machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def _ours_block(model: Any, stream: Any, trainer_kwargs: dict[str, Any], epochs: int) -> list[float]:
@@ -231,7 +222,7 @@ def main(out_dir: Path) -> dict[str, Any]:
         "timing_note": "wall clock on a shared machine (see the load averages): sides alternate epoch by "
         "epoch; the ratio uses each side's best epoch, the median pair ratio is the paired alternative",
     }
-    _write_json(Path(out_dir) / OUT_NAME, doc)
+    write_result(Path(out_dir) / OUT_NAME, doc)
     print(
         f"DeepFM training on ML-100K ({n_rows} rows, batch {BATCH_SIZE}): ours {n_rows / ours_best:,.0f} samples/s, "
         f"RecBole {n_rows / native_best:,.0f} samples/s (best epochs) -> ratio {ratio:.3f} "

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from benchmark.bench import write_result
+
 EPOCHS = 5
 MODEL = ["model=bpr", f"model.train.max_epochs={EPOCHS}", "model.train.patience=1000"]
 
@@ -57,7 +59,6 @@ def main(out_dir: Path) -> dict:
         "speedup": many["samples_per_s"] / one["samples_per_s"],
         "efficiency": many["samples_per_s"] / (one["samples_per_s"] * n),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "scaling.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_result(out_dir / "scaling.json", result)
     print(f"scaling ({accelerator}): 1 -> {n} processes, speed-up {result['speedup']:.2f}, efficiency {result['efficiency']:.2f}")
     return result

@@ -53,9 +53,8 @@ from benchmark.data.views import RankingRows, ranking_rows
 from benchmark.errors import ConfigError
 from benchmark.models.components.adapter import (
     AdapterConfig,
-    ItemAdapter,
-    adapter_config,
-    build_item_adapter,
+    attach_item_adapter,
+    expand_prompts,
     inactive_facts,
 )
 from benchmark.models.components.indexing import IndexConfig, ItemIndex, build_index, train_sequences
@@ -422,14 +421,7 @@ class P5(nn.Module):
         self.eos_id = int(self.tokenizer.eos_token_id)
         self.pad_id = int(self.tokenizer.pad_token_id)
         self.lora_config = _lora_config(lora, bb.facts["init"] == "pretrained")
-        self.adapter_config = adapter_config(adapter)
-        self.adapter: ItemAdapter | None = None
-        if self.adapter_config is not None and self.adapter_config.active:
-            from benchmark.models.components.projector import add_placeholder_token
-
-            placeholder = add_placeholder_token(bb.model, self.tokenizer)
-            d_model = int(bb.model.get_input_embeddings().weight.shape[1])
-            self.adapter = build_item_adapter(self.adapter_config, split, data, d_model, placeholder)
+        self.adapter_config, self.adapter = attach_item_adapter(adapter, bb.model, self.tokenizer, split, data)
         vocab = max(int(bb.model.get_output_embeddings().weight.shape[0]), len(self.tokenizer))
         if self.lora_config is not None:
             self.lm = self._with_lora(bb.model)
@@ -530,10 +522,7 @@ class P5(nn.Module):
 
     def _tokenize(self, prompts: list[str]) -> tuple[list[list[int]], list[list[int]]]:
         """(token ids per prompt cut from the left, items mentioned per prompt when an adapter is on)."""
-        mentions: list[list[int]] = []
-        if self.adapter is not None:
-            expanded = [self.adapter.expand(p) for p in prompts]
-            prompts, mentions = [e[0] for e in expanded], [e[1] for e in expanded]
+        prompts, mentions = expand_prompts(self.adapter, prompts)
         out = []
         for s in self.tokenizer(prompts, add_special_tokens=True)["input_ids"]:
             if len(s) > self.max_source_length:

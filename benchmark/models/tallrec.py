@@ -41,8 +41,8 @@ from benchmark.errors import ConfigError, DataError
 from benchmark.models.components.adapter import (
     AdapterConfig,
     ItemAdapter,
-    adapter_config,
-    build_item_adapter,
+    attach_item_adapter,
+    expand_prompts,
     inactive_facts,
 )
 from benchmark.models.components.llm import (
@@ -201,14 +201,7 @@ class TallRec(nn.Module):
         self.lm_facts = lm.facts
         for p in lm.model.parameters():
             p.requires_grad_(False)
-        self.adapter_config = adapter_config(adapter)
-        self.adapter: ItemAdapter | None = None
-        if self.adapter_config is not None and self.adapter_config.active:
-            from benchmark.models.components.projector import add_placeholder_token
-
-            placeholder = add_placeholder_token(lm.model, self.tokenizer)
-            d_model = int(lm.model.get_input_embeddings().weight.shape[1])
-            self.adapter = build_item_adapter(self.adapter_config, split, data, d_model, placeholder)
+        self.adapter_config, self.adapter = attach_item_adapter(adapter, lm.model, self.tokenizer, split, data)
         self.lora_config = lora_settings(lora)
         if self.lora_config is not None:
             from peft import LoraConfig, get_peft_model
@@ -316,10 +309,7 @@ class TallRec(nn.Module):
 
     def _tokenize(self, prompts: list[str]) -> tuple[list[list[int]], list[list[int]]]:
         """(token ids per prompt cut from the left, items mentioned per prompt when an adapter is on)."""
-        mentions: list[list[int]] = []
-        if self.adapter is not None:
-            expanded = [self.adapter.expand(p) for p in prompts]
-            prompts, mentions = [e[0] for e in expanded], [e[1] for e in expanded]
+        prompts, mentions = expand_prompts(self.adapter, prompts)
         ids = self.tokenizer(prompts, add_special_tokens=True)["input_ids"]
         out = []
         for s in ids:

@@ -66,3 +66,17 @@ def test_missing_item_field_names_it(tmp_path: Path):
     write_atomic(tmp_path / "d", "d", [("a", "x", 1, 1)], {"x": "X"})
     with pytest.raises(DataError, match="missing item field 'movie_title'"):
         read_atomic(tmp_path / "d", "d", item_fields={"title": "movie_title"})
+
+
+def test_benchmark_results_are_written_whole_or_not_at_all(tmp_path):
+    import json
+    import stat
+
+    from benchmark.bench import write_result
+
+    path = write_result(tmp_path / "perf" / "x.json", {"a": 1})
+    assert json.loads(path.read_text()) == {"a": 1} and stat.S_IMODE(path.stat().st_mode) == 0o644
+    with pytest.raises(TypeError):
+        write_result(path, {"a": object()})  # not JSON: the earlier result stays, no temp file left
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in path.parent.iterdir()] == ["x.json"]

@@ -230,6 +230,34 @@ def _present_mean(features: np.ndarray, missing: np.ndarray) -> np.ndarray:
     return np.asarray(features[present], dtype=np.float64).mean(axis=0).astype(np.float32)
 
 
+def expand_prompts(adapter: ItemAdapter | None, prompts: list[str]) -> tuple[list[str], list[list[int]]]:
+    """Prompts with each item mention's placeholders in place, and the items mentioned per prompt
+    (the prompts unchanged and no mentions without an adapter)."""
+    if adapter is None:
+        return prompts, []
+    expanded = [adapter.expand(p) for p in prompts]
+    return [e[0] for e in expanded], [e[1] for e in expanded]
+
+
+def attach_item_adapter(
+    node: Any, model: Any, tokenizer: Any, split: Any, data: Any
+) -> tuple[AdapterConfig | None, ItemAdapter | None]:
+    """The adapter config and, when it is active, an adapter built for ``model``: the placeholder
+    token added to ``tokenizer`` (embeddings resized) and the item features encoded or loaded.
+
+    Returns:
+        (config or None for no adapter node, adapter or None when inactive).
+    """
+    cfg = adapter_config(node)
+    if cfg is None or not cfg.active:
+        return cfg, None
+    from benchmark.models.components.projector import add_placeholder_token
+
+    placeholder = add_placeholder_token(model, tokenizer)
+    d_model = int(model.get_input_embeddings().weight.shape[1])
+    return cfg, build_item_adapter(cfg, split, data, d_model, placeholder)
+
+
 def build_item_adapter(
     cfg: AdapterConfig, split: Any, data: Any, d_model: int, placeholder_id: int
 ) -> ItemAdapter:
