@@ -322,3 +322,15 @@ def test_documented_command_runs_with_a_random_vit_b_32(image_dir, feature_cache
     facts = assert_metrics_recompute(run_dir)["model"]["adapter"]
     assert facts["encoder"]["model"] == "ViT-B-32" and facts["random_init"] is True
     assert facts["features"]["image"]["dim"] == 512 and facts["features"]["image"]["missing"] == 3
+
+
+def test_cpu_budget_p5_experiments_compose():
+    from benchmark.cli import compose
+
+    tiny = compose(["experiment=p5_tiny_ml100k"])
+    assert (tiny.model.backbone, tiny.model.module.sample_windows, tiny.split.protocol) == ("t5-tiny-scratch", 19200, "loo")
+    text = compose(["experiment=p5_adapters_ml100k", "adapter.modalities=[text]"])
+    assert text.model.backbone == "t5-tiny-scratch" and text.model.indexing == "collaborative"
+    assert list(text.adapter.modalities) == ["text"] and text.adapter.encoder._target_.endswith("HFTextEncoder")
+    clip = compose(["experiment=p5_adapters_ml100k", "adapter.encoder=open_clip", "adapter.modalities=[text]"])
+    assert clip.adapter.encoder._target_.endswith("OpenCLIPEncoder") and clip.adapter.encoder.pretrained is None
