@@ -129,11 +129,24 @@ def register_schemas() -> None:
     cs.store(group="slices", name="slices_schema", node=SliceConfig)
 
 
-def to_object(node: DictConfig | dict[str, Any], cls: type) -> Any:
-    """Build a validated dataclass from a config node; errors name the key."""
+def to_object(node: Any, cls: type, key: str | None = None) -> Any:
+    """Build a validated dataclass from a config node (or pass an instance through).
+
+    Hydra's ``_target_``/``_convert_`` keys are ignored. With ``key`` (the config path, e.g.
+    ``model.prompt``), every error is a one-line ConfigError that starts with it.
+    """
+    if isinstance(node, cls):
+        return node
     data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-    known = set(cls.__dataclass_fields__)
-    extra = set(data) - known
+    data.pop("_target_", None)
+    data.pop("_convert_", None)
+    prefix = f"{key}: " if key else ""
+    extra = set(data) - set(cls.__dataclass_fields__)
     if extra:
-        raise ConfigError(f"unknown key(s) {sorted(extra)} for {cls.__name__}")
-    return cls(**data)
+        raise ConfigError(f"{prefix}unknown key(s) {sorted(extra)} for {cls.__name__}")
+    if key is None:
+        return cls(**data)
+    try:
+        return cls(**data)
+    except TypeError as e:  # a required field is missing
+        raise ConfigError(f"{prefix}{e}") from None

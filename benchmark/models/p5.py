@@ -48,14 +48,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import IterableDataset
 
+from benchmark.config import to_object
 from benchmark.data.splits import Split
 from benchmark.data.views import RankingRows, ranking_rows
 from benchmark.errors import ConfigError
 from benchmark.models.components.adapter import (
     AdapterConfig,
+    adapter_facts,
     attach_item_adapter,
-    expand_prompts,
-    inactive_facts,
+    tokenize_prompts,
 )
 from benchmark.models.components.indexing import IndexConfig, ItemIndex, build_index, train_sequences
 from benchmark.models.components.llm import ignore_frozen_on_load, keep_trainable_in_state_dict, lora_settings
@@ -522,13 +523,8 @@ class P5(nn.Module):
 
     def _tokenize(self, prompts: list[str]) -> tuple[list[list[int]], list[list[int]]]:
         """(token ids per prompt cut from the left, items mentioned per prompt when an adapter is on)."""
-        prompts, mentions = expand_prompts(self.adapter, prompts)
-        out = []
-        for s in self.tokenizer(prompts, add_special_tokens=True)["input_ids"]:
-            if len(s) > self.max_source_length:
-                self.truncated += 1
-                s = s[-self.max_source_length :]
-            out.append(list(s))
+        out, mentions, cut = tokenize_prompts(self.tokenizer, self.adapter, prompts, self.max_source_length)
+        self.truncated += cut
         return out, mentions
 
     def _lm_inputs(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -852,14 +848,8 @@ class P5(nn.Module):
                 "max_source_length": self.max_source_length,
                 "seed": self.seed,
             },
-            **self._adapter_facts(),
+            **adapter_facts(self.adapter, self.adapter_config),
         }
-
-    def _adapter_facts(self) -> dict[str, Any]:
-        if self.adapter is not None:
-            return {"adapter": self.adapter.facts}
-        facts = inactive_facts(self.adapter_config)
-        return {} if facts is None else {"adapter": facts}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -890,15 +880,7 @@ def _row_shared_cross_cache(lm: Any) -> dict[str, Any]:
 
 
 def _index_config(node: Mapping[str, Any] | None) -> IndexConfig:
-    if node is None:
-        return IndexConfig()
-    from omegaconf import DictConfig, OmegaConf
-
-    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-    unknown = set(data) - set(IndexConfig.__dataclass_fields__)
-    if unknown:
-        raise ConfigError(f"model.module.indexing: unknown key(s) {sorted(unknown)}")
-    return IndexConfig(**data)
+    return IndexConfig() if node is None else to_object(node, IndexConfig, "model.module.indexing")
 
 
 def _lora_config(lora: Mapping[str, Any] | None, pretrained: bool) -> dict[str, Any] | None:

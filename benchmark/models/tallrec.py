@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import IterableDataset
 
+from benchmark.config import to_object
 from benchmark.data.shots import draw_rows, rows_digest
 from benchmark.data.splits import Split
 from benchmark.data.tallrec import has_histories, row_histories, user_histories
@@ -41,9 +42,9 @@ from benchmark.errors import ConfigError, DataError
 from benchmark.models.components.adapter import (
     AdapterConfig,
     ItemAdapter,
+    adapter_facts,
     attach_item_adapter,
-    expand_prompts,
-    inactive_facts,
+    tokenize_prompts,
 )
 from benchmark.models.components.llm import (
     ignore_frozen_on_load,
@@ -61,17 +62,7 @@ MACHINE_FACTS = ("load_seconds", "dequantize_seconds", "cache")  # differ betwee
 
 def as_template(prompt: PromptTemplate | Mapping[str, Any]) -> PromptTemplate:
     """A :class:`PromptTemplate` from itself or a plain mapping (``_target_`` ignored)."""
-    if isinstance(prompt, PromptTemplate):
-        return prompt
-    from omegaconf import DictConfig, OmegaConf
-
-    data = OmegaConf.to_container(prompt, resolve=True) if isinstance(prompt, DictConfig) else dict(prompt)
-    data.pop("_target_", None)
-    data.pop("_convert_", None)
-    try:
-        return PromptTemplate(**data)
-    except TypeError as e:
-        raise ConfigError(f"model.prompt: {e}") from None
+    return to_object(prompt, PromptTemplate, "model.prompt")
 
 
 def part_labels(split: Split, part: str) -> np.ndarray:
@@ -309,14 +300,8 @@ class TallRec(nn.Module):
 
     def _tokenize(self, prompts: list[str]) -> tuple[list[list[int]], list[list[int]]]:
         """(token ids per prompt cut from the left, items mentioned per prompt when an adapter is on)."""
-        prompts, mentions = expand_prompts(self.adapter, prompts)
-        ids = self.tokenizer(prompts, add_special_tokens=True)["input_ids"]
-        out = []
-        for s in ids:
-            if len(s) > self.max_length:
-                self.truncated += 1
-                s = s[-self.max_length :]
-            out.append(list(s))
+        out, mentions, cut = tokenize_prompts(self.tokenizer, self.adapter, prompts, self.max_length)
+        self.truncated += cut
         return out, mentions
 
     def _embedded(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -415,11 +400,5 @@ class TallRec(nn.Module):
                 "max_length": self.max_length,
                 "truncated_prompts": self.truncated,
             },
-            **self._adapter_facts(),
+            **adapter_facts(self.adapter, self.adapter_config),
         }
-
-    def _adapter_facts(self) -> dict[str, Any]:
-        if self.adapter is not None:
-            return {"adapter": self.adapter.facts}
-        facts = inactive_facts(self.adapter_config)
-        return {} if facts is None else {"adapter": facts}

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchmark.config import to_object
 from benchmark.errors import ConfigError
 from benchmark.models.components.features import MODALITIES, FeatureTable
 from benchmark.models.components.projector import (
@@ -106,17 +107,7 @@ class AdapterConfig:
 
 def adapter_config(node: Any) -> AdapterConfig | None:
     """A validated :class:`AdapterConfig` from a config node (None for a missing node)."""
-    if node is None:
-        return None
-    if isinstance(node, AdapterConfig):
-        return node
-    from omegaconf import DictConfig, OmegaConf
-
-    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-    unknown = set(data) - set(AdapterConfig.__dataclass_fields__)
-    if unknown:
-        raise ConfigError(f"adapter: unknown key(s) {sorted(unknown)}")
-    return AdapterConfig(**data)
+    return None if node is None else to_object(node, AdapterConfig, "adapter")
 
 
 def is_active_node(node: Any) -> bool:
@@ -237,6 +228,25 @@ def expand_prompts(adapter: ItemAdapter | None, prompts: list[str]) -> tuple[lis
         return prompts, []
     expanded = [adapter.expand(p) for p in prompts]
     return [e[0] for e in expanded], [e[1] for e in expanded]
+
+
+def tokenize_prompts(
+    tokenizer: Any, adapter: ItemAdapter | None, prompts: list[str], max_length: int
+) -> tuple[list[list[int]], list[list[int]], int]:
+    """Token ids per prompt (placeholders expanded when an adapter is on), cut from the left to
+    ``max_length``.
+
+    Returns:
+        (ids per prompt, items mentioned per prompt (empty without an adapter), prompts cut).
+    """
+    prompts, mentions = expand_prompts(adapter, prompts)
+    out, cut = [], 0
+    for s in tokenizer(prompts, add_special_tokens=True)["input_ids"]:
+        if len(s) > max_length:
+            cut += 1
+            s = s[-max_length:]
+        out.append(list(s))
+    return out, mentions, cut
 
 
 def attach_item_adapter(
@@ -361,3 +371,12 @@ def inactive_facts(cfg: AdapterConfig | None) -> dict[str, Any] | None:
         "active": False,
         "note": "no modalities: the model without an adapter",
     }
+
+
+def adapter_facts(adapter: ItemAdapter | None, cfg: AdapterConfig | None) -> dict[str, Any]:
+    """``{"adapter": facts}`` for a model's record: the built adapter's facts, an inactive
+    adapter's note, or nothing for ``adapter=none``."""
+    if adapter is not None:
+        return {"adapter": adapter.facts}
+    facts = inactive_facts(cfg)
+    return {} if facts is None else {"adapter": facts}

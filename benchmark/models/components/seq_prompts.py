@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from benchmark.config import to_object
 from benchmark.errors import ConfigError
 
 FIELDS = {"history", "user"}
@@ -95,17 +96,7 @@ class SeqPromptSet:
     @classmethod
     def from_config(cls, node: SeqPromptSet | Mapping[str, Any]) -> SeqPromptSet:
         """A set from itself or a plain/OmegaConf mapping (``_target_`` ignored)."""
-        if isinstance(node, SeqPromptSet):
-            return node
-        from omegaconf import DictConfig, OmegaConf
-
-        data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-        data.pop("_target_", None)
-        data.pop("_convert_", None)
-        try:
-            return cls(**data)
-        except TypeError as e:
-            raise ConfigError(f"model.prompts: {e}") from None
+        return to_object(node, cls, "model.prompts")
 
     @property
     def templates(self) -> list[SeqTemplate]:
