@@ -352,8 +352,10 @@ class P5(nn.Module):
         seed: index/few-shot seed; None = the run seed (``torch.initial_seed()``, set before the
             model is built), which keeps the seed out of the model config.
         cache_dir: cache root for dequantized GGUF backbones.
-        shared_cross_cache: encoder-decoder beam search without reordering the cross-attention
-            cache (identical results, faster; see :func:`_row_shared_cross_cache`).
+        shared_prompt_cache: beam search reads each prompt once per row, not once per beam
+            (identical results, faster): an encoder-decoder keeps one cross-attention cache per row
+            (:func:`_row_shared_cross_cache`), a decoder-only LM prefills the prompt once per row and
+            repeats its key/value cache per beam (:func:`_row_prefilled_cache`).
         adapter: the run's ``adapter`` config (soft tokens from frozen item features), or None.
     """
 
@@ -375,7 +377,7 @@ class P5(nn.Module):
         accelerator: str = "cpu",
         seed: int | None = None,
         cache_dir: str | None = None,
-        shared_cross_cache: bool = True,
+        shared_prompt_cache: bool = True,
         adapter: AdapterConfig | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -394,7 +396,7 @@ class P5(nn.Module):
         self.constrained = bool(constrained)
         self.decode_batch_size, self.max_source_length = int(decode_batch_size), int(max_source_length)
         self.sample_windows = None if sample_windows is None else int(sample_windows)
-        self.shared_cross_cache = bool(shared_cross_cache)
+        self.shared_prompt_cache = bool(shared_prompt_cache)
         self.n_items = split.n_items
         self.user_ids = [str(u) for u in split.user_ids]
 
@@ -721,13 +723,14 @@ class P5(nn.Module):
             use_cache=True,
             **kw,
         )
-        if self.kind == "seq2seq" and self.shared_cross_cache:
-            kw = _row_shared_cross_cache(self.lm)
-        else:
-            kw = {}
         was_training = self.lm.training
         self.lm.eval()
         try:
+            kw = {}
+            if self.shared_prompt_cache and self.kind == "seq2seq":
+                kw = _row_shared_cross_cache(self.lm)
+            elif self.shared_prompt_cache and nb > 1:
+                kw = _row_prefilled_cache(self.lm, enc, nb)
             return self.lm.generate(
                 **enc, generation_config=cfg, logits_processor=LogitsProcessorList(processors), **kw
             )
@@ -855,6 +858,44 @@ class P5(nn.Module):
 # ----------------------------------------------------------------------------- helpers
 
 
+def _cache_argument(lm: Any) -> tuple[Any, str]:
+    """(the base model, the name its ``forward``/``generate`` take a key/value cache under:
+    ``cache`` in transformers 5.x, ``past_key_values`` before)."""
+    import inspect
+
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    return base, "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _row_prefilled_cache(lm: Any, enc: Mapping[str, torch.Tensor], beams: int) -> dict[str, Any]:
+    """A decoder-only LM's prompt cache, computed once per row and repeated for each beam.
+
+    ``generate`` repeats every prompt ``beams`` times before its first forward, so a causal LM
+    would encode each prompt ``beams`` times (20x the prompt compute at the default beam size).
+    Here all prompt positions but the last are run once per row (left padding, positions from the
+    attention mask as ``generate`` derives them); the key/value cache is repeated per beam and
+    handed to ``generate``, which continues from the last prompt position (from its id, or its
+    embedding when the prompt has soft tokens). Returned as the ``generate`` keyword argument.
+    """
+    from transformers import DynamicCache
+
+    base, name = _cache_argument(lm)
+    mask = enc["attention_mask"]
+    head: dict[str, Any] = {
+        "attention_mask": mask[:, :-1],
+        "position_ids": (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)[:, :-1],
+    }
+    if "inputs_embeds" in enc:
+        head["inputs_embeds"] = enc["inputs_embeds"][:, :-1]
+    else:
+        head["input_ids"] = enc["input_ids"][:, :-1]
+    cache = DynamicCache(config=base.config.get_text_config(decoder=True))
+    with torch.no_grad():
+        lm(**head, **{name: cache}, use_cache=True, logits_to_keep=1)
+    cache.batch_repeat_interleave(beams)
+    return {name: cache}
+
+
 def _row_shared_cross_cache(lm: Any) -> dict[str, Any]:
     """A key/value cache for encoder-decoder beam search that does not reorder its cross-attention part.
 
@@ -864,19 +905,15 @@ def _row_shared_cross_cache(lm: Any) -> dict[str, Any]:
     the decoding time of a t5-small on CPU). Returned as the ``generate`` keyword argument under
     the name this transformers version uses (``cache`` in 5.x, ``past_key_values`` before).
     """
-    import inspect
-
     from transformers import DynamicCache, EncoderDecoderCache
 
     class RowSharedCrossCache(EncoderDecoderCache):
         def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
             self.self_attention_cache.reorder_cache(beam_idx)
 
-    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    base, name = _cache_argument(lm)
     config = base.config.get_text_config(decoder=True)
-    cache = RowSharedCrossCache(DynamicCache(config=config), DynamicCache(config=config))
-    name = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-    return {name: cache}
+    return {name: RowSharedCrossCache(DynamicCache(config=config), DynamicCache(config=config))}
 
 
 def _index_config(node: Mapping[str, Any] | None) -> IndexConfig:

@@ -261,6 +261,17 @@ def test_p5_causal_lora_with_soft_tokens_trains_and_decodes(tiny, store, tmp_pat
     ranked = model.eval().rank_rows(rows, np.arange(4), 5, "cpu")
     free = split.n_items - np.diff(rows.exclude_ptr)[:4]
     assert ((ranked >= 0).sum(axis=1) == np.minimum(free, 5)).all()
+    # The prompt (soft tokens included) prefilled once per row gives the beams of plain generate.
+    plain = p5(
+        tiny,
+        backbone=str(lm),
+        lora=lora,
+        prompts=prompts(suffix=" Answer: "),
+        adapter=node(store, projector="mlp"),
+        shared_prompt_cache=False,
+    )
+    plain.load_state_dict(model.state_dict())
+    assert np.array_equal(plain.eval().rank_rows(rows, np.arange(4), 5, "cpu"), ranked)
     # A frozen LLM: only the projector and the missing embeddings train.
     frozen = p5(
         tiny,
