@@ -334,6 +334,13 @@ def test_cpu_budget_p5_experiments_compose():
     assert list(text.adapter.modalities) == ["text"] and text.adapter.encoder._target_.endswith("HFTextEncoder")
     clip = compose(["experiment=p5_adapters_ml100k", "adapter.encoder=open_clip", "adapter.modalities=[text]"])
     assert clip.adapter.encoder._target_.endswith("OpenCLIPEncoder") and clip.adapter.encoder.pretrained is None
+    smol = compose(["experiment=p5_smollm2_cpu_ml100k"])
+    assert (smol.model.module.backbone, smol.model.module.sample_windows, smol.model.train.max_epochs) == (
+        "smollm2-135m-instruct",
+        1024,
+        1,
+    )
+    assert smol.model.module.lora.r == 16 and smol.eval.protocol == "full" and smol.seed == 1
     # the ablation sweeps seeds only: p5_tiny_ml100k's indexing sweep must not leak in (sweeper params merge)
     sweep = compose(["experiment=p5_adapters_ml100k"], hydra=True).hydra.sweeper.params
     assert dict(sweep) == {"model.indexing": "collaborative", "seed": "1,2,3"}
