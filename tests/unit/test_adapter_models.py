@@ -240,13 +240,8 @@ def test_p5_causal_lora_with_soft_tokens_trains_and_decodes(tiny, store, tmp_pat
     data, split = tiny
     lm = make_tiny_lm(tmp_path / "lm", [*prompts().corpus(), *FILMS, "Answer", ":"])
     lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
-    model = p5(
-        tiny,
-        backbone=str(lm),
-        lora=lora,
-        prompts=prompts(suffix=" Answer: "),
-        adapter=node(store, projector="mlp"),
-    )
+    kw = {"backbone": str(lm), "lora": lora, "prompts": prompts(suffix=" Answer: ")}
+    model = p5(tiny, **kw, adapter=node(store, projector="mlp"))
     assert model.kind == "causal"
     batch = model.collate(np.array([0, 3]), np.array([2, 1]), np.array([1, 0]))
     assert (batch["soft_items"] >= 0).sum() == 2 * (2 + 1)  # k x history items of both windows
@@ -262,24 +257,11 @@ def test_p5_causal_lora_with_soft_tokens_trains_and_decodes(tiny, store, tmp_pat
     free = split.n_items - np.diff(rows.exclude_ptr)[:4]
     assert ((ranked >= 0).sum(axis=1) == np.minimum(free, 5)).all()
     # The prompt (soft tokens included) prefilled once per row gives the beams of plain generate.
-    plain = p5(
-        tiny,
-        backbone=str(lm),
-        lora=lora,
-        prompts=prompts(suffix=" Answer: "),
-        adapter=node(store, projector="mlp"),
-        shared_prompt_cache=False,
-    )
+    plain = p5(tiny, **kw, adapter=node(store, projector="mlp"), shared_prompt_cache=False)
     plain.load_state_dict(model.state_dict())
     assert np.array_equal(plain.eval().rank_rows(rows, np.arange(4), 5, "cpu"), ranked)
     # A frozen LLM: only the projector and the missing embeddings train.
-    frozen = p5(
-        tiny,
-        backbone=str(lm),
-        lora=lora,
-        prompts=prompts(suffix=" Answer: "),
-        adapter=node(store, projector="mlp", train_llm=False),
-    )
+    frozen = p5(tiny, **kw, adapter=node(store, projector="mlp", train_llm=False))
     assert {n.split(".")[0] for n, p in frozen.named_parameters() if p.requires_grad} == {"adapter"}
 
 
