@@ -335,6 +335,8 @@ def test_causal_beam_search_reads_each_prompt_once_per_row_with_the_same_beams(t
         h.remove()
     assert torch.equal(a, b)
     prompt_tokens = enc["input_ids"].numel()
+    # plain: every prompt once per beam; shared: all but the last position once per row, then the
+    # last position once per beam (the decoding steps after it are the same for both)
     assert read["slow"] - read["fast"] == 6 * prompt_tokens - (prompt_tokens + 6 * len(texts) - len(texts))
     # Constrained ranking through the public path gives the same lists.
     assert np.array_equal(fast.rank_rows(rows, np.arange(6), 5, "cpu"), slow.rank_rows(rows, np.arange(6), 5, "cpu"))
