@@ -59,7 +59,12 @@ from benchmark.models.components.adapter import (
     tokenize_prompts,
 )
 from benchmark.models.components.indexing import IndexConfig, ItemIndex, build_index, train_sequences
-from benchmark.models.components.llm import ignore_frozen_on_load, keep_trainable_in_state_dict, lora_settings
+from benchmark.models.components.llm import (
+    cache_kwarg,
+    ignore_frozen_on_load,
+    keep_trainable_in_state_dict,
+    lora_settings,
+)
 from benchmark.models.components.seq_prompts import SeqPromptSet
 from benchmark.models.components.trie import ItemTrie, TrieConstraint
 
@@ -726,13 +731,13 @@ class P5(nn.Module):
         was_training = self.lm.training
         self.lm.eval()
         try:
-            kw = {}
+            cache: dict[str, Any] = {}
             if self.shared_prompt_cache and self.kind == "seq2seq":
-                kw = _row_shared_cross_cache(self.lm)
+                cache = _row_shared_cross_cache(self.lm)
             elif self.shared_prompt_cache and nb > 1:
-                kw = _row_prefilled_cache(self.lm, enc, nb)
+                cache = _row_prefilled_cache(self.lm, enc, nb)
             return self.lm.generate(
-                **enc, generation_config=cfg, logits_processor=LogitsProcessorList(processors), **kw
+                **enc, generation_config=cfg, logits_processor=LogitsProcessorList(processors), **cache
             )
         finally:
             self.lm.train(was_training)
@@ -858,15 +863,6 @@ class P5(nn.Module):
 # ----------------------------------------------------------------------------- helpers
 
 
-def _cache_argument(lm: Any) -> tuple[Any, str]:
-    """(the base model, the name its ``forward``/``generate`` take a key/value cache under:
-    ``cache`` in transformers 5.x, ``past_key_values`` before)."""
-    import inspect
-
-    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-    return base, "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-
-
 def _row_prefilled_cache(lm: Any, enc: Mapping[str, torch.Tensor], beams: int) -> dict[str, Any]:
     """A decoder-only LM's prompt cache, computed once per row and repeated for each beam.
 
@@ -879,7 +875,6 @@ def _row_prefilled_cache(lm: Any, enc: Mapping[str, torch.Tensor], beams: int) -
     """
     from transformers import DynamicCache
 
-    base, name = _cache_argument(lm)
     mask = enc["attention_mask"]
     head: dict[str, Any] = {
         "attention_mask": mask[:, :-1],
@@ -889,11 +884,11 @@ def _row_prefilled_cache(lm: Any, enc: Mapping[str, torch.Tensor], beams: int) -
         head["inputs_embeds"] = enc["inputs_embeds"][:, :-1]
     else:
         head["input_ids"] = enc["input_ids"][:, :-1]
-    cache = DynamicCache(config=base.config.get_text_config(decoder=True))
+    cache = DynamicCache(config=lm.config.get_text_config(decoder=True))
     with torch.no_grad():
-        lm(**head, **{name: cache}, use_cache=True, logits_to_keep=1)
+        lm(**head, **cache_kwarg(lm, cache), use_cache=True, logits_to_keep=1)
     cache.batch_repeat_interleave(beams)
-    return {name: cache}
+    return cache_kwarg(lm, cache)
 
 
 def _row_shared_cross_cache(lm: Any) -> dict[str, Any]:
@@ -911,9 +906,8 @@ def _row_shared_cross_cache(lm: Any) -> dict[str, Any]:
         def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
             self.self_attention_cache.reorder_cache(beam_idx)
 
-    base, name = _cache_argument(lm)
-    config = base.config.get_text_config(decoder=True)
-    return {name: RowSharedCrossCache(DynamicCache(config=config), DynamicCache(config=config))}
+    config = lm.config.get_text_config(decoder=True)
+    return cache_kwarg(lm, RowSharedCrossCache(DynamicCache(config=config), DynamicCache(config=config)))
 
 
 def _index_config(node: Mapping[str, Any] | None) -> IndexConfig:

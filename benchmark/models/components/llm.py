@@ -406,7 +406,7 @@ def shared_prefix_logprobs(
             attention_mask=mask,
             position_ids=position_ids,
             use_cache=True,
-            **_cache_kwarg(model, cache),
+            **cache_kwarg(model, cache),
         )
         logp = out.logits.float().log_softmax(dim=-1)  # [N, L-1, V]
         tok = logp.gather(2, target.unsqueeze(-1)).squeeze(-1)  # [N, L-1]
@@ -416,15 +416,17 @@ def shared_prefix_logprobs(
     return list(total.cpu().split([len(cs) for cs in continuations]))
 
 
-def _cache_kwarg(model: Any, cache: Any) -> dict[str, Any]:
-    """The key/value cache argument under the name this transformers version uses.
+def cache_kwarg(model: Any, cache: Any) -> dict[str, Any]:
+    """The key/value cache argument of ``forward``/``generate`` under the name this transformers
+    version uses (read from the wrapped model when ``model`` is a peft model).
 
     transformers 5.x renamed ``past_key_values`` to ``cache`` (the old name warns until 5.40);
     4.x only knows ``past_key_values``. Drop the fallback once transformers>=5.24 is the floor.
     """
     import inspect
 
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    name = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
     return {name: cache}
 
 
