@@ -67,11 +67,63 @@ def nested_group_overrides(overrides: list[str]) -> list[str]:
     return out
 
 
+def _override_key(override: str) -> str:
+    return override.partition("=")[0]
+
+
+def _is_group_choice(override: str) -> bool:
+    """``model=tallrec``, ``experiment=...``: an override that picks a config group's option."""
+    key = _override_key(override)
+    return "=" in override and "." not in key and "@" not in key and (CONFIG_DIR / key.lstrip("+~")).is_dir()
+
+
+def module_shorthand(overrides: list[str]) -> list[str]:
+    """``model.shots=64`` -> ``model.module.shots=64`` where the chosen model keeps that key in its module.
+
+    A model's own parameters (the constructor's arguments: ``shots``, ``lora``, ``backbone`` ...)
+    live under ``model.module``, so one sweep key reaches every model that has it. An override
+    ``model.KEY...=V`` whose KEY the chosen model config lacks at its top level but has under
+    ``module`` is rewritten there, for every model a sweep of group choices picks (``model=a,b``,
+    ``experiment=...``); anything else is left for Hydra to accept or reject. Both spellings give
+    the same resolved config, hence the same run id.
+    """
+    short = [
+        i
+        for i, o in enumerate(overrides)
+        if "=" in o
+        and _override_key(o).startswith("model.")
+        and not _override_key(o).startswith("model.module.")
+        and "@" not in _override_key(o)
+    ]
+    if not short:
+        return overrides
+    models = [
+        _compose(nested_group_overrides(combo)).model
+        for combo in _expand_sweeps([o for o in overrides if _is_group_choice(o)])
+    ]
+    out = list(overrides)
+    for i in short:
+        key = _override_key(overrides[i])[len("model.") :].split(".")[0]
+        if all(key not in m and key in (m.get("module") or {}) for m in models):
+            out[i] = "model.module." + overrides[i][len("model.") :]
+    return out
+
+
+def expand_overrides(overrides: list[str]) -> list[str]:
+    """The command line's overrides as Hydra takes them: nested group choices with a slash and
+    model shorthands under ``model.module`` (see :func:`nested_group_overrides`, :func:`module_shorthand`)."""
+    return module_shorthand(nested_group_overrides(overrides))
+
+
 def compose(overrides: list[str], hydra: bool = False):
-    """Compose the root config with Hydra overrides (no run directory, no chdir).
+    """Compose the root config with command-line overrides (no run directory, no chdir).
 
     With ``hydra=True`` the ``hydra`` node (launcher, sweeper) is included.
     """
+    return _compose(expand_overrides(overrides), hydra)
+
+
+def _compose(overrides: list[str], hydra: bool = False):
     from hydra import compose as hcompose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -85,7 +137,7 @@ def compose(overrides: list[str], hydra: bool = False):
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             return hcompose(
-                config_name="config", overrides=nested_group_overrides(overrides), return_hydra_config=hydra
+                config_name="config", overrides=overrides, return_hydra_config=hydra
             )
     except BenchmarkError:
         raise
@@ -148,9 +200,9 @@ def _task(cfg) -> None:
 
 def cmd_run(argv: list[str]) -> None:
     multirun = "-m" in argv or "--multirun" in argv
-    overrides = nested_group_overrides([a for a in argv if a not in ("-m", "--multirun")])
+    overrides = expand_overrides([a for a in argv if a not in ("-m", "--multirun")])
     for combo in _expand_sweeps(overrides):  # validate every job before any runs
-        check_config(compose(combo))
+        check_config(_compose(combo))
     import hydra
 
     from benchmark.config import register_schemas

@@ -118,6 +118,7 @@ def test_export_split_matches_the_run(tiny_dir, tmp_path):
         ("eval.protocl=full", "protocl"),
         ("split.ratios=[0.5,0.5,0.5]", "split.ratios"),
         ("data.path=/does/not/exist", "/does/not/exist"),
+        ("model.shotz=16", "model.shotz"),
     ],
 )
 def test_bad_input_is_one_line_nonzero_and_writes_nothing(tiny_dir, tmp_path, capsys, override, needle):
@@ -127,6 +128,26 @@ def test_bad_input_is_one_line_nonzero_and_writes_nothing(tiny_dir, tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err, err
     assert runs(tmp_path) == []
+
+
+def test_model_shorthand_reaches_the_module_and_keeps_the_run_id():
+    from benchmark.cli import compose, expand_overrides
+    from benchmark.run import config_hashes
+
+    short = compose(["model=tallrec", "model.shots=64", "model.lora.r=4", "seed=0"])
+    long = compose(["model=tallrec", "model.module.shots=64", "model.module.lora.r=4", "seed=0"])
+    assert short.model.module.shots == 64 and short.model.module.lora.r == 4 and "shots" not in short.model
+    assert config_hashes(short) == config_hashes(long)
+    # Keys the model config has at its top level stay there.
+    kept = ["model=tallrec", "model.label=x", "model.train.max_epochs=2", "model.prompt.name=p"]
+    assert expand_overrides(kept) == kept
+    # A sweep: every model it picks keeps `shots` in its module (DeepFM, DIN, SASRec here).
+    assert expand_overrides(["experiment=tallrec_movie_baselines", "model.shots=16,all"]) == [
+        "experiment=tallrec_movie_baselines",
+        "model.module.shots=16,all",
+    ]
+    # One of the swept models has no such module key: left for Hydra to reject.
+    assert expand_overrides(["model=pop,tallrec", "model.shots=16"]) == ["model=pop,tallrec", "model.shots=16"]
 
 
 def test_empty_split_is_an_error(tmp_path, capsys):

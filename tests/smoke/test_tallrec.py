@@ -106,10 +106,6 @@ def test_llm_rerank_reorders_a_first_stage_run(tiny_dir, tmp_path, lm_dir, capsy
 
 
 def test_tallrec_movie_run_through_the_cli(tmp_path, tmp_path_factory):
-    from benchmark.config import SPLIT_PROTOCOLS
-
-    if "tallrec_movie" not in SPLIT_PROTOCOLS:
-        pytest.skip("split protocol tallrec_movie is not registered in benchmark.config yet")
     from benchmark.config import DataConfig
     from benchmark.data.loading import load_dataset
 
@@ -118,9 +114,10 @@ def test_tallrec_movie_run_through_the_cli(tmp_path, tmp_path_factory):
     lm = make_tiny_lm(tmp_path_factory.mktemp("movie_lm"), template_words("tallrec") + titles)
     llm4rec(
         "run",
-        "model=tallrec",
-        f"model.module.backbone={lm}",
-        "model.module.shots=16",
+        "model=tallrec",  # the module's keys in their short spelling: model.shots = model.module.shots
+        f"model.backbone={lm}",
+        "model.shots=16",
+        "seed=0",
         "model.train.max_epochs=1",
         "split=tallrec_movie",
         "eval=labeled",
@@ -135,6 +132,7 @@ def test_tallrec_movie_run_through_the_cli(tmp_path, tmp_path_factory):
     lines = read_predictions(run_dir / rec["predictions"]["file"])
     assert sum(ln["label"] for ln in lines) == 528  # label = rating > 3
     assert rec["model"]["llm"]["history"]["source"] == "row"
+    assert rec["model"]["llm"]["shots"] == 16 and rec["config"]["model"]["module"]["backbone"] == str(lm)
 
 
 def test_tallrec_movie_export_has_histories_and_labels(tmp_path):
