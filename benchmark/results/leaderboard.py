@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -34,6 +35,12 @@ SIGNIFICANCE_METRIC = {"ranking": "ndcg@10", "labeled": "auc"}
 SLICES = ("cold_user", "cold_item", "strict_cold_item")
 BASELINE_FAMILIES = ("classic", "recbole")
 ALPHA = 0.05
+
+
+def natural_key(label: str) -> tuple[Any, ...]:
+    """Sort key that orders digit runs by value: ``x-16shot < x-64shot < x-256shot < x-allshot``."""
+    parts = re.split(r"(\d+)", label)
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts))
 
 
 def load_runs(runs_dir: Path) -> list[tuple[dict[str, Any], Path]]:
@@ -95,7 +102,7 @@ def aggregate(runs: list[tuple[dict[str, Any], Path]]) -> list[dict[str, Any]]:
                 "sig": "",
             }
         )
-    rows.sort(key=lambda r: (r["dataset"], r["split"], r["eval"], r["model"]))
+    rows.sort(key=lambda r: (r["dataset"], r["split"], r["eval"], natural_key(r["model"])))
     _significance(rows)
     return rows
 

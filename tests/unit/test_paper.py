@@ -54,3 +54,17 @@ def test_committed_paper_tables_match_committed_leaderboard(tmp_path):
     for p in (tmp_path / "tables").glob("*-*.tex"):
         for n in re.findall(r"\d+\.\d{4}", p.read_text().split(r"\midrule")[1]):
             assert n in values
+
+
+def test_leaderboard_orders_model_labels_by_number():
+    from benchmark.results.leaderboard import natural_key
+
+    labels = ["tallrec-allshot", "tallrec-256shot", "bpr", "tallrec-16shot", "tallrec-64shot", "p5-title"]
+    assert sorted(labels, key=natural_key) == [
+        "bpr",
+        "p5-title",
+        "tallrec-16shot",
+        "tallrec-64shot",
+        "tallrec-256shot",
+        "tallrec-allshot",
+    ]
