@@ -23,7 +23,8 @@ svg{border:1px solid #ddd;margin-bottom:2em}
 </style></head><body>
 <h1>llm4rec-bench leaderboard</h1>
 <p>Mean ± std over seeds. Best mean per column highlighted. ▲/▼: significantly better/worse than the
-best baseline of the table (paired Wilcoxon test over per-user values, Holm-corrected, p &lt; 0.05).
+best baseline of the table (paired Wilcoxon test over per-user values, Holm-corrected, p &lt; 0.05;
+for labeled tables per-user AUC, which GAUC summarises, not the pooled AUC).
 Click a column header to sort.</p>
 <div class="controls">
 <label>Slice <select id="slice"></select></label>
