@@ -51,11 +51,13 @@ NOT_RESULT_KEYS = ("paths", "logger", "run_name", "hydra", "reuse_trained", "rep
 
 
 def result_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config without keys that cannot change a result (``adapter=none`` included:
-    runs without an item adapter hash as they did before adapters existed)."""
+    """The resolved config without keys that cannot change a result: cache locations, and
+    ``adapter=none`` (runs without an item adapter hash as they did before adapters existed)."""
     c = OmegaConf.to_container(cfg, resolve=True)
     for k in NOT_RESULT_KEYS:
         c.pop(k, None)
+    if isinstance(c.get("data"), dict):  # where prepared data is cached ($LLM4REC_CACHE) does not change it
+        c["data"] = {k: v for k, v in c["data"].items() if k != "cache_dir"}
     if not is_active_node(c.get("adapter")):
         c.pop("adapter", None)
     else:  # where features and downloaded weights are cached does not change them

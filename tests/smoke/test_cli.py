@@ -150,6 +150,18 @@ def test_model_shorthand_reaches_the_module_and_keeps_the_run_id():
     assert expand_overrides(["model=pop,tallrec", "model.shots=16"]) == ["model=pop,tallrec", "model.shots=16"]
 
 
+def test_cache_location_is_not_part_of_the_run_id(monkeypatch):
+    from benchmark.cli import compose
+    from benchmark.run import config_hashes
+
+    base = config_hashes(compose(["model=tallrec", "split=tallrec_movie", "eval=labeled", "seed=1"]))
+    monkeypatch.setenv("LLM4REC_CACHE", "/elsewhere/llm4rec")
+    moved = compose(["model=tallrec", "split=tallrec_movie", "eval=labeled", "seed=1"])
+    assert moved.data.cache_dir == "/elsewhere/llm4rec"
+    assert config_hashes(moved) == base
+    assert config_hashes(compose(["model=tallrec", "split=tallrec_movie", "eval=labeled", "seed=2"]))[0] != base[0]
+
+
 def test_empty_split_is_an_error(tmp_path, capsys):
     from tests.conftest import write_atomic
 
