@@ -233,8 +233,12 @@ def cmd_export_split(argv: list[str]) -> None:
 def cmd_leaderboard(argv: list[str]) -> None:
     from benchmark.results.leaderboard import write_leaderboard
 
-    p = argparse.ArgumentParser(prog="llm4rec leaderboard")
-    p.add_argument("--runs", default="results/runs", help="directory of run folders")
+    p = argparse.ArgumentParser(
+        prog="llm4rec leaderboard",
+        description="Aggregate the run records under --runs into leaderboard tables (one per test set). "
+        "A record that cannot be read, or a copy of a run already counted, is skipped with a warning naming its file.",
+    )
+    p.add_argument("--runs", default="results/runs", help="directory of run folders, searched recursively")
     p.add_argument("--out", default="results", help="where leaderboard.{md,csv,tex,html} are written")
     p.add_argument("--wandb", action="store_true", help="also log the table to wandb (offline unless a key is set)")
     a = p.parse_args(argv)
@@ -244,7 +248,10 @@ def cmd_leaderboard(argv: list[str]) -> None:
         from benchmark.loggers import log_leaderboard_table
         from benchmark.results.leaderboard import aggregate, load_runs
 
-        where = log_leaderboard_table(aggregate(load_runs(Path(a.runs))), "outputs/wandb")
+        def quiet(_: str) -> None:  # the warnings were printed by write_leaderboard already
+            return None
+
+        where = log_leaderboard_table(aggregate(load_runs(Path(a.runs), quiet), quiet), "outputs/wandb")
         print(f"wandb: leaderboard table logged in {where} (upload with `wandb sync {where}` when offline)")
 
 

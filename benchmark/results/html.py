@@ -1,53 +1,120 @@
-"""A static, self-contained leaderboard page: sortable, filterable, with metric-versus-cost plots."""
+"""A static, self-contained leaderboard page: sortable, filterable, with metric-versus-cost plots.
+
+Everything shown comes from the rows embedded as JSON (strings HTML-escaped here, numbers finite
+or null, so ``JSON.parse`` always succeeds); the page loads no external resource.
+"""
 
 from __future__ import annotations
 
 import html
 import json
+import math
+import os
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from benchmark.results.leaderboard import HEADLINE, SIGNIFICANCE_METRIC, SLICES, kind_of, table_title, tables
+from benchmark.results.leaderboard import (
+    HEADLINE,
+    RECORD,
+    SIGNIFICANCE_METRIC,
+    SLICES,
+    kind_of,
+    table_title,
+    tables,
+)
 
 PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>llm4rec-bench leaderboard</title>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>llm4rec-bench leaderboard</title>
 <style>
-body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.5em}
-th,td{padding:.25em .6em;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}
-th{cursor:pointer;background:#f4f4f4;user-select:none}
-td.name,th.name{text-align:left}
-td.best{font-weight:bold;background:#eef7ee}
-.controls label{margin-right:1.2em}
-.sig-up{color:#080}.sig-down{color:#a00}
-svg{border:1px solid #ddd;margin-bottom:2em}
-</style></head><body>
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1d2330;background:#fafbfc;line-height:1.45}
+main{max-width:1180px;margin:0 auto;padding:1.2em 1.5em 3em}
+h1{font-size:1.7em;margin:.2em 0 .1em}
+h2{font-size:1.15em;margin:2.2em 0 .2em}
+.meta{color:#555;font-size:.92em;margin:0 0 1em}
+.meta code{background:#eef0f3;padding:0 .3em;border-radius:3px}
+.intro{max-width:62em;font-size:.95em}
+.setting{color:#8a4b00;font-size:.9em;margin:.1em 0 .5em}
+.toc{font-size:.92em;columns:2;max-width:62em;padding-left:1.2em}
+.controls{position:sticky;top:0;z-index:3;background:#fafbfc;padding:.5em 0;border-bottom:1px solid #e3e6ea}
+.controls label{margin-right:1.2em;font-size:.95em}
+.scroll{overflow-x:auto;max-width:100%;border:1px solid #e3e6ea;border-radius:4px;background:#fff}
+table{border-collapse:separate;border-spacing:0;font-size:.88em}
+th,td{padding:.3em .65em;border-bottom:1px solid #eceef1;text-align:right;white-space:nowrap}
+th{cursor:pointer;background:#f3f5f7;user-select:none;font-weight:600;position:sticky;top:0}
+th.nosort{cursor:default}
+td.name,th.name{text-align:left;position:sticky;left:0;z-index:1;background:#fff;border-right:1px solid #e3e6ea;max-width:26em;overflow:hidden;text-overflow:ellipsis}
+th.name{background:#f3f5f7;z-index:2}
+td.text{text-align:left;color:#555}
+td.best{font-weight:700;background:#e8f5e9}
+tr.best-row td.name{background:#fff}
+th.sorted-asc::after{content:" \\25B2";font-size:.7em}
+th.sorted-desc::after{content:" \\25BC";font-size:.7em}
+.sig-up{color:#0a7a0a;font-weight:700}.sig-down{color:#b00020;font-weight:700}
+td.records a{margin-left:.35em}
+figure{margin:1em 0 0}
+figcaption{font-size:.85em;color:#555;max-width:62em}
+svg.plot{background:#fff;border:1px solid #e3e6ea;border-radius:4px;max-width:100%;height:auto}
+svg.plot text{font-family:system-ui,sans-serif;fill:#1d2330}
+svg.plot .grid{stroke:#eceef1}
+svg.plot .axis{stroke:#8a93a0}
+ol.unlabelled{font-size:.85em;columns:3;color:#333}
+footer{margin-top:3em;font-size:.85em;color:#666}
+</style></head><body><main>
 <h1>llm4rec-bench leaderboard</h1>
-<p>Mean ± std over seeds. Best mean per column highlighted. ▲/▼: significantly better/worse than the
-best baseline of the table (paired Wilcoxon test over per-user values, Holm-corrected, p &lt; 0.05;
-for labeled tables per-user AUC, which GAUC summarises, not the pooled AUC).
-Click a column header to sort.</p>
+<p class="meta" id="meta"></p>
+<p class="intro">One table per test set: runs are compared only with runs scored on the same test rows
+(same dataset and preprocessing, split and evaluation protocol with the same options). A title says
+how its setting differs from the project's default configuration. Cells are the mean ± sample
+standard deviation over seeds; the best mean of each column is highlighted; an empty cell is a
+metric the run did not measure. ▲/▼: significantly better/worse than the best baseline of the
+table (paired Wilcoxon test over per-user values of the headline metric, Holm-corrected,
+p &lt; 0.05; for labeled tables per-user AUC, which GAUC summarises, not the pooled AUC).
+The plots draw the headline metric against the cost of one run: training plus evaluation seconds,
+on the hardware named in the device column. Click a column header to sort; each row links to its
+run records.</p>
 <div class="controls">
 <label>Slice <select id="slice"></select></label>
 <label>Family <select id="family"></select></label>
 <label>Backbone <select id="backbone"></select></label>
 </div>
+<ol class="toc" id="toc"></ol>
 <div id="tables"></div>
+<footer id="footer"></footer>
 <script id="data" type="application/json">__DATA__</script>
 <script>
 const DATA = JSON.parse(document.getElementById('data').textContent);
 const $ = (id) => document.getElementById(id);
+const META = DATA.meta;
+$('meta').innerHTML = `Generated ${META.generated} from commit <code>${META.commit ? META.commit.slice(0, 12) : 'unknown'}</code>` +
+  (META.dirty ? ' (with uncommitted changes)' : '') +
+  ` · ${META.records} run records in <code>${META.source}</code>` +
+  (META.skipped ? ` (${META.skipped} skipped: unreadable or copies of another run)` : '') +
+  ` · ${DATA.tables.length} tables`;
+$('footer').innerHTML = `Generated by <code>llm4rec leaderboard --runs ${META.source}</code>` +
+  (META.commit ? ` at commit <code>${META.commit}</code>` : '') + `, ${META.generated}.`;
 function options(sel, values) {
   sel.innerHTML = values.map(v => `<option value="${v}">${v}</option>`).join('');
 }
 options($('slice'), ['overall'].concat(DATA.slices));
 options($('family'), ['all'].concat([...new Set(DATA.rows.map(r => r.family))].sort()));
 options($('backbone'), ['all'].concat([...new Set(DATA.rows.map(r => r.backbone || '-'))].sort()));
+$('toc').innerHTML = DATA.tables.map((t, i) => `<li><a href="#table-${i}">${t.title}</a></li>`).join('');
 const sortState = {};
-function fmt(s) { return s == null ? '—' : (s[1] == null ? s[0].toFixed(4) : s[0].toFixed(4) + ' ± ' + s[1].toFixed(4)); }
+function fmt(s) { return s == null ? '' : (s[1] == null ? s[0].toFixed(4) : s[0].toFixed(4) + ' ± ' + s[1].toFixed(4)); }
+function secs(x) { return x == null ? '' : x.toFixed(1); }
 function cols(t, slice) {
   const base = DATA.headline[t.kind];
   return base.filter(m => !(slice !== 'overall' && m.startsWith('coverage')))
              .map(m => 'test/' + (slice === 'overall' ? '' : slice + '/') + m);
+}
+function lowerIsBetter(c) { return DATA.lower.includes(c.split('/').pop().split('@')[0]); }
+function sortValue(r, col) {
+  if (col === 'model') return r.model;
+  if (col === 'cost') return r.cost_seconds;
+  return r.metrics[col] ? r.metrics[col][0] : null;
 }
 function render() {
   const slice = $('slice').value, fam = $('family').value, bb = $('backbone').value;
@@ -59,64 +126,203 @@ function render() {
     const cs = cols(t, slice);
     const st = sortState[ti];
     if (st) rows.sort((a, b) => {
-      const va = st.col === 'model' ? a.model : (a.metrics[st.col] ? a.metrics[st.col][0] : -Infinity);
-      const vb = st.col === 'model' ? b.model : (b.metrics[st.col] ? b.metrics[st.col][0] : -Infinity);
+      const va = sortValue(a, st.col), vb = sortValue(b, st.col);
+      if (va == null || vb == null) return (va == null) - (vb == null);  // missing values last
       return (va < vb ? -1 : va > vb ? 1 : 0) * st.dir;
     });
     const best = {};
     cs.forEach(c => {
       const v = rows.filter(r => r.metrics[c]).map(r => r.metrics[c][0]);
-      if (v.length) best[c] = DATA.lower.includes(c.split('/').pop().split('@')[0]) ? Math.min(...v) : Math.max(...v);
+      if (v.length) best[c] = lowerIsBetter(c) ? Math.min(...v) : Math.max(...v);
     });
-    let h = `<h2>${t.title}</h2><table data-table="${ti}"><thead><tr><th class="name" data-col="model">model</th>` +
-      '<th>family</th><th>backbone</th><th>seeds</th>' +
-      cs.map(c => `<th data-col="${c}">${c.replace('test/', '')}</th>`).join('') + '<th>train s</th><th>sig.</th></tr></thead><tbody>';
+    const arrow = c => st && st.col === c ? (st.dir > 0 ? ' class="sorted-asc"' : ' class="sorted-desc"') : '';
+    let h = `<section id="table-${ti}"><h2>${t.title}</h2>` +
+      (t.setting.length ? `<p class="setting">Differs from the default configuration: ${t.setting.join(', ')}</p>` : '');
+    if (!rows.length) { out.push(h + '<p>No row matches the filters.</p></section>'); return; }
+    h += `<div class="scroll"><table data-table="${ti}"><thead><tr>` +
+      `<th class="name${st && st.col === 'model' ? (st.dir > 0 ? ' sorted-asc' : ' sorted-desc') : ''}" data-col="model">model</th>` +
+      '<th class="nosort">family</th><th class="nosort">backbone</th><th class="nosort">seeds</th>' +
+      cs.map(c => `<th data-col="${c}"${arrow(c)}>${c.replace('test/', '')}</th>`).join('') +
+      `<th class="nosort">sig.</th><th class="nosort">train s</th><th class="nosort">eval s</th><th data-col="cost"${arrow('cost')}>cost s</th>` +
+      '<th class="nosort">device</th><th class="nosort">records</th></tr></thead><tbody>';
     rows.forEach(r => {
-      h += `<tr data-model="${r.model}"><td class="name">${r.model}</td><td>${r.family}</td><td>${r.backbone || '-'}</td><td>${r.seeds}</td>` +
+      h += `<tr data-model="${r.model}"><td class="name" title="${r.model}">${r.model}</td><td class="text">${r.family}</td>` +
+        `<td class="text">${r.backbone || '-'}</td><td>${r.seeds}</td>` +
         cs.map(c => {
           const s = r.metrics[c];
           const cls = s && rows.length > 1 && Math.abs(s[0] - best[c]) < 1e-12 ? ' class="best"' : '';
           return `<td${cls} data-metric="${c}" data-value="${s ? s[0] : ''}">${fmt(s)}</td>`;
         }).join('') +
-        `<td>${r.train_seconds.toFixed(1)}</td><td class="${r.sig === '▲' ? 'sig-up' : r.sig === '▼' ? 'sig-down' : ''}">${r.sig}</td></tr>`;
+        `<td class="${r.sig === '▲' ? 'sig-up' : r.sig === '▼' ? 'sig-down' : ''}">${r.sig}</td>` +
+        `<td>${secs(r.train_seconds)}</td><td>${secs(r.eval_seconds)}</td><td>${secs(r.cost_seconds)}</td>` +
+        `<td class="text">${r.device}</td>` +
+        `<td class="records">${r.records.map(x => `<a href="${x[1]}" title="run record, seed ${x[0]}">s${x[0]}</a>`).join('')}</td></tr>`;
     });
-    h += '</tbody></table>' + plot(t, rows, cs[Math.min(1, cs.length - 1)]);
+    h += '</tbody></table></div>' + plot(t, rows, slice) + '</section>';
     out.push(h);
   });
   $('tables').innerHTML = out.join('');
   document.querySelectorAll('th[data-col]').forEach(th => th.onclick = () => {
     const ti = +th.closest('table').dataset.table, col = th.dataset.col;
     const prev = sortState[ti];
-    sortState[ti] = {col, dir: prev && prev.col === col ? -prev.dir : (col === 'model' ? 1 : -1)};
+    sortState[ti] = {col, dir: prev && prev.col === col ? -prev.dir : (col === 'model' || col === 'cost' ? 1 : -1)};
     render();
   });
 }
-function plot(t, rows, metric) {
-  const pts = rows.filter(r => r.metrics[metric]);
+// ---- metric versus cost plot (SVG, no library) ----
+const FONT = '11px system-ui, sans-serif';
+const ctx = document.createElement('canvas').getContext('2d');
+function textWidth(s, font) { ctx.font = font || FONT; return ctx.measureText(s).width; }
+function unescape(s) { const e = document.createElement('textarea'); e.innerHTML = s; return e.value; }
+function niceStep(span, n) {
+  const raw = span / n, mag = Math.pow(10, Math.floor(Math.log10(raw))), f = raw / mag;
+  return (f < 1.5 ? 1 : f < 3.5 ? 2 : f < 7.5 ? 5 : 10) * mag;
+}
+function decadeLabel(k) {
+  const v = Math.pow(10, k);
+  return k < 0 ? v.toFixed(-k) : v.toLocaleString('en-US');
+}
+const ALL_FAMILIES = [...new Set(DATA.rows.map(r => r.family))].sort();
+const PALETTE = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#17becf', '#8c564b', '#e377c2'];
+function plot(t, rows, slice) {
+  const metric = 'test/' + (slice === 'overall' ? '' : slice + '/') + DATA.significance[t.kind];
+  const pts = rows.filter(r => r.metrics[metric] && r.cost_seconds != null);
+  const missing = rows.length - pts.length;
   if (!pts.length) return '';
-  const W = 420, H = 240, P = 40;
-  const xs = pts.map(r => Math.log10(1 + r.train_seconds)), ys = pts.map(r => r.metrics[metric][0]);
-  const x0 = Math.min(...xs), x1 = Math.max(...xs) + 1e-9, y0 = Math.min(...ys), y1 = Math.max(...ys) + 1e-9;
-  const X = v => P + (W - 2 * P) * (v - x0) / (x1 - x0), Y = v => H - P - (H - 2 * P) * (v - y0) / (y1 - y0);
-  let s = `<svg width="${W}" height="${H}" role="img"><text x="${W / 2}" y="${H - 8}" text-anchor="middle" font-size="11">log10(1 + train seconds)</text>` +
-    `<text x="12" y="${H / 2}" font-size="11" transform="rotate(-90 12 ${H / 2})" text-anchor="middle">${metric.replace('test/', '')}</text>`;
-  pts.forEach((r, i) => {
-    s += `<circle cx="${X(xs[i])}" cy="${Y(ys[i])}" r="4" fill="#36c"></circle>` +
-         `<text x="${X(xs[i]) + 6}" y="${Y(ys[i]) - 6}" font-size="10">${r.model}</text>`;
+  const W = 860, H = 440, L = 72, R = 20, T = 30, B = 58;
+  const pw = W - L - R, ph = H - T - B;
+  const lx = pts.map(r => Math.log10(Math.max(r.cost_seconds, 0.01)));
+  let x0 = Math.floor(Math.min(...lx)), x1 = Math.ceil(Math.max(...lx));
+  if (x1 <= x0) x1 = x0 + 1;
+  const ys = pts.map(r => r.metrics[metric][0]);
+  let ymin = Math.min(...ys), ymax = Math.max(...ys);
+  if (ymax - ymin < 1e-9) { ymin -= 0.01; ymax += 0.01; }
+  const step = niceStep(ymax - ymin, 5);
+  const y0 = Math.floor(ymin / step - 0.25) * step, y1 = Math.ceil(ymax / step + 0.25) * step;
+  const dec = Math.max(0, -Math.floor(Math.log10(step) + 1e-9));
+  const X = v => L + pw * (v - x0) / (x1 - x0), Y = v => T + ph - ph * (v - y0) / (y1 - y0);
+  const families = [...new Set(pts.map(r => r.family))].sort();
+  const color = f => PALETTE[ALL_FAMILIES.indexOf(f) % PALETTE.length];  // one colour per family on every plot
+  const name = metric.replace('test/', '');
+  let s = `<figure><svg class="plot" viewBox="0 0 ${W} ${H}" width="${W}" height="${H}" role="img" ` +
+    `aria-label="${name} against cost (training plus evaluation seconds)">`;
+  // grid, ticks and tick labels
+  const xstep = x1 - x0 > 6 ? 2 : 1;
+  for (let k = x0; k <= x1; k += xstep) {
+    s += `<line class="grid" x1="${X(k)}" x2="${X(k)}" y1="${T}" y2="${T + ph}"></line>` +
+      `<line class="axis" x1="${X(k)}" x2="${X(k)}" y1="${T + ph}" y2="${T + ph + 5}"></line>` +
+      `<text x="${X(k)}" y="${T + ph + 18}" text-anchor="middle" font-size="11">${decadeLabel(k)}</text>`;
+  }
+  for (let v = y0, i = 0; v <= y1 + step / 2 && i < 40; v += step, i++) {
+    s += `<line class="grid" x1="${L}" x2="${L + pw}" y1="${Y(v)}" y2="${Y(v)}"></line>` +
+      `<line class="axis" x1="${L - 5}" x2="${L}" y1="${Y(v)}" y2="${Y(v)}"></line>` +
+      `<text x="${L - 8}" y="${Y(v) + 4}" text-anchor="end" font-size="11">${v.toFixed(dec)}</text>`;
+  }
+  s += `<line class="axis" x1="${L}" x2="${L + pw}" y1="${T + ph}" y2="${T + ph}"></line>` +
+    `<line class="axis" x1="${L}" x2="${L}" y1="${T}" y2="${T + ph}"></line>` +
+    `<text x="${L + pw / 2}" y="${H - 12}" text-anchor="middle" font-size="12">cost of one run: training + evaluation seconds (log scale)</text>` +
+    `<text x="16" y="${T + ph / 2}" font-size="12" transform="rotate(-90 16 ${T + ph / 2})" text-anchor="middle">${name} (mean over seeds)</text>`;
+  // family legend, top left inside the frame
+  let lxp = L + 8;
+  families.forEach(f => {
+    s += `<circle cx="${lxp + 4}" cy="${T - 14}" r="4" fill="${color(f)}"></circle>` +
+      `<text x="${lxp + 12}" y="${T - 10}" font-size="11">${f || '-'}</text>`;
+    lxp += 24 + textWidth(unescape(f || '-'));
   });
-  return s + '</svg>';
+  // points, then labels placed greedily where they overlap nothing (else a number and a list below)
+  const P = pts.map((r, i) => ({r, x: X(lx[i]), y: Y(ys[i])}));
+  const boxes = P.map(p => ({x0: p.x - 5, x1: p.x + 5, y0: p.y - 5, y1: p.y + 5}));
+  const hit = (b) => boxes.some(o => b.x0 < o.x1 && o.x0 < b.x1 && b.y0 < o.y1 && o.y0 < b.y1);
+  const inside = (b) => b.x0 >= L + 2 && b.x1 <= L + pw - 2 && b.y0 >= T + 2 && b.y1 <= T + ph - 2;
+  const order = P.map((p, i) => i).sort((a, b) => P[a].y - P[b].y || P[a].x - P[b].x);
+  const unlabelled = [];
+  let labels = '';
+  order.forEach(i => {
+    const p = P[i], text = unescape(p.r.model), w = textWidth(text), h = 12;
+    const cands = [[8, -6, 'start'], [-8, -6, 'end'], [8, 6, 'start'], [-8, 6, 'end'],
+                   [0, -16, 'middle'], [0, 16, 'middle'], [8, -18, 'start'], [-8, -18, 'end'], [8, 18, 'start'], [-8, 18, 'end']];
+    const place = (txt, width) => {
+      for (const [dx, dy, anchor] of cands) {
+        const xs = anchor === 'start' ? p.x + dx : anchor === 'end' ? p.x + dx - width : p.x - width / 2;
+        const b = {x0: xs - 1, x1: xs + width + 1, y0: p.y + dy - h / 2 - 1, y1: p.y + dy + h / 2 + 1};
+        if (inside(b) && !hit(b)) { boxes.push(b); return {x: xs, y: p.y + dy + 4}; }
+      }
+      return null;
+    };
+    let at = place(text, w);
+    if (at) { labels += `<text x="${at.x}" y="${at.y}" font-size="11">${p.r.model}</text>`; return; }
+    const num = String(unlabelled.length + 1);
+    unlabelled.push(p.r.model);
+    at = place(num, textWidth(num)) || {x: p.x + 6, y: p.y - 6};
+    labels += `<text x="${at.x}" y="${at.y}" font-size="10" font-weight="700">${num}</text>`;
+  });
+  P.forEach(p => {
+    s += `<circle cx="${p.x}" cy="${p.y}" r="4.5" fill="${color(p.r.family)}" stroke="#fff" stroke-width="1">` +
+      `<title>${p.r.model}: ${name} ${p.r.metrics[metric][0].toFixed(4)}, ${p.r.cost_seconds.toFixed(1)} s</title></circle>`;
+  });
+  s += labels + '</svg>';
+  const notes = [];
+  if (missing) notes.push(`${missing} row(s) without ${name} or timing are not drawn.`);
+  s += `<figcaption>${name} against the cost of one run (training + evaluation seconds, log scale). ${notes.join(' ')}</figcaption>`;
+  if (unlabelled.length) s += '<ol class="unlabelled">' + unlabelled.map(m => `<li>${m}</li>`).join('') + '</ol>';
+  return s + '</figure>';
 }
 ['slice', 'family', 'backbone'].forEach(id => $(id).onchange = render);
 render();
-</script></body></html>
+</script></main></body></html>
 """
 
 
-def render_html(rows: list[dict[str, Any]]) -> str:
-    """The leaderboard page with the rows embedded as JSON (no external resources)."""
-    keys = list(tables(rows))
+def _finite_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None (JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite_json(v) for v in obj]
+    return obj
+
+
+def record_href(run_dir: Path, out_dir: Path | None) -> str:
+    """A relative, URL-quoted link from the page's folder to a run's ``record.json``."""
+    target = Path(run_dir).resolve() / RECORD
+    base = Path(out_dir).resolve() if out_dir is not None else Path.cwd()
+    rel = os.path.relpath(target, base)
+    return html.escape("/".join(quote(part) for part in Path(rel).parts))
+
+
+def render_html(
+    rows: list[dict[str, Any]], meta: dict[str, Any] | None = None, out_dir: Path | None = None
+) -> str:
+    """The leaderboard page with the rows embedded as JSON (no external resources).
+
+    Args:
+        rows: Rows from :func:`benchmark.results.leaderboard.aggregate`.
+        meta: ``commit``, ``dirty``, ``generated``, ``source``, ``records``, ``skipped`` shown in the header.
+        out_dir: Folder the page is written to; record links are relative to it.
+    """
+    meta = dict(meta or {})
+    by_table = tables(rows)
+    keys = list(by_table)
+    esc = html.escape
     data = {
-        "tables": [{"title": html.escape(table_title(k)), "kind": kind_of(k[2])} for k in keys],
+        "meta": {
+            "commit": esc(str(meta["commit"])) if meta.get("commit") else None,
+            "dirty": bool(meta.get("dirty")),
+            "generated": esc(str(meta.get("generated", ""))),
+            "source": esc(str(meta.get("source", ""))),
+            "records": int(meta.get("records", sum(r["seeds"] for r in rows))),
+            "skipped": int(meta.get("skipped", 0)),
+        },
+        "tables": [
+            {
+                "title": esc(table_title(k)),
+                "setting": [esc(s) for s in by_table[k][0].get("setting", [])],
+                "kind": kind_of(k[2]),
+            }
+            for k in keys
+        ],
         "headline": {k: HEADLINE[k] for k in HEADLINE},
         "significance": SIGNIFICANCE_METRIC,
         "slices": list(SLICES),
@@ -124,16 +330,23 @@ def render_html(rows: list[dict[str, Any]]) -> str:
         "rows": [
             {
                 "table": keys.index((r["dataset"], r["split"], r["eval"])),
-                "model": html.escape(r["model"]),
-                "family": html.escape(r["family"]),
-                "backbone": html.escape(r["backbone"]),
+                "model": esc(r["model"]),
+                "family": esc(r["family"]),
+                "backbone": esc(r["backbone"]),
+                "device": esc(r.get("device", "")),
                 "seeds": r["seeds"],
                 "train_seconds": r["train_seconds"],
+                "eval_seconds": r.get("eval_seconds"),
+                "cost_seconds": r.get("cost_seconds"),
                 "sig": r["sig"],
-                "metrics": {m: list(v) for m, v in r["metrics"].items()},
+                "metrics": {esc(m): list(v) for m, v in r["metrics"].items()},
+                "records": [
+                    [int(seed), record_href(d, out_dir)]
+                    for seed, d in zip(r.get("seed_list", []), r.get("run_dirs", []), strict=False)
+                ],
             }
             for r in rows
         ],
     }
-    payload = json.dumps(data, sort_keys=True).replace("</", "<\\/")
+    payload = json.dumps(_finite_json(data), sort_keys=True, allow_nan=False).replace("</", "<\\/")
     return PAGE.replace("__DATA__", payload)

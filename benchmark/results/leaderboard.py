@@ -1,32 +1,51 @@
-"""Aggregate run records into leaderboard tables: one row per (dataset, protocol, model config).
+"""Aggregate run records into leaderboard tables: one row per model config, one table per test set.
 
-Runs that differ only by seed form one row (mean ± sample std over seeds). Each
-row is compared with the best baseline of its table by a paired Wilcoxon test over
-per-user values of the table's headline metric (averaged over seeds), with Holm
-correction over the rows of the table; ▲/▼ follow the sign of the mean paired
-difference. For labeled tables the paired unit is the per-user AUC, which can
-disagree in direction with the pooled AUC of the table.
+A table holds the runs that were scored on the same test rows: same dataset and preprocessing, same
+split protocol and options, same evaluation protocol and every evaluation option that selects or
+changes test rows (see :func:`setting_of`). Its title names what differs from the project's default
+config. Runs that differ only by seed form one row (mean ± sample std over seeds); the same run
+(same ``config_hash`` and seed) counts once, wherever it lies under the runs folder.
+
+Run folders are untrusted input: a record that cannot be read (not JSON, not the record schema,
+unsafe predictions path, too large) is skipped with a one-line warning naming its file; nothing in
+a record is executed and the only path taken from it (the predictions file) must stay inside its
+own folder. Non-finite numbers are treated as missing (empty cells).
+
+Each row is compared with the best baseline of its table by a paired Wilcoxon test over per-user
+values of the table's headline metric (averaged over seeds), with Holm correction over the rows of
+the table; ▲/▼ follow the sign of the mean paired difference. For labeled tables the paired unit
+is the per-user AUC, which can disagree in direction with the pooled AUC of the table.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import datetime as dt
+import gzip
+import hashlib
 import io
 import json
 import math
 import os
 import re
+import subprocess
+import sys
 import tempfile
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
+from benchmark.errors import BenchmarkError
 from benchmark.eval.metrics import higher_is_better
 from benchmark.eval.significance import holm, paired_pvalue
 from benchmark.results.recompute import per_row_values
-from benchmark.results.record import RECORD, read_predictions
+from benchmark.results.record import RECORD
+from benchmark.results.schema import schema_errors
 
 # Columns shown in the Markdown/LaTeX tables per protocol (the CSV and HTML have every metric).
 HEADLINE = {
@@ -38,6 +57,26 @@ SLICES = ("cold_user", "cold_item", "strict_cold_item")
 BASELINE_FAMILIES = ("classic", "recbole")
 ALPHA = 0.05
 
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# Keys of a config group that cannot change which rows are tested (or how they are labelled).
+# Every other key is part of a table's identity, so options added later are picked up unasked.
+NON_ROW_KEYS = {
+    "data": {"name", "cache_dir", "raw_dir", "path", "item_fields"},  # name is the table's base label
+    "split": {"protocol"},  # the base label
+    "eval": {"protocol", "chunk_users", "valid_metric", "list_length", "ks"},
+    "slices": set(),
+}
+# Options that only the sampled protocol reads (full and labeled evaluation ignore them).
+SAMPLED_ONLY = {"num_negatives", "negatives_seed"}
+HOLDOUT_PRESET = "strict_cold_item"  # configs/split/<preset>.yaml: the reference for "+holdout" splits
+MAX_RECORD_BYTES = 16 * 2**20
+MAX_PREDICTION_BYTES = 512 * 2**20  # after decompression
+MAX_PREDICTION_LINE = 4 * 2**20
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+Warn = Callable[[str], None]
+
 
 def natural_key(label: str) -> tuple[Any, ...]:
     """Sort key that orders digit runs by value: ``x-16shot < x-64shot < x-256shot < x-allshot``."""
@@ -45,94 +84,431 @@ def natural_key(label: str) -> tuple[Any, ...]:
     return tuple(int(p) if i % 2 else p for i, p in enumerate(parts))
 
 
-def load_runs(runs_dir: Path) -> list[tuple[dict[str, Any], Path]]:
-    """Every ``*/record.json`` under ``runs_dir`` with its folder (temporary folders skipped)."""
-    out = []
-    for p in sorted(Path(runs_dir).glob(f"*/{RECORD}")):
-        if not p.parent.name.startswith("."):
-            out.append((json.loads(p.read_text()), p.parent))
+def _stderr_warning(msg: str) -> None:
+    print(f"llm4rec leaderboard: warning: {msg}", file=sys.stderr)
+
+
+def _clean_text(value: Any, limit: int = 120) -> str:
+    """A record string made safe for one line of any output (no control characters, bounded length)."""
+    text = re.sub(r"[\x00-\x1f\x7f]+", " ", str(value)).strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _finite(x: Any) -> float | None:
+    """``x`` as a float when it is a finite number (not a bool), else None."""
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+# --------------------------------------------------------------------------- reading run folders
+
+
+def _record_files(runs_dir: Path) -> list[Path]:
+    """Every ``record.json`` under ``runs_dir`` (any depth), hidden/temporary folders and links skipped."""
+    found = []
+    for root, dirs, files in os.walk(runs_dir, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if RECORD in files:
+            found.append(Path(root) / RECORD)
+    return sorted(found)
+
+
+def _predictions_path(folder: Path, name: Any) -> Path:
+    """The predictions file a record names, if it is a plain file inside the record's folder."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise ValueError("predictions.file: not a file name")
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise ValueError(f"predictions.file: '{_clean_text(name)}' points outside the run folder")
+    path = folder / rel
+    if path.is_symlink() or not path.is_file():
+        raise ValueError(f"predictions.file: '{_clean_text(name)}' is not a regular file in the run folder")
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise ValueError(f"predictions.file: '{_clean_text(name)}' points outside the run folder")
+    return path
+
+
+def _record_problem(rec: Any) -> str | None:
+    """Why ``rec`` cannot be put on the leaderboard (None when it can)."""
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    errs = schema_errors(rec)
+    if errs:
+        return f"not a run record (schema): {_clean_text(errs[0], 200)}"
+    cfg = rec["config"]
+    for group in ("data", "split", "eval"):
+        if not isinstance(cfg.get(group), dict):
+            return f"config.{group}: not an object"
+    if not isinstance(cfg.get("slices", {}), dict):
+        return "config.slices: not an object"
+    for field, value in (
+        ("dataset.name", rec["dataset"].get("name")),
+        ("model.label", rec["model"].get("label")),
+        ("model.family", rec["model"].get("family")),
+    ):
+        if not isinstance(value, str) or not value.strip():
+            return f"{field}: not a non-empty string"
+    if not isinstance(rec["model"].get("notes") or {}, dict):
+        return "model.notes: not an object"
+    if not isinstance(rec["split"].get("stats"), dict):
+        return "split.stats: not an object"
+    return None
+
+
+def load_runs(runs_dir: Path, warn: Warn | None = None) -> list[tuple[dict[str, Any], Path]]:
+    """Readable run records under ``runs_dir`` with their folders, each run once.
+
+    A record that cannot be read is skipped with a warning naming its file. Copies of a run (same
+    ``config_hash`` and seed) count once: the copy in a folder named after its run id wins, then
+    the least nested, then the first in path order; the others are skipped with a warning.
+
+    Args:
+        runs_dir: Folder searched recursively for ``record.json`` files.
+        warn: Receives one line per skipped file (default: printed to stderr).
+
+    Returns:
+        ``(record, run folder)`` pairs in path order.
+    """
+    warn = warn or _stderr_warning
+    loaded: list[tuple[dict[str, Any], Path]] = []
+    for path in _record_files(Path(runs_dir)):
+        try:
+            if path.is_symlink() or not path.is_file():
+                raise ValueError("not a regular file")
+            if path.stat().st_size > MAX_RECORD_BYTES:
+                raise ValueError(f"larger than {MAX_RECORD_BYTES // 2**20} MiB")
+            rec = json.loads(path.read_bytes())
+            problem = _record_problem(rec)
+            if problem:
+                raise ValueError(problem)
+            _predictions_path(path.parent, rec["predictions"].get("file"))
+        except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            warn(f"skipped {path}: {_clean_text(e, 240) or type(e).__name__}")
+            continue
+        for name, value in list(rec["metrics"].items()):
+            if value is not None and _finite(value) is None:
+                warn(f"{path}: metric {_clean_text(name)} is {value!r}; shown as missing")
+                rec["metrics"][name] = None
+        loaded.append((rec, path.parent))
+
+    by_run: dict[tuple[str, int], list[tuple[dict[str, Any], Path]]] = defaultdict(list)
+    for rec, d in loaded:
+        by_run[(rec["config_hash"], rec["seed"])].append((rec, d))
+    keep = set()
+    for members in by_run.values():
+        members.sort(key=lambda m: (m[1].name != m[0]["run_id"], len(m[1].parts), str(m[1])))
+        keep.add(id(members[0][0]))
+        for rec, d in members[1:]:
+            warn(
+                f"skipped {d / RECORD}: same run (config_hash {rec['config_hash'][:12]}, seed {rec['seed']}) "
+                f"as {members[0][1] / RECORD}; a copied run is not another seed"
+            )
+    return [(rec, d) for rec, d in loaded if id(rec) in keep]
+
+
+def read_predictions_bounded(path: Path) -> list[dict[str, Any]]:
+    """Lines of a gzip JSON-lines predictions file, refusing oversized lines or totals.
+
+    Raises:
+        ValueError: The file is larger than the limits, or a line is not a JSON object.
+        OSError: The file is not gzip.
+    """
+    lines: list[dict[str, Any]] = []
+    total = 0
+    with gzip.open(path, "rb") as f:
+        while True:
+            line = f.readline(MAX_PREDICTION_LINE + 1)
+            if not line:
+                return lines
+            if len(line) > MAX_PREDICTION_LINE:
+                raise ValueError(f"a line is longer than {MAX_PREDICTION_LINE} bytes")
+            total += len(line)
+            if total > MAX_PREDICTION_BYTES:
+                raise ValueError(f"more than {MAX_PREDICTION_BYTES // 2**20} MiB after decompression")
+            obj = json.loads(line)
+            if not isinstance(obj, dict):
+                raise ValueError(f"line {len(lines) + 1} is not a JSON object")
+            lines.append(obj)
+
+
+# --------------------------------------------------------------------------- what a table is
+
+
+def _norm(v: Any) -> Any:
+    """Comparable form of a config value: 4 and 4.0 are the same threshold."""
+    if isinstance(v, bool) or v is None or isinstance(v, str):
+        return v
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, list | tuple):
+        return [_norm(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _norm(x) for k, x in sorted(v.items(), key=lambda kv: str(kv[0]))}
+    return v
+
+
+def _show(v: Any) -> str:
+    """A config value as a short, single-line, markup-neutral token."""
+    text = v if isinstance(v, str) else json.dumps(_norm(v), separators=(",", ":"), sort_keys=True, allow_nan=True)
+    text = re.sub(r"[^\w.+\-@:/,\[\]=]", "_", text)
+    if len(text) > 40:
+        text = text[:24] + "…" + hashlib.sha256(text.encode()).hexdigest()[:8]
+    return text
+
+
+def _yaml_values(group: str, name: str) -> dict[str, Any]:
+    """Plain values of the project's own ``configs/<group>/<name>.yaml`` (empty when there is none)."""
+    if not isinstance(name, str) or not _SAFE_NAME.match(name):
+        return {}
+    path = CONFIG_DIR / group / f"{name}.yaml"
+    if not path.is_file():
+        return {}
+    values = yaml.safe_load(path.read_text()) or {}
+    return {k: v for k, v in values.items() if k != "defaults" and v != "???"}
+
+
+def _dataclass_defaults(cls: type) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
     return out
 
 
+def reference_config(group: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The project's default for config group ``group``, given a run's values of that group.
+
+    data: ``configs/data/<name>.yaml`` (``atomic.yaml`` for names without one); split:
+    ``configs/split/<protocol>.yaml`` (``strict_cold_item.yaml`` when items are held out);
+    eval: ``configs/eval/<protocol>.yaml``; slices: ``configs/slices/default.yaml``; each over
+    the defaults of its schema dataclass.
+    """
+    from benchmark.config import DataConfig, EvalConfig, SliceConfig, SplitConfig
+
+    if group == "data":
+        return {**_dataclass_defaults(DataConfig), **(_yaml_values("data", cfg.get("name")) or _yaml_values("data", "atomic"))}
+    if group == "split":
+        ref = {**_dataclass_defaults(SplitConfig), **_yaml_values("split", cfg.get("protocol"))}
+        if (_finite(cfg.get("holdout_items")) or 0.0) > 0:
+            ref["holdout_items"] = _yaml_values("split", HOLDOUT_PRESET).get("holdout_items")
+        return ref
+    if group == "eval":
+        return {**_dataclass_defaults(EvalConfig), **_yaml_values("eval", cfg.get("protocol"))}
+    return {**_dataclass_defaults(SliceConfig), **_yaml_values("slices", "default")}
+
+
+def _differences(group: str, cfg: dict[str, Any]) -> list[str]:
+    """``key=value`` for every row-changing key of a run's config group that is not the default."""
+    ref = reference_config(group, cfg)
+    skip = set(NON_ROW_KEYS[group])
+    if group == "eval" and cfg.get("protocol") != "sampled":
+        skip |= SAMPLED_ONLY
+    out = []
+    for k in sorted(set(cfg) | set(ref), key=str):
+        if k in skip:
+            continue
+        if k not in cfg:  # records older than an option were made with its default
+            continue
+        if k in ref and _norm(cfg[k]) == _norm(ref[k]):
+            continue
+        out.append(f"{_show(k)}={_show(cfg[k])}")
+    return out
+
+
+def setting_of(rec: dict[str, Any]) -> tuple[tuple[str, str, str], list[str]]:
+    """The table a run belongs to: ``(dataset, split, eval)`` labels, and what differs from the default.
+
+    The labels are the plain names (``ml-100k``, ``loo`` or ``loo+holdout``, ``full``) for the
+    project's default settings and gain ``[key=value,...]`` for every row-changing option that
+    differs, so the default tables keep their names and any other setting gets a table of its own.
+    """
+    cfg = rec["config"]
+    data = _differences("data", cfg["data"])
+    split = _differences("split", cfg["split"])
+    ev = _differences("eval", cfg["eval"]) + [f"slices.{d}" for d in _differences("slices", cfg.get("slices") or {})]
+
+    def label(base: str, diffs: list[str]) -> str:
+        return base + (f"[{','.join(diffs)}]" if diffs else "")
+
+    holdout = (_finite(cfg["split"].get("holdout_items")) or 0.0) > 0
+    split_base = _show(str(rec["split"]["protocol"])) + ("+holdout" if holdout else "")
+    key = (
+        label(_show(rec["dataset"]["name"]), data),
+        label(split_base, split),
+        label(_show(rec["eval"]["protocol"]), ev),
+    )
+    notes = [f"data.{d}" for d in data] + [f"split.{d}" for d in split] + [d if d.startswith("slices.") else f"eval.{d}" for d in ev]
+    return key, notes
+
+
+def _test_rows_id(rec: dict[str, Any]) -> str:
+    """What the test rows actually were: split fingerprint, sampled negatives, chosen test users, row count."""
+    ev = rec["eval"]
+    text = f"{rec['split']['fingerprint']}|{ev.get('negatives_fingerprint')}|{ev.get('test_users_fingerprint')}|{ev.get('rows')}"
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def assign_tables(runs: list[tuple[dict[str, Any], Path]]) -> list[tuple[dict[str, Any], Path, tuple[str, str, str], list[str]]]:
+    """Each run with its table key and setting notes.
+
+    Runs with the same configured setting but different test rows (another dataset file behind the
+    same name, a changed splitter) are kept apart: the most common test rows keep the plain label,
+    the others gain ``rows=<id>`` in the eval label.
+    """
+    out = [(rec, d, *setting_of(rec)) for rec, d in runs]
+    by_key: dict[tuple, Counter] = defaultdict(Counter)
+    for rec, _, key, _ in out:
+        by_key[key][_test_rows_id(rec)] += 1
+    result = []
+    for rec, d, key, notes in out:
+        counts = by_key[key]
+        main = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+        rows_id = _test_rows_id(rec)
+        if rows_id != main:
+            ev = key[2]
+            ev = ev[:-1] + f",rows={rows_id}]" if ev.endswith("]") else ev + f"[rows={rows_id}]"
+            key = (key[0], key[1], ev)
+            notes = [*notes, f"other test rows (split fingerprint {rec['split']['fingerprint'][:8]}, id {rows_id})"]
+        result.append((rec, d, key, notes))
+    return result
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
 def kind_of(protocol: str) -> str:
-    return "labeled" if protocol == "labeled" else "ranking"
+    """``labeled`` for the labeled protocol (and labels derived from it), else ``ranking``."""
+    return "labeled" if protocol.split("[")[0] == "labeled" else "ranking"
 
 
 def table_key(row: dict[str, Any]) -> tuple[str, str, str]:
     return (row["dataset"], row["split"], row["eval"])
 
 
-def aggregate(runs: list[tuple[dict[str, Any], Path]]) -> list[dict[str, Any]]:
-    """Group runs by seed group: mean/std of every metric, per-user headline values, significance."""
-    groups: dict[str, list[tuple[dict[str, Any], Path]]] = defaultdict(list)
-    for rec, d in runs:
-        groups[rec["group_key"]].append((rec, d))
+def _per_user(rec: dict[str, Any], folder: Path, metric: str, warn: Warn) -> np.ndarray | None:
+    """Per-user values of ``metric`` recomputed from the run's predictions (None if unavailable)."""
+    if not any(m.split("/")[-1] == metric for m in rec["metrics"]):
+        return None  # e.g. eval.ks without 10: no ndcg@10 to test on
+    path = folder / rec["predictions"]["file"]
+    try:
+        values = per_row_values(rec, read_predictions_bounded(_predictions_path(folder, rec["predictions"]["file"])))
+        arr = np.asarray(values[metric], dtype=float)
+    except Exception as e:  # noqa: BLE001 - predictions come from strangers; any failure means "no test"
+        warn(f"{path}: no per-user values for the significance test ({_clean_text(e) or type(e).__name__})")
+        return None
+    if arr.ndim != 1 or not np.all(np.isfinite(arr)):
+        warn(f"{path}: per-user {metric} values are not finite; no significance test for this run")
+        return None
+    return arr
+
+
+def _mean(values: list[Any]) -> float | None:
+    xs = [v for v in (_finite(x) for x in values) if v is not None and v >= 0]
+    return float(np.mean(xs)) if xs else None
+
+
+def aggregate(runs: list[tuple[dict[str, Any], Path]], warn: Warn | None = None) -> list[dict[str, Any]]:
+    """Group runs by table and seed group: mean/std of every metric, per-user headline values, significance."""
+    warn = warn or _stderr_warning
+    groups: dict[tuple, list] = defaultdict(list)
+    for rec, d, key, notes in assign_tables(runs):
+        groups[(key, rec["group_key"])].append((rec, d, notes))
     rows = []
-    for key, members in groups.items():
-        members.sort(key=lambda m: m[0]["seed"])
+    for (tkey, gkey), members in groups.items():
+        members.sort(key=lambda m: (m[0]["seed"], str(m[1])))
         recs = [m[0] for m in members]
         first = recs[0]
         stats = {}
         for m in sorted({m for r in recs for m in r["metrics"]}):
-            vals = [r["metrics"][m] for r in recs if r["metrics"].get(m) is not None]
+            vals = [v for v in (_finite(r["metrics"].get(m)) for r in recs) if v is not None]
             if vals:
                 stats[m] = (float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else None)
-        kind = kind_of(first["eval"]["protocol"])
-        sig_metric = SIGNIFICANCE_METRIC[kind]
-        per_user = [per_row_values(r, read_predictions(d / r["predictions"]["file"]))[sig_metric] for r, d in members]
+        sig_metric = SIGNIFICANCE_METRIC[kind_of(tkey[2])]
+        per_user = [_per_user(r, d, sig_metric, warn) for r, d, _ in members]
+        same_len = all(p is not None for p in per_user) and len({len(p) for p in per_user}) == 1
         split = first["split"]
-        notes = first["model"].get("notes") or {}
+        backbone = (first["model"].get("notes") or {}).get("backbone") or ""
+        train = _mean([r["efficiency"].get("train_seconds") for r in recs])
+        evals = _mean([r["efficiency"].get("eval_seconds") for r in recs])
+        params = first["model"].get("params_total")
         rows.append(
             {
-                "dataset": first["dataset"]["name"],
-                "split": split["protocol"] + ("+holdout" if split["stats"].get("holdout_items") else ""),
-                "eval": first["eval"]["protocol"],
-                "model": first["model"]["label"],
-                "family": first["model"].get("family", ""),
-                "backbone": notes.get("backbone", ""),
+                "dataset": tkey[0],
+                "split": tkey[1],
+                "eval": tkey[2],
+                "setting": members[0][2],
+                "model": _clean_text(first["model"]["label"]),
+                "family": _clean_text(first["model"].get("family", "")),
+                "backbone": _clean_text(backbone),
                 "seeds": len(recs),
                 "seed_list": [r["seed"] for r in recs],
-                "device": first.get("labels", {}).get("device", ""),
-                "split_fingerprint": split["fingerprint"][:12],
-                "group_key": key[:12],
-                "train_seconds": float(np.mean([r["efficiency"]["train_seconds"] for r in recs])),
-                "params": first["model"].get("params_total"),
+                "device": _clean_text(first.get("labels", {}).get("device", "")),
+                "split_fingerprint": str(split["fingerprint"])[:12],
+                "group_key": gkey[:12],
+                "train_seconds": train,
+                "eval_seconds": evals,
+                "cost_seconds": None if train is None or evals is None else train + evals,
+                "params": params if isinstance(params, int) and not isinstance(params, bool) else None,
                 "metrics": stats,
-                "_per_user": np.mean(per_user, axis=0) if len({len(p) for p in per_user}) == 1 else None,
+                "run_dirs": [d for _, d, _ in members],
+                "_per_user": np.mean(per_user, axis=0) if same_len else None,
                 "sig_vs": "",
                 "p_holm": None,
                 "sig": "",
             }
         )
+    _disambiguate(rows)
     rows.sort(key=lambda r: (r["dataset"], r["split"], r["eval"], natural_key(r["model"])))
     _significance(rows)
     return rows
 
 
+def _disambiguate(rows: list[dict[str, Any]]) -> None:
+    """Two configs with the same label in one table get their group key appended to the label."""
+    seen: dict[tuple, list] = defaultdict(list)
+    for r in rows:
+        seen[(*table_key(r), r["model"])].append(r)
+    for same in seen.values():
+        if len(same) > 1:
+            for r in same:
+                r["model"] = f"{r['model']} [{r['group_key'][:8]}]"
+
+
 def _significance(rows: list[dict[str, Any]]) -> None:
     """Mark each row against the best baseline of its table (Holm over the table's rows)."""
-    tables: dict[tuple, list] = defaultdict(list)
+    by_table: dict[tuple, list] = defaultdict(list)
     for r in rows:
-        tables[table_key(r)].append(r)
-    for trs in tables.values():
+        by_table[table_key(r)].append(r)
+    for trs in by_table.values():
         metric = "test/" + SIGNIFICANCE_METRIC[kind_of(trs[0]["eval"])]
         base = [r for r in trs if r["family"] in BASELINE_FAMILIES and metric in r["metrics"]]
         if not base:
             continue
         best = max(base, key=lambda r: r["metrics"][metric][0])
-        others = [r for r in trs if r is not best and r["_per_user"] is not None and best["_per_user"] is not None]
+        best["sig_vs"] = "(best baseline)"
+        if best["_per_user"] is None:
+            continue
+        others = [r for r in trs if r is not best and r["_per_user"] is not None]
         others = [r for r in others if len(r["_per_user"]) == len(best["_per_user"])]
         pvals = [paired_pvalue(r["_per_user"], best["_per_user"]) for r in others]
         for r, p in zip(others, holm(pvals) if pvals else [], strict=True):
-            r["sig_vs"], r["p_holm"] = best["model"], p
+            if not math.isfinite(p):
+                continue
+            r["sig_vs"], r["p_holm"] = best["model"], float(p)
             if p < ALPHA:  # direction from the tested unit: for labeled tables, per-user AUC, not pooled AUC
                 r["sig"] = "▲" if float(np.mean(r["_per_user"] - best["_per_user"])) > 0 else "▼"
-        best["sig_vs"] = "(best baseline)"
+
+
+# --------------------------------------------------------------------------- outputs
 
 
 def fmt(stat: tuple[float, float | None] | None) -> str:
     if stat is None:
-        return "—"
+        return ""
     mean, std = stat
     return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
 
@@ -161,18 +537,34 @@ def tables(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[dict[s
     return out
 
 
-def table_title(key: tuple[str, str, str]) -> str:
-    ds, sp, ev = key
-    return f"{ds} · split={sp} · eval=" + ("sampled (100 negatives)" if ev == "sampled" else ev)
+def _base(label: str) -> str:
+    return label.split("[", 1)[0]
+
+
+def table_title(key: tuple[str, str, str], setting: list[str] | None = None) -> str:
+    """``dataset · split=… · eval=…``, plus what differs from the default config when anything does."""
+    ds, sp, ev = (_base(k) for k in key)
+    title = f"{ds} · split={sp} · eval=" + ("sampled (100 negatives)" if key[2] == "sampled" else ev)
+    if setting:
+        title += " · not the default: " + ", ".join(setting)
+    return title
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _seconds(x: float | None) -> str:
+    return "" if x is None else f"{x:.1f}"
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    """One Markdown table per (dataset, split, eval); best mean per column in bold."""
+    """One Markdown table per table key; best mean per column in bold; missing values are empty."""
     out = []
     for key, trs in tables(rows).items():
         cols = table_columns(trs)
         best = best_values(trs, cols)
-        out.append(f"### {table_title(key)}\n")
+        out.append(f"### {_md_cell(table_title(key, trs[0]['setting']))}\n")
         out.append("| model | seeds | device | " + " | ".join(c.removeprefix("test/") for c in cols) + " | sig. | train s |")
         out.append("|---|---|---|" + "---|" * len(cols) + "---|---|")
         for r in trs:
@@ -184,7 +576,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                 cells.append(s)
             sig = "base" if r["sig_vs"] == "(best baseline)" else (r["sig"] or ("n.s." if r["sig_vs"] else ""))
             out.append(
-                f"| {r['model']} | {r['seeds']} | {r['device']} | " + " | ".join(cells) + f" | {sig} | {r['train_seconds']:.1f} |"
+                f"| {_md_cell(r['model'])} | {r['seeds']} | {_md_cell(r['device'])} | "
+                + " | ".join(cells)
+                + f" | {sig} | {_seconds(r['train_seconds'])} |"
             )
         out.append("")
     return "\n".join(out)
@@ -197,7 +591,7 @@ CSV_HEAD = [
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
-    """Every metric as ``<metric>`` (mean) and ``<metric>_std`` columns, 6 decimals."""
+    """Every metric as ``<metric>`` (mean) and ``<metric>_std`` columns, full precision; missing values empty."""
     metrics = sorted({m for r in rows for m in r["metrics"]})
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -206,7 +600,8 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
         vals = []
         for m in metrics:
             mean, std = r["metrics"].get(m, (None, None))
-            vals += ["" if mean is None else f"{mean:.6f}", "" if std is None else f"{std:.6f}"]
+            # Full precision (shortest round-trip repr): a reader rounding to 4 decimals rounds once.
+            vals += ["" if mean is None else repr(float(mean)), "" if std is None else repr(float(std))]
         head = []
         for h in CSV_HEAD:
             v = r[h]
@@ -216,17 +611,25 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def _tex_escape(s: str) -> str:
-    return s.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("&", r"\&").replace("%", r"\%").replace("#", r"\#")
+    out = []
+    for ch in s:
+        out.append(
+            {
+                "\\": r"\textbackslash{}", "_": r"\_", "&": r"\&", "%": r"\%", "#": r"\#", "$": r"\$",
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+            }.get(ch, ch)
+        )  # fmt: skip
+    return "".join(out)
 
 
-def latex(rows: list[dict[str, Any]]) -> str:
-    """booktabs tables, one per (dataset, split, eval); best mean per column in bold."""
-    out = ["% Generated by `llm4rec leaderboard` from results/runs; do not edit."]
+def latex(rows: list[dict[str, Any]], source: str = "results/runs") -> str:
+    """booktabs tables, one per table key; best mean per column in bold."""
+    out = [f"% Generated by `llm4rec leaderboard` from {_clean_text(source, 200)}; do not edit."]
     for key, trs in tables(rows).items():
         cols = table_columns(trs)
         best = best_values(trs, cols)
         out.append(r"\begin{table}[t]\centering\small")
-        out.append(r"\caption{" + _tex_escape(table_title(key).replace("·", ",")) + r". Mean $\pm$ std over seeds.}")
+        out.append(r"\caption{" + _tex_escape(table_title(key, trs[0]["setting"]).replace("·", ",")) + r". Mean $\pm$ std over seeds.}")
         out.append(r"\begin{tabular}{l r " + "r " * len(cols) + "}")
         out.append(r"\toprule")
         out.append("Model & Seeds & " + " & ".join(_tex_escape(c.removeprefix("test/")) for c in cols) + r" \\")
@@ -260,20 +663,92 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_leaderboard(runs_dir: Path, out_dir: Path) -> str:
-    """Write ``leaderboard.{md,csv,tex,html}`` into ``out_dir``; return the Markdown."""
+def _write_all(files: dict[Path, str]) -> None:
+    """Write every file to a temporary name first, then rename them all: no half-written set."""
+    tmps: list[tuple[str, Path]] = []
+    try:
+        for path, text in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            tmps.append((tmp, path))
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.chmod(tmp, 0o644)
+    except BaseException:
+        for tmp, _ in tmps:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    for tmp, path in tmps:
+        os.replace(tmp, path)
+
+
+def provenance() -> dict[str, Any]:
+    """Commit (and whether code differs from it) and UTC time this leaderboard is generated at.
+
+    ``SOURCE_DATE_EPOCH`` (reproducible builds) fixes the time.
+    """
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    when = (
+        dt.datetime.fromtimestamp(int(epoch), dt.UTC) if epoch.isdigit() else dt.datetime.now(dt.UTC)
+    ).strftime("%Y-%m-%d %H:%M UTC")
+    status = git("status", "--porcelain", "--", ".", ":!results", ":!paper", ":!outputs")
+    return {"commit": git("rev-parse", "HEAD"), "dirty": None if status is None else bool(status), "generated": when}
+
+
+def write_leaderboard(runs_dir: Path, out_dir: Path, warn: Warn | None = None) -> str:
+    """Write ``leaderboard.{md,csv,tex,html}`` into ``out_dir``; return the Markdown.
+
+    Args:
+        runs_dir: Folder of run folders (searched recursively for ``record.json``).
+        out_dir: Where the four files are written (all or none).
+        warn: Receives one line per skipped or repaired record (default: stderr).
+
+    Raises:
+        BenchmarkError: ``runs_dir`` is missing, holds no run record, or none can be read; nothing is written.
+    """
     from benchmark.results.html import render_html
 
-    rows = aggregate(load_runs(runs_dir))
+    runs_dir = Path(runs_dir)
+    warnings: list[str] = []
+
+    def note(msg: str) -> None:
+        warnings.append(msg)
+        (warn or _stderr_warning)(msg)
+
+    if not runs_dir.is_dir():
+        raise BenchmarkError(f"--runs {runs_dir}: no such directory")
+    found = _record_files(runs_dir)
+    if not found:
+        raise BenchmarkError(f"--runs {runs_dir}: no run records ({RECORD}) in this folder")
+    runs = load_runs(runs_dir, note)
+    if not runs:
+        raise BenchmarkError(f"--runs {runs_dir}: none of the {len(found)} run records could be read (warnings above)")
+    rows = aggregate(runs, note)
+    source = _clean_text(runs_dir, 200)
+    skipped = len(found) - len(runs)
     md = (
-        "# Leaderboard\n\nGenerated by `llm4rec leaderboard` from the run records in `results/runs/`: "
-        "mean ± std over seeds. `sig.`: paired Wilcoxon test on per-user values of the headline metric "
+        f"# Leaderboard\n\nGenerated by `llm4rec leaderboard` from the {len(runs)} run records in `{source}`"
+        + (f" ({skipped} skipped: unreadable or copies, see the warnings of the command)" if skipped else "")
+        + ": mean ± std over seeds. `sig.`: paired Wilcoxon test on per-user values of the headline metric "
         "(NDCG@10 or AUC) against the best baseline of the table, Holm-corrected; "
         "▲/▼ significantly better/worse (p < 0.05) on those per-user values, n.s. not significant. "
         "In labeled tables the paired unit is the per-user AUC (see GAUC), not the pooled AUC.\n\n" + markdown(rows)
     )
-    atomic_write(out_dir / "leaderboard.md", md)
-    atomic_write(out_dir / "leaderboard.csv", to_csv(rows))
-    atomic_write(out_dir / "leaderboard.tex", latex(rows))
-    atomic_write(out_dir / "leaderboard.html", render_html(rows))
+    meta = {**provenance(), "source": source, "records": len(runs), "skipped": skipped}
+    _write_all(
+        {
+            out_dir / "leaderboard.md": md,
+            out_dir / "leaderboard.csv": to_csv(rows),
+            out_dir / "leaderboard.tex": latex(rows, source),
+            out_dir / "leaderboard.html": render_html(rows, meta, out_dir),
+        }
+    )
     return md
