@@ -211,17 +211,17 @@ function plot(t, rows, slice) {
   for (let k = x0; k <= x1; k += xstep) {
     s += `<line class="grid" x1="${X(k)}" x2="${X(k)}" y1="${T}" y2="${T + ph}"></line>` +
       `<line class="axis" x1="${X(k)}" x2="${X(k)}" y1="${T + ph}" y2="${T + ph + 5}"></line>` +
-      `<text x="${X(k)}" y="${T + ph + 18}" text-anchor="middle" font-size="11">${decadeLabel(k)}</text>`;
+      `<text class="x-tick" x="${X(k)}" y="${T + ph + 18}" text-anchor="middle" font-size="11">${decadeLabel(k)}</text>`;
   }
   for (let v = y0, i = 0; v <= y1 + step / 2 && i < 40; v += step, i++) {
     s += `<line class="grid" x1="${L}" x2="${L + pw}" y1="${Y(v)}" y2="${Y(v)}"></line>` +
       `<line class="axis" x1="${L - 5}" x2="${L}" y1="${Y(v)}" y2="${Y(v)}"></line>` +
-      `<text x="${L - 8}" y="${Y(v) + 4}" text-anchor="end" font-size="11">${v.toFixed(dec)}</text>`;
+      `<text class="y-tick" x="${L - 8}" y="${Y(v) + 4}" text-anchor="end" font-size="11">${v.toFixed(dec)}</text>`;
   }
   s += `<line class="axis" x1="${L}" x2="${L + pw}" y1="${T + ph}" y2="${T + ph}"></line>` +
     `<line class="axis" x1="${L}" x2="${L}" y1="${T}" y2="${T + ph}"></line>` +
-    `<text x="${L + pw / 2}" y="${H - 12}" text-anchor="middle" font-size="12">cost of one run: training + evaluation seconds (log scale)</text>` +
-    `<text x="16" y="${T + ph / 2}" font-size="12" transform="rotate(-90 16 ${T + ph / 2})" text-anchor="middle">${name} (mean over seeds)</text>`;
+    `<text class="x-title" x="${L + pw / 2}" y="${H - 12}" text-anchor="middle" font-size="12">cost of one run: training + evaluation seconds (log scale)</text>` +
+    `<text class="y-title" x="16" y="${T + ph / 2}" font-size="12" transform="rotate(-90 16 ${T + ph / 2})" text-anchor="middle">${name} (mean over seeds)</text>`;
   // family legend, top left inside the frame
   let lxp = L + 8;
   families.forEach(f => {
@@ -250,11 +250,11 @@ function plot(t, rows, slice) {
       return null;
     };
     let at = place(text, w);
-    if (at) { labels += `<text x="${at.x}" y="${at.y}" font-size="11">${p.r.model}</text>`; return; }
+    if (at) { labels += `<text class="point-label" x="${at.x}" y="${at.y}" font-size="11">${p.r.model}</text>`; return; }
     const num = String(unlabelled.length + 1);
     unlabelled.push(p.r.model);
     at = place(num, textWidth(num)) || {x: p.x + 6, y: p.y - 6};
-    labels += `<text x="${at.x}" y="${at.y}" font-size="10" font-weight="700">${num}</text>`;
+    labels += `<text class="point-label" x="${at.x}" y="${at.y}" font-size="10" font-weight="700">${num}</text>`;
   });
   P.forEach(p => {
     s += `<circle cx="${p.x}" cy="${p.y}" r="4.5" fill="${color(p.r.family)}" stroke="#fff" stroke-width="1">` +

@@ -96,3 +96,60 @@ def test_page_loads_sorts_filters_and_matches_csv(board, driver, tmp_path):
     assert not driver.find_elements(By.CSS_SELECTOR, 'td[data-metric="test/ndcg@10"]')
     # Best value per column is marked.
     assert driver.find_elements(By.CSS_SELECTOR, 'table[data-table="0"] td.best')
+
+
+def test_page_reads_like_a_public_leaderboard(board, driver, tmp_path):
+    """Fits a narrow window, model column fixed while a table scrolls, plots readable, rows linked."""
+    import re
+    from urllib.parse import unquote, urlparse
+
+    from selenium.webdriver.common.by import By
+
+    driver.set_window_size(700, 900)
+    driver.get((board / "leaderboard.html").as_uri())
+    # The page itself never scrolls sideways; a wide table scrolls inside its own box.
+    assert driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+    box = driver.find_element(By.CSS_SELECTOR, ".scroll")
+    assert driver.execute_script("return arguments[0].scrollWidth > arguments[0].clientWidth", box)
+    driver.execute_script("arguments[0].scrollLeft = 300", box)
+    left_box = driver.execute_script("return arguments[0].getBoundingClientRect().left", box)
+    left_name = driver.execute_script("return document.querySelector('.scroll td.name').getBoundingClientRect().left")
+    assert abs(left_name - left_box) <= 2  # the model column stays in view
+    driver.save_screenshot(str(tmp_path / "narrow.png"))
+
+    # Header: the commit and date the page was generated from, and the folder it read.
+    meta = driver.find_element(By.ID, "meta").text
+    assert re.search(r"Generated \d{4}-\d\d-\d\d \d\d:\d\d UTC from commit \w+", meta)
+    assert str(board.parent / "res" / "runs") in meta
+
+    # Plots: both axes titled, at least two tick values each, cost counts training and evaluation.
+    driver.set_window_size(1280, 900)
+    driver.get((board / "leaderboard.html").as_uri())
+    svgs = driver.find_elements(By.CSS_SELECTOR, "svg.plot")
+    assert len(svgs) == 2
+    for svg in svgs:
+        assert "training + evaluation seconds" in svg.find_element(By.CSS_SELECTOR, "text.x-title").text
+        assert svg.find_element(By.CSS_SELECTOR, "text.y-title").text.startswith("ndcg@10")
+        assert len(svg.find_elements(By.CSS_SELECTOR, "text.x-tick")) >= 2
+        assert len(svg.find_elements(By.CSS_SELECTOR, "text.y-tick")) >= 2
+        # No two texts of a plot overlap (labels, ticks, titles, legend).
+        boxes = driver.execute_script(
+            "return [...arguments[0].querySelectorAll('text')].map(t => {const b = t.getBoundingClientRect();"
+            " return [b.left, b.top, b.right, b.bottom, t.textContent];})",
+            svg,
+        )
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1 :]:
+                overlap = a[0] < b[2] - 0.5 and b[0] < a[2] - 0.5 and a[1] < b[3] - 0.5 and b[1] < a[3] - 0.5
+                assert not overlap, f"plot texts overlap: {a[4]!r} and {b[4]!r}"
+        assert {t.text for t in svg.find_elements(By.CSS_SELECTOR, "text.point-label")} >= {"pop"}
+    driver.save_screenshot(str(tmp_path / "wide.png"))
+
+    # Every row links to its run records (relative links that resolve to the record files).
+    links = driver.find_elements(By.CSS_SELECTOR, "td.records a")
+    assert links and len(links) == 2 * len(driver.find_elements(By.CSS_SELECTOR, "tbody tr"))  # two seeds per row
+    for a in links:
+        href = a.get_dom_attribute("href") or ""
+        assert href.endswith("/record.json") and not href.startswith("/") and "://" not in href  # relative
+        path = Path(unquote(urlparse(a.get_attribute("href")).path))
+        assert path.name == "record.json" and path.is_file()
