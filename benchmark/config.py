@@ -17,6 +17,7 @@ from benchmark.errors import ConfigError
 
 SPLIT_PROTOCOLS = ("loo", "temporal", "random", "tallrec_movie")
 EVAL_PROTOCOLS = ("full", "sampled", "labeled")
+DUPLICATE_RULES = ("error", "first", "last", "max_rating")  # data.duplicates; see benchmark.data.atomic
 
 
 @dataclass
@@ -33,6 +34,7 @@ class DataConfig:
     item_fields: dict[str, str] = field(default_factory=dict)  # role -> column, e.g. title: movie_title
     rating_threshold: float | None = None  # keep rating >= threshold (implicit feedback)
     kcore: int = 0
+    duplicates: str = "error"  # a (user, item) pair on several rows: error | first | last | max_rating
     raw_dir: str | None = None  # recipe: files the user already has
     cache_dir: str = "${oc.env:LLM4REC_CACHE,.cache/llm4rec}"
     preprocess: str | None = None  # recipe: named preprocessing, e.g. p5
@@ -44,6 +46,10 @@ class DataConfig:
             raise ConfigError("data.path: required when data.source=atomic (a directory of atomic files)")
         if self.kcore < 0:
             raise ConfigError(f"data.kcore: must be >= 0, got {self.kcore}")
+        if self.duplicates not in DUPLICATE_RULES:
+            raise ConfigError(f"data.duplicates: unknown rule '{self.duplicates}' (one of {DUPLICATE_RULES})")
+        if self.duplicates == "max_rating" and self.rating_field is None:
+            raise ConfigError("data.duplicates=max_rating needs data.rating_field (it is null)")
 
 
 @dataclass

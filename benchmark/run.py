@@ -58,6 +58,8 @@ def result_config(cfg: DictConfig) -> dict[str, Any]:
         c.pop(k, None)
     if isinstance(c.get("data"), dict):  # where prepared data is cached ($LLM4REC_CACHE) does not change it
         c["data"] = {k: v for k, v in c["data"].items() if k != "cache_dir"}
+        if c["data"].get("duplicates") == "error":  # the default rule: hashes as runs made before the option
+            del c["data"]["duplicates"]
     if not is_active_node(c.get("adapter")):
         c.pop("adapter", None)
     else:  # where features and downloaded weights are cached does not change them

@@ -25,6 +25,8 @@ class Interactions:
         users: user side table indexed by raw user id (str); feature columns.
         files: source file name -> sha256 of its bytes.
         item_fields: role -> column in ``items`` (e.g. ``title``, ``year``, ``genres``).
+        duplicates_removed: rows dropped by the reader's rule for repeated
+            (user, item) pairs (``data.duplicates``); 0 when every pair is unique.
     """
 
     name: str
@@ -33,6 +35,7 @@ class Interactions:
     users: pd.DataFrame
     files: dict[str, str] = field(default_factory=dict)
     item_fields: dict[str, str] = field(default_factory=dict)
+    duplicates_removed: int = 0
 
     @property
     def fingerprint(self) -> str:
@@ -43,7 +46,8 @@ class Interactions:
         return h.hexdigest()
 
     def stats(self) -> dict[str, float]:
-        """Users, items, interactions and density of the interaction table."""
+        """Users, items, interactions and density of the interaction table, and the
+        repeated (user, item) rows the reader removed before any filter."""
         n_users = int(self.inter["user"].nunique())
         n_items = int(self.inter["item"].nunique())
         n = len(self.inter)
@@ -52,6 +56,7 @@ class Interactions:
             "items": n_items,
             "interactions": n,
             "density": n / max(1, n_users * n_items),
+            "duplicates_removed": int(self.duplicates_removed),
         }
 
 

@@ -46,6 +46,7 @@ def load_dataset(cfg: DataConfig) -> Interactions:
         rating_field=cfg.rating_field,
         timestamp_field=cfg.timestamp_field,
         item_fields=dict(cfg.item_fields),
+        duplicates=cfg.duplicates,
     )
     inter = filter_interactions(data.inter, cfg.rating_threshold, cfg.kcore)
     if len(inter) == 0:

@@ -589,12 +589,16 @@ def _blank(col: pd.Series) -> np.ndarray:
 
 
 def _floats(col: pd.Series, path: Path, field: str) -> np.ndarray:
-    """Numbers of a column; missing -> NaN; a non-empty non-number is a DataError."""
+    """Numbers of a column; missing -> NaN; a non-empty non-number or an infinity is a DataError."""
     num = pd.to_numeric(col.where(~_blank(col), None), errors="coerce").to_numpy(dtype=float)
     bad = np.isnan(num) & ~_blank(col)
     if bad.any():
         v = col.iloc[int(np.flatnonzero(bad)[0])]
         raise DataError(f"{path}: field '{field}' value '{v}' is not a number")
+    inf = np.isinf(num)
+    if inf.any():
+        v = col.iloc[int(np.flatnonzero(inf)[0])]
+        raise DataError(f"{path}: field '{field}' value '{v}' is not a finite number")
     return num
 
 
@@ -1021,6 +1025,12 @@ def dataset_stats(directory: str | Path, name: str) -> dict[str, float]:
 
     Returns:
         ``{"users", "items", "interactions", "density"}`` with
-        density = interactions / (users * items).
+        density = interactions / (users * items), counted over every row of the
+        files: a (user, item) pair on several rows counts each time (a run refuses
+        or deduplicates such rows by ``data.duplicates``).
     """
-    return read_atomic(directory, name).stats()
+    data = read_atomic(directory, name, duplicates="first")  # removes rows, never a user or an item
+    stats = data.stats()
+    n = stats["interactions"] + data.duplicates_removed
+    users, items = stats["users"], stats["items"]
+    return {"users": users, "items": items, "interactions": n, "density": n / max(1, users * items)}
