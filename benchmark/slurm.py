@@ -1,4 +1,9 @@
-"""sbatch scripts for a sweep, from the submitit launcher config: a dry run of a SLURM submission."""
+"""sbatch scripts for a sweep, from the submitit launcher config: a dry run of a SLURM submission.
+
+``llm4rec slurm-scripts`` writes one script per job that ``llm4rec run -m`` would submit, in the
+same order (:func:`benchmark.launch.sweep_jobs`), with the resources the launcher would request
+(the trainer-derived ones included, :func:`benchmark.launch.launcher_overrides`).
+"""
 
 from __future__ import annotations
 
@@ -9,42 +14,68 @@ from typing import Any
 
 from benchmark.errors import ConfigError
 
+# The launcher keys that are not sbatch parameters (hydra-submitit-launcher passes them elsewhere).
+_NOT_SBATCH = ("_target_", "submitit_folder", "max_num_timeout")
+
+
+def sbatch_params(launcher: Any, job_name: str) -> dict[str, Any]:
+    """The parameters submitit's SLURM executor gets from ``launcher`` (the ``hydra.launcher`` node).
+
+    The launcher's generic keys are renamed as submitit's AutoExecutor renames them
+    (``timeout_min`` -> ``time``, ``tasks_per_node`` -> ``ntasks_per_node``, ``mem_gb`` -> ``mem``);
+    unset (null) keys are left out, as submitit leaves them out of the script.
+    """
+    from omegaconf import OmegaConf
+    from submitit.slurm.slurm import SlurmExecutor, _convert_mem
+
+    raw = OmegaConf.to_container(launcher, resolve=False)
+    rename = SlurmExecutor._equivalence_dict()
+    params: dict[str, Any] = {}
+    for k, v in raw.items():
+        if k in _NOT_SBATCH or k == "name" or v is None or v == {}:
+            continue
+        key = rename.get(k, k)
+        params[key] = _convert_mem(float(v)) if k == "mem_gb" else v
+    params["job_name"] = job_name
+    return params
+
 
 def sbatch_text(command: str, folder: Path, launcher: Any, job_name: str) -> str:
     """The sbatch script submitit would submit for ``command`` with ``launcher`` parameters."""
     from submitit.slurm.slurm import _make_sbatch_string
 
-    params = {
-        "partition": launcher.get("partition"),
-        "time": int(launcher.get("timeout_min", 60)),
-        "nodes": int(launcher.get("nodes", 1)),
-        "ntasks_per_node": launcher.get("tasks_per_node"),
-        "cpus_per_task": launcher.get("cpus_per_task"),
-        "gpus_per_node": launcher.get("gpus_per_node"),
-        "mem": f"{launcher.mem_gb}GB" if launcher.get("mem_gb") else None,
-        "signal_delay_s": int(launcher.get("signal_delay_s", 90)),
-        "qos": launcher.get("qos"),
-        "account": launcher.get("account"),
-        "constraint": launcher.get("constraint"),
-        "exclude": launcher.get("exclude"),
-        "comment": launcher.get("comment"),
-        "gres": launcher.get("gres"),
-        "additional_parameters": dict(launcher.get("additional_parameters") or {}),
-    }
-    return _make_sbatch_string(command=command, folder=folder, job_name=job_name, **{k: v for k, v in params.items() if v is not None})
+    params = sbatch_params(launcher, job_name)
+    params.pop("array_parallelism", None)  # one script per job here, not one array
+    return _make_sbatch_string(command=command, folder=folder, **params)
 
 
-def write_scripts(combos: list[list[str]], cfgs: list[Any], out: Path) -> list[Path]:
-    """One ``job_<n>.sh`` per sweep job; the launcher must be ``hydra/launcher=submitit_slurm``."""
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for n, (combo, cfg) in enumerate(zip(combos, cfgs, strict=True)):
-        launcher = cfg.hydra.launcher
-        if "SlurmLauncher" not in str(launcher.get("_target_", "")):
+def write_scripts(jobs: list[list[str]], cfgs: list[Any], out: Path) -> list[Path]:
+    """One ``job_<n>.sh`` per job (its task overrides), replacing the ``job_*.sh`` of an earlier dry run.
+
+    Raises:
+        ConfigError: the launcher is not ``hydra/launcher=submitit_slurm``.
+    """
+    for cfg in cfgs:
+        if "SlurmLauncher" not in str(cfg.hydra.launcher.get("_target_", "")):
             raise ConfigError("slurm-scripts: add hydra/launcher=submitit_slurm to the overrides")
-        run_args = [a for a in combo if not a.startswith("hydra/launcher=") and not a.startswith("hydra.launcher.")]
-        command = " ".join(shlex.quote(x) for x in [sys.executable, "-m", "benchmark", "run", *run_args])
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("job_*.sh"):
+        stale.unlink()
+    paths = []
+    for n, (job, cfg) in enumerate(zip(jobs, cfgs, strict=True)):
+        command = " ".join(shlex.quote(x) for x in [sys.executable, "-m", "benchmark", "run", *job])
         p = out / f"job_{n}.sh"
-        p.write_text(sbatch_text(command, out / "logs", launcher, f"llm4rec_{n}"))
+        p.write_text(sbatch_text(command, out / "logs", cfg.hydra.launcher, f"llm4rec_{n}"))
         paths.append(p)
     return paths
+
+
+def script_jobs(out: Path) -> list[list[str]]:
+    """The task overrides of each ``job_<n>.sh`` in ``out``, in job order (read back from the scripts)."""
+    scripts = sorted(out.glob("job_*.sh"), key=lambda p: int(p.stem.split("_")[1]))
+    jobs = []
+    for p in scripts:
+        line = next(s for s in p.read_text().splitlines() if " -m benchmark run" in s)
+        words = shlex.split(line)
+        jobs.append(words[words.index("run", words.index("benchmark")) + 1 :])
+    return jobs
