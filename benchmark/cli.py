@@ -190,8 +190,12 @@ def check_config(cfg) -> None:
 
 
 def _task(cfg) -> None:
+    from benchmark.launch import in_slurm_job, run_in_job
     from benchmark.run import run
 
+    if in_slurm_job():  # raised, not exited: submitit hands the error to the submitting command
+        run_in_job(lambda: run(cfg))
+        return
     try:
         run(cfg)
     except BenchmarkError as e:
@@ -208,9 +212,18 @@ def cmd_run(argv: list[str]) -> None:
     from benchmark.config import register_schemas
 
     register_schemas()
-    # argv[0] stays the real program: Lightning's DDP launcher re-executes it for every extra process.
-    sys.argv = [sys.argv[0]] + (["--multirun"] if multirun else []) + overrides
-    hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(_task)()
+
+    def hydra_main(args: list[str]) -> None:
+        # argv[0] stays the real program: Lightning's DDP launcher re-executes it for every extra process.
+        sys.argv = [sys.argv[0], *args]
+        hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(_task)()
+
+    if multirun:  # experiment sweeps checked too; SLURM resources follow the trainer
+        from benchmark.launch import launch_multirun
+
+        launch_multirun(overrides, lambda o, h: _compose(o, hydra=h), check_config, hydra_main)
+        return
+    hydra_main(overrides)
 
 
 def _pop_out(argv: list[str]) -> tuple[list[str], str | None]:
@@ -319,16 +332,17 @@ def cmd_reproduce(argv: list[str]) -> None:
 
 
 def cmd_slurm_scripts(argv: list[str]) -> None:
-    """Dry run of a SLURM sweep: write one sbatch script per job without submitting."""
+    """Dry run of a SLURM sweep: one sbatch script per job ``run -m`` would submit, none submitted."""
+    from benchmark.launch import multirun_plan, split_overrides
     from benchmark.slurm import write_scripts
 
     overrides, out = _pop_out([a for a in argv if a not in ("-m", "--multirun")])
     if not out:
         _fail("slurm-scripts needs out=DIR")
-    combos = _expand_sweeps(overrides)
-    for combo in combos:
-        check_config(compose(combo))
-    paths = write_scripts(combos, [compose(c, hydra=True) for c in combos], Path(out))
+    overrides = expand_overrides(overrides)
+    jobs, extra = multirun_plan(overrides, lambda o, h: _compose(o, hydra=h), check_config)
+    hydra_overrides = split_overrides(overrides)[0] + (extra or [])
+    paths = write_scripts(jobs, [_compose(hydra_overrides + j, hydra=True) for j in jobs], Path(out))
     print(f"{len(paths)} sbatch scripts written to {out}")
 
 

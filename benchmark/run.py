@@ -310,6 +310,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     elif reused is not None:
         training = reused
     elif n_train and cfg.model.get("train"):
+        from benchmark.launch import requeued_checkpoint
         from benchmark.training import PairwiseStream, fit
 
         if ev.protocol == "labeled":
@@ -333,7 +334,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             str(outputs / "checkpoints" / run_id),
             ev.valid_metric,
             ev.chunk_users,
-            cfg.get("ckpt_path"),
+            requeued_checkpoint(cfg.get("ckpt_path"), outputs / "checkpoints" / run_id),  # SLURM requeue resumes
         )
         if is_global_zero():
             _save_trained(trained_dir, model, training)
