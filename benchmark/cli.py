@@ -295,15 +295,18 @@ def cmd_submit(argv: list[str]) -> None:
 
 
 def cmd_validate(argv: list[str]) -> None:
+    """Print every check and, last, the verdict: ``ACCEPTED <source>`` (exit 0) or
+    ``REJECTED <check>: <reason>`` (exit 1). Only standard-library modules are loaded until the
+    archive has passed its size limits."""
     from benchmark.results.submission import validate
 
-    if len(argv) != 1:
-        _fail("usage: llm4rec validate ARCHIVE_OR_RUN_DIR")
-    report = validate(Path(argv[0]))
+    p = argparse.ArgumentParser(prog="llm4rec validate")
+    p.add_argument("source", help="run folder or submission archive (.tar.gz)")
+    p.add_argument("--data", default=None, help="your copy of the atomic dataset of a data.source=atomic run")
+    a = p.parse_args(argv)
+    report = validate(Path(a.source), data_path=Path(a.data) if a.data else None)
     print(report.summary())
     if not report.ok:
-        failed = next(c for c in report.checks if not c.ok)
-        print(f"llm4rec: rejected: {failed.name}: {failed.message}", file=sys.stderr)
         sys.exit(1)
 
 
@@ -313,13 +316,10 @@ def cmd_reproduce(argv: list[str]) -> None:
     from benchmark.results.submission import environment_differences, reproduce
 
     if not argv or "=" in argv[0]:
-        _fail("usage: llm4rec reproduce RUN_DIR [reproduce.tolerance_cpu=X ...]")
-    cfg = compose(argv[1:])
+        _fail("usage: llm4rec reproduce RUN_DIR [reproduce.tolerance_cpu=X] [hydra.searchpath=[file://DIR]] [KEY=PATH ...]")
+    cfg = compose(argv[1:])  # the user's own overrides (trusted): tolerance, search path, local paths
     tol = float(cfg.reproduce.tolerance_gpu if torch.cuda.is_available() else cfg.reproduce.tolerance_cpu)
-    passed, rows, new = reproduce(Path(argv[0]), tol)
-    from benchmark.results.record import load_record
-
-    old = load_record(Path(argv[0]))
+    passed, rows, old, new = reproduce(Path(argv[0]), tol, argv[1:])
     for diff in environment_differences(old, new):
         print(f"note: version differs: {diff}")
     width = max(len(k) for k, *_ in rows)

@@ -21,16 +21,32 @@ RECORD_SCHEMA: dict[str, Any] = {
     ],
     "properties": {
         "schema_version": {"const": SCHEMA_VERSION},
-        "run_id": {"type": "string", "minLength": 1},
+        # A plain name: it names the run folder and the archive members.
+        "run_id": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._+@=,-]{0,199}$"},
         "created_at": {"type": "string"},
-        "config": {"type": "object", "required": ["data", "split", "eval", "model", "seed"]},
+        "config": {
+            "type": "object",
+            "required": ["data", "split", "eval", "model", "seed"],
+            "properties": {
+                "data": {"type": "object"},
+                "split": {"type": "object"},
+                "eval": {"type": "object"},
+                "model": {"type": "object"},
+                "slices": {"type": "object"},
+                "seed": {"type": "integer"},
+            },
+        },
         "config_hash": _hash,
         "group_key": _hash,
         "seed": {"type": "integer"},
         "dataset": {
             "type": "object",
             "required": ["name", "fingerprint", "files", "stats"],
-            "properties": {"fingerprint": _hash, "files": {"type": "object", "additionalProperties": _hash}},
+            "properties": {
+                "name": {"type": "string"},
+                "fingerprint": _hash,
+                "files": {"type": "object", "additionalProperties": _hash},
+            },
         },
         "split": {
             "type": "object",
@@ -46,12 +62,15 @@ RECORD_SCHEMA: dict[str, Any] = {
                 "list_length": {"type": "integer", "minimum": 1},
                 "rows": {"type": "integer", "minimum": 0},
                 "n_items": {"type": "integer", "minimum": 1},
-                "slice_rows": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "slice_rows": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
+                "probabilities": {"type": "boolean"},
+                "negatives_fingerprint": _hash,
             },
         },
         "model": {
             "type": "object",
             "required": ["name", "label", "family", "params_total", "params_trainable"],
+            "properties": {"name": {"type": "string"}, "label": {"type": "string"}, "family": {"type": "string"}},
         },
         "labels": {"type": "object", "required": ["device"]},
         "training": {"type": "object", "required": ["seconds"]},
@@ -69,21 +88,27 @@ RECORD_SCHEMA: dict[str, Any] = {
         "predictions": {
             "type": "object",
             "required": ["file", "sha256"],
-            "properties": {"file": {"type": "string"}, "sha256": _hash},
+            "properties": {"file": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._+@=,-]{0,199}$"}, "sha256": _hash},
         },
     },
 }
 
 
-def schema_errors(record: dict[str, Any]) -> list[str]:
-    """Human-readable schema violations (empty when the record is valid)."""
+def schema_errors(record: Any) -> list[str]:
+    """Human-readable schema violations (empty when the record is valid); metrics must be finite."""
+    import math
+
     import jsonschema
 
     validator = jsonschema.Draft202012Validator(RECORD_SCHEMA)
-    return [
+    errs = [
         f"{'/'.join(str(p) for p in e.absolute_path) or '<record>'}: {e.message}"
-        for e in sorted(validator.iter_errors(record), key=lambda e: list(e.absolute_path))
+        for e in sorted(validator.iter_errors(record), key=lambda e: [str(p) for p in e.absolute_path])
     ]
+    metrics = record.get("metrics") if isinstance(record, dict) else None
+    if isinstance(metrics, dict):
+        errs += [f"metrics/{k}: {v} is not a finite number" for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+    return errs
 
 
 def check_record(record: dict[str, Any]) -> None:

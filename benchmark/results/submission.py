@@ -1,4 +1,10 @@
-"""Submissions: pack a run, validate a run or archive against the canonical split, reproduce a run."""
+"""Submissions: pack a run, validate a run or archive against the canonical split, reproduce a run.
+
+Everything read here may have been written by a stranger. Archives and run folders are read with
+the bounds of :class:`~benchmark.results.archive.Limits` before any heavy module is imported;
+nothing in a record is instantiated, and no path in it is used unchecked (see
+:mod:`benchmark.results.rebuild`).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
@@ -13,12 +20,18 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from benchmark.errors import BenchmarkError
-from benchmark.results.recompute import recompute_metrics
-from benchmark.results.record import PREDICTIONS, RECORD
-from benchmark.results.schema import schema_errors
+from benchmark.errors import BenchmarkError, ConfigError
+from benchmark.results.archive import (
+    DEFAULT_LIMITS,
+    RECORD,
+    SAFE_NAME,
+    Limits,
+    Rejected,
+    check_prediction_stream,
+    prediction_lines,
+    read_run_dir,
+    read_submission,
+)
 
 METRIC_TOLERANCE = 1e-9  # recomputed vs reported metric (same code, same predictions)
 
@@ -32,36 +45,59 @@ def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def submit(run_dir: Path, out: Path | None = None) -> Path:
+def submit(run_dir: Path, out: Path | None = None, limits: Limits = DEFAULT_LIMITS) -> Path:
     """Pack record, predictions, resolved config and environment into ``<run_id>.tar.gz``.
 
-    The archive is deterministic (sorted members, mtime 0), so the same run packs to the same bytes.
+    Only ``record.json`` and the predictions file it names are read, both regular files directly
+    inside ``run_dir`` (no links, no paths); members are named ``<run_id>/<file>`` and the run id
+    must be a plain name. The archive is written to ``out`` (default
+    ``submissions/<run_id>.tar.gz``) through a temporary file in the same folder, and is
+    deterministic (sorted members, mtime 0), so the same run packs to the same bytes.
+
+    Raises:
+        BenchmarkError: one line naming the file and field at fault; nothing is written.
     """
+    import gzip
+
+    import yaml
+
+    from benchmark.results.schema import schema_errors
+
     run_dir = Path(run_dir)
-    if not (run_dir / RECORD).exists():
-        raise BenchmarkError(f"{run_dir}: not a run directory (no {RECORD})")
-    record = json.loads((run_dir / RECORD).read_text())
-    pred_file = run_dir / record.get("predictions", {}).get("file", PREDICTIONS)
-    if not pred_file.exists():
-        raise BenchmarkError(f"{pred_file}: predictions file missing")
+    try:
+        sub = read_run_dir(run_dir, limits)
+    except Rejected as e:
+        raise BenchmarkError(f"{run_dir}: {e.reason}") from None
+    record = sub.record
+    errs = schema_errors(record)
+    if errs:
+        raise BenchmarkError(f"{run_dir / RECORD}: {errs[0]}")
     run_id = record["run_id"]
+    if not SAFE_NAME.match(run_id):
+        raise BenchmarkError(f"{run_dir / RECORD}: run_id {run_id[:80]!r} is not a plain name")
+    if hashlib.sha256(sub.predictions).hexdigest() != record["predictions"]["sha256"]:
+        raise BenchmarkError(f"{run_dir / record['predictions']['file']}: sha256 differs from the record's predictions.sha256")
     out = Path(out) if out else Path("submissions") / f"{run_id}.tar.gz"
-    out.parent.mkdir(parents=True, exist_ok=True)
     members = {
         RECORD: (run_dir / RECORD).read_bytes(),
-        pred_file.name: pred_file.read_bytes(),
+        record["predictions"]["file"]: sub.predictions,
         "config.yaml": yaml.safe_dump(record["config"], sort_keys=True).encode(),
         "environment.json": json.dumps(record["environment"], indent=1, sort_keys=True).encode(),
     }
     raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tar:
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for name in sorted(members):
             _tar_add(tar, f"{run_id}/{name}", members[name])
-    import gzip
-
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "wb") as f, gzip.GzipFile(filename="", fileobj=f, mode="wb", mtime=0) as gz:
-        gz.write(raw.getvalue())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp", delete=False) as f:
+        tmp = Path(f.name)
+        try:
+            with gzip.GzipFile(filename="", fileobj=f, mode="wb", mtime=0) as gz:
+                gz.write(raw.getvalue())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    tmp.chmod(0o644)
     tmp.replace(out)
     return out
 
@@ -83,36 +119,26 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return all(c.ok for c in self.checks)
+        return bool(self.checks) and all(c.ok for c in self.checks)
 
     def add(self, name: str, ok: bool, message: str = "") -> bool:
         self.checks.append(Check(name, ok, message))
         return ok
 
+    @property
+    def failed(self) -> Check | None:
+        return next((c for c in self.checks if not c.ok), None)
+
+    def verdict(self) -> str:
+        """``ACCEPTED <source>`` or ``REJECTED <check>: <reason>`` (one line)."""
+        bad = self.failed
+        if bad is None and self.ok:
+            return f"ACCEPTED {self.source}"
+        return f"REJECTED {bad.name}: {bad.message}" if bad else "REJECTED files: nothing was checked"
+
     def summary(self) -> str:
-        lines = [f"{'ACCEPTED' if self.ok else 'REJECTED'}: {self.source}"]
-        lines += [f"  [{'ok' if c.ok else 'FAIL'}] {c.name}" + (f": {c.message}" if c.message else "") for c in self.checks]
-        return "\n".join(lines)
-
-
-def _open_submission(path: Path) -> tuple[dict[str, Any] | None, bytes | None]:
-    """(record, predictions bytes) from a run directory or a submission archive."""
-    path = Path(path)
-    if path.is_dir():
-        rec = json.loads((path / RECORD).read_text()) if (path / RECORD).exists() else None
-        name = (rec or {}).get("predictions", {}).get("file", PREDICTIONS)
-        pred = (path / name).read_bytes() if (path / name).exists() else None
-        return rec, pred
-    if not path.exists():
-        raise BenchmarkError(f"{path}: no such run directory or archive")
-    try:
-        with tarfile.open(path, "r:*") as tar:
-            files = {Path(m.name).name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
-    except tarfile.TarError as e:
-        raise BenchmarkError(f"{path}: not a submission archive ({e})") from None
-    rec = json.loads(files[RECORD]) if RECORD in files else None
-    name = (rec or {}).get("predictions", {}).get("file", PREDICTIONS)
-    return rec, files.get(name)
+        lines = [f"  [{'ok' if c.ok else 'FAIL'}] {c.name}" + (f": {c.message}" if c.message else "") for c in self.checks]
+        return "\n".join([*lines, self.verdict()])
 
 
 @lru_cache(maxsize=8)
@@ -122,83 +148,181 @@ def _canonical_split(data_json: str, split_json: str):
     from benchmark.data.splits import build_split
 
     data = load_dataset(to_object(json.loads(data_json), DataConfig))
-    return build_split(data, to_object(json.loads(split_json), SplitConfig))
+    return data.fingerprint, build_split(data, to_object(json.loads(split_json), SplitConfig))
 
 
-def _canonical(record: dict[str, Any]):
-    """The canonical split (rebuilt from raw data; cached per config) and eval config of a record."""
-    from benchmark.config import EvalConfig, to_object
+def _data_config(cfg: dict[str, Any], data_path: Path | None) -> dict[str, Any]:
+    """The record's data config with every location replaced or checked (never used as given)."""
+    from benchmark.config import DataConfig
+    from benchmark.results.rebuild import check_record_path
+
+    data = dict(cfg)
+    data["cache_dir"] = os.environ.get("LLM4REC_CACHE", ".cache/llm4rec")  # the validator's own cache
+    name = data.get("name")
+    if not isinstance(name, str) or not SAFE_NAME.match(name):
+        raise Rejected("config", f"data.name {str(name)[:60]!r} is not a plain dataset name")
+    if data_path is not None:
+        data["path"] = str(data_path)
+    else:
+        try:
+            check_record_path("data.path", data.get("path"))
+        except ConfigError as e:
+            raise Rejected("config", f"{e} (llm4rec validate ARCHIVE --data DIR)") from None
+    if data.get("raw_dir") is not None:
+        try:
+            check_record_path("data.raw_dir", data.get("raw_dir"))
+        except ConfigError as e:
+            raise Rejected("config", str(e)) from None
+    extra = set(data) - set(DataConfig.__dataclass_fields__)
+    if extra:
+        raise Rejected("config", f"data: unknown key(s) {sorted(extra)}")
+    return data
+
+
+def _typed(node: Any, cls: type, key: str) -> Any:
+    from benchmark.config import to_object
+
+    if not isinstance(node, dict):
+        raise Rejected("config", f"config.{key} is not an object")
+    try:
+        return to_object(node, cls)
+    except BenchmarkError as e:
+        raise Rejected("config", str(e)) from None
+    except Exception as e:  # dataclass construction from foreign values: wrong types, unknown keys
+        raise Rejected("config", f"config.{key}: {type(e).__name__}: {e}") from None
+
+
+def recorded_config_hashes(cfg: dict[str, Any]) -> list[tuple[str, str]]:
+    """(config_hash, group_key) pairs a record with this config may carry, current rule first.
+
+    :func:`benchmark.run.config_hashes` is the rule; records written before ``data.cache_dir``
+    was left out of it (every run committed before that change) hashed it in, so that earlier
+    rule is accepted too. Both commit to the whole result config.
+    """
+    from omegaconf import OmegaConf
+
+    from benchmark.results.record import canonical_json, sha256_text
+    from benchmark.run import config_hashes, result_config
+
+    out = [config_hashes(OmegaConf.create(cfg))]
+    data = cfg.get("data")
+    if isinstance(data, dict) and "cache_dir" in data:
+        c = result_config(OmegaConf.create(cfg))
+        c["data"] = {**c["data"], "cache_dir": data["cache_dir"]}
+        full = sha256_text(canonical_json(c))
+        c.pop("seed", None)
+        out.append((full, sha256_text(canonical_json(c))))
+    return out
+
+
+def validate(path: Path, limits: Limits = DEFAULT_LIMITS, data_path: Path | None = None) -> Report:
+    """Check a run folder or submission archive; the report's verdict names the first failed check.
+
+    Cheap checks (archive limits, record JSON and schema, predictions hash and stream limits)
+    run before numpy/torch are imported. Then the config hash, the dataset and split
+    fingerprints (rebuilt from the raw data), the protocol checks of every predictions line
+    against the canonical test rows, and finally every metric, recomputed from the canonical
+    rows and the submitted lists/scores.
+
+    Args:
+        path: run folder or ``.tar.gz`` archive (untrusted).
+        limits: reading bounds (defaults documented in the README).
+        data_path: the caller's copy of an atomic dataset (``data.source=atomic``); a record's
+            own ``data.path`` is used only when relative and inside the current directory.
+    """
+    report = Report(str(path))
+    try:
+        _validate(report, Path(path), limits, data_path)
+    except Rejected as e:
+        report.add(e.check, False, e.reason)
+    except BenchmarkError as e:
+        report.add("config", False, str(e))
+    except MemoryError:
+        report.add("limits", False, "out of memory")
+    except Exception as e:  # a verdict, never a traceback, whatever the input
+        report.add("unexpected", False, f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
+    return report
+
+
+def _validate(report: Report, path: Path, limits: Limits, data_path: Path | None) -> None:
+    from benchmark.results.schema import schema_errors
+
+    sub = read_submission(path, limits)
+    report.add("files", True)
+    record = sub.record
+    errs = schema_errors(record)
+    if errs:
+        raise Rejected("schema", errs[0])
+    report.add("schema", True)
+    digest = hashlib.sha256(sub.predictions).hexdigest()
+    if digest != record["predictions"]["sha256"]:
+        raise Rejected("predictions_hash", f"sha256 {digest[:12]} != recorded {record['predictions']['sha256'][:12]}")
+    report.add("predictions_hash", True)
+    n_lines = check_prediction_stream(sub.predictions, limits)  # bounded, nothing kept
+    report.add("predictions", True, f"{n_lines} lines")
+
+    # --- heavy part: numpy, torch (via benchmark.run), the canonical split
+    from benchmark.config import EvalConfig, SliceConfig
+    from benchmark.eval.evaluator import evaluate
+    from benchmark.results.protocol import labeled_predictions, ranking_predictions
+    from benchmark.results.rebuild import check_record_config
+    from benchmark.run import eval_rows
 
     cfg = record["config"]
-    split = _canonical_split(json.dumps(cfg["data"], sort_keys=True), json.dumps(cfg["split"], sort_keys=True))
-    return split, to_object(cfg["eval"], EvalConfig)
-
-
-def validate(path: Path) -> Report:
-    """Check a run directory or archive; every failed check is named in the report."""
-    import gzip
-
-    from benchmark.data.views import array_fingerprint, labeled_rows, ranking_rows, sample_negatives
-
-    report = Report(str(path))
-    record, pred_bytes = _open_submission(path)
-    if not report.add("files", record is not None and pred_bytes is not None, "" if record and pred_bytes else "record.json or predictions missing"):
-        return report
-    errs = schema_errors(record)
-    if not report.add("schema", not errs, errs[0] if errs else ""):
-        return report
-    digest = hashlib.sha256(pred_bytes).hexdigest()
-    if not report.add("predictions_hash", digest == record["predictions"]["sha256"], "" if digest == record["predictions"]["sha256"] else f"sha256 {digest[:12]} != recorded {record['predictions']['sha256'][:12]}"):
-        return report
-    lines = [json.loads(x) for x in gzip.decompress(pred_bytes).decode().splitlines() if x]
+    try:
+        check_record_config(cfg, None)
+    except ConfigError as e:
+        raise Rejected("config", str(e)) from None
+    ev = _typed(cfg["eval"], EvalConfig, "eval")
+    slices_cfg = _typed(cfg.get("slices", {}), SliceConfig, "slices")
+    data_cfg = _data_config(cfg["data"], data_path) if isinstance(cfg["data"], dict) else None
+    if data_cfg is None:
+        raise Rejected("config", "config.data is not an object")
+    hashes = recorded_config_hashes(cfg)
+    if (record["config_hash"], record["group_key"]) not in hashes:
+        raise Rejected(
+            "config_hash",
+            f"config_hash {record['config_hash'][:12]} / group_key {record['group_key'][:12]} are not the hashes "
+            f"of the recorded config ({hashes[0][0][:12]} / {hashes[0][1][:12]})",
+        )
+    report.add("config_hash", True)
+    rec_ev = record["eval"]
+    for key, want in (("protocol", ev.protocol), ("ks", ev.ks), ("list_length", ev.max_k)):
+        if rec_ev[key] != want:
+            raise Rejected("config", f"eval.{key}={rec_ev[key]!r} but the recorded config implies {want!r}")
 
     try:
-        split, ev = _canonical(record)
+        data_fp, split = _canonical_split(json.dumps(data_cfg, sort_keys=True), json.dumps(cfg["split"], sort_keys=True))
     except BenchmarkError as e:
-        report.add("split_fingerprint", False, f"cannot rebuild the canonical split: {e}")
-        return report
-    fp_ok = split.fingerprint == record["split"]["fingerprint"]
-    report.add("split_fingerprint", fp_ok, "" if fp_ok else f"{record['split']['fingerprint'][:12]} != canonical {split.fingerprint[:12]}")
-    if not fp_ok:
-        return report
+        raise Rejected("split_fingerprint", f"cannot rebuild the canonical split: {e}") from None
+    except Exception as e:
+        raise Rejected("split_fingerprint", f"cannot rebuild the canonical split: {type(e).__name__}: {e}") from None
+    if data_fp != record["dataset"]["fingerprint"]:
+        raise Rejected("dataset_fingerprint", f"{record['dataset']['fingerprint'][:12]} != canonical {data_fp[:12]}")
+    if split.fingerprint != record["split"]["fingerprint"]:
+        raise Rejected("split_fingerprint", f"{record['split']['fingerprint'][:12]} != canonical {split.fingerprint[:12]}")
+    report.add("split_fingerprint", True)
+    if rec_ev["n_items"] != split.n_items:
+        raise Rejected("config", f"eval.n_items={rec_ev['n_items']} but the canonical split has {split.n_items} items")
 
-    catalogue = set(split.item_ids.tolist())
+    try:
+        rows, facts = eval_rows(split, ev, slices_cfg)  # the run's own test rows (and fixed negatives)
+    except BenchmarkError as e:
+        raise Rejected("rows", f"cannot build the canonical test rows: {e}") from None
+    if ev.protocol == "sampled" and facts.get("negatives_fingerprint") != rec_ev.get("negatives_fingerprint"):
+        raise Rejected("negatives_fingerprint", "fixed negatives differ from the canonical ones")
+    lines = prediction_lines(sub.predictions, limits)
+    if len(lines) != len(rows):
+        raise Rejected("rows", f"{len(lines)} predictions lines for {len(rows)} canonical test rows")
     if ev.protocol == "labeled":
-        rows = labeled_rows(split, "test", split.config["label_threshold"])
-        want = sorted(zip(split.user_ids[rows.users].tolist(), split.item_ids[rows.items].tolist(), rows.labels.tolist(), strict=True))
-        got = sorted((ln.get("user"), ln.get("item"), ln.get("label")) for ln in lines)
-        missing, extra = len(set(want) - set(got)), len(got) - len(set(got))
-        cover_ok = want == got
-        msg = "" if cover_ok else f"{missing} test rows missing, {extra} duplicated, {len(got)} lines for {len(want)} rows"
-        report.add("rows", cover_ok, msg)
-        bad = [ln.get("item") for ln in lines if ln.get("item") not in catalogue]
-        report.add("item_ids", not bad, f"{len(bad)} unknown item ids, e.g. {bad[0]!r}" if bad else "")
-        scores_ok = all(isinstance(ln.get("score"), (int, float)) and math.isfinite(ln["score"]) for ln in lines)
-        report.add("scores", scores_ok, "" if scores_ok else "non-finite or missing scores")
+        pred = labeled_predictions(lines, rows, split.user_ids, split.item_ids, bool(rec_ev.get("probabilities", False)))
     else:
-        rows = ranking_rows(split, "test")
-        want = {str(split.user_ids[u]): sorted(split.item_ids[rows.targets_of(r)].tolist()) for r, u in enumerate(rows.users)}
-        users = [ln.get("user") for ln in lines]
-        dup = len(users) - len(set(users))
-        missing = set(want) - set(users)
-        wrong = [u for u in users if u in want and sorted(next(ln for ln in lines if ln["user"] == u)["targets"]) != want[u]]
-        unknown = set(users) - set(want)
-        cover_ok = not (dup or missing or wrong or unknown)
-        msg = "" if cover_ok else f"{len(missing)} test rows missing, {dup} duplicated, {len(unknown)} unknown users, {len(wrong)} with wrong targets"
-        report.add("rows", cover_ok, msg)
-        bad = [x for ln in lines for x in ln.get("ranked", []) if x is not None and x not in catalogue]
-        short = [ln["user"] for ln in lines if len(ln.get("ranked", [])) < record["eval"]["list_length"]]
-        report.add("item_ids", not bad, f"{len(bad)} unknown item ids, e.g. {bad[0]!r}" if bad else "")
-        report.add("list_length", not short, f"{len(short)} rows shorter than {record['eval']['list_length']}" if short else "")
-        if ev.protocol == "sampled":
-            neg = sample_negatives(split, rows, ev.num_negatives, ev.negatives_seed)
-            nf = array_fingerprint(rows.users, neg)
-            ok = nf == record["eval"].get("negatives_fingerprint")
-            report.add("negatives_fingerprint", ok, "" if ok else "fixed negatives differ from the canonical ones")
-    if not report.ok:
-        return report
+        pred = ranking_predictions(lines, rows, split.user_ids, split.item_ids, ev.protocol, ev.max_k)
+    report.add("protocol", True)
 
-    again = recompute_metrics(record, lines)
+    again, sizes, _ = evaluate(pred, ev.ks, split.n_items)
+    if sizes != rec_ev["slice_rows"]:
+        raise Rejected("rows", f"slice_rows {rec_ev['slice_rows']} != canonical {sizes}")
     diffs = []
     for k, v in record["metrics"].items():
         a = again.get(k)
@@ -209,32 +333,46 @@ def validate(path: Path) -> Report:
     missing = sorted(set(again) - set(record["metrics"]))
     if missing:
         diffs.append(f"metrics not reported: {missing[:3]}")
-    report.add("metrics", not diffs, f"{len(diffs)} differ; first: {diffs[0]}" if diffs else "")
-    return report
+    if diffs:
+        raise Rejected("metrics", f"{len(diffs)} differ; first: {diffs[0]}")
+    report.add("metrics", True, f"{len(again)} recomputed")
 
 
 # ----------------------------------------------------------------------------- reproduce
 
 
-def reproduce(run_dir: Path, tolerance: float) -> tuple[bool, list[tuple[str, float | None, float | None, float]], dict]:
-    """Re-run the recorded config in a clean temporary directory and compare every metric.
+def reproduce(
+    run_dir: Path, tolerance: float, overrides: list[str] | None = None, limits: Limits = DEFAULT_LIMITS
+) -> tuple[bool, list[tuple[str, float | None, float | None, float]], dict, dict]:
+    """Re-run a recorded run in a clean temporary directory and compare every metric.
+
+    The configuration is rebuilt by :func:`benchmark.results.rebuild.rebuild_config` from the
+    project's own config groups (nothing the record names is instantiated unless the project's
+    configs define it), with the user's ``overrides`` (trusted) on top.
 
     Returns:
-        (passed, [(metric, recorded, reproduced, abs diff)], the new record).
-    """
-    from omegaconf import OmegaConf
+        (passed, [(metric, recorded, reproduced, abs diff)], the old record, the new record).
 
-    from benchmark.run import run
+    Raises:
+        ConfigError: the record cannot be rebuilt safely (one line; exit 2 in the CLI).
+    """
+    from benchmark.results.rebuild import rebuild_config
 
     run_dir = Path(run_dir)
-    if not (run_dir / RECORD).exists():
-        raise BenchmarkError(f"{run_dir}: not a run directory (no {RECORD})")
-    old = json.loads((run_dir / RECORD).read_text())
-    cfg = OmegaConf.create(old["config"])
+    try:
+        old = read_run_dir(run_dir, limits).record
+    except Rejected as e:
+        raise ConfigError(f"{run_dir}: {e.reason}") from None
+    from benchmark.results.schema import schema_errors
+
+    errs = schema_errors(old)
+    if errs:
+        raise ConfigError(f"{run_dir / RECORD}: {errs[0]}")
+    cfg = rebuild_config(old, list(overrides or []))
+    from benchmark.run import run
+
     with tempfile.TemporaryDirectory(prefix="llm4rec-reproduce-") as tmp:
         cfg.paths = {"results": f"{tmp}/results", "outputs": f"{tmp}/outputs"}
-        cfg.logger = {}
-        cfg.reuse_trained = False
         new = run(cfg)
     rows = []
     for k in sorted(set(old["metrics"]) | set(new["metrics"])):
@@ -247,12 +385,13 @@ def reproduce(run_dir: Path, tolerance: float) -> tuple[bool, list[tuple[str, fl
             diff = abs(a - b)
         rows.append((k, a, b, diff))
     passed = all(d <= tolerance for *_, d in rows) and new["split"]["fingerprint"] == old["split"]["fingerprint"]
-    return passed, rows, new
+    return passed, rows, old, new
 
 
 def environment_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Package versions that differ between two records' environments."""
-    a, b = old["environment"]["packages"], new["environment"]["packages"]
+    a = (old.get("environment") or {}).get("packages") or {}
+    b = (new.get("environment") or {}).get("packages") or {}
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return []
     return [f"{p}: {a.get(p)} -> {b.get(p)}" for p in sorted(set(a) | set(b)) if a.get(p) != b.get(p)]
-
-

@@ -1,0 +1,367 @@
+"""Bounded readers for untrusted submissions: archives, run folders, records and predictions files.
+
+Everything here is standard library only, so an archive is checked (and a bad one rejected)
+before any heavy module (numpy, torch) is imported: memory stays bounded by :class:`Limits`
+whatever the input claims. Every failure is a :class:`Rejected` with the name of the check
+that failed and a one-line reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import tarfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+RECORD = "record.json"  # same names as benchmark.results.record (kept import-light here)
+PREDICTIONS = "predictions.jsonl.gz"
+# A member or file name we write or accept: no separators, no leading dot, no spaces.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+@=,-]{0,199}$")
+
+KIB, MIB = 1024, 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Upper bounds applied while reading a submission (documented in the README).
+
+    Attributes:
+        members: tar members (files, directories, headers) per archive.
+        member_bytes: bytes of one archive member (as stored in the tar, i.e. the gzip file
+            for predictions), and of a record/predictions file in a run folder.
+        archive_bytes: bytes of the whole tar stream after decompressing the archive.
+        record_bytes: bytes of ``record.json``.
+        predictions_bytes: bytes of the predictions JSON lines after decompression.
+        line_bytes: bytes of one predictions line.
+        header_bytes: bytes of one extended tar header (pax, GNU long name).
+    """
+
+    members: int = 16
+    member_bytes: int = 64 * MIB
+    archive_bytes: int = 160 * MIB
+    record_bytes: int = 4 * MIB
+    predictions_bytes: int = 256 * MIB
+    line_bytes: int = 1 * MIB
+    header_bytes: int = 64 * KIB
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class Rejected(Exception):
+    """A submission failed a check: ``check`` names it, ``reason`` says why (one line)."""
+
+    def __init__(self, check: str, reason: str) -> None:
+        reason = " ".join(str(reason).split())
+        reason = reason if len(reason) <= 300 else reason[:297] + "..."
+        super().__init__(f"{check}: {reason}")
+        self.check, self.reason = check, reason
+
+
+@dataclass
+class Submission:
+    """What was read from an archive or run folder (bytes only; nothing parsed but the record)."""
+
+    source: str
+    record: dict[str, Any]
+    predictions: bytes
+    members: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- JSON
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name} (JSON has no NaN/Infinity)")
+
+
+def loads_strict(text: bytes | str, what: str) -> Any:
+    """``json.loads`` that refuses NaN/Infinity and answers any failure with :class:`Rejected`."""
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        return json.loads(text, parse_constant=_no_constant)
+    except UnicodeDecodeError as e:
+        raise Rejected(what, f"not UTF-8 ({e.reason} at byte {e.start})") from None
+    except RecursionError:
+        raise Rejected(what, "JSON nested too deeply") from None
+    except ValueError as e:
+        raise Rejected(what, f"not valid JSON ({e})") from None
+
+
+def parse_record(data: bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
+    """The record as a JSON object (size-checked, strict JSON)."""
+    if len(data) > limits.record_bytes:
+        raise Rejected("record", f"{RECORD} is {len(data)} bytes, over the limit of {limits.record_bytes}")
+    rec = loads_strict(data, "record")
+    if not isinstance(rec, dict):
+        raise Rejected("record", f"{RECORD} holds a JSON {type(rec).__name__}, not an object")
+    return rec
+
+
+def predictions_name(record: dict[str, Any]) -> str:
+    """The predictions file name a record declares: a plain file name, never a path."""
+    pred = record.get("predictions")
+    name = pred.get("file", PREDICTIONS) if isinstance(pred, dict) else PREDICTIONS
+    if not isinstance(name, str) or not SAFE_NAME.match(name) or name == RECORD:
+        raise Rejected("files", f"predictions.file {str(name)[:80]!r} is not a plain file name")
+    return name
+
+
+# ----------------------------------------------------------------------------- archives
+
+
+class _LimitedGunzip:
+    """A read-only file object decompressing gzip, refusing to produce more than ``limit`` bytes."""
+
+    def __init__(self, raw: Any, limit: int) -> None:
+        self.raw, self.limit, self.total = raw, limit, 0
+        self.dec = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self.buf = b""
+        self.eof = False
+
+    def _fill(self, want: int) -> None:
+        while len(self.buf) < want and not self.eof:
+            if self.dec.unconsumed_tail:
+                chunk = self.dec.decompress(self.dec.unconsumed_tail, 64 * KIB)
+            else:
+                data = self.raw.read(64 * KIB)
+                if not data:
+                    self.eof = True
+                    chunk = self.dec.flush()
+                else:
+                    chunk = self.dec.decompress(data, 64 * KIB)
+                    if self.dec.eof and self.dec.unused_data.strip(b"\0"):
+                        raise Rejected("archive", "data after the end of the gzip stream")
+            self.total += len(chunk)
+            if self.total > self.limit:
+                raise Rejected("limits", f"archive inflates to more than {self.limit} bytes")
+            self.buf += chunk
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = self.limit + 1
+        try:
+            self._fill(n)
+        except zlib.error as e:
+            raise Rejected("archive", f"not a gzip stream ({e})") from None
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """Refuses extended headers (pax, GNU long names) over ``header_bytes`` before reading them."""
+
+    header_limit = DEFAULT_LIMITS.header_bytes
+    _EXTENDED = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in self._EXTENDED and self.size > self.header_limit:
+            raise Rejected("limits", f"extended tar header of {self.size} bytes (limit {self.header_limit})")
+        return super()._proc_member(tarfile_)
+
+
+def _member_name(name: str) -> PurePosixPath:
+    """A member name as a relative path; absolute, ``..``, backslash or control characters are rejected."""
+    if not name or "\\" in name or any(ord(c) < 32 for c in name) or len(name) > 512:
+        raise Rejected("members", f"unsafe member name {name[:80]!r}")
+    p = PurePosixPath(name)
+    if p.is_absolute() or re.match(r"^[A-Za-z]:", name) or ".." in p.parts:
+        raise Rejected("members", f"unsafe member name {name[:80]!r} (absolute or '..')")
+    return p
+
+
+def read_archive(path: Path, limits: Limits = DEFAULT_LIMITS) -> Submission:
+    """Read a submission archive (``.tar.gz`` or plain ``.tar``) as a stream, within ``limits``.
+
+    Exactly one ``record.json`` and one predictions member (the name the record declares, in the
+    same folder) must be present; links, devices and unsafe names are rejected.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        magic = f.read(2)
+        f.seek(0)
+        stream: Any = _LimitedGunzip(f, limits.archive_bytes) if magic == b"\x1f\x8b" else _Capped(f, limits.archive_bytes)
+        tarinfo = type("_TarInfo", (_BoundedTarInfo,), {"header_limit": limits.header_bytes})
+        files: dict[PurePosixPath, bytes] = {}
+        count = 0
+        try:
+            with tarfile.open(fileobj=stream, mode="r|", tarinfo=tarinfo) as tar:
+                for m in tar:
+                    count += 1
+                    if count > limits.members:
+                        raise Rejected("limits", f"more than {limits.members} archive members")
+                    name = _member_name(m.name)
+                    if m.isdir():
+                        continue
+                    if not m.isreg() or m.issparse():
+                        kind = "link" if (m.issym() or m.islnk()) else "special file"
+                        raise Rejected("members", f"{m.name[:80]!r} is a {kind}, only regular files are accepted")
+                    if m.size > limits.member_bytes:
+                        raise Rejected("limits", f"member {m.name[:80]!r} is {m.size} bytes (limit {limits.member_bytes})")
+                    if name in files:
+                        raise Rejected("members", f"member {m.name[:80]!r} appears twice")
+                    fobj = tar.extractfile(m)
+                    data = fobj.read(m.size) if fobj is not None else b""
+                    if len(data) != m.size:
+                        raise Rejected("archive", f"member {m.name[:80]!r} is truncated")
+                    files[name] = data
+        except Rejected:
+            raise
+        except (tarfile.TarError, EOFError, OSError, zlib.error, ValueError, UnicodeError) as e:
+            raise Rejected("archive", f"not a readable tar archive ({type(e).__name__}: {e})") from None
+    records = [n for n in files if n.name == RECORD]
+    if len(records) != 1:
+        raise Rejected("members", f"{len(records)} {RECORD} members; exactly one is required")
+    record = parse_record(files[records[0]], limits)
+    pname = predictions_name(record)
+    preds = [n for n in files if n.name == pname]
+    if len(preds) != 1:
+        raise Rejected("members", f"{len(preds)} {pname} members; exactly one is required")
+    if preds[0].parent != records[0].parent:
+        raise Rejected("members", f"{pname} and {RECORD} are in different folders")
+    return Submission(str(path), record, files[preds[0]], sorted(str(n) for n in files))
+
+
+class _Capped:
+    """A file object that refuses to read more than ``limit`` bytes (uncompressed tar)."""
+
+    def __init__(self, raw: Any, limit: int) -> None:
+        self.raw, self.limit, self.total = raw, limit, 0
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.limit + 1 if n is None or n < 0 else n
+        data = self.raw.read(n)
+        self.total += len(data)
+        if self.total > self.limit:
+            raise Rejected("limits", f"archive larger than {self.limit} bytes")
+        return data
+
+
+def _read_regular(path: Path, folder: Path, limit: int, what: str) -> bytes:
+    """Bytes of a regular file that lies directly in ``folder`` (no links), at most ``limit``."""
+    if path.is_symlink() or not path.is_file():
+        raise Rejected("files", f"{what} {path.name!r} is missing, a link or not a regular file")
+    if path.resolve().parent != folder.resolve():
+        raise Rejected("files", f"{what} {path.name!r} lies outside the run folder")
+    size = path.stat().st_size
+    if size > limit:
+        raise Rejected("limits", f"{what} {path.name!r} is {size} bytes (limit {limit})")
+    with open(path, "rb") as f:
+        return f.read(limit + 1)[:limit]
+
+
+def read_run_dir(path: Path, limits: Limits = DEFAULT_LIMITS) -> Submission:
+    """Read ``record.json`` and the predictions file it names from a run folder, within ``limits``."""
+    path = Path(path)
+    rec_path = path / RECORD
+    if not rec_path.exists() and not rec_path.is_symlink():
+        raise Rejected("files", f"{path}: no {RECORD}")
+    record = parse_record(_read_regular(rec_path, path, limits.record_bytes, RECORD), limits)
+    pname = predictions_name(record)
+    pred = _read_regular(path / pname, path, limits.member_bytes, "predictions file")
+    return Submission(str(path), record, pred, [RECORD, pname])
+
+
+def read_submission(path: Path, limits: Limits = DEFAULT_LIMITS) -> Submission:
+    """A run folder or an archive, read within ``limits``; :class:`Rejected` on any problem."""
+    path = Path(path)
+    if path.is_dir():
+        return read_run_dir(path, limits)
+    if not path.is_file():
+        raise Rejected("files", f"{path}: no such run folder or archive")
+    try:
+        return read_archive(path, limits)
+    except OSError as e:
+        raise Rejected("files", f"{path}: cannot read ({e.strerror or e})") from None
+
+
+# ----------------------------------------------------------------------------- predictions
+
+
+def iter_prediction_lines(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Iterator[bytes]:
+    """Raw lines of a gzip predictions file, decompressed as a stream within ``limits``.
+
+    Raises :class:`Rejected` ("predictions") for data that is not gzip, a line longer than
+    ``limits.line_bytes``, or more than ``limits.predictions_bytes`` in total.
+    """
+    dec = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    total, pending, lineno = 0, b"", 0
+    view = memoryview(data)
+    pos = 0
+    tail = b""
+    while True:
+        try:
+            if tail:
+                chunk = dec.decompress(tail, 64 * KIB)
+            elif pos < len(view):
+                chunk = dec.decompress(view[pos : pos + 64 * KIB], 64 * KIB)
+                pos += 64 * KIB
+            else:
+                chunk = dec.flush()
+        except zlib.error as e:
+            raise Rejected("predictions", f"not a gzip file ({e})") from None
+        tail = dec.unconsumed_tail
+        total += len(chunk)
+        if total > limits.predictions_bytes:
+            raise Rejected("limits", f"predictions inflate to more than {limits.predictions_bytes} bytes")
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for ln in lines:
+            lineno += 1
+            if len(ln) > limits.line_bytes:
+                raise Rejected("limits", f"predictions line {lineno} is longer than {limits.line_bytes} bytes")
+            yield ln
+        if len(pending) > limits.line_bytes:
+            raise Rejected("limits", f"predictions line {lineno + 1} is longer than {limits.line_bytes} bytes")
+        if dec.eof:
+            if dec.unused_data:  # concatenated gzip members are legal; the writer never makes them
+                raise Rejected("predictions", "data after the end of the gzip stream")
+            break
+        if not chunk and not tail and pos >= len(view):
+            raise Rejected("predictions", "truncated gzip file")
+    if pending:
+        yield pending
+
+
+def prediction_lines(data: bytes, limits: Limits = DEFAULT_LIMITS) -> list[Any]:
+    """Parsed predictions lines (each a JSON value; shapes are checked by the protocol checks)."""
+    out = []
+    for i, ln in enumerate(iter_prediction_lines(data, limits), 1):
+        if ln.strip():
+            out.append(loads_strict(ln, f"predictions line {i}"))
+    return out
+
+
+def check_prediction_stream(data: bytes, limits: Limits = DEFAULT_LIMITS) -> int:
+    """Decompress the predictions once without keeping them; the number of non-empty lines."""
+    return sum(1 for ln in iter_prediction_lines(data, limits) if ln.strip())
+
+
+def finite_number(x: Any) -> bool:
+    """A JSON number (not a bool) that is finite."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "Limits",
+    "PREDICTIONS",
+    "RECORD",
+    "Rejected",
+    "Submission",
+    "check_prediction_stream",
+    "finite_number",
+    "loads_strict",
+    "parse_record",
+    "prediction_lines",
+    "predictions_name",
+    "read_archive",
+    "read_run_dir",
+    "read_submission",
+]

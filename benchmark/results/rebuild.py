@@ -1,0 +1,275 @@
+"""Rebuild a recorded run's configuration from this project's own config groups, trusting no code or path.
+
+A record's ``config`` is data written by someone else. :func:`rebuild_config` never instantiates
+it: it checks that every ``_target_`` in it is one that the project's configs (``configs/`` plus
+the directories the *user* adds with ``hydra.searchpath=[...]``) define, picks the config-group
+options the record matches, composes them with :func:`benchmark.cli.compose`, lays the recorded
+values over the result, and checks that the rebuilt config hashes like the recorded one.
+Path values from the record must be relative and stay inside the current directory; cache
+locations, output paths, the logger and checkpoints are the reproducer's own, never the record's.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Iterator
+from importlib import util as importlib_util
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+
+from benchmark.errors import ConfigError
+
+# Hydra's instantiation keys. Any other _x_ key in a record is refused.
+SPECIAL_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
+# Top-level keys the reproducer sets itself (never taken from the record).
+OWN_KEYS = ("paths", "logger", "hydra", "reuse_trained", "skip_existing", "ckpt_path", "reproduce", "run_name")
+# Leaf keys that name files or folders: a recorded value must be relative and stay inside the cwd.
+PATH_KEY = re.compile(r"^(path|raw_dir|first_stage|load_weights|text_encoder|backbone|pretrained|image_root|.*_(path|dir|file|root))$")
+# Config groups whose option is inferred from the record (others keep the project default).
+GROUPS = ("data", "split", "eval", "slices", "model", "adapter", "trainer")
+MAX_DEPTH = 32
+
+
+def _walk(node: Any, path: str = "", depth: int = 0) -> Iterator[tuple[str, str, Any]]:
+    """(dotted path, key, value) of every dict entry, depth-first."""
+    if depth > MAX_DEPTH:
+        raise ConfigError(f"record config: nested deeper than {MAX_DEPTH} levels at {path}")
+    if isinstance(node, dict):
+        for k, v in node.items():
+            p = f"{path}.{k}" if path else str(k)
+            yield p, k, v
+            yield from _walk(v, p, depth + 1)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _walk(v, f"{path}[{i}]", depth + 1)
+
+
+def searchpath_dirs(overrides: list[str]) -> list[Path]:
+    """Config directories the user adds with ``hydra.searchpath=[file://DIR, pkg://module, ...]``."""
+    dirs = []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key.lstrip("+") != "hydra.searchpath":
+            continue
+        for entry in value.strip().strip("[]").split(","):
+            entry = entry.strip().strip("'\"")
+            if entry.startswith("file://"):
+                dirs.append(Path(entry[len("file://") :]))
+            elif entry.startswith("pkg://"):
+                spec = importlib_util.find_spec(entry[len("pkg://") :])
+                if spec is not None and spec.submodule_search_locations:
+                    dirs.extend(Path(p) for p in spec.submodule_search_locations)
+            elif entry:
+                dirs.append(Path(entry))
+    return dirs
+
+
+def config_dirs(overrides: list[str]) -> list[Path]:
+    """The project's ``configs/`` and the user's search-path directories."""
+    from benchmark.cli import CONFIG_DIR
+
+    return [CONFIG_DIR, *searchpath_dirs(overrides)]
+
+
+def _yaml_files(dirs: list[Path]) -> Iterator[tuple[Path, Path]]:
+    for d in dirs:
+        if d.is_dir():
+            for f in sorted(d.rglob("*.yaml")):
+                yield d, f
+
+
+def _load_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+
+
+def defined_targets(dirs: list[Path]) -> set[str]:
+    """Every ``_target_`` value that a YAML file under ``dirs`` defines."""
+    out: set[str] = set()
+    for _, f in _yaml_files(dirs):
+        for _, k, v in _walk(_load_yaml(f)):
+            if k == "_target_" and isinstance(v, str):
+                out.add(v)
+    return out
+
+
+def check_record_config(cfg: Any, allowed: set[str] | None) -> None:
+    """Refuse a record config that could run code or inject interpolations (ConfigError, one line).
+
+    Every ``_target_`` must be one the configs define; only Hydra's own special keys are
+    accepted; keys are plain names; no string may hold an OmegaConf interpolation (``${...}``).
+    With ``allowed=None`` targets are not checked (the config is only hashed, never instantiated).
+    """
+    if not isinstance(cfg, dict):
+        raise ConfigError("record config: not a JSON object")
+    for path, k, v in _walk(cfg):
+        if not isinstance(k, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_\-@]*$", k):
+            raise ConfigError(f"record config: key {str(k)[:60]!r} at {path} is not a plain name")
+        if k.startswith("_") and k.endswith("_") and k not in SPECIAL_KEYS:
+            raise ConfigError(f"record config: {path} is not a key the project's configs use")
+        if k == "_target_" and allowed is not None and v not in allowed:
+            raise ConfigError(
+                f"record config: {path}={str(v)[:80]!r} is not a _target_ defined by this project's configs "
+                "(add its config directory with hydra.searchpath=[file://DIR] to trust it)"
+            )
+        if k == "_args_":
+            raise ConfigError(f"record config: {path}: positional _args_ are not accepted from a record")
+        if isinstance(v, str) and "${" in v:
+            raise ConfigError(f"record config: {path} holds an interpolation {v[:60]!r}; records are resolved")
+
+
+def check_record_path(key: str, value: Any, cwd: Path | None = None) -> None:
+    """A path taken from a record: relative, no ``..``, resolving (links followed) inside ``cwd``."""
+    if value is None or not isinstance(value, str) or value == "":
+        return
+    cwd = (cwd or Path.cwd()).resolve()
+    p = PurePosixPath(value)
+    if p.is_absolute() or value.startswith("~") or "\\" in value or "\0" in value or ".." in p.parts or "://" in value:
+        raise ConfigError(
+            f"{key}={value[:80]!r}: a path from the record must be relative and inside the current directory; "
+            f"pass {key}=PATH on the command line to use your own"
+        )
+    full = cwd / value
+    if full.exists() and not full.resolve().is_relative_to(cwd):
+        raise ConfigError(f"{key}={value[:80]!r}: resolves outside the current directory (a link)")
+
+
+def check_record_paths(cfg: dict[str, Any], trusted: set[str], cwd: Path | None = None) -> None:
+    """Every path-like leaf of ``cfg`` (see :data:`PATH_KEY`), except keys the user set (``trusted``)."""
+    for path, k, v in _walk(cfg):
+        if isinstance(k, str) and PATH_KEY.match(k) and path not in trusted and path.split(".")[0] not in OWN_KEYS:
+            if k.endswith("cache_dir"):
+                continue  # replaced by the reproducer's own cache (see _overlay)
+            check_record_path(path, v, cwd)
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict) and node:
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: node}
+
+
+def infer_choices(cfg: dict[str, Any], dirs: list[Path]) -> list[str]:
+    """``group=option`` for each config group, the option whose own values agree most with the record.
+
+    An option's YAML is scored by its literal leaves (interpolations and ``defaults`` ignored):
+    fewest leaves that differ from the record (or that it lacks) first, then most equal leaves.
+    """
+    out = []
+    for group in GROUPS:
+        rec = cfg.get(group)
+        if not isinstance(rec, dict):
+            continue
+        flat_rec = _flat(rec)
+        best: tuple[tuple[int, int], str] | None = None
+        for d in dirs:
+            gdir = d / group
+            if not gdir.is_dir():
+                continue
+            for f in sorted(gdir.glob("*.yaml")):
+                y = _load_yaml(f)
+                if not isinstance(y, dict):
+                    continue
+                y = {k: v for k, v in y.items() if k != "defaults"}
+                same = differ = 0
+                for k, v in _flat(y).items():
+                    if isinstance(v, str) and "${" in v:
+                        continue
+                    if k in flat_rec and flat_rec[k] == v:
+                        same += 1
+                    else:
+                        differ += 1
+                score = (-differ, same)
+                if best is None or score > best[0]:
+                    best = (score, f.stem)
+        if best is not None:
+            out.append(f"{group}={best[1]}")
+    return out
+
+
+def _drop(node: dict[str, Any], dotted: str) -> None:
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        node = node.get(p) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            return
+    node.pop(parts[-1], None)
+
+
+def _overlay(cfg: dict[str, Any], trusted: set[str]) -> dict[str, Any]:
+    """The recorded values to lay over the composed config: without the reproducer's own keys,
+    cache locations, and the keys the user set on the command line."""
+    out = copy.deepcopy({k: v for k, v in cfg.items() if k not in OWN_KEYS})
+    for path, k, _ in list(_walk(out)):
+        if isinstance(k, str) and k.endswith("cache_dir"):
+            _drop(out, path)
+    for key in trusted:
+        _drop(out, key)
+    return out
+
+
+def _user_keys(overrides: list[str]) -> set[str]:
+    return {o.partition("=")[0].lstrip("+~") for o in overrides if "=" in o}
+
+
+def rebuild_config(record: dict[str, Any], overrides: list[str], cwd: Path | None = None) -> Any:
+    """The recorded run's config, composed from the project's config groups (see module doc).
+
+    Args:
+        record: the parsed record (untrusted).
+        overrides: the user's command-line overrides (trusted), e.g. ``hydra.searchpath=[...]``,
+            ``reproduce.tolerance_cpu=X`` or ``data.path=DIR``.
+        cwd: the directory recorded relative paths must stay inside (default: the current one).
+
+    Returns:
+        A DictConfig ready for :func:`benchmark.run.run` once the caller sets ``paths``.
+
+    Raises:
+        ConfigError: a ``_target_`` the configs do not define, an unsafe path, or a config that
+            the project's configs cannot rebuild with the recorded hash.
+    """
+    from omegaconf import OmegaConf
+
+    from benchmark.cli import compose
+    from benchmark.results.submission import recorded_config_hashes
+    from benchmark.run import result_config
+
+    cfg = record.get("config")
+    dirs = config_dirs(overrides)
+    check_record_config(cfg, defined_targets(dirs))
+    trusted = _user_keys(overrides)
+    check_record_paths(cfg, trusted, cwd)
+
+    recorded = OmegaConf.create(cfg)
+    if record.get("config_hash") not in [h for h, _ in recorded_config_hashes(cfg)]:
+        raise ConfigError("record: config_hash is not the hash of the recorded config")
+    base = compose(infer_choices(cfg, dirs) + list(overrides))
+    OmegaConf.set_struct(base, False)
+    merged = OmegaConf.merge(base, OmegaConf.create(_overlay(cfg, trusted)))
+    merged.logger = None
+    merged.reuse_trained = False
+    merged.skip_existing = False
+    merged.ckpt_path = None
+    a, b = _flat(result_config(recorded)), _flat(result_config(merged))
+    # Keys the record lacks were added to the configs since; they keep the project's defaults.
+    diff = sorted(k for k in a if a[k] != b.get(k, "<absent>") and not _under(k, trusted))
+    if diff:
+        k = diff[0]
+        raise ConfigError(
+            f"record: the project's configs cannot rebuild the recorded config ({len(diff)} keys differ; "
+            f"{k}: recorded {json.dumps(a.get(k, '<absent>'))[:60]}, rebuilt {json.dumps(b.get(k, '<absent>'))[:60]})"
+        )
+    return merged
+
+
+def _under(key: str, trusted: set[str]) -> bool:
+    return any(key == t or key.startswith(t + ".") for t in trusted)
