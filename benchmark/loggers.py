@@ -20,9 +20,13 @@ def wandb_online() -> bool:
         return False
 
 
-def csv_logger(save_dir: str, run_id: str) -> Logger:
-    """Lightning's CSV logger under ``save_dir/run_id``."""
-    return CSVLogger(save_dir=save_dir, name=run_id, version="")
+def csv_logger(save_dir: str, run_id: str, version: str = "") -> Logger:
+    """Lightning's CSV logger under ``save_dir/run_id/version``.
+
+    ``run`` passes each invocation's own ``version`` (time and process id), so two invocations
+    of one run never share (or delete) each other's ``metrics.csv``.
+    """
+    return CSVLogger(save_dir=save_dir, name=run_id, version=version)
 
 
 def wandb_logger(
@@ -32,11 +36,13 @@ def wandb_logger(
     entity: str | None = None,
     offline: bool | None = None,
     tags: list[str] | None = None,
+    version: str | None = None,
 ) -> Logger:
     """Lightning's wandb logger; ``offline=None`` means offline unless a key is configured.
 
     Offline runs are stored under ``save_dir/wandb`` and can be uploaded later with
-    ``wandb sync <dir>``.
+    ``wandb sync <dir>``. The wandb run is named after the run id; its id is the run id plus this
+    invocation's ``version``, so every invocation is a wandb run (and folder) of its own.
     """
     from pytorch_lightning.loggers import WandbLogger
 
@@ -46,7 +52,7 @@ def wandb_logger(
         project=project,
         entity=entity,
         name=run_id,
-        id=run_id,
+        id=f"{run_id}-{version}" if version else run_id,
         save_dir=save_dir,
         offline=off,
         tags=list(tags or []),

@@ -10,7 +10,8 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from benchmark.errors import ConfigError
 from benchmark.eval.evaluator import Predictions, evaluate
 from benchmark.eval.ranking import rank_candidates, rank_full
 from benchmark.models.components.adapter import adapter_label, is_active_node
+from benchmark.progress import Progress, RunLog, run_version
 from benchmark.results.record import (
     SCHEMA_VERSION,
     canonical_json,
@@ -89,12 +91,35 @@ def training_key(cfg: DictConfig) -> str:
 
 
 def _load_trained(directory: Path, model: torch.nn.Module) -> dict[str, Any] | None:
-    """Weights and training facts saved by an earlier run with the same training key."""
-    facts = directory / "training.json"
-    if not facts.exists():
+    """Weights and training facts saved by an earlier run with the same training key.
+
+    Returns the training facts of THIS run: ``seconds`` 0 (nothing was trained), the original
+    run's seconds under ``original_seconds``, the weights folder (``reused_from``) and the run
+    that trained them (``trained_by``; None for weights saved before it was recorded). None when
+    the folder holds no weights. A folder that cannot be loaded is a one-line ConfigError.
+    """
+    facts_file = directory / "training.json"
+    if not facts_file.is_file():
         return None
-    model.load_state_dict(torch.load(directory / "model.pt", map_location="cpu", weights_only=True))
-    return {**json.loads(facts.read_text()), "reused_from": directory.name}
+    try:
+        facts = json.loads(facts_file.read_text())
+        if not isinstance(facts, dict):
+            raise ValueError("training.json is not a JSON object")
+        original = float(facts.get("seconds") or 0.0)
+        model.load_state_dict(torch.load(directory / "model.pt", map_location="cpu", weights_only=True))
+    except Exception as e:  # unreadable facts, missing or mismatched weights: never train on a half-loaded model
+        reason = " ".join(str(e).split())[:300] or type(e).__name__
+        raise ConfigError(
+            f"reuse_trained: cannot reuse the weights in {directory} ({reason}); "
+            "delete that folder or run with reuse_trained=false"
+        ) from None
+    return {
+        **facts,
+        "seconds": 0.0,
+        "original_seconds": original,
+        "reused_from": directory.name,
+        "trained_by": facts.get("trained_by"),
+    }
 
 
 def _save_trained(directory: Path, model: torch.nn.Module, facts: dict[str, Any]) -> None:
@@ -236,8 +261,15 @@ def predict(
     device: torch.device,
     trainer_kwargs: dict[str, Any] | None = None,
     progress: bool = True,
+    log: RunLog | None = None,
 ) -> Predictions:
-    """Model outputs for the test rows, in one process or sharded over the trainer's processes."""
+    """Model outputs for the test rows, in one process or sharded over the trainer's processes.
+
+    In one process, an ``eval`` counter (:class:`~benchmark.progress.Progress`: a bar on a
+    terminal, status lines with rows/s and ETA in ``log``) advances per chunk of
+    ``eval.chunk_users`` rows, and inside a chunk wherever the model reports
+    (:func:`~benchmark.progress.within_chunk`: LLM scoring and generation).
+    """
     fn = row_predictor(rows, ev)
     model.eval().to(device)
     if trainer_kwargs is not None and is_distributed(trainer_kwargs):
@@ -245,14 +277,12 @@ def predict(
 
         out = predict_sharded(model, fn, len(rows), ev.chunk_users, trainer_kwargs)
     else:
-        bar = _bar(len(rows), "eval", progress)
         parts = []
-        for start in range(0, len(rows), ev.chunk_users):
-            ids = np.arange(start, min(start + ev.chunk_users, len(rows)))
-            with torch.no_grad():
-                parts.append(fn(model, ids, device))
-            bar.update(len(ids))
-        bar.close()
+        with Progress(len(rows), "eval", enabled=progress, log=log) as bar:
+            for start in range(0, len(rows), ev.chunk_users):
+                ids = np.arange(start, min(start + ev.chunk_users, len(rows)))
+                with torch.no_grad(), bar.chunk(len(ids)):
+                    parts.append(fn(model, ids, device))
         out = np.concatenate(parts) if parts else np.zeros((0, ev.max_k), dtype=np.int64)
     extra = dict(getattr(model, "prediction_facts", lambda: {})())
     if ev.protocol == "labeled":
@@ -261,14 +291,55 @@ def predict(
     return Predictions(rows, ranked=out, extra=extra)
 
 
-def _bar(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
+def _file_state(path: Path) -> tuple[int, int] | None:
+    """(inode, mtime in ns) of ``path``, None when absent: tells whether a file was rewritten."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
-    return tqdm(total=total, desc=desc, unit="user", leave=False, disable=not enabled, file=sys.stderr)
+
+def _announce(log: RunLog) -> Callable[[str], None]:
+    """A message the user must see now (stderr) that also goes into the run's log file."""
+
+    def say(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+        log.file_only(message)
+
+    return say
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train and evaluate one composed experiment; write and return its run record."""
+    """Train and evaluate one composed experiment; write and return its run record.
+
+    One process at a time per run id: the writing process (global rank 0) holds an exclusive
+    lock on ``<outputs>/locks/<run_id>.lock`` (:mod:`benchmark.runlock`) until the record is
+    written. A second invocation of the same run waits for the first; when the first wrote the
+    record meanwhile, that record is returned and nothing is trained or written again.
+    Progress lines go into ``<outputs>/logs/<run_id>/<version>/run.log`` (and to stdout when it
+    is not a terminal); ``version`` is this invocation's (time and process id).
+    """
+    from benchmark.runlock import exclusive, lock_path
+
+    run_id = run_id_for(cfg, config_hashes(cfg)[0])
+    outputs = Path(cfg.paths.outputs)
+    version = run_version()
+    if not is_global_zero():  # other processes of a distributed run write nothing and lock nothing
+        return _run(cfg, RunLog(), version)
+    log = RunLog(outputs / "logs" / run_id / version / "run.log")
+    existing = Path(cfg.paths.results) / "runs" / run_id / "record.json"
+    before = _file_state(existing)
+    busy = f"[{run_id}] the same run is in progress"
+    with exclusive(lock_path(outputs, run_id), _announce(log), busy) as waited:
+        if waited and existing.is_file() and _file_state(existing) != before:
+            log.line(f"[{run_id}] recorded meanwhile by the run it waited for: {existing.parent}; not run again")
+            return json.loads(existing.read_text())
+        return _run(cfg, log, version)
+
+
+def _run(cfg: DictConfig, log: RunLog, version: str) -> dict[str, Any]:
+    """:func:`run` once its lock is held (or in a process that writes nothing)."""
     import pytorch_lightning as pl
 
     data_cfg: DataConfig = to_object(cfg.data, DataConfig)
@@ -284,6 +355,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("skip_existing") and existing.exists():  # long sweeps continue where they stopped
         print(f"[{run_id}] already recorded in {existing.parent}; skipped (skip_existing=true)")
         return json.loads(existing.read_text())
+    resume = resume_checkpoint(cfg, outputs / "checkpoints" / run_id)
 
     data = load_dataset(data_cfg)
     split = build_split(data, split_cfg)
@@ -296,52 +368,63 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    logger = instantiate(cfg.logger, run_id=run_id) if cfg.get("logger") else None
+    logger = make_logger(cfg, run_id, version)
     training: dict[str, Any] = {"seconds": 0.0}
     trainer_kwargs = trainer_arguments(cfg)
-    trained_dir = outputs / "models" / training_key(cfg)[:16]
-    reused = _load_trained(trained_dir, model) if n_train and cfg.get("reuse_trained", True) else None
-    if cfg.get("load_weights"):
-        weights = Path(cfg.load_weights)
-        if not weights.exists():
-            raise ConfigError(f"load_weights: file not found: {weights}")
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        training = {"seconds": 0.0, "loaded_weights": str(weights)}
-    elif reused is not None:
-        training = reused
-    elif n_train and cfg.model.get("train"):
-        from benchmark.launch import requeued_checkpoint
-        from benchmark.training import PairwiseStream, fit
+    trains = bool(n_train and cfg.model.get("train"))
+    if resume is not None and not trains:
+        raise ConfigError(f"ckpt_path: model {cfg.model.name} trains nothing; there is no checkpoint to resume")
+    key = training_key(cfg)[:16]
+    trained_dir = outputs / "models" / key
+    with _training_lock(outputs, key, log, run_id):
+        # An explicit checkpoint to resume, or given weights, win over weights of an earlier run.
+        may_reuse = n_train and resume is None and not cfg.get("load_weights") and cfg.get("reuse_trained", True)
+        reused = _load_trained(trained_dir, model) if may_reuse else None
+        if cfg.get("load_weights"):
+            weights = Path(cfg.load_weights)
+            if not weights.exists():
+                raise ConfigError(f"load_weights: file not found: {weights}")
+            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            training = {"seconds": 0.0, "loaded_weights": str(weights)}
+        elif reused is not None:
+            training = reused
+            log.line(f"[{run_id}] {reuse_note(training, trained_dir)}; nothing trained (reuse_trained=false trains again)")
+        elif trains:
+            from benchmark.launch import requeued_checkpoint
+            from benchmark.training import PairwiseStream, fit
 
-        if ev.protocol == "labeled":
-            valid = labeled_rows(split, "valid", split_cfg.label_threshold)
-        else:
-            valid = ranking_rows(split, "valid")
-        if len(valid) == 0:
-            raise ConfigError(f"split {split.protocol}: the valid part is empty; early stopping needs it")
-        batch_size, train_seed = int(cfg.model.train.batch_size), seed
-        if hasattr(model, "train_dataset"):
-            train_data = model.train_dataset(split, batch_size, train_seed)
-        else:
-            train_data = PairwiseStream(tr["user"].to_numpy(), tr["item"].to_numpy(), split.n_items, batch_size, train_seed)
-        training = fit(
-            model,
-            train_data,
-            valid,
-            cfg.model.train,
-            {**trainer_kwargs, "logger": logger if logger is not None else False},
-            seed,
-            str(outputs / "checkpoints" / run_id),
-            ev.valid_metric,
-            ev.chunk_users,
-            requeued_checkpoint(cfg.get("ckpt_path"), outputs / "checkpoints" / run_id),  # SLURM requeue resumes
-        )
-        if is_global_zero():
-            _save_trained(trained_dir, model, training)
+            if ev.protocol == "labeled":
+                valid = labeled_rows(split, "valid", split_cfg.label_threshold)
+            else:
+                valid = ranking_rows(split, "valid")
+            if len(valid) == 0:
+                raise ConfigError(f"split {split.protocol}: the valid part is empty; early stopping needs it")
+            batch_size, train_seed = int(cfg.model.train.batch_size), seed
+            if hasattr(model, "train_dataset"):
+                train_data = model.train_dataset(split, batch_size, train_seed)
+            else:
+                train_data = PairwiseStream(tr["user"].to_numpy(), tr["item"].to_numpy(), split.n_items, batch_size, train_seed)
+            if resume is not None:
+                log.line(f"[{run_id}] resuming training from ckpt_path={resume}")
+            training = fit(
+                model,
+                train_data,
+                valid,
+                cfg.model.train,
+                {**trainer_kwargs, "logger": logger if logger is not None else False},
+                seed,
+                str(outputs / "checkpoints" / run_id),
+                ev.valid_metric,
+                ev.chunk_users,
+                requeued_checkpoint(resume, outputs / "checkpoints" / run_id),  # SLURM requeue resumes
+                log=log,
+            )
+            if is_global_zero():
+                _save_trained(trained_dir, model, {**training, "trained_by": run_id})
 
     t0 = time.perf_counter()
     rows, facts = eval_rows(split, ev, slices)
-    pred = predict(model, rows, ev, _device(cfg), trainer_kwargs, progress)
+    pred = predict(model, rows, ev, _device(cfg), trainer_kwargs, progress, log=log)
     metrics, sizes, _ = evaluate(pred, ev.ks, split.n_items)
     eval_seconds = time.perf_counter() - t0
 
@@ -384,7 +467,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "training": training,
         "metrics": _clean(metrics),
         "efficiency": {
-            "train_seconds": round(training["seconds"], 3),  # of the original training when reused
+            "train_seconds": round(training["seconds"], 3),  # of this run: 0 when weights were reused or loaded
+            **(
+                {"original_train_seconds": round(training["original_seconds"], 3)}
+                if "original_seconds" in training
+                else {}
+            ),
             "eval_seconds": round(eval_seconds, 3),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -401,7 +489,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from benchmark.loggers import log_final
 
     log_final(logger, record, run_dir)
-    print(summary_line(record, run_dir))
+    line = summary_line(record, run_dir)
+    print(line)
+    log.file_only(line)
     return record
 
 
@@ -411,4 +501,90 @@ def summary_line(record: dict[str, Any], run_dir: Path) -> str:
     keys = [k for k in ("test/ndcg@10", "test/hr@10", "test/auc", "test/gauc") if k in m]
     vals = " ".join(f"{k.split('/', 1)[1]}={m[k]:.4f}" for k in keys if m[k] is not None)
     eff = record["efficiency"]
-    return f"[{record['run_id']}] {vals} (train {eff['train_seconds']:.1f}s, eval {eff['eval_seconds']:.1f}s) -> {run_dir}"
+    t = record.get("training") or {}
+    if t.get("reused_from"):
+        train = f"train 0.0s, {reuse_note(t)}"
+    elif t.get("loaded_weights"):
+        train = "train 0.0s, weights loaded (load_weights)"
+    elif t.get("resumed_from"):
+        train = f"train {eff['train_seconds']:.1f}s resumed from ckpt_path={t['resumed_from']}"
+    else:
+        train = f"train {eff['train_seconds']:.1f}s"
+    return f"[{record['run_id']}] {vals} ({train}, eval {eff['eval_seconds']:.1f}s) -> {run_dir}"
+
+
+def reuse_note(training: dict[str, Any], trained_dir: Path | None = None) -> str:
+    """``reused weights models/<key> (trained by <run id> in 19.3s)``: what a reusing run says."""
+    where = str(trained_dir) if trained_dir is not None else f"models/{training.get('reused_from')}"
+    by = training.get("trained_by")
+    seconds = training.get("original_seconds")
+    origin = " ".join(
+        x for x in (f"by {by}" if by else "", f"in {float(seconds):.1f}s" if seconds is not None else "") if x
+    )
+    return f"reused weights {where}" + (f" (trained {origin})" if origin else "")
+
+
+def resume_checkpoint(cfg: DictConfig, ckpt_dir: Path) -> str | None:
+    """``ckpt_path`` checked: None, ``"last"`` (this run's ``last.ckpt`` exists) or an existing file.
+
+    A checkpoint to resume is honoured before weights of an earlier run (``reuse_trained``); with
+    ``load_weights``, with a model that trains nothing, or when the file is missing, it is refused
+    with a one-line ConfigError (Lightning would otherwise start from scratch without a word).
+    """
+    ckpt = cfg.get("ckpt_path")
+    if ckpt is None:
+        return None
+    if not isinstance(ckpt, str) or not ckpt.strip():
+        raise ConfigError(f"ckpt_path: expected a checkpoint file or 'last', got {ckpt!r}")
+    if cfg.get("load_weights"):
+        raise ConfigError("ckpt_path: cannot resume training and evaluate load_weights at once; drop one of them")
+    if not cfg.model.get("train"):
+        raise ConfigError(f"ckpt_path: model {cfg.model.name} trains nothing; there is no checkpoint to resume")
+    if ckpt == "last":
+        if not (ckpt_dir / "last.ckpt").is_file():
+            raise ConfigError(
+                f"ckpt_path=last: nothing to resume, {ckpt_dir / 'last.ckpt'} does not exist "
+                "(it is written while this run id trains)"
+            )
+        return ckpt
+    if not Path(ckpt).is_file():
+        raise ConfigError(f"ckpt_path: no such file: {ckpt}")
+    return ckpt
+
+
+def make_logger(cfg: DictConfig, run_id: str, version: str) -> Any:
+    """The experiment logger of ``cfg.logger`` (None for ``logger=none``), in a folder of its own.
+
+    Loggers whose factory takes ``version`` get this invocation's (``<run_id>/<version>``), so a
+    rerun or a concurrent start never writes into another invocation's files.
+    """
+    if not cfg.get("logger"):
+        return None
+    import inspect
+
+    from hydra.utils import get_method
+
+    kwargs: dict[str, Any] = {"run_id": run_id}
+    try:
+        if "version" in inspect.signature(get_method(cfg.logger._target_)).parameters:
+            kwargs["version"] = version
+    except (ValueError, TypeError, AttributeError, ImportError):  # not introspectable: call as before
+        pass
+    return instantiate(cfg.logger, **kwargs)
+
+
+@contextmanager
+def _training_lock(outputs: Path, key: str, log: RunLog, run_id: str) -> Iterator[None]:
+    """While one process trains the weights of ``key`` (or loads them), others with the same key wait.
+
+    Runs that differ only in the eval protocol share their trained weights: the second waits
+    for the first to save them and then reuses them. Only the writing process locks.
+    """
+    if not is_global_zero():
+        yield
+        return
+    from benchmark.runlock import exclusive, lock_path
+
+    busy = f"[{run_id}] the same weights (training key {key}) are being trained"
+    with exclusive(lock_path(outputs, f"train-{key}"), _announce(log), busy):
+        yield

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from benchmark.data.views import LabeledRows, RankingRows
 from benchmark.eval.evaluator import ranking_per_row
 from benchmark.eval.metrics import auc
 from benchmark.eval.ranking import rank_full
+from benchmark.progress import RunLog, is_terminal
 
 
 @contextmanager
@@ -142,6 +144,8 @@ class RecTask(pl.LightningModule):
         loss = self.model.loss(batch)
         size = len(next(iter(batch.values())))
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=size)
+        # The running step loss for the terminal bar only (loggers keep the epoch mean above).
+        self.log("loss", loss, on_step=True, on_epoch=False, prog_bar=True, logger=False, batch_size=size)
         return loss
 
     def validation_step(self, row_ids: torch.Tensor, batch_idx: int) -> None:
@@ -179,10 +183,53 @@ class RecTask(pl.LightningModule):
             value = auc(self.valid_rows.labels[ids], values)
         else:
             value = float(values.mean()) if len(values) else 0.0
-        self.log(f"valid/{self.valid_metric}", float(value), sync_dist=False)
+        self.log(f"valid/{self.valid_metric}", float(value), sync_dist=False, prog_bar=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.model.parameters())
+
+
+class EpochLog(pl.Callback):
+    """One line per training epoch: epoch, train loss, validation metric, seconds.
+
+    Written to the run's :class:`~benchmark.progress.RunLog` (its log file always; stdout when
+    stdout is not a terminal), by the global-zero process only. The epoch that improves the
+    validation metric is marked ``best``.
+
+    Args:
+        log: where the lines go.
+        valid_metric: the monitored metric without ``valid/`` (``ndcg@10``, ``auc``).
+    """
+
+    def __init__(self, log: RunLog, valid_metric: str) -> None:
+        self.run_log = log
+        self.valid_metric = valid_metric
+        self.best: float | None = None
+        self._t0 = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        self.run_log.line(self.line(trainer.current_epoch, trainer.max_epochs, trainer.callback_metrics))
+
+    def line(self, epoch: int, max_epochs: int | None, metrics: dict[str, Any]) -> str:
+        """``epoch 3/20  train/loss=0.6931  valid/ndcg@10=0.1234 best  (1.2s)`` (epoch counted from 1)."""
+        seconds = time.perf_counter() - self._t0
+        loss, value = metrics.get("train/loss"), metrics.get(f"valid/{self.valid_metric}")
+        parts = [f"epoch {epoch + 1}/{max_epochs if max_epochs and max_epochs > 0 else '?'}"]
+        parts.append(f"train/loss={float(loss):.4f}" if loss is not None else "train/loss=n/a")
+        if value is None:
+            parts.append(f"valid/{self.valid_metric}=n/a")
+        else:
+            v = float(value)
+            improved = self.best is None or v > self.best
+            self.best = v if improved else self.best
+            parts.append(f"valid/{self.valid_metric}={v:.4f}" + (" best" if improved else ""))
+        parts.append(f"({seconds:.1f}s)")
+        return "  ".join(parts)
 
 
 def _subset_rows(rows: RankingRows, ids: np.ndarray) -> RankingRows:
@@ -205,11 +252,16 @@ def fit(
     valid_metric: str = "ndcg@10",
     chunk_users: int = 1024,
     ckpt_path: str | None = None,
+    log: RunLog | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place with early stopping on ``valid_metric``; keep the best epoch.
 
     ``train_data`` yields ready batches (dicts of tensors) for ``model.loss``; streams
     with ``rank``/``world`` attributes split every batch across processes.
+
+    Progress: one line per epoch (:class:`EpochLog`) into ``log`` (default: stdout when it is
+    not a terminal); the terminal bar shows the step loss and the validation metric. When stdout
+    is not a terminal, Lightning's bar is off (its redraws would only clutter a log file).
 
     Returns:
         training facts for the run record (epochs, best epoch and value, seconds).
@@ -222,7 +274,10 @@ def fit(
     task = RecTask(model, valid_rows, instantiate(train_cfg.optimizer), valid_metric, chunk_users)
     monitor = f"valid/{valid_metric}"
     ckpt = ModelCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode="max", save_last=True, filename="best")
-    callbacks = [ckpt, EarlyStopping(monitor=monitor, mode="max", patience=int(train_cfg.patience))]
+    epochs = EpochLog(log if log is not None else RunLog(), valid_metric)
+    callbacks = [ckpt, EarlyStopping(monitor=monitor, mode="max", patience=int(train_cfg.patience)), epochs]
+    if not is_terminal(sys.stdout):
+        trainer_kwargs = {**trainer_kwargs, "enable_progress_bar": False}
     with quiet_lightning():
         trainer = pl.Trainer(max_epochs=int(train_cfg.max_epochs), callbacks=callbacks, **trainer_kwargs)
     if hasattr(train_data, "rank"):  # shard every batch across processes

@@ -33,6 +33,7 @@ from benchmark.errors import ConfigError
 from benchmark.models.components.llm import load_causal_lm, shared_prefix_logprobs
 from benchmark.models.components.prompts import PromptTemplate, continuation_ids, item_texts
 from benchmark.models.tallrec import MACHINE_FACTS, as_template
+from benchmark.progress import within_chunk
 
 ORDERS = ("first_stage", "reverse", "random")
 
@@ -217,8 +218,10 @@ class LLMRerank(nn.Module):
         """[B] users -> [B, n_items]: LLM scores of each user's candidates, -inf elsewhere."""
         out = torch.full((len(users), self.n_items), float("-inf"))
         todo = [u for u in users.tolist() if u not in self._scores]
+        advance = within_chunk(len(todo))  # the evaluator's bar: rows/s and ETA
         for start in range(0, len(todo), self.user_batch_size):
             self._score_users(todo[start : start + self.user_batch_size])
+            advance(len(todo[start : start + self.user_batch_size]))
         for r, u in enumerate(users.tolist()):
             cands = self.candidates[u]
             cands = cands[cands >= 0]

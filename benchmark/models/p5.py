@@ -67,6 +67,7 @@ from benchmark.models.components.llm import (
 )
 from benchmark.models.components.seq_prompts import SeqPromptSet
 from benchmark.models.components.trie import ItemTrie, TrieConstraint
+from benchmark.progress import within_chunk
 
 # T5 size presets trained from scratch (t5-small: Raffel et al. 2020; tiny: for tests).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -634,9 +635,11 @@ class P5(nn.Module):
         excluded = [rows.exclude[rows.exclude_ptr[r] : rows.exclude_ptr[r + 1]] for r in row_ids]
         out = np.full((len(row_ids), k), -1, dtype=np.int64)
         codes = np.full((len(row_ids), k), UNFILLED, dtype=np.int8)
+        advance = within_chunk(len(row_ids))  # the evaluator's bar: rows/s and ETA
         for s in range(0, len(row_ids), self.decode_batch_size):
             e = min(s + self.decode_batch_size, len(row_ids))
             out[s:e], codes[s:e] = self.generate_items(prompts[s:e], excluded[s:e], k, device)
+            advance(e - s)
         stats = self._stats.setdefault(rows.part, {})
         for r, c in zip(row_ids.tolist(), codes, strict=True):
             stats[r] = c

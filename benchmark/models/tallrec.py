@@ -55,6 +55,7 @@ from benchmark.models.components.llm import (
     next_token_logits,
 )
 from benchmark.models.components.prompts import PromptTemplate, answer_token_ids, item_texts
+from benchmark.progress import within_chunk
 
 SHOT_CHOICES = "a positive integer or 'all'"
 MACHINE_FACTS = ("load_seconds", "dequantize_seconds", "cache")  # differ between machines: not recorded
@@ -346,6 +347,7 @@ class TallRec(nn.Module):
         order = np.argsort([len(s) for s in seqs], kind="stable")
         out = torch.empty(len(seqs), dtype=torch.float32)
         ids = torch.as_tensor(self.answer_ids)
+        advance = within_chunk(len(order))  # the evaluator's bar: prompts/s and ETA
         for start in range(0, len(order), self.score_batch_size):
             idx = order[start : start + self.score_batch_size]
             batch = left_pad([seqs[i] for i in idx], self.tokenizer.pad_token_id)
@@ -355,6 +357,7 @@ class TallRec(nn.Module):
             logits = next_token_logits(self.lm, batch).float()  # [b, V]
             pair = logits[:, ids.to(logits.device)]  # [b, 2] (yes, no)
             out[torch.as_tensor(idx)] = pair.softmax(dim=-1)[:, 0].cpu()
+            advance(len(idx))
         return out
 
     def score_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
