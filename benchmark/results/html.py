@@ -72,8 +72,9 @@ standard deviation over seeds; the best mean of each column is highlighted; an e
 metric the run did not measure. ▲/▼: significantly better/worse than the best baseline of the
 table (paired Wilcoxon test over per-user values of the headline metric, Holm-corrected,
 p &lt; 0.05; for labeled tables per-user AUC, which GAUC summarises, not the pooled AUC).
-The plots draw the headline metric against the cost of one run: training plus evaluation seconds,
-on the hardware named in the device column. Click a column header to sort; each row links to its
+The plots draw the headline metric against the cost of one run: training plus evaluation seconds
+(a run that reused trained weights counts the training behind them), on the hardware named in the
+device column. Click a column header to sort; each row links to its
 run records.</p>
 <div class="controls">
 <label>Slice <select id="slice"></select></label>

@@ -411,6 +411,15 @@ def _mean(values: list[Any]) -> float | None:
     return float(np.mean(xs)) if xs else None
 
 
+def _training_cost(efficiency: dict[str, Any]) -> float | None:
+    """Seconds of training behind a run's weights: its own, plus the original run's when it reused them."""
+    own = _finite(efficiency.get("train_seconds"))
+    if own is None or own < 0:
+        return None
+    original = _finite(efficiency.get("original_train_seconds"))
+    return own + (original if original is not None and original >= 0 else 0.0)
+
+
 def aggregate(runs: list[tuple[dict[str, Any], Path]], warn: Warn | None = None) -> list[dict[str, Any]]:
     """Group runs by table and seed group: mean/std of every metric, per-user headline values, significance."""
     warn = warn or _stderr_warning
@@ -434,6 +443,7 @@ def aggregate(runs: list[tuple[dict[str, Any], Path]], warn: Warn | None = None)
         backbone = (first["model"].get("notes") or {}).get("backbone") or ""
         train = _mean([r["efficiency"].get("train_seconds") for r in recs])
         evals = _mean([r["efficiency"].get("eval_seconds") for r in recs])
+        trained = _mean([_training_cost(r["efficiency"]) for r in recs])
         params = first["model"].get("params_total")
         rows.append(
             {
@@ -451,7 +461,7 @@ def aggregate(runs: list[tuple[dict[str, Any], Path]], warn: Warn | None = None)
                 "group_key": gkey[:12],
                 "train_seconds": train,
                 "eval_seconds": evals,
-                "cost_seconds": None if train is None or evals is None else train + evals,
+                "cost_seconds": None if trained is None or evals is None else trained + evals,
                 "params": params if isinstance(params, int) and not isinstance(params, bool) else None,
                 "metrics": stats,
                 "run_dirs": [d for _, d, _ in members],

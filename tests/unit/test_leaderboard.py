@@ -324,3 +324,17 @@ def test_two_configs_with_one_label_in_a_table_are_told_apart(tmp_path):
     assert len(labels) == 2 and labels[0] != labels[1] and all(m.startswith("bpr [") for m in labels)
     rec = json.loads((d / "record.json").read_text())
     assert f"bpr [{rec['group_key'][:8]}]" in labels
+
+
+def test_cost_counts_the_training_behind_reused_weights(tmp_path):
+    runs = tmp_path / "runs"
+    d = make_run(runs, model="bpr", seed=1, train_seconds=0.0, eval_seconds=1.5)
+    rec = json.loads((d / "record.json").read_text())
+    rec["efficiency"]["original_train_seconds"] = 40.0  # trained by an earlier run, reused here
+    (d / "record.json").write_text(json.dumps(rec))
+    make_run(runs, model="pop", seed=1, train_seconds=0.0, eval_seconds=0.5)
+    rows, _, _ = board(runs, tmp_path / "lb")
+    by_model = {r["model"]: r for r in page_data(tmp_path / "lb")["rows"]}
+    # bpr: 0 s of its own + 40 s behind its weights + 1.5 s evaluation; pop trains nothing.
+    assert by_model["bpr"]["train_seconds"] == 0.0 and by_model["bpr"]["cost_seconds"] == pytest.approx(41.5)
+    assert by_model["pop"]["cost_seconds"] == pytest.approx(0.5)
