@@ -50,6 +50,16 @@ lock: $(STAMP)
 clean:
 	rm -rf $(VENV) outputs multirun
 
-## Regenerate paper/ tables and figures from results/ (and the PDF when LaTeX is installed).
+## Regenerate paper/ tables, values and figures from results/, then build paper/main.pdf.
+## TeX (pdflatex, bibtex, latexmk) and pdftotext come from Debian packages, installed here when absent and root.
+TEX_PACKAGES := texlive-latex-recommended texlive-fonts-recommended latexmk poppler-utils
 paper: $(STAMP)
+	@if ! command -v latexmk >/dev/null || ! command -v pdflatex >/dev/null; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    echo "paper: installing $(TEX_PACKAGES)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(TEX_PACKAGES) >/dev/null; \
+	  else \
+	    echo "paper: latexmk/pdflatex not found; install them: sudo apt-get install $(TEX_PACKAGES)"; exit 2; \
+	  fi; \
+	fi
 	$(BIN)/python -m benchmark.paper

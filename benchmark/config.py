@@ -100,6 +100,7 @@ class EvalConfig:
     negatives_seed: int = 0
     list_length: int = 20  # stored top-K per row (at least max(ks) and 20)
     chunk_users: int = 1024  # full ranking: users scored per chunk
+    test_users: int | None = None  # evaluate a fixed seeded subset of this many test users (null = all)
     valid_metric: str = "ndcg@10"
 
     def __post_init__(self) -> None:
@@ -112,6 +113,8 @@ class EvalConfig:
                 raise ConfigError(f"eval.ks: every K must be a positive integer, got {k}")
         if self.num_negatives <= 0:
             raise ConfigError(f"eval.num_negatives: must be > 0, got {self.num_negatives}")
+        if self.test_users is not None and (not isinstance(self.test_users, int) or self.test_users <= 0):
+            raise ConfigError(f"eval.test_users: must be null or a positive integer, got {self.test_users}")
         if self.chunk_users <= 0:
             raise ConfigError(f"eval.chunk_users: must be > 0, got {self.chunk_users}")
         if self.protocol == "labeled" and self.valid_metric != "auc":

@@ -25,6 +25,7 @@ from benchmark.config import DataConfig, EvalConfig, SliceConfig, SplitConfig, t
 from benchmark.data.loading import load_dataset
 from benchmark.data.splits import Split, build_split
 from benchmark.data.views import (
+    LabeledRows,
     RankingRows,
     array_fingerprint,
     attach_slices,
@@ -209,15 +210,69 @@ def check_adapter(model_cfg: DictConfig, adapter: DictConfig | None) -> bool:
 
 
 def eval_rows(split: Split, ev: EvalConfig, slices: SliceConfig) -> tuple[RankingRows | Any, dict[str, Any]]:
-    """The test rows of the configured protocol (with slices, and fixed negatives when sampled)."""
+    """The test rows of the configured protocol (with slices, and fixed negatives when sampled).
+
+    With ``eval.test_users=N`` only the rows of N test users are kept (see :func:`pick_test_users`);
+    negatives are drawn for all rows first, so a kept row has the same negatives as in a full run.
+    """
     facts: dict[str, Any] = {}
     if ev.protocol == "labeled":
-        return labeled_rows(split, "test", split.config["label_threshold"], slices), facts
-    rows = attach_slices(ranking_rows(split, "test"), split, slices)
+        rows = labeled_rows(split, "test", split.config["label_threshold"], slices)
+    else:
+        rows = attach_slices(ranking_rows(split, "test"), split, slices)
+        if ev.protocol == "sampled":
+            rows.negatives = sample_negatives(split, rows, ev.num_negatives, ev.negatives_seed)
+    if ev.test_users is not None:
+        chosen = pick_test_users(rows.users, ev.test_users)
+        rows = take_rows(rows, np.isin(rows.users, chosen))
+        facts["test_users"] = ev.test_users
+        facts["test_users_fingerprint"] = array_fingerprint(chosen)
     if ev.protocol == "sampled":
-        rows.negatives = sample_negatives(split, rows, ev.num_negatives, ev.negatives_seed)
         facts["negatives_fingerprint"] = array_fingerprint(rows.users, rows.negatives)
     return rows, facts
+
+
+# Seed of the eval.test_users draw: fixed, so every run with the same N on a split scores the same users.
+TEST_USERS_SEED = 20_240_601
+
+
+def pick_test_users(users: np.ndarray, n: int) -> np.ndarray:
+    """[n] distinct user indices drawn (fixed seed) from the users of the test rows, ascending.
+
+    The draw depends only on the test rows' user indices (which the split fixes), never on a model.
+    """
+    pool = np.unique(users)
+    if n > len(pool):
+        raise ConfigError(f"eval.test_users={n}: the test part has only {len(pool)} users")
+    pick = np.random.default_rng(TEST_USERS_SEED).choice(len(pool), size=n, replace=False)
+    return np.sort(pool[pick])
+
+
+def take_rows(rows: Any, keep: np.ndarray) -> Any:
+    """The rows where ``keep`` [R] is true (targets, exclusions, slices and negatives follow)."""
+    if isinstance(rows, LabeledRows):
+        return LabeledRows(
+            rows.part, rows.users[keep], rows.items[keep], rows.labels[keep], {k: v[keep] for k, v in rows.slices.items()}
+        )
+    r = np.flatnonzero(keep)
+
+    def csr(ptr: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        sizes = np.diff(ptr)[r]
+        idx = np.concatenate([np.arange(ptr[i], ptr[i + 1]) for i in r]) if len(r) else np.zeros(0, np.int64)
+        return np.r_[0, np.cumsum(sizes)].astype(np.int64), values[idx.astype(np.int64)], idx.astype(np.int64)
+
+    target_ptr, targets, t_idx = csr(rows.target_ptr, rows.targets)
+    exclude_ptr, exclude, _ = csr(rows.exclude_ptr, rows.exclude)
+    return RankingRows(
+        rows.part,
+        rows.users[r],
+        target_ptr,
+        targets,
+        exclude_ptr,
+        exclude,
+        {k: v[t_idx] for k, v in rows.slices.items()},
+        None if rows.negatives is None else rows.negatives[r],
+    )
 
 
 def row_predictor(rows: Any, ev: EvalConfig) -> Callable[[torch.nn.Module, np.ndarray, torch.device], np.ndarray]:
