@@ -38,6 +38,23 @@ from benchmark.progress import within_chunk
 ORDERS = ("first_stage", "reverse", "random")
 
 
+def first_stage_dir(spec: str | Path) -> Path:
+    """The first-stage run directory: a path, or a pattern (``*``, ``?``) in its last part that must
+    match exactly one directory, so a sweep can name its own first stage without its config hash
+    (``outputs/quickstart/runs/ml-100k-loo-full-sasrec-recbole-1ep-s0-*``)."""
+    path = Path(spec)
+    if not any(c in path.name for c in "*?"):
+        return path
+    found = sorted(p for p in path.parent.glob(path.name) if p.is_dir()) if path.parent.is_dir() else []
+    if len(found) != 1:
+        names = ", ".join(p.name for p in found[:3]) + (" ..." if len(found) > 3 else "")
+        raise ConfigError(
+            f"model.module.first_stage: {len(found)} run directories match {spec}"
+            + (f" ({names}); name one" if found else "; run the first stage before the rerank")
+        )
+    return found[0]
+
+
 def read_first_stage(run_dir: str | Path, split: Split, top_n: int) -> tuple[np.ndarray, dict[str, Any]]:
     """Candidates of a first-stage run, checked against this run's split.
 
@@ -52,7 +69,7 @@ def read_first_stage(run_dir: str | Path, split: Split, top_n: int) -> tuple[np.
     """
     from benchmark.results.record import RECORD, read_predictions
 
-    run_dir = Path(run_dir)
+    run_dir = first_stage_dir(run_dir)
     if not (run_dir / RECORD).is_file():
         raise ConfigError(f"model.module.first_stage: no {RECORD} in {run_dir}")
     rec = json.loads((run_dir / RECORD).read_text())
