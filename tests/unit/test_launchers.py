@@ -87,3 +87,124 @@ def test_deepspeed_without_the_package_is_named(monkeypatch):
     with pytest.raises(ConfigError, match="needs the deepspeed package"):
         check_trainer({"accelerator": "gpu", "strategy": "deepspeed_stage_2"})
     check_trainer({"accelerator": "gpu", "strategy": "ddp"})  # no error
+
+
+def _captured_launches(monkeypatch) -> list[tuple[list[list[str]], dict]]:
+    """Replace the SLURM launcher's submission: record the jobs and parameters it gets, submit nothing."""
+    from hydra.core.utils import JobReturn, JobStatus
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+
+    launches: list = []
+
+    def launch(self, job_overrides, initial_job_idx):
+        launches.append(([list(o) for o in job_overrides], dict(self.params)))
+        out = []
+        for o in job_overrides:
+            r = JobReturn(overrides=list(o), status=JobStatus.COMPLETED)
+            r._return_value = None
+            out.append(r)
+        return out
+
+    monkeypatch.setattr(SlurmLauncher, "launch", launch)
+    return launches
+
+
+@pytest.mark.parametrize(
+    "sweep,n_jobs",
+    [
+        (["experiment=leaderboard_ml100k"], 12),  # 2 models x 2 evals x 3 seeds from hydra.sweeper.params
+        (["experiment=leaderboard_ml100k", "seed=7", "model=bpr"], 2),  # the command line narrows it
+        (["model=pop,bpr", "seed=1,2", "trainer=ddp", "trainer.devices=8", "trainer.num_nodes=2"], 4),
+    ],
+)
+def test_slurm_scripts_are_the_jobs_run_m_submits(sweep, n_jobs, tmp_path, monkeypatch):
+    from benchmark.slurm import script_jobs
+
+    launches = _captured_launches(monkeypatch)
+    args = ["hydra/launcher=submitit_slurm", "hydra.launcher.partition=a100", *sweep, f"paths.outputs={tmp_path / 'o'}"]
+    main(["run", "-m", *args])
+    ((submitted, params),) = launches
+    main(["slurm-scripts", *args, f"out={tmp_path / 'dry'}"])
+    assert script_jobs(tmp_path / "dry") == submitted
+    assert len(submitted) == n_jobs
+    text = (tmp_path / "dry" / "job_0.sh").read_text()
+    assert f"#SBATCH --ntasks-per-node={params['tasks_per_node']}" in text
+    assert f"#SBATCH --nodes={params['nodes']}" in text
+    assert ("--gpus-per-node" in text) == (params["gpus_per_node"] is not None)
+
+
+def test_launcher_resources_follow_the_trainer(tmp_path, monkeypatch):
+    launches = _captured_launches(monkeypatch)
+    base = ["hydra/launcher=submitit_slurm", "model=pop", f"paths.outputs={tmp_path}"]
+    main(["run", "-m", *base, "trainer=ddp", "trainer.devices=8", "trainer.num_nodes=2"])
+    main(["run", "-m", *base, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"])
+    main(["run", "-m", *base])  # trainer=cpu: one task, no GPU
+    main(["run", "-m", *base, "trainer=ddp", "trainer.devices=4", "hydra.launcher.gpus_per_node=4"])  # agrees
+    got = [(p["tasks_per_node"], p["gpus_per_node"], p["nodes"]) for _, p in launches]
+    assert got == [(8, 8, 2), (2, None, 1), (1, None, 1), (4, 4, 1)]
+
+
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        (["trainer=ddp", "trainer.devices=8", "hydra.launcher.tasks_per_node=1"], "hydra.launcher.tasks_per_node=1 contradicts trainer.devices=8"),
+        (["trainer=ddp", "trainer.devices=2", "trainer.num_nodes=2", "hydra.launcher.nodes=1"], "hydra.launcher.nodes=1 contradicts trainer.num_nodes=2"),
+        (["trainer=ddp", "trainer.devices=8", "hydra.launcher.gpus_per_node=4"], "hydra.launcher.gpus_per_node=4 contradicts trainer.devices=8"),
+        (["trainer=cpu", "hydra.launcher.gpus_per_node=1"], "trainer.accelerator=cpu uses no GPU"),
+        (["trainer=ddp", "trainer.devices=1,2"], "need different ones"),
+        (["trainer=ddp", "trainer.devices=auto"], "trainer.devices=auto"),
+    ],
+)
+def test_launcher_mismatch_is_one_line_before_submission(overrides, needle, tmp_path, monkeypatch, capsys):
+    launches = _captured_launches(monkeypatch)
+    for cmd in (["run", "-m"], ["slurm-scripts", f"out={tmp_path / 'dry'}"]):
+        with pytest.raises(SystemExit) as e:
+            main([*cmd, "hydra/launcher=submitit_slurm", "model=pop", *overrides, f"paths.outputs={tmp_path}"])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and needle in err, err
+    assert launches == [] and not (tmp_path / "dry").exists()
+
+
+def test_sacct_warnings_are_one_line_per_sweep(capsys):
+    import logging
+
+    from benchmark.launch import slurm_reporting
+
+    log = logging.getLogger("submitit")
+    with slurm_reporting():
+        for n in range(1, 4):
+            log.warning(f"Call #{n} - Bypassing sacct error Command 'sacct' returned 1, status may be inaccurate.")
+    out = capsys.readouterr()
+    lines = [s for s in (out.out + out.err).splitlines() if "sacct" in s]
+    assert len(lines) == 1 and "SUBMITIT_LOG_LEVEL=ERROR" in lines[0]
+    assert log.filters == []  # the filter is gone after the sweep
+
+
+def test_a_dead_job_is_one_line_with_its_log():
+    from submitit.core.utils import UncompletedJobError
+
+    from benchmark.launch import JobFailed, slurm_reporting
+
+    msg = ("Job 12_3 (task: 0) with path /x/.submitit/12_3/12_3_0_result.pkl\nhas not produced any output "
+           "(state: OUT_OF_MEMORY)\nError stream produced:\n----------------------------------------\n"
+           "Traceback...\nslurmstepd: error: Detected 1 oom_kill event in StepId=12.0")
+    with pytest.raises(JobFailed) as e:
+        with slurm_reporting():
+            raise UncompletedJobError(msg)
+    assert str(e.value) == (
+        "SLURM job 12_3 failed: slurmstepd: error: Detected 1 oom_kill event in StepId=12.0; "
+        "log: /x/.submitit/12_3/12_3_0_log.err"
+    )
+
+
+def test_only_a_requeued_slurm_job_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
+    from benchmark.launch import requeued_checkpoint
+
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    (tmp_path / "last.ckpt").write_bytes(b"x")
+    assert requeued_checkpoint(None, tmp_path) is None  # first start: a fresh run
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert requeued_checkpoint(None, tmp_path) == "last"
+    assert requeued_checkpoint("/my.ckpt", tmp_path) == "/my.ckpt"  # the user's choice wins
+    assert requeued_checkpoint(None, tmp_path / "none") is None  # requeued before any checkpoint
