@@ -1,6 +1,7 @@
 """The ``llm4rec`` command: parses arguments, composes the config, calls pure functions.
 
 llm4rec run [-m] [OVERRIDE ...]            train + evaluate (Hydra multirun with -m)
+llm4rec run --cfg job [-m] [OVERRIDE ...]  each job's resolved config, run id, existing record/weights
 llm4rec export-split [OVERRIDE ...] out=DIR
 llm4rec leaderboard [--runs DIR] [--out DIR]
 llm4rec data prepare data=NAME [OVERRIDE ...]
@@ -21,6 +22,7 @@ import re
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 from benchmark.errors import BenchmarkError
 
@@ -165,8 +167,13 @@ def _expand_sweeps(overrides: list[str]) -> list[list[str]]:
     return [list(c) for c in itertools.product(*choices)]
 
 
-def check_config(cfg) -> None:
-    """Validate the typed parts of a composed config (one-line error, exit 2)."""
+def check_config(cfg, read_data: bool = True) -> None:
+    """Validate a composed config before anything runs (one-line error ``<key>: <reason>``, exit 2).
+
+    The typed groups (data, split, eval, slices), the item adapter, then every other value
+    (:func:`benchmark.checks.check_values`: seed, model and trainer arguments, cut-offs against
+    the catalogue, paths). ``read_data=False`` never prepares a dataset from raw files.
+    """
     from benchmark.config import DataConfig, EvalConfig, SliceConfig, SplitConfig, to_object
 
     for key, cls in (
@@ -187,6 +194,12 @@ def check_config(cfg) -> None:
         check_adapter(cfg.model, cfg.get("adapter"))
     except BenchmarkError as e:
         _fail(str(e))
+    from benchmark.checks import check_values
+
+    try:
+        check_values(cfg, read_data=read_data)
+    except BenchmarkError as e:
+        _fail(str(e))
 
 
 def _task(cfg) -> None:
@@ -202,28 +215,137 @@ def _task(cfg) -> None:
         _fail(str(e))
 
 
-def cmd_run(argv: list[str]) -> None:
-    multirun = "-m" in argv or "--multirun" in argv
-    overrides = expand_overrides([a for a in argv if a not in ("-m", "--multirun")])
-    for combo in _expand_sweeps(overrides):  # validate every job before any runs
-        check_config(_compose(combo))
+CFG_CHOICES = ("job", "hydra", "all")
+INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+
+
+def run_flags(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """Split ``llm4rec run``'s arguments into its flags and the overrides.
+
+    Flags: ``-m/--multirun``, ``--cfg/-c job|hydra|all``, ``--resolve`` (the job config is always
+    printed resolved), ``--info [WHAT]``, ``--hydra-help``. Any other argument starting with ``-``
+    is an error (one line, exit 2) instead of an override Hydra cannot parse.
+    """
+    flags: dict[str, Any] = {"multirun": False, "cfg": None, "info": None, "hydra_help": False}
+    overrides: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        name, eq, inline = a.partition("=") if a.startswith("--") else (a, "", "")
+        if a in ("-m", "--multirun"):
+            flags["multirun"] = True
+        elif name in ("--cfg", "-c"):
+            value = inline if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+            i += 0 if eq else 1
+            if value not in CFG_CHOICES:
+                _fail(f"run: --cfg takes one of {', '.join(CFG_CHOICES)}, got '{value}'")
+            flags["cfg"] = value
+        elif name == "--info":
+            value = inline if eq else ("all" if i + 1 >= len(argv) or argv[i + 1] not in INFO_CHOICES else argv[i + 1])
+            i += 1 if not eq and i + 1 < len(argv) and argv[i + 1] == value else 0
+            if value not in INFO_CHOICES:
+                _fail(f"run: --info takes one of {', '.join(INFO_CHOICES)}, got '{value}'")
+            flags["info"] = value
+        elif a == "--resolve":
+            pass
+        elif a in ("--hydra-help", "hydra/help"):
+            flags["hydra_help"] = True
+        elif a.startswith("-") and "=" not in a:
+            _fail(f"run: unknown option {a} (see llm4rec run --help)")
+        else:
+            overrides.append(a)
+        i += 1
+    return flags, overrides
+
+
+def _hydra_main(argv: list[str]) -> None:
+    """Hand a command line to Hydra (the real program stays argv[0]: Lightning's DDP launcher
+    re-executes it for every extra process)."""
     import hydra
 
     from benchmark.config import register_schemas
 
     register_schemas()
+    sys.argv = [sys.argv[0], *argv]
+    hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(_task)()
 
-    def hydra_main(args: list[str]) -> None:
-        # argv[0] stays the real program: Lightning's DDP launcher re-executes it for every extra process.
-        sys.argv = [sys.argv[0], *args]
-        hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(_task)()
 
-    if multirun:  # experiment sweeps checked too; SLURM resources follow the trainer
-        from benchmark.launch import launch_multirun
-
-        launch_multirun(overrides, lambda o, h: _compose(o, hydra=h), check_config, hydra_main)
+def cmd_run(argv: list[str]) -> None:
+    flags, raw = run_flags(argv)
+    if flags["hydra_help"]:
+        _hydra_main(["--hydra-help"])
         return
-    hydra_main(overrides)
+    from benchmark.launch import launch_multirun, split_overrides, sweep_jobs
+
+    overrides = expand_overrides(raw)
+    # The jobs as Hydra will launch them (with -m, experiment sweeps included).
+    combos = sweep_jobs(overrides) if flags["multirun"] else _expand_sweeps(overrides)
+    if flags["cfg"]:
+        show_jobs(combos, flags["cfg"], split_overrides(overrides)[0])
+        return
+    if flags["info"]:
+        for combo in combos:
+            check_config(_compose(combo), read_data=False)
+        _hydra_main(["--info", flags["info"], *overrides])
+        return
+    if flags["multirun"]:  # every job checked before any starts; SLURM resources follow the trainer
+        launch_multirun(overrides, lambda o, h: _compose(o, hydra=h), check_config, _hydra_main)
+        return
+    for combo in combos:  # validate the job before it runs
+        check_config(_compose(combo))
+    _hydra_main(overrides)
+
+
+def job_facts(cfg) -> list[str]:
+    """Run id, and whether the run's record, reusable trained weights or last checkpoint exist."""
+    from benchmark.run import config_hashes, run_id_for, training_key
+
+    run_id = run_id_for(cfg, config_hashes(cfg)[0])
+    record = Path(cfg.paths.results) / "runs" / run_id / "record.json"
+    lines = [f"run id: {run_id}"]
+    if record.is_file():
+        then = "skipped (skip_existing=true)" if cfg.get("skip_existing") else "rewritten by this run"
+        lines.append(f"record: {record} exists; {then}")
+    else:
+        lines.append(f"record: none yet ({record})")
+    if not cfg.model.get("train"):
+        lines.append(f"trained weights: none needed (model {cfg.model.name} trains nothing)")
+    else:
+        weights = Path(cfg.paths.outputs) / "models" / training_key(cfg)[:16]
+        if cfg.get("load_weights"):
+            lines.append(f"trained weights: load_weights={cfg.load_weights} (nothing is trained)")
+        elif (weights / "training.json").is_file():
+            use = "reused (no training)" if cfg.get("reuse_trained", True) else "ignored (reuse_trained=false)"
+            lines.append(f"trained weights: {weights} exist; {use}")
+        else:
+            lines.append(f"trained weights: none yet ({weights}); this run trains")
+        last = Path(cfg.paths.outputs) / "checkpoints" / run_id / "last.ckpt"
+        if last.is_file():
+            lines.append(f"last checkpoint: {last} (resume with ckpt_path=last)")
+    return lines
+
+
+def show_jobs(combos: list[list[str]], what: str, hydra_overrides: list[str] | None = None) -> None:
+    """``run --cfg job|hydra|all``: print every job's config and facts; run and write nothing.
+
+    ``hydra_overrides`` (``hydra/launcher=...``, ``hydra.*``) apply to the printed ``hydra`` node.
+    """
+    from omegaconf import OmegaConf
+
+    for n, combo in enumerate(combos):
+        cfg = _compose(combo)
+        check_config(cfg, read_data=False)
+        if len(combos) > 1:
+            print(f"# job {n} of {len(combos)}: {' '.join(combo)}")
+        if what in ("job", "all"):
+            print(OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True)), end="")
+        if what in ("hydra", "all"):  # unresolved: the run directory is known only when a job starts
+            hydra_node = _compose([*(hydra_overrides or []), *combo], hydra=True).hydra
+            print(OmegaConf.to_yaml({"hydra": OmegaConf.to_container(hydra_node, resolve=False)}), end="")
+        for line in job_facts(cfg):
+            print(f"# {line}")
+        if n + 1 < len(combos):
+            print()
 
 
 def _pop_out(argv: list[str]) -> tuple[list[str], str | None]:
@@ -365,6 +487,10 @@ COMMANDS = {
 }
 
 
+# Commands that parse their options with argparse, which answers -h/--help itself.
+ARGPARSE_COMMANDS = ("leaderboard", "submit")
+
+
 def main(argv: list[str] | None = None) -> None:
     # Our launcher YAMLs complete the plugins' configs of the same name; Hydra warns about that match.
     warnings.filterwarnings("ignore", message="(?s).*is validated against ConfigStore schema")
@@ -372,9 +498,25 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] not in COMMANDS and "LOCAL_RANK" in os.environ:
         # A DDP process started by Lightning: it re-runs our command line without the subcommand.
         argv = ["run", *argv]
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print(__doc__.strip())
-        sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    from benchmark import help as texts
+
+    if not argv:
+        print(texts.main_help(), file=sys.stderr)
+        sys.exit(2)
+    if argv[0] in ("-h", "--help"):
+        print(texts.main_help())
+        sys.exit(0)
+    if argv[0] == "--version":
+        print(texts.version())
+        sys.exit(0)
+    if argv[0] not in COMMANDS:
+        _fail(f"unknown command '{argv[0]}' (one of: {', '.join(COMMANDS)}; see llm4rec --help)")
+    if argv[0] == "run" and any(a in ("-h", "--help") for a in argv[1:]):
+        print(texts.run_help(CONFIG_DIR))
+        sys.exit(0)
+    if argv[0] not in ARGPARSE_COMMANDS and any(a in ("-h", "--help") for a in argv[1:]):
+        print(texts.command_help(argv[0]))
+        sys.exit(0)
     try:
         COMMANDS[argv[0]](argv[1:])
     except BenchmarkError as e:

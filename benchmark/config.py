@@ -7,6 +7,7 @@ when a config is turned into an object with :func:`to_object`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,6 +128,47 @@ class EvalConfig:
     @property
     def max_k(self) -> int:
         return self.list_length
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass
+class TrainConfig:
+    """How a model is trained (``model.train``): epochs, early stopping, batch size, optimizer.
+
+    ``optimizer`` is a ``_partial_`` node of a ``torch.optim`` class; its other arguments are
+    checked against that class's signature by :func:`benchmark.checks.check_model`.
+    """
+
+    max_epochs: int = 300
+    patience: int = 10  # epochs without a better valid metric before early stopping
+    batch_size: int = 2048
+    optimizer: dict[str, Any] = field(
+        default_factory=lambda: {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
+    )
+
+    def __post_init__(self) -> None:
+        for name, low in (("max_epochs", 1), ("patience", 0), ("batch_size", 1)):
+            value = getattr(self, name)
+            if not _whole(value) or value < low:
+                raise ConfigError(f"model.train.{name}: expected an integer >= {low}, got {value!r}")
+        opt = self.optimizer
+        if not isinstance(opt, dict) or not isinstance(opt.get("_target_"), str):
+            raise ConfigError(f"model.train.optimizer: expected a node with a _target_ (torch.optim.Adam), got {opt!r}")
+        if opt.get("_partial_") is not True:
+            raise ConfigError("model.train.optimizer._partial_: must be true (the model's parameters are bound later)")
+        lr = opt.get("lr")
+        if lr is not None and (
+            not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or lr <= 0
+        ):
+            raise ConfigError(f"model.train.optimizer.lr: expected a number > 0, got {lr!r}")
+        wd = opt.get("weight_decay")
+        if wd is not None and (
+            not isinstance(wd, (int, float)) or isinstance(wd, bool) or not math.isfinite(wd) or wd < 0
+        ):
+            raise ConfigError(f"model.train.optimizer.weight_decay: expected a number >= 0, got {wd!r}")
 
 
 def register_schemas() -> None:

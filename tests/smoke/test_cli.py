@@ -167,7 +167,8 @@ def test_empty_split_is_an_error(tmp_path, capsys):
 
     d = write_atomic(tmp_path / "one", "one", [("a", "x", 5, 1), ("b", "y", 5, 2)])
     with pytest.raises(SystemExit):
-        llm4rec("run", "model=pop", *tiny_args(d, tmp_path), "data.name=one")
+        # Two items: cut-offs within the catalogue, so the split itself is what fails.
+        llm4rec("run", "model=pop", *tiny_args(d, tmp_path), "data.name=one", "eval.ks=[1]", "eval.valid_metric=ndcg@1")
     assert "train part is empty" in capsys.readouterr().err
     assert runs(tmp_path) == []
 
@@ -220,3 +221,133 @@ def test_skip_existing_continues_a_sweep(tiny_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "skipped (skip_existing=true)" in out and len(runs(tmp_path)) == 2
     assert (run_dir / "record.json").read_text() == before  # the existing record was not rewritten
+
+
+# --- help, version, unknown commands, and `run --cfg job` (nothing runs, nothing is written) ---
+
+
+def exits(code: int, *args: str) -> None:
+    with pytest.raises(SystemExit) as e:
+        llm4rec(*args)
+    assert e.value.code == code
+
+
+def succeeds(*args: str) -> None:
+    """Hydra ends some commands (--hydra-help) with exit status 0, others by returning."""
+    try:
+        llm4rec(*args)
+    except SystemExit as e:
+        assert e.code in (0, None)
+
+
+def test_top_level_help_version_and_unknown_command(capsys):
+    from importlib.metadata import version
+
+    from benchmark.cli import COMMANDS
+
+    for flag in ("--help", "-h"):
+        exits(0, flag)
+        out = capsys.readouterr().out
+        assert out.startswith("usage: llm4rec COMMAND")
+        assert all(f"\n  {name} " in out for name in COMMANDS), out
+    exits(0, "--version")
+    assert capsys.readouterr().out.strip() == f"llm4rec-bench {version('llm4rec-bench')}"
+    exits(2, "foo")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [err[0]] and err[0].startswith("llm4rec: error: unknown command 'foo'")
+
+
+@pytest.mark.parametrize("command", ["run", "export-split", "leaderboard", "data", "submit", "validate", "reproduce", "slurm-scripts", "crosscheck"])
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_every_command_has_help(capsys, command, flag):
+    exits(0, command, flag)
+    out = capsys.readouterr()
+    assert out.out.startswith(f"usage: llm4rec {command}"), out.out
+    assert out.err == "" and "no such" not in out.out
+
+
+def test_run_help_lists_every_config_group_and_option(capsys):
+    from benchmark.cli import CONFIG_DIR
+    from benchmark.help import describe
+
+    exits(0, "run", "--help")
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    groups = sorted({p.parent.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.rglob("*/*.yaml")})
+    assert {"data", "split", "eval", "model", "trainer", "logger", "experiment", "adapter/encoder"} <= set(groups)
+    for group in groups:
+        assert f"  {group}" in lines, group
+        for path in sorted((CONFIG_DIR / group).glob("*.yaml")):
+            text = describe(path)
+            assert text, f"{path} has no leading description comment"
+            row = [ln for ln in lines if ln[5:].split(" ")[0] == path.stem]
+            assert row and any(text.rstrip("…")[:30] in ln for ln in row), (path, row)
+    assert "   * ml-100k " in out and "   * bpr " in out  # the root config's defaults are marked
+    for key in ("seed", "reuse_trained", "skip_existing", "load_weights", "ckpt_path"):
+        assert any(ln.startswith(f"  {key} ") and len(ln.split()) > 2 for ln in lines), key
+
+
+def test_run_help_is_generated_from_the_config_folder(tmp_path):
+    from benchmark.help import run_help
+
+    (tmp_path / "widget" / "deep").mkdir(parents=True)
+    (tmp_path / "config.yaml").write_text("defaults:\n  - widget: small\n  - _self_\n# The answer. Not this.\nanswer: 42\n")
+    (tmp_path / "widget" / "small.yaml").write_text("# @package _global_\n# A small widget, e.g. a test\n# double. Ignored.\nx: 1\n")
+    (tmp_path / "widget" / "big.yaml").write_text("x: 2  # no leading comment\n")
+    (tmp_path / "widget" / "deep" / "one.yaml").write_text("# Nested option.\n")
+    text = run_help(tmp_path)
+    assert "\n  widget\n     big\n   * small  A small widget, e.g. a test double.\n" in text, text
+    assert "\n  widget/deep\n     one    Nested option.\n" in text  # options aligned across groups
+    assert "  answer  The answer.\n" in text and "Not this" not in text and "Ignored" not in text
+
+
+def test_run_short_help_and_hydra_flags_run_nothing(tiny_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    exits(0, "run", "-h")
+    assert "config groups" in capsys.readouterr().out
+    succeeds("run", "hydra/help")
+    assert "Hydra (1." in capsys.readouterr().out
+    succeeds("run", "--info", "defaults", "model=pop", *tiny_args(tiny_dir, tmp_path))
+    assert "Defaults List" in capsys.readouterr().out
+    exits(2, "run", "--bogus")
+    assert capsys.readouterr().err.strip() == "llm4rec: error: run: unknown option --bogus (see llm4rec run --help)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
+
+
+def test_cfg_job_prints_config_run_id_and_existing_outputs_and_writes_nothing(tiny_dir, tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from benchmark.cli import compose
+    from benchmark.run import config_hashes, run_id_for, training_key
+
+    monkeypatch.chdir(tmp_path)
+    args = ["model=bpr", *tiny_args(tiny_dir, tmp_path)]
+    llm4rec("run", "--cfg", "job", *args)
+    out = capsys.readouterr().out
+    cfg = compose(args)
+    run_id = run_id_for(cfg, config_hashes(cfg)[0])
+    shown = yaml.safe_load(out)  # the facts are YAML comments: the output is the config itself
+    assert shown["model"]["name"] == "bpr" and shown["data"]["path"] == str(tiny_dir) and shown["seed"] == 0
+    assert f"# run id: {run_id}\n" in out
+    assert "# record: none yet" in out and "this run trains" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]  # no res/, out/, outputs/ or hydra folder
+
+    # Existing outputs are reported: a record, and trained weights with their training facts.
+    record = tmp_path / "res" / "runs" / run_id / "record.json"
+    record.parent.mkdir(parents=True)
+    record.write_text("{}")
+    weights = tmp_path / "out" / "models" / training_key(cfg)[:16]
+    weights.mkdir(parents=True)
+    (weights / "training.json").write_text("{}")
+    llm4rec("run", "-c", "job", *args)
+    out = capsys.readouterr().out
+    assert f"# record: {record} exists; rewritten by this run" in out
+    assert f"# trained weights: {weights} exist; reused (no training)" in out
+
+    # A sweep: one config and run id per job.
+    llm4rec("run", "-m", "--cfg", "job", "model=pop", "seed=1,2", *tiny_args(tiny_dir, tmp_path))
+    out = capsys.readouterr().out
+    ids = [ln.split(": ", 1)[1] for ln in out.splitlines() if ln.startswith("# run id: ")]
+    assert len(ids) == 2 and ids[0].endswith(ids[0][-8:]) and "-s1-" in ids[0] and "-s2-" in ids[1]
+    assert "trains nothing" in out
+    assert sorted(p.name for p in (tmp_path / "res" / "runs").iterdir()) == [run_id]
