@@ -357,6 +357,7 @@ def test_default_duplicates_rule_leaves_config_hashes_unchanged():
     from omegaconf import OmegaConf
 
     from benchmark.cli import compose
+    from benchmark.results.submission import recorded_config_hashes
     from benchmark.run import config_hashes, result_config
 
     root = Path(__file__).resolve().parents[2] / "results" / "runs"
@@ -370,6 +371,9 @@ def test_default_duplicates_rule_leaves_config_hashes_unchanged():
         now.data.duplicates = "error"
         assert result_config(now) == result_config(recorded)
         assert config_hashes(now) == config_hashes(recorded)
+        # and the hash the record carries (written under the rule of its day) is still accepted
+        with_default = OmegaConf.to_container(now)
+        assert rec["config_hash"] in [h for h, _ in recorded_config_hashes(with_default)]
         now.data.duplicates = "first"  # another rule changes the data, so the hash
         assert config_hashes(now)[0] != config_hashes(recorded)[0]
     composed = compose(["model=bpr", "seed=1"])
