@@ -266,19 +266,9 @@ def check_paths(cfg: Any) -> None:
     if weights is not None:
         if not isinstance(weights, str) or not Path(weights).is_file():
             raise ConfigError(f"load_weights: no such file: {weights}")
-    ckpt = cfg.get("ckpt_path")
-    if ckpt is None:
-        return
-    if not isinstance(ckpt, str) or not ckpt:
-        raise ConfigError(f"ckpt_path: expected a checkpoint file or 'last', got {ckpt!r}")
-    if not cfg.model.get("train"):
-        raise ConfigError(f"ckpt_path: model {cfg.model.name} trains nothing; there is no checkpoint to resume")
-    if ckpt == "last":
-        last = last_checkpoint(cfg)
-        if not last.is_file():
-            raise ConfigError(f"ckpt_path: last: this run has no last checkpoint ({last} not found)")
-    elif not Path(ckpt).is_file():
-        raise ConfigError(f"ckpt_path: no such file: {ckpt}")
+    from benchmark.run import resume_checkpoint  # the run's own rule for ckpt_path (last, a file)
+
+    resume_checkpoint(cfg, last_checkpoint(cfg).parent)
 
 
 def check_values(cfg: Any, read_data: bool = True) -> None:

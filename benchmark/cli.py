@@ -397,7 +397,7 @@ def cmd_data(argv: list[str]) -> None:
     from benchmark.data.loading import dataset_dir, load_dataset
 
     cfg = compose(argv[1:])
-    check_config(cfg)
+    check_config(cfg, read_data=False)  # the command itself prepares and reads the data
     dcfg = to_object(cfg.data, DataConfig)
     if argv[0] == "prepare":
         print(f"{dcfg.name}: atomic files in {dataset_dir(dcfg)}")
@@ -487,6 +487,15 @@ COMMANDS = {
 }
 
 
+def _print(text: str) -> None:
+    """Print a help text; a reader that stops early (``| head``) is not an error."""
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+
+
 # Commands that parse their options with argparse, which answers -h/--help itself.
 ARGPARSE_COMMANDS = ("leaderboard", "submit")
 
@@ -504,18 +513,18 @@ def main(argv: list[str] | None = None) -> None:
         print(texts.main_help(), file=sys.stderr)
         sys.exit(2)
     if argv[0] in ("-h", "--help"):
-        print(texts.main_help())
+        _print(texts.main_help())
         sys.exit(0)
     if argv[0] == "--version":
-        print(texts.version())
+        _print(texts.version())
         sys.exit(0)
     if argv[0] not in COMMANDS:
         _fail(f"unknown command '{argv[0]}' (one of: {', '.join(COMMANDS)}; see llm4rec --help)")
     if argv[0] == "run" and any(a in ("-h", "--help") for a in argv[1:]):
-        print(texts.run_help(CONFIG_DIR))
+        _print(texts.run_help(CONFIG_DIR))
         sys.exit(0)
     if argv[0] not in ARGPARSE_COMMANDS and any(a in ("-h", "--help") for a in argv[1:]):
-        print(texts.command_help(argv[0]))
+        _print(texts.command_help(argv[0]))
         sys.exit(0)
     try:
         COMMANDS[argv[0]](argv[1:])

@@ -75,7 +75,7 @@ def refused(capsys, *argv: str) -> str:
         (["+trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches", "must be >= 1, got 0"),
         (["trainer.deterministic=maybe"], "trainer.deterministic", "got 'maybe'"),
         (["model=bpr", "ckpt_path=/nope"], "ckpt_path", "no such file: /nope"),
-        (["model=bpr", "ckpt_path=last"], "ckpt_path", "this run has no last checkpoint"),
+        (["model=bpr", "ckpt_path=last"], "ckpt_path=last", "nothing to resume"),
         (["model=pop", "ckpt_path=last"], "ckpt_path", "model pop trains nothing"),
         (["load_weights=/nope/model.pt"], "load_weights", "no such file: /nope/model.pt"),
         (["eval.ks=[5]", "eval.valid_metric=ndcg@50"], "eval.valid_metric", "K=50 exceeds the catalogue"),
@@ -126,7 +126,7 @@ def test_catalogue_counts_items_after_filtering_and_is_read_once(five, tmp_path,
 
 def test_last_checkpoint_is_accepted_when_the_run_has_one(five, tmp_path):
     cfg = compose([*args(five, tmp_path), "model=bpr", "ckpt_path=last"])
-    with pytest.raises(ConfigError, match="ckpt_path: last"):
+    with pytest.raises(ConfigError, match="ckpt_path=last: nothing to resume"):
         check_paths(cfg)
     last = last_checkpoint(cfg)
     assert last.parent.name.startswith("five-loo-full-bpr-s0-")
@@ -135,7 +135,8 @@ def test_last_checkpoint_is_accepted_when_the_run_has_one(five, tmp_path):
     check_paths(cfg)
     weights = tmp_path / "w.pt"
     weights.write_bytes(b"")
-    check_paths(compose([*args(five, tmp_path), "model=bpr", f"load_weights={weights}", f"ckpt_path={weights}"]))
+    check_paths(compose([*args(five, tmp_path), "model=bpr", f"load_weights={weights}"]))
+    check_paths(compose([*args(five, tmp_path), "model=bpr", f"ckpt_path={weights}"]))
 
 
 class Toy:
