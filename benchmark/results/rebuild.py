@@ -32,6 +32,8 @@ PATH_KEY = re.compile(r"^(path|raw_dir|first_stage|load_weights|text_encoder|bac
 # Config groups whose option is inferred from the record (others keep the project default).
 GROUPS = ("data", "split", "eval", "slices", "model", "adapter", "trainer")
 MAX_DEPTH = 32
+# Leaves that identify a config-group option: an option whose value differs is not the recorded one.
+IDENTITY_KEYS = ("name", "protocol", "source", "_target_")
 
 
 def _walk(node: Any, path: str = "", depth: int = 0) -> Iterator[tuple[str, str, Any]]:
@@ -161,8 +163,9 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
 def infer_choices(cfg: dict[str, Any], dirs: list[Path]) -> list[str]:
     """``group=option`` for each config group, the option whose own values agree most with the record.
 
-    An option's YAML is scored by its literal leaves (interpolations and ``defaults`` ignored):
-    fewest leaves that differ from the record (or that it lacks) first, then most equal leaves.
+    An option whose identity leaves (``name``, ``protocol``, ``source``, any ``_target_``) differ
+    from the record's is out; the others are scored by their literal leaves (interpolations and
+    ``defaults`` ignored): +1 per leaf equal to the record's, -1 per leaf that differs or is absent.
     """
     out = []
     for group in GROUPS:
@@ -170,7 +173,7 @@ def infer_choices(cfg: dict[str, Any], dirs: list[Path]) -> list[str]:
         if not isinstance(rec, dict):
             continue
         flat_rec = _flat(rec)
-        best: tuple[tuple[int, int], str] | None = None
+        best: tuple[int, str] | None = None
         for d in dirs:
             gdir = d / group
             if not gdir.is_dir():
@@ -180,16 +183,14 @@ def infer_choices(cfg: dict[str, Any], dirs: list[Path]) -> list[str]:
                 if not isinstance(y, dict):
                     continue
                 y = {k: v for k, v in y.items() if k != "defaults"}
-                same = differ = 0
+                score, out_ = 0, False
                 for k, v in _flat(y).items():
                     if isinstance(v, str) and "${" in v:
                         continue
-                    if k in flat_rec and flat_rec[k] == v:
-                        same += 1
-                    else:
-                        differ += 1
-                score = (-differ, same)
-                if best is None or score > best[0]:
+                    equal = k in flat_rec and flat_rec[k] == v
+                    score += 1 if equal else -1
+                    out_ = out_ or (not equal and k.split(".")[-1] in IDENTITY_KEYS)
+                if not out_ and (best is None or score > best[0]):
                     best = (score, f.stem)
         if best is not None:
             out.append(f"{group}={best[1]}")
