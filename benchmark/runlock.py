@@ -14,6 +14,7 @@ lock a new file while a second still waits on the old one).
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import socket
 import time
@@ -26,10 +27,15 @@ _HOLDER_BYTES = 512
 
 
 def lock_path(outputs: Path, name: str) -> Path:
-    """``<outputs>/locks/<name>.lock`` (``name`` is a run id or ``train-<key>``: no separators)."""
-    if not name or "/" in name or "\\" in name or name.startswith("."):
-        raise ValueError(f"lock name must be a plain file name, got {name!r}")
-    return Path(outputs) / "locks" / f"{name}.lock"
+    """``<outputs>/locks/<name>.lock`` for a run id or ``train-<key>``.
+
+    A name that is not a plain file name (a separator, a leading dot, empty, over 200 characters:
+    e.g. a run id made from ``data.name=a/b``) is replaced by ``id-<sha256 prefix>``, so the lock
+    file always lies inside ``<outputs>/locks`` and different names never share a lock.
+    """
+    plain = name and len(name) <= 200 and not name.startswith(".") and not any(c in name for c in "/\\\0")
+    stem = name if plain else "id-" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return Path(outputs) / "locks" / f"{stem}.lock"
 
 
 def _holder(fd: int) -> str:

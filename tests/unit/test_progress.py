@@ -138,10 +138,12 @@ def test_a_second_holder_waits_and_is_told_who_holds_the_lock(tmp_path):
     assert msg.startswith("[run] the same run is in progress: waiting for pid ") and str(path) in msg
 
 
-def test_lock_names_must_be_plain_file_names(tmp_path):
-    for bad in ("../x", "a/b", ".hidden", ""):
-        with pytest.raises(ValueError):
-            lock_path(tmp_path, bad)
+def test_lock_files_stay_in_the_locks_folder_whatever_the_name(tmp_path):
+    assert lock_path(tmp_path, "tiny-loo-full-bpr-s0-abc") == tmp_path / "locks" / "tiny-loo-full-bpr-s0-abc.lock"
+    odd = ["../x", "a/b", "a\\b", ".hidden", "", "x" * 300]
+    paths = [lock_path(tmp_path, n) for n in odd]
+    assert all(p.parent == tmp_path / "locks" and p.name.startswith("id-") for p in paths)
+    assert len(set(paths)) == len(odd)  # different names never share a lock
 
 
 def test_a_killed_holder_releases_its_lock(tmp_path):
