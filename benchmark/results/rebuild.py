@@ -32,8 +32,9 @@ PATH_KEY = re.compile(r"^(path|raw_dir|first_stage|load_weights|text_encoder|bac
 # Config groups whose option is inferred from the record (others keep the project default).
 GROUPS = ("data", "split", "eval", "slices", "model", "adapter", "trainer")
 MAX_DEPTH = 32
-# Leaves that identify a config-group option: an option whose value differs is not the recorded one.
-IDENTITY_KEYS = ("name", "protocol", "source", "_target_")
+# Leaves that identify a config-group option: an option whose value differs is not the recorded one
+# (a dataset's name is not one: data=atomic takes any name).
+IDENTITY_KEYS = {"data": ("source",), "split": ("protocol",), "eval": ("protocol",), "model": ("name", "_target_"), "adapter": ("name", "_target_")}
 
 
 def _walk(node: Any, path: str = "", depth: int = 0) -> Iterator[tuple[str, str, Any]]:
@@ -163,8 +164,8 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
 def infer_choices(cfg: dict[str, Any], dirs: list[Path]) -> list[str]:
     """``group=option`` for each config group, the option whose own values agree most with the record.
 
-    An option whose identity leaves (``name``, ``protocol``, ``source``, any ``_target_``) differ
-    from the record's is out; the others are scored by their literal leaves (interpolations and
+    An option whose identity leaves (:data:`IDENTITY_KEYS`, e.g. a model's ``name`` and
+    ``_target_``, a split's ``protocol``) differ from the record's is out; the others are scored by their literal leaves (interpolations and
     ``defaults`` ignored): +1 per leaf equal to the record's, -1 per leaf that differs or is absent.
     """
     out = []
@@ -189,7 +190,7 @@ def infer_choices(cfg: dict[str, Any], dirs: list[Path]) -> list[str]:
                         continue
                     equal = k in flat_rec and flat_rec[k] == v
                     score += 1 if equal else -1
-                    out_ = out_ or (not equal and k.split(".")[-1] in IDENTITY_KEYS)
+                    out_ = out_ or (not equal and k.split(".")[-1] in IDENTITY_KEYS.get(group, ("_target_",)))
                 if not out_ and (best is None or score > best[0]):
                     best = (score, f.stem)
         if best is not None:
@@ -255,7 +256,11 @@ def rebuild_config(record: dict[str, Any], overrides: list[str], cwd: Path | Non
         raise ConfigError("record: config_hash is not the hash of the recorded config")
     base = compose(infer_choices(cfg, dirs) + list(overrides))
     OmegaConf.set_struct(base, False)
-    merged = OmegaConf.merge(base, OmegaConf.create(_overlay(cfg, trusted)))
+    overlay = _overlay(cfg, trusted)
+    merged = OmegaConf.merge(base, OmegaConf.create(overlay))
+    for key, value in _flat(overlay).items():  # a recorded empty mapping replaces the option's entries
+        if value == {}:
+            OmegaConf.update(merged, key, {}, merge=False)
     merged.logger = None
     merged.reuse_trained = False
     merged.skip_existing = False
