@@ -67,11 +67,13 @@ class RunLog:
     Args:
         path: the log file (its folder is created); None = no file (lines only echoed).
         stdout: where echoed lines go (default: ``sys.stdout`` at the time of each line).
+        quiet: never echo (the processes of a distributed run other than the writing one).
     """
 
-    def __init__(self, path: Path | None = None, stdout: IO[str] | None = None) -> None:
+    def __init__(self, path: Path | None = None, stdout: IO[str] | None = None, quiet: bool = False) -> None:
         self.path = Path(path) if path is not None else None
         self._stdout = stdout
+        self.quiet = quiet
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -82,7 +84,7 @@ class RunLog:
     @property
     def echoes(self) -> bool:
         """True when lines are printed to stdout (stdout is not a terminal)."""
-        return not is_terminal(self.stdout)
+        return not self.quiet and not is_terminal(self.stdout)
 
     def line(self, text: str, echo: bool = True) -> None:
         """Write one line to the log file, and to stdout when ``echo`` and stdout is not a terminal."""

@@ -381,7 +381,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     outputs = Path(cfg.paths.outputs)
     version = run_version()
     if not is_global_zero():  # other processes of a distributed run write nothing and lock nothing
-        return _run(cfg, RunLog(), version)
+        return _run(cfg, RunLog(quiet=True), version)
     log = RunLog(outputs / "logs" / run_id / version / "run.log")
     existing = Path(cfg.paths.results) / "runs" / run_id / "record.json"
     before = _file_state(existing)

@@ -358,6 +358,8 @@ def predict_sharded(
 ) -> np.ndarray:
     """``fn`` over all rows, sharded across the trainer's processes; every process gets all rows."""
     kwargs = {**trainer_kwargs, "logger": False, "enable_checkpointing": False}
+    if not is_terminal(sys.stdout):  # a bar redrawn into a log file is noise
+        kwargs["enable_progress_bar"] = False
     with quiet_lightning():
         trainer = pl.Trainer(**kwargs)
         module = ShardedPredict(model.eval(), fn, n_rows)

@@ -51,6 +51,7 @@ def test_run_log_writes_the_file_always_and_stdout_only_when_not_a_terminal(tmp_
     piped, tty = io.StringIO(), Terminal()
     RunLog(tmp_path / "a" / "run.log", stdout=piped).line("epoch 1/2")
     RunLog(tmp_path / "b" / "run.log", stdout=tty).line("epoch 1/2")
+    RunLog(stdout=piped, quiet=True).line("from another process of a distributed run")
     assert piped.getvalue() == "epoch 1/2\n"
     assert tty.getvalue() == ""
     for d in ("a", "b"):
