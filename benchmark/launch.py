@@ -9,7 +9,9 @@
   error before anything is submitted.
 - :func:`slurm_reporting`: while a sweep is submitted and watched, submitit's "Bypassing sacct error"
   warnings (printed three times per status poll when job accounting is off) become one line per
-  sweep, and a failed job reaches the user as one line with the path of its log.
+  sweep, job states come from ``squeue``/``scontrol`` when ``sacct`` fails (so a job killed before it
+  wrote a result, e.g. out of memory or ``scancel``, ends the wait instead of hanging it), and a
+  failed job reaches the user as one line with the path of its log.
 - :func:`run_in_job` / :func:`requeued_checkpoint`: inside a SLURM job, a failure is reported with
   the job id and log path; a job that SLURM requeued (preemption, ``scontrol requeue``, submitit's
   signal before the time limit) resumes training from its ``last.ckpt``.
@@ -18,9 +20,12 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
 import logging
 import os
+import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -273,12 +278,88 @@ class _SacctOnce(logging.Filter):
         if not self.said:
             self.said = True
             print(
-                "submitit: sacct failed (job accounting is off?); job states are read from the jobs' "
-                "result files instead (SUBMITIT_LOG_LEVEL=ERROR silences submitit's warnings)",
+                "submitit: sacct failed (job accounting is off?); job states are read from squeue and "
+                "scontrol instead (SUBMITIT_LOG_LEVEL=ERROR silences submitit's warnings)",
                 file=sys.stderr,
                 flush=True,
             )
         return False
+
+
+# Job states from squeue (queued and running jobs) and scontrol (jobs that ended within the
+# controller's MinJobAge). A job neither knows ended long ago: it gets this state.
+GONE = "NOT_IN_QUEUE"
+
+
+def _run_quiet(cmd: list[str]) -> str | None:
+    """stdout of a SLURM client command, None when it fails or is absent."""
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout if r.returncode == 0 else None
+
+
+def queue_states(
+    job_ids: list[str], run_cmd: Callable[[list[str]], str | None] | None = None
+) -> dict[str, dict[str, str]]:
+    """``{job_id: {"State": ...}}`` for submitit's job ids (``12`` or ``12_3`` for an array task).
+
+    Jobs in ``squeue`` get its state (``PENDING``, ``RUNNING``, ...); the others get the
+    ``JobState`` of ``scontrol show job`` (``COMPLETED``, ``FAILED``, ``OUT_OF_MEMORY``,
+    ``CANCELLED``, ...), or :data:`GONE` when the controller no longer knows them. Nothing is
+    returned when ``squeue`` itself fails (the controller is unreachable): the states stay unknown.
+
+    Args:
+        job_ids: the ids to look up.
+        run_cmd: runs a command, returns its stdout or None on failure (default: :func:`_run_quiet`).
+    """
+    run_cmd = run_cmd or _run_quiet
+    queued = run_cmd(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T"])
+    if queued is None:
+        return {}
+    states: dict[str, dict[str, str]] = {}
+    for line in queued.splitlines():
+        job_id, _, state = line.strip().partition("|")
+        if job_id in job_ids:
+            states[job_id] = {"State": state.strip()}
+    for main_id in sorted({j.split("_")[0] for j in job_ids if j not in states}):
+        for line in (run_cmd(["scontrol", "-o", "show", "job", main_id]) or "").splitlines():
+            fields = dict(w.split("=", 1) for w in line.split() if "=" in w)
+            task = fields.get("ArrayTaskId")
+            job_id = f"{fields.get('ArrayJobId')}_{task}" if task and task.isdigit() else fields.get("JobId", "")
+            if job_id in job_ids and job_id not in states and fields.get("JobState"):
+                states[job_id] = {"State": fields["JobState"]}
+    for job_id in job_ids:
+        states.setdefault(job_id, {"State": GONE})
+    return states
+
+
+def _watcher_update(self: Any) -> None:
+    """``SlurmInfoWatcher.update`` that falls back to :func:`queue_states` when ``sacct`` fails.
+
+    submitit itself then keeps such jobs ``UNKNOWN`` forever: a job that died without a result
+    (out of memory, ``scancel``, node failure) makes the submitting command wait without end.
+    """
+    command = self._make_command()
+    if command is None:
+        return
+    self._num_calls += 1
+    pending = sorted(self._registered - self._finished)
+    try:
+        self._output = subprocess.check_output(command, shell=False, stderr=subprocess.PIPE)
+        info = self.read_info(self._output)
+    except Exception as e:  # sacct absent, accounting disabled, slurmdbd down
+        err = e.stderr.decode(errors="replace").strip() if isinstance(e, subprocess.CalledProcessError) and e.stderr else ""
+        logging.getLogger("submitit").warning(
+            f"Call #{self.num_calls} - Bypassing sacct error {e} {err}, status may be inaccurate."
+        )
+        info = queue_states(pending)
+    self._info_dict.update(info)
+    self._last_status_check = time.time()
+    for job_id in pending:
+        if self.is_done(job_id, mode="cache"):
+            self._finished.add(job_id)
 
 
 class _DropLines:
@@ -305,9 +386,10 @@ def _uncompleted_line(exc: BaseException) -> str:
     job = words[1] if len(words) > 1 else "?"
     log = next((w for w in words if w.endswith("_result.pkl")), None)
     log_path = log[: -len("_result.pkl")] + "_log.err" if log else "?"
+    state = head.rpartition("(state: ")[2].rstrip(")") if "(state: " in head else "?"
     tail = [s for s in lines[2:] if not set(s) <= {"-"} and s != "Error stream produced:"]
-    cause = tail[-1] if tail else head
-    return f"SLURM job {job} failed: {cause}; log: {log_path}"
+    cause = tail[-1] if tail else "no output"
+    return f"SLURM job {job} failed: ended without a result (state {state}): {cause}; log: {log_path}"
 
 
 @contextlib.contextmanager
@@ -318,10 +400,13 @@ def slurm_reporting() -> Iterator[None]:
         JobFailed: a job failed (its own error, or it died without a result).
     """
     from submitit.core.utils import UncompletedJobError
+    from submitit.slurm.slurm import SlurmInfoWatcher
 
     sacct = _SacctOnce()
     log = logging.getLogger("submitit")
     log.addFilter(sacct)
+    update = SlurmInfoWatcher.update
+    SlurmInfoWatcher.update = _watcher_update
     previous = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing a traceback
     try:
@@ -331,6 +416,7 @@ def slurm_reporting() -> Iterator[None]:
     except UncompletedJobError as e:
         raise JobFailed(_uncompleted_line(e)) from None
     finally:
+        SlurmInfoWatcher.update = update
         log.removeFilter(sacct)
         if previous is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)

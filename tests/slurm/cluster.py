@@ -2,7 +2,7 @@
 packages (``apt-get install slurm-wlm munge``), with every file in one folder.
 
 Also a command line: ``python -m tests.slurm.cluster DIR`` starts the same cluster and prints the
-``SLURM_CONF`` to export; Ctrl-C stops it.
+``SLURM_CONF`` to export; Ctrl-C or ``kill PID`` stops it (jobs cancelled, daemons stopped).
 """
 
 from __future__ import annotations
@@ -101,7 +101,20 @@ class Cluster:
         return r.stdout
 
     def stop(self) -> None:
-        """Stop the daemons this cluster started (by their process ids)."""
+        """Cancel the cluster's jobs, wait for their processes to end, then stop the daemons this
+        cluster started (by their process ids).
+
+        A job step's ``slurmstepd`` is a daemon of its own (parent 1): stopping slurmd would leave it
+        and the job's processes behind, so jobs are cancelled while slurmd still runs.
+        """
+        if self.procs and all(p.poll() is None for p in self.procs):
+            self.run("scancel", "--full", "--user", "root", check=False)
+            deadline = time.time() + 60
+            while time.time() < deadline:
+                queued = self.run("squeue", "-h", "-o", "%i", check=False).split()
+                if not queued and not self.step_sockets():
+                    break
+                time.sleep(0.5)
         for p in reversed(self.procs):
             if p.poll() is None:
                 p.terminate()
@@ -112,6 +125,11 @@ class Cluster:
                 p.kill()
                 p.wait()
         self.procs.clear()
+
+    def step_sockets(self) -> list[Path]:
+        """The sockets of the job steps running on the node (one per live ``slurmstepd``)."""
+        spool = self.root / "spool"
+        return [p for p in spool.iterdir() if p.is_socket()] if spool.is_dir() else []
 
     def logs(self) -> str:
         """The tails of the daemons' logs (for failure messages)."""
@@ -172,6 +190,12 @@ if __name__ == "__main__":
     why = missing()
     if why:
         sys.exit(why)
+    import signal
+
+    def _interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` stops the daemons as Ctrl-C does
     c = start(Path(sys.argv[1]).resolve())
     print(f"export SLURM_CONF={c.root / 'slurm.conf'}   # then: sinfo; Ctrl-C here stops the cluster", flush=True)
     try:

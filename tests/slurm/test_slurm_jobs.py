@@ -118,14 +118,40 @@ def test_a_requeued_job_resumes_from_its_checkpoint_to_the_uninterrupted_record(
 
 
 def test_a_failing_job_is_one_line_with_the_path_of_its_log(slurm_cluster, tiny_dir, tmp_path):
-    missing = tmp_path / "no_such_weights.pt"
-    r = submit(slurm_cluster, *LAUNCHER, "model=bpr", f"load_weights={missing}", *tiny_args(tiny_dir, tmp_path))
-    assert r.returncode == 1
+    import torch
+
+    # The file exists (checked before submission) but holds other weights: the job itself fails.
+    weights = tmp_path / "other_weights.pt"
+    torch.save({"not_a_bpr_weight": torch.zeros(1)}, weights)
+    r = submit(slurm_cluster, *LAUNCHER, "model=bpr", f"load_weights={weights}", *tiny_args(tiny_dir, tmp_path))
+    assert r.returncode == 1, r.stderr[-3000:]
     errors = [line for line in r.stderr.splitlines() if "error" in line.lower() and "sacct" not in line]
     assert len(errors) == 1, r.stderr[-3000:]
     m = re.search(r"log: (\S+_log\.err)$", errors[0])
-    assert m and "load_weights: file not found" in errors[0], errors[0]
+    assert m and "Error(s) in loading state_dict" in errors[0], errors[0]
     log = Path(m.group(1))
     assert log.is_file() and "Traceback" in log.read_text()  # the full story is in the log
     assert "Traceback" not in r.stderr
+    assert records(tmp_path / "res") == []
+
+
+def test_a_job_killed_without_a_result_ends_the_wait_in_one_line(slurm_cluster, tiny_dir, tmp_path):
+    # Job accounting is off here: the job's end is read from squeue/scontrol, not waited for forever.
+    args = ["model=bpr", "model.train.max_epochs=100000", "model.train.patience=100000", *tiny_args(tiny_dir, tmp_path)]
+    proc = submit(slurm_cluster, *LAUNCHER, *args, wait=False)
+    deadline = time.time() + 300
+    while not list((tmp_path / "out").glob("hydra/multirun/*/.submitit/*/*_log.err")):
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.time() < deadline, "the job did not start within 300 s"
+        time.sleep(0.5)
+    (job,) = slurm_cluster.run("squeue", "-h", "-o", "%i").split()
+    slurm_cluster.run("scancel", job)
+    t0 = time.time()
+    out, err = proc.communicate(timeout=240)
+    print(f"scancel to exit: {time.time() - t0:.1f}s")
+    assert proc.returncode == 1, err[-3000:]
+    errors = [line for line in err.splitlines() if "error" in line.lower() and "sacct" not in line]
+    assert len(errors) == 1, err[-3000:]
+    m = re.fullmatch(rf"llm4rec: error: SLURM job {job} failed: .*CANCELLED.*; log: (\S+_log\.err)", errors[0])
+    assert m and Path(m.group(1)).is_file(), errors[0]
     assert records(tmp_path / "res") == []
