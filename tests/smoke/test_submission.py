@@ -245,7 +245,7 @@ def test_random_byte_flips_never_crash_nor_change_accepted_metrics(tiny, small_a
     metrics = json.loads(next(d for n, d in _members(small_archives["tar.gz"]) if n.endswith("record.json")))["metrics"]
     work = tmp_path_factory.mktemp("flips") / f"x.{kind}"
 
-    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
     @given(st.lists(st.tuples(st.integers(0, len(original) - 1), st.integers(1, 255)), min_size=1, max_size=4))
     def flip(changes):
         data = bytearray(original)
