@@ -174,23 +174,23 @@ def test_empty_split_is_an_error(tmp_path, capsys):
 
 
 def test_quickstart_experiment_on_bundled_movielens(tmp_path):
-    # The make-run job, restricted to pop (bpr training is covered above).
+    # The make-run job, restricted to its pop row (the rows that train: tests/smoke/test_quickstart.py).
     llm4rec(
         "run",
         "-m",
         "experiment=quickstart",
-        "model=pop",
+        "quickstart=pop",
         "logger=none",
         "trainer.enable_progress_bar=false",
         f"paths.results={tmp_path / 'res'}",
         f"paths.outputs={tmp_path / 'out'}",
     )
-    found = runs(tmp_path)
-    assert sorted(load_record(d)["eval"]["protocol"] for d in found) == ["full", "sampled"]
-    for d in found:
-        rec = assert_metrics_recompute(d)
-        assert rec["dataset"]["stats"]["interactions"] == 100_000
-        assert rec["eval"]["rows"] == 943
+    (run_dir,) = runs(tmp_path)
+    rec = assert_metrics_recompute(run_dir)
+    assert rec["model"]["name"] == "pop" and rec["eval"]["protocol"] == "full"
+    assert rec["dataset"]["stats"]["interactions"] == 100_000
+    # Leave-one-out: one test row per scored user (all 943, or the configured subset).
+    assert rec["eval"]["rows"] == (rec["config"]["eval"].get("test_users") or 943)
 
 
 def test_trained_weights_are_reused_across_eval_protocols(tiny_dir, tmp_path):
