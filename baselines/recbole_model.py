@@ -31,7 +31,7 @@ be set directly.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -211,7 +211,7 @@ class RecBoleModel(nn.Module):
         field_types: dict[str, str] | None = None,
         max_len: int = 50,
         min_history: int = 1,
-        shots: int | str | None = None,
+        shots: int | Literal["all"] | None = None,
     ) -> None:
         super().__init__()
         if shots is not None and shots != "all" and (isinstance(shots, bool) or not isinstance(shots, int) or shots < 1):

@@ -26,7 +26,7 @@ frozen backbone is reloaded from its source.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -157,7 +157,7 @@ class TallRec(nn.Module):
         backbone: str = "smollm2-135m-instruct",
         prompt: PromptTemplate | Mapping[str, Any] | None = None,
         lora: Mapping[str, Any] | None = None,
-        shots: int | str = "all",
+        shots: int | Literal["all"] = "all",
         icl_shots: int = 0,
         history: int = 10,
         like_threshold: float = 3.0,

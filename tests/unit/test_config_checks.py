@@ -64,6 +64,8 @@ def refused(capsys, *argv: str) -> str:
         (["model=bpr", "model.dim=0"], "model.module.dim", "must be >= 1, got 0"),
         (["model=bpr", "model.dim=1.5"], "model.module.dim", "expected int, got 1.5"),
         (["model=bpr", "model.reg=abc"], "model.module.reg", "expected float, got 'abc'"),
+        (["model=tallrec", "model.shots=abc"], "model.module.shots", "expected int | 'all', got 'abc'"),
+        (["model=sasrec", "model.module.max_len=0"], "model.module.max_len", "must be >= 1, got 0"),
         (["model=bpr", "model.train.optimizer.lr=abc"], "model.train.optimizer.lr", "number > 0, got 'abc'"),
         (["model=bpr", "model.train.optimizer.lr=0"], "model.train.optimizer.lr", "number > 0, got 0"),
         (["model=bpr", "+model.train.optimizer.betas=[0.9]"], "model.train.optimizer.betas", "expected tuple"),
