@@ -26,8 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "export-split": (
         "llm4rec export-split [OVERRIDE ...] out=DIR",
-        "Write the exact train/valid/test rows of a split (raw ids), the fixed negatives of a sampled "
-        "protocol and the slice membership to DIR.",
+        "Write a split's exact rows (raw ids) to DIR. Train, valid and test parts, the fixed negatives "
+        "of a sampled protocol and the slice membership, one file each.",
     ),
     "leaderboard": (
         "llm4rec leaderboard [--runs DIR] [--out DIR] [--wandb]",
@@ -35,7 +35,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "data": (
         "llm4rec data {prepare,stats} data=NAME [OVERRIDE ...]",
-        "Prepare a standard dataset from its raw files (prepare) or print its size and density (stats).",
+        "Prepare a standard dataset from its raw files, or print its size and density. With prepare: atomic "
+        "files from the recipe in datasets/<name>; with stats: users, items, interactions, density.",
     ),
     "submit": (
         "llm4rec submit RUN_DIR [--out ARCHIVE]",
@@ -43,8 +44,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "validate": (
         "llm4rec validate ARCHIVE_OR_RUN_DIR",
-        "Check a submission archive or run folder against the canonical split and recompute every "
-        "metric from its predictions; prints ACCEPTED or REJECTED with the failed check.",
+        "Check a submission archive or run folder against the canonical split. Every metric is "
+        "recomputed from its predictions; prints ACCEPTED, or REJECTED with the failed check.",
     ),
     "reproduce": (
         "llm4rec reproduce RUN_DIR [reproduce.tolerance_cpu=X] [reproduce.tolerance_gpu=X]",
