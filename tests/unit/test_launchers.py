@@ -35,11 +35,11 @@ def test_slurm_dry_run_writes_one_script_per_job(tmp_path, capsys):
     main([
         "slurm-scripts", "hydra/launcher=submitit_slurm", "hydra.launcher.partition=a100",
         "hydra.launcher.tasks_per_node=8", "hydra.launcher.gpus_per_node=8",
-        "model=pop,bpr", "seed=1,2", "trainer=ddp", "trainer.devices=8", f"out={tmp_path}",
+        "model=pop,bpr", "seed=2", "trainer=ddp", "trainer.devices=8", f"out={tmp_path}",
     ])
     scripts = sorted(tmp_path.glob("job_*.sh"))
-    assert len(scripts) == 4
-    text = scripts[3].read_text()
+    assert len(scripts) == 2
+    text = scripts[1].read_text()
     for line in ("#SBATCH --partition=a100", "#SBATCH --gpus-per-node=8", "#SBATCH --ntasks-per-node=8", "#SBATCH --time=240"):
         assert line in text
     assert "-m benchmark run model=bpr seed=2 trainer=ddp trainer.devices=8" in text
@@ -90,9 +90,21 @@ def test_deepspeed_without_the_package_is_named(monkeypatch):
 
 
 def _captured_launches(monkeypatch) -> list[tuple[list[list[str]], dict]]:
-    """Replace the SLURM launcher's submission: record the jobs and parameters it gets, submit nothing."""
+    """Replace the SLURM launcher's submission: record the jobs and parameters it gets, submit nothing.
+
+    Hydra's sweeper also composes every job's config once more to check it before launching; that
+    check is skipped here (``run -m`` has already composed and checked each job): it is most of the
+    time of a 12-job ``run -m`` and does not change which jobs are launched.
+    """
+    from hydra.core.plugins import Plugins
     from hydra.core.utils import JobReturn, JobStatus
+    from hydra.plugins.sweeper import Sweeper
+
+    # Hydra's first plugin scan re-executes the plugin modules (a new SlurmLauncher class): scan first.
+    Plugins.instance()
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+
+    monkeypatch.setattr(Sweeper, "validate_batch_is_legal", lambda self, batch: None)
 
     launches: list = []
 
@@ -112,9 +124,11 @@ def _captured_launches(monkeypatch) -> list[tuple[list[list[str]], dict]]:
 @pytest.mark.parametrize(
     "sweep,n_jobs",
     [
-        (["experiment=leaderboard_ml100k"], 12),  # 2 models x 2 evals x 3 seeds from hydra.sweeper.params
+        # 2 models x 2 evals x 3 seeds from hydra.sweeper.params (slow: 12 jobs composed 4 times each;
+        # the 2-job cases and test_the_command_line_launcher_wins... cover experiment sweeps in make test)
+        pytest.param(["experiment=leaderboard_ml100k"], 12, marks=pytest.mark.slow),
         (["experiment=leaderboard_ml100k", "seed=7", "model=bpr"], 2),  # the command line narrows it
-        (["model=pop,bpr", "seed=1,2", "trainer=ddp", "trainer.devices=8", "trainer.num_nodes=2"], 4),
+        (["model=pop,bpr", "trainer=ddp", "trainer.devices=8", "trainer.num_nodes=2"], 2),
     ],
 )
 def test_slurm_scripts_are_the_jobs_run_m_submits(sweep, n_jobs, tmp_path, monkeypatch):
@@ -193,7 +207,8 @@ def test_a_dead_job_is_one_line_with_its_log():
         with slurm_reporting():
             raise UncompletedJobError(msg)
     assert str(e.value) == (
-        "SLURM job 12_3 failed: slurmstepd: error: Detected 1 oom_kill event in StepId=12.0; "
+        "SLURM job 12_3 failed: ended without a result (state OUT_OF_MEMORY): "
+        "slurmstepd: error: Detected 1 oom_kill event in StepId=12.0; "
         "log: /x/.submitit/12_3/12_3_0_log.err"
     )
 
@@ -208,3 +223,85 @@ def test_only_a_requeued_slurm_job_resumes_from_its_last_checkpoint(tmp_path, mo
     assert requeued_checkpoint(None, tmp_path) == "last"
     assert requeued_checkpoint("/my.ckpt", tmp_path) == "/my.ckpt"  # the user's choice wins
     assert requeued_checkpoint(None, tmp_path / "none") is None  # requeued before any checkpoint
+
+
+def test_job_states_come_from_squeue_and_scontrol_without_accounting():
+    from benchmark.launch import GONE, queue_states
+
+    calls = []
+
+    def run_cmd(cmd):
+        calls.append(cmd[0])
+        if cmd[0] == "squeue":
+            return "7_0|RUNNING\n7_1|PENDING\n8|RUNNING\n99|RUNNING\n"
+        if cmd[-1] == "7":  # the array's tasks that left the queue
+            return ("JobId=10 ArrayJobId=7 ArrayTaskId=2 JobState=OUT_OF_MEMORY Reason=OutOfMemory\n"
+                    "JobId=11 ArrayJobId=7 ArrayTaskId=3 JobState=COMPLETED Reason=None\n")
+        if cmd[-1] == "9":
+            return "JobId=9 JobName=x JobState=CANCELLED Reason=None\n"
+        return None  # scontrol: invalid job id (purged)
+
+    ids = ["7_0", "7_1", "7_2", "7_3", "8", "9", "5"]
+    states = {k: v["State"] for k, v in queue_states(ids, run_cmd).items()}
+    assert states == {"7_0": "RUNNING", "7_1": "PENDING", "7_2": "OUT_OF_MEMORY", "7_3": "COMPLETED",
+                      "8": "RUNNING", "9": "CANCELLED", "5": GONE}
+    assert calls == ["squeue", "scontrol", "scontrol", "scontrol"]  # one per array/job not queued: 5, 7, 9
+    assert queue_states(ids, lambda cmd: None) == {}  # controller unreachable: states stay unknown
+
+
+def test_a_job_that_died_without_result_ends_the_wait_when_sacct_fails(tmp_path, monkeypatch):
+    import submitit.core.core as core
+    from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
+
+    import benchmark.launch as launch
+
+    watcher = SlurmInfoWatcher(delay_s=600)
+    monkeypatch.setattr(SlurmJob, "watcher", watcher)
+    monkeypatch.setattr(SlurmJob, "_results_timeout_s", 0)
+    monkeypatch.setattr(SlurmInfoWatcher, "_make_command", lambda self: ["false"])  # sacct fails
+    monkeypatch.setattr(launch, "_run_quiet", lambda cmd: "" if cmd[0] == "squeue" else
+                        "JobId=41 JobState=OUT_OF_MEMORY Reason=OutOfMemory\n")
+    polls = []
+
+    def sleep(seconds):
+        polls.append(seconds)
+        assert len(polls) < 100, "the job's end was never noticed"
+
+    monkeypatch.setattr(core._time, "sleep", sleep)
+    job = SlurmJob(folder=tmp_path, job_id="41")
+    (tmp_path / "41_0_log.err").write_text("slurmstepd: error: Detected 1 oom_kill event in StepId=41.batch\n")
+    with pytest.raises(launch.JobFailed) as e:
+        with launch.slurm_reporting():
+            job.results()
+    assert str(e.value) == (
+        "SLURM job 41 failed: ended without a result (state OUT_OF_MEMORY): "
+        f"slurmstepd: error: Detected 1 oom_kill event in StepId=41.batch; log: {tmp_path / '41_0_log.err'}"
+    )
+    assert SlurmInfoWatcher.update is not launch._watcher_update  # submitit's own again after the sweep
+
+
+def test_the_command_line_launcher_wins_over_an_experiment_default(tmp_path, monkeypatch):
+    # An experiment that picks the joblib launcher in its defaults (as a quickstart may):
+    # hydra/launcher=submitit_slurm on the command line submits its sweep to SLURM instead.
+    import shutil
+
+    import benchmark.cli as cli
+    import benchmark.launch as launch
+    from benchmark.slurm import script_jobs
+
+    configs = tmp_path / "configs"
+    shutil.copytree(cli.CONFIG_DIR, configs)
+    (configs / "experiment" / "local_sweep.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /hydra/launcher: joblib\n\n"
+        "hydra:\n  sweeper:\n    params:\n      model: pop,bpr\n"
+    )
+    monkeypatch.setattr(cli, "CONFIG_DIR", configs)
+    monkeypatch.setattr(launch, "CONFIG_DIR", configs)
+    assert cli.compose(["experiment=local_sweep"], hydra=True).hydra.launcher._target_.endswith("JoblibLauncher")
+    launches = _captured_launches(monkeypatch)
+    args = ["experiment=local_sweep", "hydra/launcher=submitit_slurm", f"paths.outputs={tmp_path / 'o'}"]
+    main(["run", "-m", *args])
+    ((submitted, params),) = launches  # the SLURM launcher got the sweep
+    assert [j[0] for j in submitted] == ["model=pop", "model=bpr"] and params["tasks_per_node"] == 1
+    main(["slurm-scripts", *args, f"out={tmp_path / 'dry'}"])
+    assert script_jobs(tmp_path / "dry") == submitted
