@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml requirements/lock.txt
 QUICKSTART := $(BIN)/llm4rec run -m experiment=quickstart paths.results=outputs/quickstart
 run: $(STAMP)
 	@export OMP_NUM_THREADS=1; \
-	$(QUICKSTART) quickstart=sasrec,llm_rerank hydra.sweep.dir=outputs/hydra/quickstart/sasrec+llm_rerank & first=$$!; \
-	$(QUICKSTART) quickstart=p5,pop,bpr hydra.sweep.dir=outputs/hydra/quickstart/p5+pop+bpr; other=$$?; \
+	$(QUICKSTART) quickstart=bpr,llm_rerank,pop hydra.sweep.dir=outputs/hydra/quickstart/bpr+llm_rerank+pop & first=$$!; \
+	$(QUICKSTART) quickstart=sasrec,p5 hydra.sweep.dir=outputs/hydra/quickstart/sasrec+p5; other=$$?; \
 	wait $$first && test $$other -eq 0
 	$(BIN)/llm4rec leaderboard --runs outputs/quickstart/runs --out outputs/quickstart
 	@echo

@@ -20,7 +20,7 @@ from benchmark.results.submission import validate
 from benchmark.run import config_hashes, pick_test_users, run_id_for, take_rows
 from tests.smoke.test_cli import runs, tiny_args
 
-ROWS = ["sasrec", "p5", "pop", "bpr", "llm_rerank"]
+ROWS = ["bpr", "llm_rerank", "pop", "sasrec", "p5"]
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -31,10 +31,10 @@ def quickstart() -> dict:
     return {"sweep": sweep, "jobs": jobs}
 
 
-def test_quickstart_sweeps_five_models_in_order_sasrec_before_its_rerank(quickstart):
+def test_quickstart_sweeps_five_models_in_order_bpr_before_its_rerank(quickstart):
     order = quickstart["sweep"].sweeper.params.quickstart.split(",")
     assert sorted(order) == sorted(ROWS)
-    assert order.index("sasrec") < order.index("llm_rerank")
+    assert order.index("bpr") < order.index("llm_rerank")
     # jobs run one after the other, in sweep order (a parallel launcher could start the rerank first)
     assert quickstart["sweep"].launcher._target_.endswith("BasicLauncher")
     names = {q: c.model.name for q, c in quickstart["jobs"].items()}
@@ -65,17 +65,17 @@ def test_quickstart_labels_show_the_shortened_budgets(quickstart):
     assert f"{p5.module.sample_windows}win" in p5.label
     assert "tiny" in p5.label
     assert jobs["pop"].model.get("label") in (None, "pop")  # nothing to shorten
-    assert "top20" in jobs["llm_rerank"].model.label and "sasrec-1ep" in jobs["llm_rerank"].model.label
+    assert "top20" in jobs["llm_rerank"].model.label and "bpr-20ep" in jobs["llm_rerank"].model.label
 
 
-def test_the_rerank_row_reads_this_sweeps_sasrec_run_and_no_other(quickstart):
+def test_the_rerank_row_reads_this_sweeps_bpr_run_and_no_other(quickstart):
     jobs = quickstart["jobs"]
     ids = {q: run_id_for(c, config_hashes(c)[0]) for q, c in jobs.items()}
     pattern = jobs["llm_rerank"].model.module.first_stage
     root, name = pattern.rsplit("/", 1)
-    assert root == f"{jobs['sasrec'].paths.results}/runs"
-    assert [q for q, i in ids.items() if fnmatch.fnmatchcase(i, name)] == ["sasrec"]
-    assert jobs["sasrec"].seed == jobs["llm_rerank"].seed
+    assert root == f"{jobs['bpr'].paths.results}/runs"
+    assert [q for q, i in ids.items() if fnmatch.fnmatchcase(i, name)] == ["bpr"]
+    assert jobs["bpr"].seed == jobs["llm_rerank"].seed
 
 
 def test_first_stage_pattern_must_name_exactly_one_run(tmp_path):
@@ -167,12 +167,12 @@ def test_eval_test_users_larger_than_the_test_part_is_a_config_error(tiny_dir, t
 
 
 def test_make_run_splits_the_sweep_into_two_ordered_halves(quickstart):
-    """`make run`: two concurrent sweeps that together run every row once, the rerank after its SASRec."""
+    """`make run`: two concurrent sweeps that together run every row once, the rerank after its BPR."""
     recipe = (ROOT / "Makefile").read_text().split("\nrun:", 1)[1].split("\n\n", 1)[0]
     halves = [m.split(",") for m in re.findall(r"\bquickstart=([\w,]+)", recipe)]
     assert len(halves) == 2
     assert sorted(q for h in halves for q in h) == sorted(quickstart["sweep"].sweeper.params.quickstart.split(","))
     first = next(h for h in halves if "llm_rerank" in h)
-    assert "sasrec" in first and first.index("sasrec") < first.index("llm_rerank")
+    assert "bpr" in first and first.index("bpr") < first.index("llm_rerank")
     assert "OMP_NUM_THREADS=1" in recipe and recipe.count(" & ") == 1  # two jobs at a time
     assert "outputs/quickstart/leaderboard.html" in recipe
