@@ -12,7 +12,9 @@ anything is trained or written. The checks are general, not a list of known mist
 - ``seed`` is an integer >= 0;
 - the metric cut-offs fit the candidates a test row has: the catalogue under full ranking
   (the dataset is read once per distinct data config), ``1 + num_negatives`` when sampled;
-- paths the run will read exist (``load_weights``, ``ckpt_path``, ``data.path``, ``data.raw_dir``).
+- paths the run will read exist (``load_weights``, ``ckpt_path``, ``data.path``, ``data.raw_dir``);
+- the parts of the run id (``data.name``, the model's label) are plain names, so the run id names
+  one folder inside ``results/runs`` and passes ``validate``'s run-id rule.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import collections.abc
 import inspect
 import json
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -271,6 +274,21 @@ def check_paths(cfg: Any) -> None:
     resume_checkpoint(cfg, last_checkpoint(cfg).parent)
 
 
+# A run id part: no path separator, no leading dot; the characters the record schema allows.
+_NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+@=,-]{0,99}$")
+
+
+def check_run_id_parts(cfg: Any) -> None:
+    """``data.name`` and the model's label name the run folder: they must be plain names."""
+    model = cfg.model
+    for key, value in (("data.name", cfg.data.get("name")), ("model.label", model.get("label") or model.get("name"))):
+        if not isinstance(value, str) or not _NAME_PART.match(value):
+            raise ConfigError(
+                f"{key}: {value!r} is not a plain name (letters, digits and . _ + @ = , -; "
+                "no path separator, no leading dot): it is part of the run id and the run folder's name"
+            )
+
+
 def check_values(cfg: Any, read_data: bool = True) -> None:
     """All the checks above on one composed config; raises the first ConfigError.
 
@@ -280,6 +298,7 @@ def check_values(cfg: Any, read_data: bool = True) -> None:
             that would have to be prepared from raw files first is not read.
     """
     check_seed(cfg.get("seed"))
+    check_run_id_parts(cfg)
     check_paths(cfg)
     check_model(cfg.model)
     if cfg.get("trainer") is not None:

@@ -80,6 +80,8 @@ def refused(capsys, *argv: str) -> str:
         (["model=bpr", "ckpt_path=last"], "ckpt_path=last", "nothing to resume"),
         (["model=pop", "ckpt_path=last"], "ckpt_path", "model pop trains nothing"),
         (["load_weights=/nope/model.pt"], "load_weights", "no such file: /nope/model.pt"),
+        (["data.name=../../x"], "data.name", "'../../x' is not a plain name"),
+        (["model=sasrec", "model.label=a/b"], "model.label", "'a/b' is not a plain name"),
         (["eval.ks=[5]", "eval.valid_metric=ndcg@50"], "eval.valid_metric", "K=50 exceeds the catalogue"),
         (["eval=sampled", "eval.ks=[5]", "eval.valid_metric=hr@6"], "eval.valid_metric", "K=6 exceeds the catalogue"),
     ],
