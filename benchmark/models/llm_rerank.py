@@ -55,6 +55,11 @@ def first_stage_dir(spec: str | Path) -> Path:
     return found[0]
 
 
+# Candidate slots of a user that the first-stage run did not rank (e.g. it was scored on a subset
+# of test users, eval.test_users): such a user cannot be reranked.
+ABSENT = -2
+
+
 def read_first_stage(run_dir: str | Path, split: Split, top_n: int) -> tuple[np.ndarray, dict[str, Any]]:
     """Candidates of a first-stage run, checked against this run's split.
 
@@ -64,8 +69,8 @@ def read_first_stage(run_dir: str | Path, split: Split, top_n: int) -> tuple[np.
         top_n: candidates kept per user (the first ``top_n`` of the stored list).
 
     Returns:
-        ([n_users, top_n] item indices, -1 where a user has fewer or no candidates;
-        facts about the first-stage run for the record).
+        ([n_users, top_n] item indices, -1 where a user has fewer candidates, ``ABSENT`` in every
+        slot of a user the first stage did not rank at all; facts about the first-stage run).
     """
     from benchmark.results.record import RECORD, read_predictions
 
@@ -91,10 +96,14 @@ def read_first_stage(run_dir: str | Path, split: Split, top_n: int) -> tuple[np.
     lines = read_predictions(run_dir / rec["predictions"]["file"])
     user_of = {u: i for i, u in enumerate(split.user_ids.tolist())}
     item_of = {x: i for i, x in enumerate(split.item_ids.tolist())}
-    cands = np.full((split.n_users, top_n), -1, dtype=np.int64)
+    cands = np.full((split.n_users, top_n), ABSENT, dtype=np.int64)
     for line in lines:
-        ranked = [item_of[x] for x in line["ranked"] if x is not None and x in item_of][:top_n]
-        cands[user_of[line["user"]], : len(ranked)] = ranked
+        if line.get("user") not in user_of:
+            raise ConfigError(f"model.module.first_stage: run {rec.get('run_id')} ranks an unknown user {line.get('user')!r}")
+        ranked = [item_of[x] for x in line.get("ranked") or [] if x is not None and x in item_of][:top_n]
+        row = cands[user_of[line["user"]]]
+        row[:] = -1
+        row[: len(ranked)] = ranked
     facts = {
         "run_id": rec.get("run_id"),
         "model": rec.get("model", {}).get("label") or rec.get("model", {}).get("name"),
@@ -235,6 +244,13 @@ class LLMRerank(nn.Module):
         """[B] users -> [B, n_items]: LLM scores of each user's candidates, -inf elsewhere."""
         out = torch.full((len(users), self.n_items), float("-inf"))
         todo = [u for u in users.tolist() if u not in self._scores]
+        absent = [u for u in todo if self.candidates[u, 0] == ABSENT]
+        if absent:
+            raise ConfigError(
+                f"model.module.first_stage: run {self.first_stage.get('run_id')} has no ranked list for "
+                f"{len(absent)} of the users evaluated here (it was scored on other test users, e.g. another "
+                "eval.test_users); rerank a first stage scored on every user of this run"
+            )
         advance = within_chunk(len(todo))  # the evaluator's bar: rows/s and ETA
         for start in range(0, len(todo), self.user_batch_size):
             self._score_users(todo[start : start + self.user_batch_size])

@@ -105,6 +105,27 @@ def test_llm_rerank_reorders_a_first_stage_run(tiny_dir, tmp_path, lm_dir, capsy
     assert rec["model"]["rerank"]["first_stage"]["run_id"] == pop["run_id"]
 
 
+def test_llm_rerank_refuses_users_its_first_stage_did_not_rank(tiny_dir, tmp_path, lm_dir, capsys):
+    """A first stage scored on a subset of test users cannot be reranked on all of them."""
+    sub = tmp_path / "sub"
+    llm4rec("run", "model=pop", "eval.test_users=10", *tiny_args(tiny_dir, sub))
+    (first,) = runs(sub)
+    assert len(read_predictions(first / load_record(first)["predictions"]["file"])) == 10
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        llm4rec(
+            "run",
+            "model=llm_rerank",
+            f"model.module.first_stage={first}",
+            f"model.module.backbone={lm_dir}",
+            *tiny_args(tiny_dir, tmp_path),
+        )
+    assert e.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the backbone's loading bar
+    assert last.startswith("llm4rec: error: model.module.first_stage: ") and "no ranked list for 30 of the users" in last
+    assert runs(tmp_path) == []  # no record
+
+
 def test_tallrec_movie_run_through_the_cli(tmp_path, tmp_path_factory):
     from benchmark.config import DataConfig
     from benchmark.data.loading import load_dataset
