@@ -18,7 +18,6 @@ shared by its N candidates.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -72,43 +71,51 @@ def read_first_stage(run_dir: str | Path, split: Split, top_n: int) -> tuple[np.
         ([n_users, top_n] item indices, -1 where a user has fewer candidates, ``ABSENT`` in every
         slot of a user the first stage did not rank at all; facts about the first-stage run).
     """
-    from benchmark.results.record import RECORD, read_predictions
+    from benchmark.results.archive import Rejected, prediction_lines, read_run_dir
 
     run_dir = first_stage_dir(run_dir)
-    if not (run_dir / RECORD).is_file():
-        raise ConfigError(f"model.module.first_stage: no {RECORD} in {run_dir}")
-    rec = json.loads((run_dir / RECORD).read_text())
-    theirs = rec.get("split", {}).get("fingerprint")
+    try:  # the same bounded, path-checked reading as `validate`: a run folder may come from anyone
+        sub = read_run_dir(run_dir)
+        lines = prediction_lines(sub.predictions)
+    except Rejected as e:
+        raise ConfigError(f"model.module.first_stage: {run_dir}: {e}") from None
+    rec = sub.record
+    bad = [k for k in ("split", "eval", "model", "metrics") if not isinstance(rec.get(k), dict)]
+    if bad or not isinstance(rec.get("run_id"), str):
+        raise ConfigError(f"model.module.first_stage: {run_dir}: not a run record ({(bad or ['run_id'])[0]} missing or malformed)")
+    theirs = rec["split"].get("fingerprint")
     if theirs != split.fingerprint:
         raise ConfigError(
-            f"model.module.first_stage: run {rec.get('run_id', run_dir.name)} was made on split "
-            f"{str(theirs)[:12]} ({rec.get('split', {}).get('protocol')}), this run's split is "
+            f"model.module.first_stage: run {rec['run_id']} was made on split "
+            f"{str(theirs)[:12]} ({rec['split'].get('protocol')}), this run's split is "
             f"{split.fingerprint[:12]} ({split.protocol}); rerank needs the same split"
         )
-    if rec.get("eval", {}).get("protocol") != "full":
+    if rec["eval"].get("protocol") != "full":
         raise ConfigError(
-            f"model.module.first_stage: run {rec.get('run_id')} used eval={rec.get('eval', {}).get('protocol')}; "
+            f"model.module.first_stage: run {rec['run_id']} used eval={rec['eval'].get('protocol')}; "
             "reranking needs a full-ranking (eval=full) first stage"
         )
     stored = int(rec["eval"].get("list_length", 0))
     if top_n > stored:
         raise ConfigError(f"model.module.top_n={top_n}: the first-stage run stores only the top {stored}")
-    lines = read_predictions(run_dir / rec["predictions"]["file"])
     user_of = {u: i for i, u in enumerate(split.user_ids.tolist())}
     item_of = {x: i for i, x in enumerate(split.item_ids.tolist())}
     cands = np.full((split.n_users, top_n), ABSENT, dtype=np.int64)
     for line in lines:
-        if line.get("user") not in user_of:
-            raise ConfigError(f"model.module.first_stage: run {rec.get('run_id')} ranks an unknown user {line.get('user')!r}")
-        ranked = [item_of[x] for x in line.get("ranked") or [] if x is not None and x in item_of][:top_n]
+        if not isinstance(line, dict) or not isinstance(line.get("ranked"), list) or line.get("user") not in user_of:
+            raise ConfigError(
+                f"model.module.first_stage: run {rec['run_id']} has a predictions line that is not a "
+                f"ranked list of a known user ({str(line)[:80]})"
+            )
+        ranked = [item_of[x] for x in line["ranked"] if isinstance(x, str | int) and x in item_of][:top_n]
         row = cands[user_of[line["user"]]]
         row[:] = -1
         row[: len(ranked)] = ranked
     facts = {
         "run_id": rec.get("run_id"),
-        "model": rec.get("model", {}).get("label") or rec.get("model", {}).get("name"),
+        "model": rec["model"].get("label") or rec["model"].get("name"),
         "split_fingerprint": theirs,
-        "metrics": {k: v for k, v in rec.get("metrics", {}).items() if k.count("/") == 1},
+        "metrics": {k: v for k, v in rec["metrics"].items() if k.count("/") == 1},
     }
     return cands, facts
 

@@ -243,7 +243,7 @@ class _Capped:
         return data
 
 
-def _read_regular(path: Path, folder: Path, limit: int, what: str) -> bytes:
+def read_regular_file(path: Path, folder: Path, limit: int, what: str) -> bytes:
     """Bytes of a regular file that lies directly in ``folder`` (no links), at most ``limit``."""
     if path.is_symlink() or not path.is_file():
         raise Rejected("files", f"{what} {path.name!r} is missing, a link or not a regular file")
@@ -262,9 +262,9 @@ def read_run_dir(path: Path, limits: Limits = DEFAULT_LIMITS) -> Submission:
     rec_path = path / RECORD
     if not rec_path.exists() and not rec_path.is_symlink():
         raise Rejected("files", f"{path}: no {RECORD}")
-    record = parse_record(_read_regular(rec_path, path, limits.record_bytes, RECORD), limits)
+    record = parse_record(read_regular_file(rec_path, path, limits.record_bytes, RECORD), limits)
     pname = predictions_name(record)
-    pred = _read_regular(path / pname, path, limits.member_bytes, "predictions file")
+    pred = read_regular_file(path / pname, path, limits.member_bytes, "predictions file")
     return Submission(str(path), record, pred, [RECORD, pname])
 
 

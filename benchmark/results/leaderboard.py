@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as dt
-import gzip
 import hashlib
 import io
 import json
@@ -43,6 +42,7 @@ import yaml
 from benchmark.errors import BenchmarkError
 from benchmark.eval.metrics import higher_is_better
 from benchmark.eval.significance import holm, paired_pvalue
+from benchmark.results.archive import DEFAULT_LIMITS, prediction_lines, read_regular_file
 from benchmark.results.recompute import per_row_values
 from benchmark.results.record import RECORD
 from benchmark.results.schema import schema_errors
@@ -71,8 +71,6 @@ NON_ROW_KEYS = {
 SAMPLED_ONLY = {"num_negatives", "negatives_seed"}
 HOLDOUT_PRESET = "strict_cold_item"  # configs/split/<preset>.yaml: the reference for "+holdout" splits
 MAX_RECORD_BYTES = 16 * 2**20
-MAX_PREDICTION_BYTES = 512 * 2**20  # after decompression
-MAX_PREDICTION_LINE = 4 * 2**20
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 Warn = Callable[[str], None]
@@ -209,28 +207,19 @@ def load_runs(runs_dir: Path, warn: Warn | None = None) -> list[tuple[dict[str, 
 
 
 def read_predictions_bounded(path: Path) -> list[dict[str, Any]]:
-    """Lines of a gzip JSON-lines predictions file, refusing oversized lines or totals.
+    """Lines of a gzip JSON-lines predictions file, read within ``validate``'s limits
+    (:data:`benchmark.results.archive.DEFAULT_LIMITS`: file size, bytes after decompression, line length).
 
     Raises:
-        ValueError: The file is larger than the limits, or a line is not a JSON object.
-        OSError: The file is not gzip.
+        Rejected: The file is a link, too large, not gzip, or a line is not strict JSON.
+        ValueError: A line is not a JSON object.
     """
-    lines: list[dict[str, Any]] = []
-    total = 0
-    with gzip.open(path, "rb") as f:
-        while True:
-            line = f.readline(MAX_PREDICTION_LINE + 1)
-            if not line:
-                return lines
-            if len(line) > MAX_PREDICTION_LINE:
-                raise ValueError(f"a line is longer than {MAX_PREDICTION_LINE} bytes")
-            total += len(line)
-            if total > MAX_PREDICTION_BYTES:
-                raise ValueError(f"more than {MAX_PREDICTION_BYTES // 2**20} MiB after decompression")
-            obj = json.loads(line)
-            if not isinstance(obj, dict):
-                raise ValueError(f"line {len(lines) + 1} is not a JSON object")
-            lines.append(obj)
+    data = read_regular_file(path, path.parent, DEFAULT_LIMITS.member_bytes, "predictions file")
+    lines = prediction_lines(data)
+    for i, obj in enumerate(lines, 1):
+        if not isinstance(obj, dict):
+            raise ValueError(f"line {i} is not a JSON object")
+    return lines
 
 
 # --------------------------------------------------------------------------- what a table is

@@ -126,6 +126,29 @@ def test_llm_rerank_refuses_users_its_first_stage_did_not_rank(tiny_dir, tmp_pat
     assert runs(tmp_path) == []  # no record
 
 
+@pytest.mark.parametrize("name", ["../../outside.jsonl.gz", "/etc/hostname", "sub/predictions.jsonl.gz"])
+def test_llm_rerank_never_follows_a_path_from_its_first_stage_record(tiny_dir, tmp_path, lm_dir, capsys, name):
+    """The first stage's record names its predictions file: only a plain file in its own folder is read."""
+    import json
+
+    sub = tmp_path / "sub"
+    llm4rec("run", "model=pop", *tiny_args(tiny_dir, sub))
+    (first,) = runs(sub)
+    rec = json.loads((first / "record.json").read_text())
+    rec["predictions"]["file"] = name
+    (first / "record.json").write_text(json.dumps(rec))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        llm4rec(
+            "run", "model=llm_rerank", f"model.module.first_stage={first}", f"model.module.backbone={lm_dir}",
+            *tiny_args(tiny_dir, tmp_path),
+        )
+    assert e.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("llm4rec: error: model.module.first_stage: ") and "not a plain file name" in last, last
+    assert runs(tmp_path) == []
+
+
 def test_tallrec_movie_run_through_the_cli(tmp_path, tmp_path_factory):
     from benchmark.config import DataConfig
     from benchmark.data.loading import load_dataset
