@@ -29,13 +29,15 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from importlib import metadata, resources
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmark.bench import write_result
+from benchmark.util import package_version
 
 OUT_NAME = "ranking_eval.json"
 KS = [5, 10, 20]
@@ -98,13 +100,6 @@ def _maxrss_mb(who: int) -> float:
     return v / 2**20 if sys.platform == "darwin" else v / 1024
 
 
-def _version(pkg: str) -> str | None:
-    try:
-        return metadata.version(pkg)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def machine_facts() -> dict[str, Any]:
     """CPU, thread and version facts of this process."""
     import torch
@@ -115,7 +110,7 @@ def machine_facts() -> dict[str, Any]:
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
-        "recbole_version": _version("recbole"),
+        "recbole_version": package_version("recbole"),
         "numpy_version": np.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -201,29 +196,32 @@ def _recbole_hits_and_scores(trainer: Any, test_data: Any, k: int) -> tuple[np.n
     return struct.get("rec.topk")[:, :k].numpy().astype(bool), torch.cat(blocks)
 
 
-def compare_recbole_ml100k(train_epochs: int = TRAIN_EPOCHS, repeats: int = REPEATS) -> dict[str, Any]:
-    """Time RecBole's full-sort test evaluation and ours on identical BPR scores.
+@dataclass
+class _RecBoleSide:
+    """What the RecBole half of :func:`compare_recbole_ml100k` measured and keeps for ours."""
 
-    Args:
-        train_epochs: RecBole BPR training epochs before evaluating (0 = random init).
-        repeats: timed repetitions per path (best reported), after one warm-up.
+    build_s: float
+    train_s: float
+    default_batch: int
+    users_per_batch: int
+    one_batch_size: int
+    best: float
+    times: list[float]
+    metrics: dict[str, float]  # our metric names (hr@10, ...)
+    big_best: float
+    big_times: list[float]
+    big_metrics: dict[str, float]
+    hits: np.ndarray  # [U, max(KS)] bool
+    scores: Any  # [U, n_items] torch.Tensor, RecBole's masked scores
+    user_emb: Any  # [n_users, d] torch.Tensor
+    item_emb: Any  # [n_items, d] torch.Tensor
+    rows: Any  # RankingRows in RecBole's internal ids
 
-    Returns:
-        timings, their ratio, both metric sets and the per-user agreement.
-    """
-    import torch
-    from recbole.config import Config
-    from recbole.data import create_dataset, data_preparation
-    from recbole.model.general_recommender import BPR as RecBoleBPR
-    from recbole.trainer import Trainer
-    from recbole.utils import init_seed
 
-    from benchmark.eval.evaluator import hit_matrix, ranking_per_row
-    from benchmark.eval.ranking import rank_full
-
+def _recbole_config_dict(workdir: str, train_epochs: int) -> dict[str, Any]:
+    """RecBole settings: bundled ML-100K, leave-one-out, full ranking, CPU, nothing saved."""
     data_root = Path(str(resources.files("recbole") / "dataset_example"))
-    workdir = tempfile.mkdtemp(prefix="bench_recbole_")
-    config_dict = {
+    return {
         "data_path": str(data_root),
         "checkpoint_dir": os.path.join(workdir, "saved"),
         "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"},
@@ -238,9 +236,28 @@ def compare_recbole_ml100k(train_epochs: int = TRAIN_EPOCHS, repeats: int = REPE
         "save_dataset": False,
         "save_dataloaders": False,
     }
+
+
+def _our_metric_names(recbole_result: dict[str, float]) -> dict[str, float]:
+    """RecBole names (hit@k, ndcg@k, mrr@k, recall@k) -> ours (hr@k, ndcg@k, mrr@k, recall@k)."""
+    rename = {"hit": "hr", "ndcg": "ndcg", "mrr": "mrr", "recall": "recall"}
+    return {f"{rename[m.split('@')[0]]}@{m.split('@')[1]}": float(v) for m, v in recbole_result.items()}
+
+
+def _run_recbole(train_epochs: int, repeats: int) -> _RecBoleSide:
+    """Build RecBole's ML-100K, train its BPR, time ``Trainer.evaluate`` (default and one batch)."""
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.model.general_recommender import BPR as RecBoleBPR
+    from recbole.trainer import Trainer
+    from recbole.utils import init_seed
+
+    workdir = tempfile.mkdtemp(prefix="bench_recbole_")
     with _recbole_sandbox(workdir):
         t0 = time.perf_counter()
-        config = Config(model="BPR", dataset="ml-100k", config_dict=config_dict)
+        config = Config(
+            model="BPR", dataset="ml-100k", config_dict=_recbole_config_dict(workdir, train_epochs)
+        )
         init_seed(config["seed"], config["reproducibility"])
         dataset = create_dataset(config)
         train_data, _valid_data, test_data = data_preparation(config, dataset)
@@ -260,20 +277,43 @@ def compare_recbole_ml100k(train_epochs: int = TRAIN_EPOCHS, repeats: int = REPE
 
         rb_best, rb_times, rb_result = _best_of(recbole_eval, repeats)
         # The same evaluation with every test user in one batch, like our single chunk.
-        config["eval_batch_size"] = test_data._dataset.item_num * OUR_CHUNK_USERS
+        one_batch_size = test_data._dataset.item_num * OUR_CHUNK_USERS
+        config["eval_batch_size"] = one_batch_size
         test_data.update_config(config)
         rb_big_best, rb_big_times, rb_big_result = _best_of(recbole_eval, repeats)
         rb_hits, rb_scores = _recbole_hits_and_scores(trainer, test_data, max(KS))
         trainer.tensorboard.close()
     shutil.rmtree(workdir, ignore_errors=True)  # RecBole's tensorboard events, empty checkpoint dir
+    return _RecBoleSide(
+        build_s=build_s,
+        train_s=train_s,
+        default_batch=default_batch,
+        users_per_batch=users_per_batch_default,
+        one_batch_size=one_batch_size,
+        best=rb_best,
+        times=rb_times,
+        metrics=_our_metric_names(rb_result),
+        big_best=rb_big_best,
+        big_times=rb_big_times,
+        big_metrics=_our_metric_names(rb_big_result),
+        hits=rb_hits,
+        scores=rb_scores,
+        user_emb=model.user_embedding.weight.detach().clone(),  # [n_users, d]
+        item_emb=model.item_embedding.weight.detach().clone(),  # [n_items, d]
+        rows=_rows_from_recbole(test_data),
+    )
 
-    user_emb = model.user_embedding.weight.detach().clone()  # [n_users, d]
-    item_emb = model.item_embedding.weight.detach().clone()  # [n_items, d]
-    rows = _rows_from_recbole(test_data)
-    n_items = item_emb.shape[0]
 
-    def scorer(users: torch.Tensor) -> torch.Tensor:
-        return user_emb[users] @ item_emb.T  # [B, n_items]
+def _run_ours(
+    scorer: Callable[[Any], Any], rows: Any, repeats: int
+) -> tuple[dict[str, Any], np.ndarray, dict[str, float]]:
+    """Time our ``rank_full`` + ``ranking_per_row`` (and ``rank_full`` alone) on ``rows``.
+
+    Returns:
+        (the report's ``ours`` section, ranked [U, max(KS)] item indices, mean metrics).
+    """
+    from benchmark.eval.evaluator import ranking_per_row
+    from benchmark.eval.ranking import rank_full
 
     def ours_eval() -> tuple[np.ndarray, dict[str, np.ndarray]]:
         ranked = rank_full(scorer, rows, max(KS), chunk_users=OUR_CHUNK_USERS)
@@ -285,33 +325,92 @@ def compare_recbole_ml100k(train_epochs: int = TRAIN_EPOCHS, repeats: int = REPE
         lambda: rank_full(scorer, rows, max(KS), chunk_users=OUR_CHUNK_USERS), repeats
     )
     ours = {name: float(v.mean()) for name, v in per_row.items()}
-    # RecBole names: hit@k, ndcg@k, mrr@k, recall@k; ours: hr@k, ndcg@k, mrr@k, recall@k.
-    rename = {"hit": "hr", "ndcg": "ndcg", "mrr": "mrr", "recall": "recall"}
-    recbole = {f"{rename[m.split('@')[0]]}@{m.split('@')[1]}": float(v) for m, v in rb_result.items()}
-    recbole_big = {f"{rename[m.split('@')[0]]}@{m.split('@')[1]}": float(v) for m, v in rb_big_result.items()}
-    max_abs_diff = max(abs(ours[m] - recbole[m]) for m in recbole)
+    section = {
+        "what": "benchmark.eval.ranking.rank_full (k=20) + benchmark.eval.evaluator.ranking_per_row (ks 5,10,20)",
+        "chunk_users": OUR_CHUNK_USERS,
+        "best_seconds": ours_best,
+        "all_seconds": ours_times,
+        "rank_full_only_best_seconds": ours_rank_best,
+        "rank_full_only_all_seconds": ours_rank_times,
+        "rows_per_second": len(rows) / ours_best,
+        "metrics": ours,
+    }
+    return section, ranked, ours
 
-    our_hits = hit_matrix(ranked, rows)[:, : max(KS)]
-    users_differing = (
-        int((our_hits != rb_hits).any(axis=1).sum()) if rb_hits.shape == our_hits.shape else None
-    )
+
+def _score_agreement(scorer: Callable[[Any], Any], rows: Any, rb_scores: Any) -> dict[str, Any]:
+    """Our masked score matrix against RecBole's, cell by cell, and the ties near the cut."""
+    import torch
+
     with torch.no_grad():
-        # Our masked score matrix, to compare with RecBole's cell by cell.
-        s = scorer(torch.as_tensor(rows.users))
+        s = scorer(torch.as_tensor(rows.users))  # [U, n_items]
         for r in range(len(rows)):
             s[r, rows.exclude[rows.exclude_ptr[r] : rows.exclude_ptr[r + 1]]] = float("-inf")
         same_mask = bool(torch.equal(torch.isneginf(s), torch.isneginf(rb_scores)))
         finite = torch.isfinite(s) & torch.isfinite(rb_scores)
         score_max_abs_diff = float((s[finite] - rb_scores[finite]).abs().max())
         # Ties: rows whose 20th and 21st best rankable scores are equal (where ordering may differ).
-        top = s.topk(max(KS) + 1, dim=1).values
-        rows_with_tie_at_cut = int((top[:, -1] == top[:, -2]).sum())
-        rows_with_any_tie_in_top = int((top[:, 1:] == top[:, :-1]).any(dim=1).sum())
+        top = s.topk(max(KS) + 1, dim=1).values  # [U, max(KS) + 1]
+        return {
+            "same_excluded_cells": same_mask,
+            "score_max_abs_diff": score_max_abs_diff,
+            "rows_with_score_tie_at_rank_20_21": int((top[:, -1] == top[:, -2]).sum()),
+            "rows_with_any_score_tie_in_top21": int((top[:, 1:] == top[:, :-1]).any(dim=1).sum()),
+        }
 
+
+def _agreement(
+    scorer: Callable[[Any], Any], rb: _RecBoleSide, ranked: np.ndarray, ours: dict[str, float]
+) -> dict[str, Any]:
+    """Per-metric and per-user agreement of our evaluation with RecBole's."""
+    from benchmark.eval.evaluator import hit_matrix
+
+    recbole = rb.metrics
+    max_abs_diff = max(abs(ours[m] - recbole[m]) for m in recbole)
+    our_hits = hit_matrix(ranked, rb.rows)[:, : max(KS)]  # [U, max(KS)]
+    users_differing = (
+        int((our_hits != rb.hits).any(axis=1).sum()) if rb.hits.shape == our_hits.shape else None
+    )
+    scores = _score_agreement(scorer, rb.rows, rb.scores)
     agree = {}
     for m in ("hr@10", "ndcg@10"):
         agree[m] = {"ours": ours[m], "recbole": recbole[m], "abs_diff": abs(ours[m] - recbole[m])}
     identical = users_differing == 0 and max_abs_diff < 1e-9
+    return {
+        **agree,
+        "max_abs_diff_all_metrics": max_abs_diff,
+        "same_excluded_cells": scores["same_excluded_cells"],
+        "score_max_abs_diff": scores["score_max_abs_diff"],
+        "users_with_different_top20_hits": users_differing,
+        "rows_with_score_tie_at_rank_20_21": scores["rows_with_score_tie_at_rank_20_21"],
+        "rows_with_any_score_tie_in_top21": scores["rows_with_any_score_tie_in_top21"],
+        "identical": identical,
+        "note": "identical per-user hit vectors at ranks 1..20"
+        if identical
+        else "differences are expected only from tie-breaking (RecBole: torch.topk order; ours: item index)",
+    }
+
+
+def compare_recbole_ml100k(train_epochs: int = TRAIN_EPOCHS, repeats: int = REPEATS) -> dict[str, Any]:
+    """Time RecBole's full-sort test evaluation and ours on identical BPR scores.
+
+    Args:
+        train_epochs: RecBole BPR training epochs before evaluating (0 = random init).
+        repeats: timed repetitions per path (best reported), after one warm-up.
+
+    Returns:
+        timings, their ratio, both metric sets and the per-user agreement.
+    """
+    import torch
+
+    rb = _run_recbole(train_epochs, repeats)
+    user_emb, item_emb = rb.user_emb, rb.item_emb
+
+    def scorer(users: torch.Tensor) -> torch.Tensor:
+        return user_emb[users] @ item_emb.T  # [B, n_items]
+
+    ours_section, ranked, ours = _run_ours(scorer, rb.rows, repeats)
+    ours_best = ours_section["best_seconds"]
     return {
         "dataset": "ml-100k (RecBole's bundled copy, read in place)",
         "protocol": "leave-one-out (RecBole LS valid_and_test, order TO, group_by user), full ranking",
@@ -319,53 +418,32 @@ def compare_recbole_ml100k(train_epochs: int = TRAIN_EPOCHS, repeats: int = REPE
         "model_detail": "RecBole BPR (64-d), default hyper-parameters, seed 2020; ours scores U[users] @ I.T "
         "with the same embedding matrices",
         "device": "CPU",
-        "n_test_users": len(rows),
-        "n_items_incl_padding": n_items,
-        "recbole_build_dataset_seconds": build_s,
-        "recbole_train_seconds": train_s,
+        "n_test_users": len(rb.rows),
+        "n_items_incl_padding": item_emb.shape[0],
+        "recbole_build_dataset_seconds": rb.build_s,
+        "recbole_train_seconds": rb.train_s,
         "repeats": repeats,
         "warmup_runs": 1,
         "recbole": {
             "what": "recbole.trainer.Trainer(config, model).evaluate(test_data, load_best_model=False)",
-            "eval_batch_size": default_batch,
-            "users_per_batch": users_per_batch_default,
-            "best_seconds": rb_best,
-            "all_seconds": rb_times,
-            "metrics": recbole,
+            "eval_batch_size": rb.default_batch,
+            "users_per_batch": rb.users_per_batch,
+            "best_seconds": rb.best,
+            "all_seconds": rb.times,
+            "metrics": rb.metrics,
         },
         "recbole_one_batch": {
             "what": "same, with eval_batch_size = n_items * 1024 (all test users in one batch)",
-            "eval_batch_size": test_data._dataset.item_num * OUR_CHUNK_USERS,
-            "best_seconds": rb_big_best,
-            "all_seconds": rb_big_times,
-            "metrics": recbole_big,
+            "eval_batch_size": rb.one_batch_size,
+            "best_seconds": rb.big_best,
+            "all_seconds": rb.big_times,
+            "metrics": rb.big_metrics,
         },
-        "ours": {
-            "what": "benchmark.eval.ranking.rank_full (k=20) + benchmark.eval.evaluator.ranking_per_row (ks 5,10,20)",
-            "chunk_users": OUR_CHUNK_USERS,
-            "best_seconds": ours_best,
-            "all_seconds": ours_times,
-            "rank_full_only_best_seconds": ours_rank_best,
-            "rank_full_only_all_seconds": ours_rank_times,
-            "rows_per_second": len(rows) / ours_best,
-            "metrics": ours,
-        },
-        "ratio_recbole_over_ours": rb_best / ours_best,
-        "ratio_recbole_one_batch_over_ours": rb_big_best / ours_best,
-        "ours_at_least_as_fast": rb_best / ours_best >= 1.0,
-        "agreement": {
-            **agree,
-            "max_abs_diff_all_metrics": max_abs_diff,
-            "same_excluded_cells": same_mask,
-            "score_max_abs_diff": score_max_abs_diff,
-            "users_with_different_top20_hits": users_differing,
-            "rows_with_score_tie_at_rank_20_21": rows_with_tie_at_cut,
-            "rows_with_any_score_tie_in_top21": rows_with_any_tie_in_top,
-            "identical": identical,
-            "note": "identical per-user hit vectors at ranks 1..20"
-            if identical
-            else "differences are expected only from tie-breaking (RecBole: torch.topk order; ours: item index)",
-        },
+        "ours": ours_section,
+        "ratio_recbole_over_ours": rb.best / ours_best,
+        "ratio_recbole_one_batch_over_ours": rb.big_best / ours_best,
+        "ours_at_least_as_fast": rb.best / ours_best >= 1.0,
+        "agreement": _agreement(scorer, rb, ranked, ours),
     }
 
 
@@ -381,6 +459,43 @@ def _synthetic_history(n_users: int, n_items: int, history: int, seed: int) -> t
     for u in dup:  # rare (~0.2% of users): redraw without replacement
         draw[u] = rng.choice(n_items, size=history + 1, replace=False)
     return draw[:, 0].copy(), draw[:, 1:].copy()
+
+
+def _synthetic_rows(n_users: int, n_items: int, history: int, seed: int) -> tuple[Any, np.ndarray]:
+    """Ranking rows of ``n_users`` random users: one target and ``history`` excluded items each.
+
+    Returns:
+        (RankingRows with user ``u`` in row ``u``, targets [U]).
+    """
+    from benchmark.data.views import RankingRows
+
+    targets, excl = _synthetic_history(n_users, n_items, history, seed)  # [U], [U, history]
+    rows = RankingRows(
+        "test",
+        np.arange(n_users, dtype=np.int64),
+        np.arange(n_users + 1, dtype=np.int64),
+        targets,
+        np.arange(n_users + 1, dtype=np.int64) * history,
+        excl.reshape(-1),  # [U * history]
+    )
+    return rows, targets
+
+
+def _synthetic_checks(
+    ranked: np.ndarray, rows: Any, targets: np.ndarray, n_rows: int, k: int
+) -> dict[str, Any]:
+    """Sanity on the first 1000 rows: full lists, no excluded item ranked; HR@k of random scores."""
+    check = min(1000, n_rows)
+    bad_excluded = sum(
+        int(np.isin(ranked[r], rows.exclude[rows.exclude_ptr[r] : rows.exclude_ptr[r + 1]]).any())
+        for r in range(check)
+    )
+    return {
+        "check_rows": check,
+        "check_rows_with_excluded_item": bad_excluded,
+        "check_rows_with_missing_items": int((ranked[:check] < 0).any(axis=1).sum()),
+        "hr_at_k_random": float(np.mean(ranked[:n_rows] == targets[:n_rows, None]) * k),
+    }
 
 
 def synthetic_child(
@@ -403,23 +518,13 @@ def synthetic_child(
     """
     import torch
 
-    from benchmark.data.views import RankingRows
     from benchmark.eval.ranking import rank_full
 
     rss_imports = _rss_mb()
     gen = torch.Generator().manual_seed(seed)
     user_emb = torch.randn(n_users, dim, generator=gen)  # [U, d] float32
     item_emb = torch.randn(n_items, dim, generator=gen)  # [N, d] float32
-    targets, excl = _synthetic_history(n_users, n_items, history, seed)
-    rows = RankingRows(
-        "test",
-        np.arange(n_users, dtype=np.int64),
-        np.arange(n_users + 1, dtype=np.int64),
-        targets,
-        np.arange(n_users + 1, dtype=np.int64) * history,
-        excl.reshape(-1),
-    )
-    del excl
+    rows, targets = _synthetic_rows(n_users, n_items, history, seed)
     gc.collect()
 
     def scorer(users: torch.Tensor) -> torch.Tensor:
@@ -442,13 +547,6 @@ def synthetic_child(
     seconds = time.perf_counter() - t0
     peak_hwm = _proc_status_mb("VmHWM")
     peak_ru = _maxrss_mb(resource.RUSAGE_SELF)
-    # Sanity on the first 1000 rows: full lists, no excluded item ranked, ranking matches a direct top-k.
-    check = min(1000, n_rows)
-    bad_excluded = sum(
-        int(np.isin(ranked[r], rows.exclude[rows.exclude_ptr[r] : rows.exclude_ptr[r + 1]]).any())
-        for r in range(check)
-    )
-    hr = float(np.mean(ranked[:n_rows] == targets[:n_rows, None]) * k)
     return {
         "n_users": n_users,
         "n_items": n_items,
@@ -467,10 +565,7 @@ def synthetic_child(
         "peak_rss_mb": peak_hwm,
         "ru_maxrss_self_mb": peak_ru,
         "score_block_mb": chunk_users * n_items * 4 / 2**20,
-        "check_rows": check,
-        "check_rows_with_excluded_item": bad_excluded,
-        "check_rows_with_missing_items": int((ranked[:check] < 0).any(axis=1).sum()),
-        "hr_at_k_random": hr,
+        **_synthetic_checks(ranked, rows, targets, n_rows, k),
     }
 
 
