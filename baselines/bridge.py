@@ -44,9 +44,14 @@ import pandas as pd
 import torch
 
 from baselines import compat
+from benchmark.data.histories import (
+    has_histories,
+    padded_row_histories,
+    padded_train_histories,
+    padded_user_histories,
+)
 from benchmark.data.interactions import Interactions
 from benchmark.data.splits import PARTS, Split
-from benchmark.data.tallrec import has_histories
 from benchmark.errors import ConfigError, DataError
 
 NAME = "bench"
@@ -180,75 +185,6 @@ def _encode(values: pd.Series, typ: str, vocab: np.ndarray) -> list[str]:
     return cells
 
 
-# ----------------------------------------------------------------------------- histories
-
-
-def _time_order(df: pd.DataFrame) -> np.ndarray:
-    """Row order by (user, timestamp, file row)."""
-    return np.lexsort((df["row"].to_numpy(), df["timestamp"].to_numpy(), df["user"].to_numpy()))
-
-
-def train_histories(split: Split, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """History of every train row: the user's train items strictly before it.
-
-    Returns:
-        hist: [N_train, max_len] item indices, oldest first, -1 after the last.
-        length: [N_train] history lengths (<= max_len).
-    """
-    tr = split.train
-    n = len(tr)
-    order = _time_order(tr)
-    users = tr["user"].to_numpy()[order]
-    items = tr["item"].to_numpy()[order]
-    new_user = np.r_[True, users[1:] != users[:-1]] if n else np.zeros(0, dtype=bool)
-    run_start = (
-        np.maximum.accumulate(np.where(new_user, np.arange(n), 0)) if n else np.zeros(0, dtype=np.int64)
-    )
-    length = np.minimum(np.arange(n) - run_start, max_len)
-    j = np.arange(max_len)
-    idx = np.arange(n)[:, None] - length[:, None] + j[None, :]
-    hist = np.where(j[None, :] < length[:, None], items[np.clip(idx, 0, max(n - 1, 0))], -1)
-    out_h = np.empty_like(hist)
-    out_l = np.empty_like(length)
-    out_h[order], out_l[order] = hist, length
-    return out_h.astype(np.int64), out_l.astype(np.int64)
-
-
-def user_histories(split: Split, part: str, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-user history when ``part`` is evaluated: train items (``valid``), train + valid (``test``).
-
-    Returns:
-        hist: [n_users, max_len] item indices, oldest first, -1 after the last.
-        length: [n_users] history lengths (<= max_len).
-    """
-    seen = pd.concat([split.train] + ([split.valid] if part == "test" else []), ignore_index=True)
-    order = _time_order(seen)
-    users = seen["user"].to_numpy()[order]
-    items = seen["item"].to_numpy()[order]
-    counts = np.bincount(users, minlength=split.n_users)
-    end = np.cumsum(counts)
-    length = np.minimum(counts, max_len)
-    j = np.arange(max_len)
-    idx = (end - length)[:, None] + j[None, :]
-    hist = np.where(j[None, :] < length[:, None], items[np.clip(idx, 0, max(len(items) - 1, 0))], -1)
-    return hist.astype(np.int64), length.astype(np.int64)
-
-
-def row_histories(split: Split, part: str, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's own history on a sequence split (its ``history`` column, last ``max_len``).
-
-    Returns:
-        hist: [N_part, max_len] item indices, oldest first, -1 after the last.
-        length: [N_part] history lengths (<= max_len).
-    """
-    seqs = [tuple(h)[-max_len:] if max_len else () for h in split.parts[part]["history"]]
-    length = np.array([len(h) for h in seqs], dtype=np.int64)
-    hist = np.full((len(seqs), max_len), -1, dtype=np.int64)
-    for r, h in enumerate(seqs):
-        hist[r, : len(h)] = h
-    return hist, length
-
-
 # ----------------------------------------------------------------------------- files
 
 
@@ -274,7 +210,7 @@ def write_files(split: Split, data: Interactions, directory: Path, spec: BridgeS
             "this RecBole model trains on labels (rating >= split.label_threshold); the dataset has no ratings"
         )
     own = has_histories(split)
-    hist_train = train_histories(split, spec.max_len) if spec.sequential and not own else None
+    hist_train = padded_train_histories(split, spec.max_len) if spec.sequential and not own else None
     for part in PARTS:
         df = split.parts[part]
         cols: dict[str, Any] = {
@@ -290,13 +226,13 @@ def write_files(split: Split, data: Interactions, directory: Path, spec: BridgeS
         keep = np.ones(len(df), dtype=bool)
         if spec.sequential:
             if own:
-                hist, length = row_histories(split, part, spec.max_len)
+                hist, length = padded_row_histories(split, part, spec.max_len)
                 keep = length >= spec.min_history if part == "train" else keep
             elif part == "train":
                 hist, length = hist_train
                 keep = length >= spec.min_history
             else:
-                uh, ul = user_histories(split, part, spec.max_len)
+                uh, ul = padded_user_histories(split, part, spec.max_len)
                 hist, length = uh[df["user"].to_numpy()], ul[df["user"].to_numpy()]
             cols[ITEM_LIST] = [" ".join(map(str, h[:n])) or " " for h, n in zip(hist, length, strict=True)]
             header.append(f"{ITEM_LIST}:token_seq")

@@ -40,10 +40,10 @@ from torch.utils.data import IterableDataset
 
 from baselines import bridge as B
 from baselines import compat
+from benchmark.data.histories import has_histories, padded_row_histories, padded_user_histories
 from benchmark.data.interactions import Interactions
 from benchmark.data.shots import draw_rows, rows_digest
 from benchmark.data.splits import Split
-from benchmark.data.tallrec import has_histories
 from benchmark.errors import ConfigError, DataError
 
 # RecBole trains these on user batches of the rating matrix (its UserDataLoader).
@@ -256,11 +256,11 @@ class RecBoleModel(nn.Module):
                     order = np.argsort(keys, kind="stable")
                     if len(keys) and (np.diff(keys[order]) == 0).any():
                         raise DataError(f"split {split.protocol}: a (user, item) pair names two {part} rows")
-                    hist, length = B.row_histories(split, part, max_len)
+                    hist, length = padded_row_histories(split, part, max_len)
                     hist, length = hist[order], length[order]
                     self._row_keys[part] = torch.as_tensor(keys[order])
                 else:
-                    hist, length = B.user_histories(split, part, max_len)  # our item indices, -1 = none
+                    hist, length = padded_user_histories(split, part, max_len)  # our item indices, -1 = none
                 rb = np.where(hist >= 0, bridge.item_rb[np.maximum(hist, 0)], 0)
                 self._hist[part] = (torch.as_tensor(rb), torch.as_tensor(length))
         train = bridge.parts["train"].inter_feat

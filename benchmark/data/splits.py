@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.config import SplitConfig
+from benchmark.data.histories import time_order
 from benchmark.data.interactions import Interactions, index_of
 from benchmark.errors import DataError
 
@@ -108,7 +109,7 @@ class Split:
 def _assign_loo(df: pd.DataFrame) -> np.ndarray:
     """Part per row for leave-one-out: last -> test, second last -> valid, rest -> train."""
     # Stable order per user by (timestamp, file order).
-    order = np.lexsort((df["row"].to_numpy(), df["timestamp"].to_numpy(), df["user"].to_numpy()))
+    order = time_order(df)
     users_sorted = df["user"].to_numpy()[order]
     # Position from the end within each user's run.
     n = len(order)

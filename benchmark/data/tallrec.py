@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.config import SplitConfig
+from benchmark.data.histories import time_order
 from benchmark.data.interactions import Interactions, index_of
 from benchmark.data.splits import PARTS, Split
 from benchmark.errors import ConfigError, DataError
@@ -78,7 +79,7 @@ def sequence_rows(
     _, first, inverse = np.unique(users, return_index=True, return_inverse=True)
     user_rank = np.argsort(np.argsort(first, kind="stable"), kind="stable")[inverse]
     ts = inter["timestamp"].to_numpy(float)
-    order = np.lexsort((np.arange(n), ts, user_rank))  # [n] positions in emission order
+    order = time_order(user_rank, ts)  # [n] positions in emission order
     ranks = user_rank[order]
     starts = np.r_[0, np.flatnonzero(ranks[1:] != ranks[:-1]) + 1]
     pos = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))  # index within the user's list
@@ -242,7 +243,7 @@ def _train_order(
         (order [N] train row positions, items [N], likes [N], start [n_users + 1] CSR offsets per user).
     """
     tr = split.train
-    order = np.lexsort((tr["row"].to_numpy(), tr["timestamp"].to_numpy(), tr["user"].to_numpy()))
+    order = time_order(tr)
     users = tr["user"].to_numpy()[order]
     items = tr["item"].to_numpy()[order]
     liked = (np.nan_to_num(tr["rating"].to_numpy(float), nan=-np.inf) > like_threshold)[order].astype(

@@ -49,6 +49,7 @@ from torch import nn
 from torch.utils.data import IterableDataset
 
 from benchmark.config import to_object
+from benchmark.data.histories import time_order
 from benchmark.data.splits import Split
 from benchmark.data.views import RankingRows, ranking_rows
 from benchmark.errors import ConfigError
@@ -927,7 +928,7 @@ def _part_sequences(split: Split, part: str) -> list[np.ndarray]:
     """[n_users] arrays: each user's items of ``part`` in time order (ties: file order)."""
     df = split.parts[part]
     u, i = df["user"].to_numpy(), df["item"].to_numpy()
-    order = np.lexsort((df["row"].to_numpy(), df["timestamp"].to_numpy(), u))
+    order = time_order(df)
     u, i = u[order], i[order]
     bounds = np.searchsorted(u, np.arange(split.n_users + 1))
     return [i[bounds[k] : bounds[k + 1]].astype(np.int64) for k in range(split.n_users)]

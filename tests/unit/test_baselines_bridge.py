@@ -15,6 +15,7 @@ import torch
 from baselines import bridge as B
 from baselines import compat
 from benchmark.config import DataConfig, SplitConfig
+from benchmark.data.histories import padded_train_histories, padded_user_histories
 from benchmark.data.loading import load_dataset
 from benchmark.data.splits import build_split
 from benchmark.errors import ConfigError
@@ -135,7 +136,7 @@ def test_histories_hold_only_earlier_train_items(feat_dir):
     bridge = B.build_bridge(split, data, cls, spec, "full")
     tr = split.train
     key = tr["timestamp"].to_numpy() * 1e6 + tr["row"].to_numpy()
-    hist, length = B.train_histories(split, max_len)
+    hist, length = padded_train_histories(split, max_len)
     for r in range(len(tr)):
         u = tr["user"].iat[r]
         earlier = tr[(tr["user"] == u) & (key < key[r])]
@@ -151,7 +152,7 @@ def test_histories_hold_only_earlier_train_items(feat_dir):
     # Valid rows: the user's last train items; test rows: train + valid (loo: the valid item last).
     for part in ("valid", "test"):
         back = bridge.decode_part(part)
-        uh, ul = B.user_histories(split, part, max_len)
+        uh, ul = padded_user_histories(split, part, max_len)
         for u, h in zip(back["user"], back["history"], strict=True):
             assert h == uh[u, : ul[u]].tolist()
             seen = split.train[split.train["user"] == u]

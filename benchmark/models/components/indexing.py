@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from benchmark.data.histories import time_order
 from benchmark.data.splits import Split
 from benchmark.errors import ConfigError
 
@@ -111,7 +112,7 @@ def train_sequences(split: Split) -> list[np.ndarray]:
     """[n_users] arrays: each user's train items in time order (ties: file order)."""
     tr = split.train
     u, i = tr["user"].to_numpy(), tr["item"].to_numpy()
-    order = np.lexsort((tr["row"].to_numpy(), tr["timestamp"].to_numpy(), u))
+    order = time_order(tr)
     u, i = u[order], i[order]
     bounds = np.searchsorted(u, np.arange(split.n_users + 1))
     return [i[bounds[k] : bounds[k + 1]].astype(np.int64) for k in range(split.n_users)]
