@@ -73,7 +73,7 @@ def _model(device: str, cache_dir: str | None) -> Any:
 
     from benchmark.config import DataConfig, SplitConfig
     from benchmark.data.loading import load_dataset
-    from benchmark.data.tallrec import build_tallrec_movie
+    from benchmark.data.splits import build_tallrec_movie
     from benchmark.models.tallrec import TallRec
 
     data = load_dataset(

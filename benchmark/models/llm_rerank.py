@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchmark.data.histories import user_histories
 from benchmark.data.splits import Split
-from benchmark.data.tallrec import user_histories
 from benchmark.errors import ConfigError
 from benchmark.models.components.llm import load_causal_lm, shared_prefix_logprobs
 from benchmark.models.components.prompts import PromptTemplate, continuation_ids, item_texts

@@ -35,9 +35,9 @@ from torch import nn
 from torch.utils.data import IterableDataset
 
 from benchmark.config import to_object
+from benchmark.data.histories import has_histories, row_histories, user_histories
 from benchmark.data.shots import draw_rows, rows_digest
 from benchmark.data.splits import Split
-from benchmark.data.tallrec import has_histories, row_histories, user_histories
 from benchmark.errors import ConfigError, DataError
 from benchmark.models.components.adapter import (
     AdapterConfig,

@@ -16,9 +16,9 @@ import torch
 
 from benchmark.config import DataConfig, SplitConfig
 from benchmark.data.atomic import read_atomic
+from benchmark.data.histories import row_histories
 from benchmark.data.loading import load_dataset
-from benchmark.data.splits import build_split
-from benchmark.data.tallrec import build_tallrec_movie, row_histories
+from benchmark.data.splits import build_split, build_tallrec_movie
 from benchmark.errors import ConfigError
 from benchmark.models.components.llm import (
     continuation_logprobs,
