@@ -25,70 +25,24 @@ from benchmark.config import DataConfig, EvalConfig, SliceConfig, SplitConfig, t
 from benchmark.data.loading import load_dataset
 from benchmark.data.splits import Split, build_split
 from benchmark.data.views import (
-    LabeledRows,
-    RankingRows,
-    array_fingerprint,
-    attach_slices,
     labeled_rows,
     ranking_rows,
-    sample_negatives,
 )
 from benchmark.errors import ConfigError
 from benchmark.eval.evaluator import Predictions, evaluate
 from benchmark.eval.ranking import rank_candidates, rank_full
-from benchmark.models.components.adapter import adapter_label, is_active_node
+from benchmark.eval.rows import eval_rows
+from benchmark.models.components.adapter import is_active_node
 from benchmark.progress import Progress, RunLog, run_version
+from benchmark.results.identity import config_hashes, model_label, run_id_for, training_key
 from benchmark.results.record import (
     SCHEMA_VERSION,
-    canonical_json,
     encode_predictions,
     environment,
     prediction_lines,
-    sha256_text,
     write_run,
 )
 from benchmark.training import is_global_zero
-
-# Config keys that do not change results: left out of the config hash.
-NOT_RESULT_KEYS = ("paths", "logger", "run_name", "hydra", "reuse_trained", "reproduce", "ckpt_path", "skip_existing")
-
-
-def result_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config without keys that cannot change a result: cache locations, and
-    ``adapter=none`` (runs without an item adapter hash as they did before adapters existed)."""
-    c = OmegaConf.to_container(cfg, resolve=True)
-    for k in NOT_RESULT_KEYS:
-        c.pop(k, None)
-    if isinstance(c.get("data"), dict):  # where prepared data is cached ($LLM4REC_CACHE) does not change it
-        c["data"] = {k: v for k, v in c["data"].items() if k != "cache_dir"}
-        if c["data"].get("duplicates") == "error":  # the default rule: hashes as runs made before the option
-            del c["data"]["duplicates"]
-    if not is_active_node(c.get("adapter")):
-        c.pop("adapter", None)
-    else:  # where features and downloaded weights are cached does not change them
-        c["adapter"] = {k: v for k, v in c["adapter"].items() if k != "cache_dir"}
-        if isinstance(c["adapter"].get("encoder"), dict):
-            c["adapter"]["encoder"] = {k: v for k, v in c["adapter"]["encoder"].items() if k != "cache_dir"}
-    if isinstance(c.get("trainer"), dict):
-        c["trainer"] = {k: v for k, v in c["trainer"].items() if k not in ("enable_progress_bar",)}
-    return c
-
-
-def config_hashes(cfg: DictConfig) -> tuple[str, str]:
-    """(hash of the result config, hash of it without the seed): the run and its seed group."""
-    c = result_config(cfg)
-    full = sha256_text(canonical_json(c))
-    c.pop("seed", None)
-    return full, sha256_text(canonical_json(c))
-
-
-def training_key(cfg: DictConfig) -> str:
-    """Hash of everything that determines the trained weights (the eval protocol does not)."""
-    c = result_config(cfg)
-    ev = c.pop("eval", {}) or {}
-    c.pop("slices", None)
-    c["valid_metric"] = ev.get("valid_metric")
-    return sha256_text(canonical_json(c))
 
 
 def _load_trained(directory: Path, model: torch.nn.Module) -> dict[str, Any] | None:
@@ -130,17 +84,6 @@ def _save_trained(directory: Path, model: torch.nn.Module, facts: dict[str, Any]
     (tmp / "training.json").write_text(json.dumps(facts, indent=1))
     shutil.rmtree(directory, ignore_errors=True)
     os.replace(tmp, directory)
-
-
-def model_label(cfg: DictConfig) -> str:
-    """The model's label, with its item adapter when one is on (e.g. ``p5-collaborative+clip_proj-text-minilm``)."""
-    return (cfg.model.get("label") or cfg.model.name) + adapter_label(cfg.get("adapter"))
-
-
-def run_id_for(cfg: DictConfig, config_hash: str) -> str:
-    """Readable, deterministic id: dataset-protocol-eval-model-seed-hash."""
-    label = model_label(cfg)
-    return f"{cfg.data.name}-{cfg.split.protocol}-{cfg.eval.protocol}-{label}-s{cfg.seed}-{config_hash[:8]}"
 
 
 def _clean(metrics: dict[str, float]) -> dict[str, float | None]:
@@ -207,72 +150,6 @@ def check_adapter(model_cfg: DictConfig, adapter: DictConfig | None) -> bool:
             f"adapter={adapter.name}: model {model_cfg.name} takes no item adapter (p5 and tallrec do)"
         )
     return True
-
-
-def eval_rows(split: Split, ev: EvalConfig, slices: SliceConfig) -> tuple[RankingRows | Any, dict[str, Any]]:
-    """The test rows of the configured protocol (with slices, and fixed negatives when sampled).
-
-    With ``eval.test_users=N`` only the rows of N test users are kept (see :func:`pick_test_users`);
-    negatives are drawn for all rows first, so a kept row has the same negatives as in a full run.
-    """
-    facts: dict[str, Any] = {}
-    if ev.protocol == "labeled":
-        rows = labeled_rows(split, "test", split.config["label_threshold"], slices)
-    else:
-        rows = attach_slices(ranking_rows(split, "test"), split, slices)
-        if ev.protocol == "sampled":
-            rows.negatives = sample_negatives(split, rows, ev.num_negatives, ev.negatives_seed)
-    if ev.test_users is not None:
-        chosen = pick_test_users(rows.users, ev.test_users)
-        rows = take_rows(rows, np.isin(rows.users, chosen))
-        facts["test_users"] = ev.test_users
-        facts["test_users_fingerprint"] = array_fingerprint(chosen)
-    if ev.protocol == "sampled":
-        facts["negatives_fingerprint"] = array_fingerprint(rows.users, rows.negatives)
-    return rows, facts
-
-
-# Seed of the eval.test_users draw: fixed, so every run with the same N on a split scores the same users.
-TEST_USERS_SEED = 20_240_601
-
-
-def pick_test_users(users: np.ndarray, n: int) -> np.ndarray:
-    """[n] distinct user indices drawn (fixed seed) from the users of the test rows, ascending.
-
-    The draw depends only on the test rows' user indices (which the split fixes), never on a model.
-    """
-    pool = np.unique(users)
-    if n > len(pool):
-        raise ConfigError(f"eval.test_users={n}: the test part has only {len(pool)} users")
-    pick = np.random.default_rng(TEST_USERS_SEED).choice(len(pool), size=n, replace=False)
-    return np.sort(pool[pick])
-
-
-def take_rows(rows: Any, keep: np.ndarray) -> Any:
-    """The rows where ``keep`` [R] is true (targets, exclusions, slices and negatives follow)."""
-    if isinstance(rows, LabeledRows):
-        return LabeledRows(
-            rows.part, rows.users[keep], rows.items[keep], rows.labels[keep], {k: v[keep] for k, v in rows.slices.items()}
-        )
-    r = np.flatnonzero(keep)
-
-    def csr(ptr: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        sizes = np.diff(ptr)[r]
-        idx = np.concatenate([np.arange(ptr[i], ptr[i + 1]) for i in r]) if len(r) else np.zeros(0, np.int64)
-        return np.r_[0, np.cumsum(sizes)].astype(np.int64), values[idx.astype(np.int64)], idx.astype(np.int64)
-
-    target_ptr, targets, t_idx = csr(rows.target_ptr, rows.targets)
-    exclude_ptr, exclude, _ = csr(rows.exclude_ptr, rows.exclude)
-    return RankingRows(
-        rows.part,
-        rows.users[r],
-        target_ptr,
-        targets,
-        exclude_ptr,
-        exclude,
-        {k: v[t_idx] for k, v in rows.slices.items()},
-        None if rows.negatives is None else rows.negatives[r],
-    )
 
 
 def row_predictor(rows: Any, ev: EvalConfig) -> Callable[[torch.nn.Module, np.ndarray, torch.device], np.ndarray]:

@@ -46,15 +46,6 @@ PACKAGES = (
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def canonical_json(obj: Any) -> str:
-    """JSON with sorted keys and no whitespace: the form hashes are taken over."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def environment() -> dict[str, Any]:
     """Git state, package versions and hardware of this process."""
     import torch

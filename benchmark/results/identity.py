@@ -1,0 +1,90 @@
+"""The identity of a run: its config hashes, training key, model label and run id.
+
+Torch-free (``llm4rec validate`` and the config checks import it without loading a model):
+only the standard library, OmegaConf and :mod:`benchmark.util`. Run records carry these values
+and validation recomputes them, so the outputs must never change for an existing config.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from benchmark.util import sha256_text
+
+# Config keys that do not change results: left out of the config hash.
+NOT_RESULT_KEYS = ("paths", "logger", "run_name", "hydra", "reuse_trained", "reproduce", "ckpt_path", "skip_existing")
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace: the form hashes are taken over."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def adapter_on(node: Any) -> bool:
+    """Whether an ``adapter`` config node is anything but ``adapter=none`` (or absent).
+
+    The same rule as :func:`benchmark.models.components.adapter.is_active_node`, written here
+    so that hashing a config does not import the adapter module (and torch with it).
+    """
+    return node is not None and (node.get("name", "none") if hasattr(node, "get") else "none") != "none"
+
+
+def result_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config without keys that cannot change a result: cache locations, and
+    ``adapter=none`` (runs without an item adapter hash as they did before adapters existed)."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    for k in NOT_RESULT_KEYS:
+        c.pop(k, None)
+    if isinstance(c.get("data"), dict):  # where prepared data is cached ($LLM4REC_CACHE) does not change it
+        c["data"] = {k: v for k, v in c["data"].items() if k != "cache_dir"}
+        if c["data"].get("duplicates") == "error":  # the default rule: hashes as runs made before the option
+            del c["data"]["duplicates"]
+    if not adapter_on(c.get("adapter")):
+        c.pop("adapter", None)
+    else:  # where features and downloaded weights are cached does not change them
+        c["adapter"] = {k: v for k, v in c["adapter"].items() if k != "cache_dir"}
+        if isinstance(c["adapter"].get("encoder"), dict):
+            c["adapter"]["encoder"] = {k: v for k, v in c["adapter"]["encoder"].items() if k != "cache_dir"}
+    if isinstance(c.get("trainer"), dict):
+        c["trainer"] = {k: v for k, v in c["trainer"].items() if k not in ("enable_progress_bar",)}
+    return c
+
+
+def config_hashes(cfg: DictConfig) -> tuple[str, str]:
+    """(hash of the result config, hash of it without the seed): the run and its seed group."""
+    c = result_config(cfg)
+    full = sha256_text(canonical_json(c))
+    c.pop("seed", None)
+    return full, sha256_text(canonical_json(c))
+
+
+def training_key(cfg: DictConfig) -> str:
+    """Hash of everything that determines the trained weights (the eval protocol does not)."""
+    c = result_config(cfg)
+    ev = c.pop("eval", {}) or {}
+    c.pop("slices", None)
+    c["valid_metric"] = ev.get("valid_metric")
+    return sha256_text(canonical_json(c))
+
+
+def model_label(cfg: DictConfig) -> str:
+    """The model's label, with its item adapter when one is on (e.g. ``p5-collaborative+clip_proj-text-minilm``).
+
+    The adapter's part of the label comes from its validated config, so the adapter module (and
+    torch) is imported only for a run with an adapter.
+    """
+    label = cfg.model.get("label") or cfg.model.name
+    if not adapter_on(cfg.get("adapter")):
+        return label
+    from benchmark.models.components.adapter import adapter_label
+
+    return label + adapter_label(cfg.get("adapter"))
+
+
+def run_id_for(cfg: DictConfig, config_hash: str) -> str:
+    """Readable, deterministic id: dataset-protocol-eval-model-seed-hash."""
+    label = model_label(cfg)
+    return f"{cfg.data.name}-{cfg.split.protocol}-{cfg.eval.protocol}-{label}-s{cfg.seed}-{config_hash[:8]}"
