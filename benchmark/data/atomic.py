@@ -29,8 +29,9 @@ import numpy as np
 import pandas as pd
 
 from benchmark.config import DUPLICATE_RULES
-from benchmark.data.interactions import Interactions, sha256_file
+from benchmark.data.interactions import Interactions
 from benchmark.errors import DataError
+from benchmark.util import sha256_file
 
 TYPES = ("token", "token_seq", "float", "float_seq")
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from benchmark.util import sha256_text
 
 CANONICAL = ("user", "item", "rating", "timestamp")
 
@@ -40,10 +40,7 @@ class Interactions:
     @property
     def fingerprint(self) -> str:
         """sha256 over the names and hashes of the source files."""
-        h = hashlib.sha256()
-        for name in sorted(self.files):
-            h.update(f"{name}\t{self.files[name]}\n".encode())
-        return h.hexdigest()
+        return sha256_text("".join(f"{name}\t{self.files[name]}\n" for name in sorted(self.files)))
 
     def stats(self) -> dict[str, float]:
         """Users, items, interactions and density of the interaction table, and the
@@ -58,15 +55,6 @@ class Interactions:
             "density": n / max(1, n_users * n_items),
             "duplicates_removed": int(self.duplicates_removed),
         }
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def filter_interactions(

@@ -18,11 +18,13 @@ import pytest
 from omegaconf import OmegaConf
 
 from benchmark.config import DataConfig, to_object
-from benchmark.data import recipes
 from benchmark.data.atomic import read_atomic, read_header
-from benchmark.data.interactions import sha256_file
+from benchmark.data.recipes import cache as recipe_cache
 from benchmark.data.recipes import dataset_stats, load_recipe, prepare, recipes_root
+from benchmark.data.recipes import fetch as recipe_fetch
+from benchmark.data.recipes import schema as recipe_schema
 from benchmark.errors import DataError
+from benchmark.util import sha256_file
 
 NAMES = (
     "ml-1m", "amazon-beauty", "amazon-sports", "amazon-toys",
@@ -526,9 +528,9 @@ def test_prepared_directory_is_reused(
     def no_rebuild(*args: object, **kwargs: object) -> None:
         raise AssertionError("rebuilt a prepared dataset")
 
-    monkeypatch.setattr(recipes, "_build", no_rebuild)
+    monkeypatch.setattr(recipe_cache, "_build", no_rebuild)
     assert run("ml-1m", raw, cache) == first
-    assert not [p for p in first.parent.iterdir() if p.name.startswith(".tmp-")]
+    assert not [p for p in first.parent.iterdir() if p.name.startswith(".")]  # no staging folder left
     write_lines(raw / "ratings.dat", ["1::10::5::978300760"], "latin-1")  # new raw bytes -> new key
     with pytest.raises(AssertionError, match="rebuilt"):
         run("ml-1m", raw, cache)
@@ -552,7 +554,7 @@ def test_unreachable_network_says_to_pass_raw_dir(
     def offline(*args: object, **kwargs: object) -> None:
         raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(recipes.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(recipe_fetch.urllib.request, "urlopen", offline)
     with pytest.raises(
         DataError, match=r"reviews_Beauty_5.json.gz: download failed .*data.raw_dir=PATH"
     ):
@@ -572,15 +574,15 @@ def test_download_fetches_verifies_and_extracts_into_the_cache(
     with zipfile.ZipFile(site / "ml-1m.zip", "w") as zf:
         for f in ("ratings.dat", "movies.dat", "users.dat"):
             zf.write(raw / f, f"ml-1m/{f}")
-    real = recipes.load_recipe
+    real = recipe_schema.load_recipe
 
-    def local(name: str) -> recipes.Recipe:
+    def local(name: str) -> recipe_schema.Recipe:
         recipe = real(name)
         url = (site / "ml-1m.zip").as_uri()  # file:// URL: urllib without a network
         archive = replace(recipe.archives["ml-1m.zip"], url=url)
         return replace(recipe, archives={"ml-1m.zip": archive})
 
-    monkeypatch.setattr(recipes, "load_recipe", local)
+    monkeypatch.setattr(recipe_cache, "load_recipe", local)  # the name prepare() calls
     out = prepare("ml-1m", None, cache, checksums=sums(raw) | sums(site))
     assert (cache / "raw" / "ml-1m" / "ml-1m.zip").is_file()
     assert rows(out, "ml-1m")[0] == ["1", "10", "5", "978300760"]
