@@ -284,6 +284,36 @@ def deduplicate(
     return inter.iloc[keep].reset_index(drop=True), len(inter) - len(keep)
 
 
+def _read_inter(
+    inter_path: Path, user_field: str, item_field: str, rating_field: str | None, timestamp_field: str | None
+) -> pd.DataFrame:
+    """The ``.inter`` file as the canonical table (``user``, ``item``, ``rating``, ``timestamp``), checked."""
+    raw, types = read_table(inter_path)
+    for f in (user_field, item_field):
+        _require_ids(inter_path, raw, types, f)
+    for f in (rating_field, timestamp_field):
+        if f is not None:
+            _require(inter_path, types, f)
+            if types[f] != "float":
+                raise DataError(f"{inter_path}: field '{f}' must be of type float, not {types[f]}")
+    if len(raw) == 0:
+        raise DataError(f"{inter_path}: no interactions")
+    if timestamp_field and raw[timestamp_field].isna().any():
+        row = int(np.flatnonzero(raw[timestamp_field].isna().to_numpy())[0])
+        raise DataError(f"{inter_path}: line {_line(row)}: field '{timestamp_field}' is empty")
+    n = len(raw)
+    return pd.DataFrame(
+        {
+            "user": raw[user_field].to_numpy(),
+            "item": raw[item_field].to_numpy(),
+            "rating": raw[rating_field].to_numpy(float) if rating_field else np.full(n, np.nan),
+            "timestamp": raw[timestamp_field].to_numpy(float)
+            if timestamp_field
+            else np.arange(n, dtype=float),
+        }
+    )
+
+
 def read_atomic(
     directory: str | Path,
     name: str,
@@ -323,31 +353,7 @@ def read_atomic(
     inter_path = directory / f"{name}.inter"
     if not directory.is_dir():
         raise DataError(f"{directory}: dataset directory not found")
-    raw, types = read_table(inter_path)
-    for f in (user_field, item_field):
-        _require_ids(inter_path, raw, types, f)
-    for f in (rating_field, timestamp_field):
-        if f is not None:
-            _require(inter_path, types, f)
-            if types[f] != "float":
-                raise DataError(f"{inter_path}: field '{f}' must be of type float, not {types[f]}")
-    if len(raw) == 0:
-        raise DataError(f"{inter_path}: no interactions")
-    if timestamp_field and raw[timestamp_field].isna().any():
-        row = int(np.flatnonzero(raw[timestamp_field].isna().to_numpy())[0])
-        raise DataError(f"{inter_path}: line {_line(row)}: field '{timestamp_field}' is empty")
-    n = len(raw)
-    inter = pd.DataFrame(
-        {
-            "user": raw[user_field].to_numpy(),
-            "item": raw[item_field].to_numpy(),
-            "rating": raw[rating_field].to_numpy(float) if rating_field else np.full(n, np.nan),
-            "timestamp": raw[timestamp_field].to_numpy(float)
-            if timestamp_field
-            else np.arange(n, dtype=float),
-        }
-    )
-    del raw
+    inter = _read_inter(inter_path, user_field, item_field, rating_field, timestamp_field)
     inter, removed = deduplicate(inter, duplicates, inter_path, (user_field, item_field))
     files = {inter_path.name: sha256_file(inter_path)}
 

@@ -20,10 +20,7 @@ it). No field is quoted, and CSV readers that treat ``"`` as quoting read the fi
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -36,6 +33,7 @@ from benchmark.data.loading import load_dataset
 from benchmark.data.splits import PARTS, Split, build_split
 from benchmark.data.views import array_fingerprint, ranking_rows, sample_negatives, slice_masks
 from benchmark.errors import BenchmarkError
+from benchmark.util import staged_dir
 
 META = "meta.json"
 
@@ -188,15 +186,6 @@ def export_split(cfg: DictConfig, out: Path) -> Path:
         "fingerprint": split.fingerprint,
         "stats": split.stats(),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    os.chmod(tmp, 0o755)
-    try:
+    with staged_dir(out, exists="replace") as tmp:  # a previous export is replaced in one rename
         write_split_files(split, tmp, ev, slices, meta)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -211,6 +211,18 @@ def _column_positions(path: str | Path, columns: Sequence[str], fields: Sequence
     return [list(columns).index(f) for f in fields]
 
 
+def _bad_line_options(on_bad_lines: str, skipped: list[list[str]]) -> dict[str, Any]:
+    """pandas' engine and bad-line handler: ``skip`` appends each skipped line to ``skipped``."""
+    if on_bad_lines != "skip":
+        return {"engine": "c", "on_bad_lines": "error"}
+
+    def skip(bad: list[str]) -> None:
+        skipped.append(bad)
+        return None
+
+    return {"engine": "python", "on_bad_lines": skip}  # only the python engine lets us count them
+
+
 def read_csv_chunks(
     path: str | Path,
     fields: Sequence[str],
@@ -265,17 +277,8 @@ def read_csv_chunks(
         chunksize=chunk_rows,
         encoding=encoding,
         encoding_errors=errors,
+        **_bad_line_options(on_bad_lines, skipped),
     )
-    if on_bad_lines == "skip":
-
-        def skip(bad: list[str]) -> None:
-            skipped.append(bad)
-            return None
-
-        # Only the python engine lets us count what was skipped.
-        kwargs.update(engine="python", on_bad_lines=skip)
-    else:
-        kwargs.update(engine="c", on_bad_lines="error")
     try:
         with open_binary(path) as fh:
             reader = pd.read_csv(fh, **kwargs)
@@ -289,9 +292,7 @@ def read_csv_chunks(
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: empty file") from None
     if skipped:
-        warnings.warn(
-            f"{path}: skipped {len(skipped)} malformed line(s)", UserWarning, stacklevel=2
-        )
+        warnings.warn(f"{path}: skipped {len(skipped)} malformed line(s)", UserWarning, stacklevel=2)
 
 
 def read_chunks(

@@ -6,11 +6,10 @@ very same rows, so few-shot comparisons differ in the model only.
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
 from benchmark.errors import ConfigError
+from benchmark.util import sha256_bytes
 
 
 def draw_rows(n: int, count: int | str, seed: int, stream: int = 0) -> np.ndarray:
@@ -38,4 +37,4 @@ def draw_rows(n: int, count: int | str, seed: int, stream: int = 0) -> np.ndarra
 
 def rows_digest(rows: np.ndarray) -> str:
     """sha256 of int64 row positions (which rows a model was trained on)."""
-    return hashlib.sha256(np.ascontiguousarray(rows, dtype=np.int64).tobytes()).hexdigest()
+    return sha256_bytes(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
