@@ -121,7 +121,8 @@ def _ours(cfg: DictConfig, split: Any, data: Any, ev: EvalConfig, slices: SliceC
 def _score(cfg: DictConfig, model: Any, split: Any, ev: EvalConfig, slices: SliceConfig) -> tuple:
     """Our test metrics of ``model`` (as ``run`` computes them), its predictions and per-row values."""
     from benchmark.eval.evaluator import evaluate
-    from benchmark.run import _device, eval_rows, predict, trainer_arguments
+    from benchmark.eval.rows import eval_rows
+    from benchmark.run import _device, predict, trainer_arguments
 
     rows, _ = eval_rows(split, ev, slices)
     pred = predict(model, rows, ev, _device(cfg), trainer_arguments(cfg), progress=False)
@@ -314,17 +315,18 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str]) -> None:
-    """``crosscheck [OVERRIDE ...] [out=FILE]``: run :func:`crosscheck`, print the table (and write JSON)."""
-    from benchmark.cli import _fail, check_config, compose
+    """``crosscheck [OVERRIDE ...] [out=FILE]``: run :func:`crosscheck`, print the table (and write JSON).
+
+    Raises:
+        BenchmarkError: bad config or data (one line; ``llm4rec crosscheck`` prints it and exits 2).
+    """
+    from benchmark.compose import check_config, compose
 
     out = [a.split("=", 1)[1] for a in argv if a.startswith("out=")]
     overrides = [a for a in argv if not a.startswith("out=")]
     cfg = compose(overrides)
     check_config(cfg)
-    try:
-        result = crosscheck(cfg)
-    except BenchmarkError as e:
-        _fail(str(e))
+    result = crosscheck(cfg)
     print(format_table(result))
     if out:
         path = Path(out[-1])
@@ -345,4 +347,8 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except BenchmarkError as e:
+        print(f"llm4rec: error: {e}", file=sys.stderr)
+        sys.exit(2)

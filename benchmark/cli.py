@@ -1,4 +1,7 @@
-"""The ``llm4rec`` command: parses arguments, composes the config, calls pure functions.
+"""The ``llm4rec`` command: parses arguments, calls pure functions, prints; errors are one line, exit 2.
+
+Composing and checking configs is :mod:`benchmark.compose`; a ``BenchmarkError`` raised anywhere below
+becomes ``llm4rec: error: <message>`` and exit status 2.
 
 llm4rec run [-m] [OVERRIDE ...]            train + evaluate (Hydra multirun with -m)
 llm4rec run --cfg job [-m] [OVERRIDE ...]  each job's resolved config, run id, existing record/weights
@@ -16,9 +19,7 @@ llm4rec crosscheck model=deepfm|sasrec [OVERRIDE ...]   ours vs RecBole's own tr
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
-import re
 import sys
 import warnings
 from pathlib import Path
@@ -26,180 +27,13 @@ from typing import Any
 
 from benchmark.errors import BenchmarkError
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# Heavy modules (Hydra, torch, benchmark.compose) are imported by the commands that need them:
+# ``validate`` loads only the standard library until an archive has passed its size limits.
 
 
 def _fail(msg: str) -> None:
     print(f"llm4rec: error: {msg}", file=sys.stderr)
     sys.exit(2)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(s.strip() for s in str(exc).splitlines() if s.strip())
-    cause = exc.__cause__
-    if cause is not None and str(cause).strip() and str(cause).strip() not in text:
-        text += ": " + " ".join(s.strip() for s in str(cause).splitlines() if s.strip())
-    return text or type(exc).__name__
-
-
-_OPTION_NAMES = re.compile(r"^[\w.\-]+(,[\w.\-]+)*$")
-
-
-def nested_group_overrides(overrides: list[str]) -> list[str]:
-    """``adapter.encoder=open_clip`` -> ``adapter/encoder=open_clip`` for nested config groups.
-
-    Hydra selects an option of a nested group only with a slash (``adapter/encoder=NAME``); with a
-    dot it would replace the whole node by the string NAME. An override ``a.b=NAME`` (or a sweep
-    ``a.b=N1,N2``) whose ``configs/a/b/`` is a config group is rewritten, so both spellings work.
-    """
-    out = []
-    for o in overrides:
-        key, sep, value = o.partition("=")
-        group = key.replace(".", "/")
-        if (
-            sep
-            and "." in key
-            and not key.startswith(("+", "~"))
-            and "@" not in key
-            and _OPTION_NAMES.match(value)
-            and (CONFIG_DIR / group).is_dir()
-        ):
-            o = f"{group}={value}"
-        out.append(o)
-    return out
-
-
-def _override_key(override: str) -> str:
-    return override.partition("=")[0]
-
-
-def _is_group_choice(override: str) -> bool:
-    """``model=tallrec``, ``experiment=...``: an override that picks a config group's option."""
-    key = _override_key(override)
-    return "=" in override and "." not in key and "@" not in key and (CONFIG_DIR / key.lstrip("+~")).is_dir()
-
-
-def module_shorthand(overrides: list[str]) -> list[str]:
-    """``model.shots=64`` -> ``model.module.shots=64`` where the chosen model keeps that key in its module.
-
-    A model's own parameters (the constructor's arguments: ``shots``, ``lora``, ``backbone`` ...)
-    live under ``model.module``, so one sweep key reaches every model that has it. An override
-    ``model.KEY...=V`` whose KEY the chosen model config lacks at its top level but has under
-    ``module`` is rewritten there, for every model a sweep of group choices picks (``model=a,b``,
-    ``experiment=...``); anything else is left for Hydra to accept or reject. Both spellings give
-    the same resolved config, hence the same run id.
-    """
-    short = [
-        i
-        for i, o in enumerate(overrides)
-        if "=" in o
-        and _override_key(o).startswith("model.")
-        and not _override_key(o).startswith("model.module.")
-        and "@" not in _override_key(o)
-    ]
-    if not short:
-        return overrides
-    models = [
-        _compose(nested_group_overrides(combo)).model
-        for combo in _expand_sweeps([o for o in overrides if _is_group_choice(o)])
-    ]
-    out = list(overrides)
-    for i in short:
-        key = _override_key(overrides[i])[len("model.") :].split(".")[0]
-        if all(key not in m and key in (m.get("module") or {}) for m in models):
-            out[i] = "model.module." + overrides[i][len("model.") :]
-    return out
-
-
-def expand_overrides(overrides: list[str]) -> list[str]:
-    """The command line's overrides as Hydra takes them: nested group choices with a slash and
-    model shorthands under ``model.module`` (see :func:`nested_group_overrides`, :func:`module_shorthand`)."""
-    return module_shorthand(nested_group_overrides(overrides))
-
-
-def compose(overrides: list[str], hydra: bool = False):
-    """Compose the root config with command-line overrides (no run directory, no chdir).
-
-    With ``hydra=True`` the ``hydra`` node (launcher, sweeper) is included.
-    """
-    return _compose(expand_overrides(overrides), hydra)
-
-
-def _compose(overrides: list[str], hydra: bool = False):
-    from hydra import compose as hcompose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from benchmark.config import register_schemas
-
-    if not CONFIG_DIR.is_dir():
-        _fail(f"config directory not found: {CONFIG_DIR}")
-    register_schemas()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return hcompose(
-                config_name="config", overrides=overrides, return_hydra_config=hydra
-            )
-    except BenchmarkError:
-        raise
-    except Exception as e:  # Hydra/OmegaConf composition errors: unknown key, group option, type
-        _fail(_one_line(e))
-    finally:
-        GlobalHydra.instance().clear()
-
-
-def _expand_sweeps(overrides: list[str]) -> list[list[str]]:
-    """Every combination of the sweep overrides (``a=1,2``), each as a plain override list."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception as e:
-        _fail(_one_line(e))
-    choices = []
-    for o in parsed:
-        if o.is_sweep_override():
-            key = o.get_key_element()
-            choices.append([f"{key}={v}" for v in o.sweep_string_iterator()])
-        else:
-            choices.append([o.input_line])
-    return [list(c) for c in itertools.product(*choices)]
-
-
-def check_config(cfg, read_data: bool = True) -> None:
-    """Validate a composed config before anything runs (one-line error ``<key>: <reason>``, exit 2).
-
-    The typed groups (data, split, eval, slices), the item adapter, then every other value
-    (:func:`benchmark.checks.check_values`: seed, model and trainer arguments, cut-offs against
-    the catalogue, paths). ``read_data=False`` never prepares a dataset from raw files.
-    """
-    from benchmark.config import DataConfig, EvalConfig, SliceConfig, SplitConfig, to_object
-
-    for key, cls in (
-        ("data", DataConfig),
-        ("split", SplitConfig),
-        ("eval", EvalConfig),
-        ("slices", SliceConfig),
-    ):
-        try:
-            to_object(cfg[key], cls)
-        except BenchmarkError as e:
-            _fail(str(e))
-        except Exception as e:
-            _fail(f"{key}: {_one_line(e)}")
-    from benchmark.run import check_adapter
-
-    try:
-        check_adapter(cfg.model, cfg.get("adapter"))
-    except BenchmarkError as e:
-        _fail(str(e))
-    from benchmark.checks import check_values
-
-    try:
-        check_values(cfg, read_data=read_data)
-    except BenchmarkError as e:
-        _fail(str(e))
 
 
 def _task(cfg) -> None:
@@ -263,11 +97,12 @@ def _hydra_main(argv: list[str]) -> None:
     re-executes it for every extra process)."""
     import hydra
 
+    from benchmark import compose as composition
     from benchmark.config import register_schemas
 
     register_schemas()
     sys.argv = [sys.argv[0], *argv]
-    hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(_task)()
+    hydra.main(config_path=str(composition.CONFIG_DIR), config_name="config", version_base="1.3")(_task)()
 
 
 def cmd_run(argv: list[str]) -> None:
@@ -275,30 +110,31 @@ def cmd_run(argv: list[str]) -> None:
     if flags["hydra_help"]:
         _hydra_main(["--hydra-help"])
         return
+    from benchmark.compose import check_config, compose_expanded, expand_overrides, expand_sweeps
     from benchmark.launch import launch_multirun, split_overrides, sweep_jobs
 
     overrides = expand_overrides(raw)
     # The jobs as Hydra will launch them (with -m, experiment sweeps included).
-    combos = sweep_jobs(overrides) if flags["multirun"] else _expand_sweeps(overrides)
+    combos = sweep_jobs(overrides) if flags["multirun"] else expand_sweeps(overrides)
     if flags["cfg"]:
         show_jobs(combos, flags["cfg"], split_overrides(overrides)[0])
         return
     if flags["info"]:
         for combo in combos:
-            check_config(_compose(combo), read_data=False)
+            check_config(compose_expanded(combo), read_data=False)
         _hydra_main(["--info", flags["info"], *overrides])
         return
     if flags["multirun"]:  # every job checked before any starts; SLURM resources follow the trainer
-        launch_multirun(overrides, lambda o, h: _compose(o, hydra=h), check_config, _hydra_main)
+        launch_multirun(overrides, lambda o, h: compose_expanded(o, hydra=h), check_config, _hydra_main)
         return
     for combo in combos:  # validate the job before it runs
-        check_config(_compose(combo))
+        check_config(compose_expanded(combo))
     _hydra_main(overrides)
 
 
 def job_facts(cfg) -> list[str]:
     """Run id, and whether the run's record, reusable trained weights or last checkpoint exist."""
-    from benchmark.run import config_hashes, run_id_for, training_key
+    from benchmark.results.identity import config_hashes, run_id_for, training_key
 
     run_id = run_id_for(cfg, config_hashes(cfg)[0])
     record = Path(cfg.paths.results) / "runs" / run_id / "record.json"
@@ -332,15 +168,17 @@ def show_jobs(combos: list[list[str]], what: str, hydra_overrides: list[str] | N
     """
     from omegaconf import OmegaConf
 
+    from benchmark.compose import check_config, compose_expanded
+
     for n, combo in enumerate(combos):
-        cfg = _compose(combo)
+        cfg = compose_expanded(combo)
         check_config(cfg, read_data=False)
         if len(combos) > 1:
             print(f"# job {n} of {len(combos)}: {' '.join(combo)}")
         if what in ("job", "all"):
             print(OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True)), end="")
         if what in ("hydra", "all"):  # unresolved: the run directory is known only when a job starts
-            hydra_node = _compose([*(hydra_overrides or []), *combo], hydra=True).hydra
+            hydra_node = compose_expanded([*(hydra_overrides or []), *combo], hydra=True).hydra
             print(OmegaConf.to_yaml({"hydra": OmegaConf.to_container(hydra_node, resolve=False)}), end="")
         for line in job_facts(cfg):
             print(f"# {line}")
@@ -354,6 +192,7 @@ def _pop_out(argv: list[str]) -> tuple[list[str], str | None]:
 
 
 def cmd_export_split(argv: list[str]) -> None:
+    from benchmark.compose import check_config, compose
     from benchmark.data.export import export_split
 
     overrides, out = _pop_out(argv)
@@ -393,6 +232,7 @@ def cmd_leaderboard(argv: list[str]) -> None:
 def cmd_data(argv: list[str]) -> None:
     if not argv or argv[0] not in ("prepare", "stats"):
         _fail("usage: llm4rec data {prepare,stats} data=NAME [OVERRIDE ...]")
+    from benchmark.compose import check_config, compose
     from benchmark.config import DataConfig, to_object
     from benchmark.data.loading import dataset_dir, load_dataset
 
@@ -455,6 +295,7 @@ def cmd_reproduce(argv: list[str]) -> None:
 
 def cmd_slurm_scripts(argv: list[str]) -> None:
     """Dry run of a SLURM sweep: one sbatch script per job ``run -m`` would submit, none submitted."""
+    from benchmark.compose import check_config, compose_expanded, expand_overrides
     from benchmark.launch import multirun_plan, split_overrides
     from benchmark.slurm import write_scripts
 
@@ -462,9 +303,9 @@ def cmd_slurm_scripts(argv: list[str]) -> None:
     if not out:
         _fail("slurm-scripts needs out=DIR")
     overrides = expand_overrides(overrides)
-    jobs, extra = multirun_plan(overrides, lambda o, h: _compose(o, hydra=h), check_config)
+    jobs, extra = multirun_plan(overrides, lambda o, h: compose_expanded(o, hydra=h), check_config)
     hydra_overrides = split_overrides(overrides)[0] + (extra or [])
-    paths = write_scripts(jobs, [_compose(hydra_overrides + j, hydra=True) for j in jobs], Path(out))
+    paths = write_scripts(jobs, [compose_expanded(hydra_overrides + j, hydra=True) for j in jobs], Path(out))
     print(f"{len(paths)} sbatch scripts written to {out}")
 
 
@@ -521,6 +362,8 @@ def main(argv: list[str] | None = None) -> None:
     if argv[0] not in COMMANDS:
         _fail(f"unknown command '{argv[0]}' (one of: {', '.join(COMMANDS)}; see llm4rec --help)")
     if argv[0] == "run" and any(a in ("-h", "--help") for a in argv[1:]):
+        from benchmark.compose import CONFIG_DIR
+
         _print(texts.run_help(CONFIG_DIR))
         sys.exit(0)
     if argv[0] not in ARGPARSE_COMMANDS and any(a in ("-h", "--help") for a in argv[1:]):

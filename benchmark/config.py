@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from benchmark.errors import ConfigError
+
+# The project's Hydra config groups (data/, split/, model/, ...). Composition reads it through
+# :data:`benchmark.compose.CONFIG_DIR`; record checks under ``benchmark.results`` take it from here.
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 SPLIT_PROTOCOLS = ("loo", "temporal", "random", "tallrec_movie")
 EVAL_PROTOCOLS = ("full", "sampled", "labeled")

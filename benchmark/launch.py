@@ -33,7 +33,6 @@ from typing import Any
 
 from benchmark.errors import BenchmarkError, ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 RESOURCE_KEYS = ("tasks_per_node", "gpus_per_node", "nodes")
 
 
@@ -62,7 +61,7 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     Hydra's own code decides: the multirun config is loaded as ``hydra.main`` loads it, and the
     basic sweeper's ``split_arguments`` combines ``hydra.sweeper.params`` (set by an experiment
     config or on the command line) with the command-line sweeps. ``overrides`` are already expanded
-    (:func:`benchmark.cli.expand_overrides`).
+    (:func:`benchmark.compose.expand_overrides`).
 
     Raises:
         ConfigError: the config does not compose, or the sweeper is not Hydra's basic sweeper.
@@ -75,6 +74,7 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
+    from benchmark.compose import CONFIG_DIR
     from benchmark.config import register_schemas
 
     register_schemas()

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.cli import _expand_sweeps, check_config, compose, nested_group_overrides
+from benchmark.compose import check_config, compose, expand_sweeps, nested_group_overrides
 from benchmark.results.record import load_record
-from benchmark.run import config_hashes, model_label
+from benchmark.results.identity import config_hashes, model_label
 from tests.conftest import random_rows
 from tests.smoke.test_cli import assert_metrics_recompute, llm4rec, runs, tiny_args
 from tests.smoke.test_p5 import TINY
@@ -114,7 +114,7 @@ def test_ablation_sweep_composes_one_job_per_modality_set_and_indexing():
         "adapter.modalities=[],[text],[image],[image,text]",
         "model.indexing=collaborative,title",
     ]
-    combos = _expand_sweeps(nested_group_overrides(sweep))
+    combos = expand_sweeps(nested_group_overrides(sweep))
     assert len(combos) == 8
     cfgs = [compose(c) for c in combos]
     for cfg in cfgs:
@@ -325,7 +325,7 @@ def test_documented_command_runs_with_a_random_vit_b_32(image_dir, feature_cache
 
 
 def test_cpu_budget_p5_experiments_compose():
-    from benchmark.cli import compose
+    from benchmark.compose import compose
 
     tiny = compose(["experiment=p5_tiny_ml100k"])
     assert (tiny.model.backbone, tiny.model.module.sample_windows, tiny.split.protocol) == ("t5-tiny-scratch", 19200, "loo")

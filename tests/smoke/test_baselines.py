@@ -81,7 +81,7 @@ def test_unsupported_recbole_model_is_one_line_error(feat_dir, tmp_path, capsys,
 
 
 def test_experiment_configs_compose():
-    from benchmark.cli import compose
+    from benchmark.compose import compose
 
     for model, name in (("deepfm", "DeepFM"), ("din", "DIN")):
         ctr = compose(["experiment=baselines_ctr_ml100k", f"model={model}", "split=random"])

@@ -131,8 +131,8 @@ def test_bad_input_is_one_line_nonzero_and_writes_nothing(tiny_dir, tmp_path, ca
 
 
 def test_model_shorthand_reaches_the_module_and_keeps_the_run_id():
-    from benchmark.cli import compose, expand_overrides
-    from benchmark.run import config_hashes
+    from benchmark.compose import compose, expand_overrides
+    from benchmark.results.identity import config_hashes
 
     short = compose(["model=tallrec", "model.shots=64", "model.lora.r=4", "seed=0"])
     long = compose(["model=tallrec", "model.module.shots=64", "model.module.lora.r=4", "seed=0"])
@@ -151,8 +151,8 @@ def test_model_shorthand_reaches_the_module_and_keeps_the_run_id():
 
 
 def test_cache_location_is_not_part_of_the_run_id(monkeypatch):
-    from benchmark.cli import compose
-    from benchmark.run import config_hashes
+    from benchmark.compose import compose
+    from benchmark.results.identity import config_hashes
 
     base = config_hashes(compose(["model=tallrec", "split=tallrec_movie", "eval=labeled", "seed=1"]))
     monkeypatch.setenv("LLM4REC_CACHE", "/elsewhere/llm4rec")
@@ -267,7 +267,7 @@ def test_every_command_has_help(capsys, command, flag):
 
 
 def test_run_help_lists_every_config_group_and_option(capsys):
-    from benchmark.cli import CONFIG_DIR
+    from benchmark.compose import CONFIG_DIR
     from benchmark.help import describe
 
     exits(0, "run", "--help")
@@ -317,8 +317,8 @@ def test_run_short_help_and_hydra_flags_run_nothing(tiny_dir, tmp_path, capsys, 
 def test_cfg_job_prints_config_run_id_and_existing_outputs_and_writes_nothing(tiny_dir, tmp_path, capsys, monkeypatch):
     import yaml
 
-    from benchmark.cli import compose
-    from benchmark.run import config_hashes, run_id_for, training_key
+    from benchmark.compose import compose
+    from benchmark.results.identity import config_hashes, run_id_for, training_key
 
     monkeypatch.chdir(tmp_path)
     args = ["model=bpr", *tiny_args(tiny_dir, tmp_path)]

@@ -11,13 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmark.cli import check_config, compose, main
+from benchmark.cli import main
+from benchmark.compose import check_config, compose
 from benchmark.config import EvalConfig
 from benchmark.data.views import RankingRows
 from benchmark.errors import ConfigError
 from benchmark.models.llm_rerank import first_stage_dir
 from benchmark.results.submission import validate
-from benchmark.run import config_hashes, pick_test_users, run_id_for, take_rows
+from benchmark.eval.rows import pick_test_users, take_rows
+from benchmark.results.identity import config_hashes, run_id_for
 from tests.smoke.test_cli import runs, tiny_args
 
 ROWS = ["bpr", "llm_rerank", "pop", "sasrec", "p5"]

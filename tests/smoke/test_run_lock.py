@@ -32,8 +32,8 @@ def start(args: list[str], out: Path) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_two_identical_runs_at_once_train_and_write_once(tiny_dir, tmp_path):
-    from benchmark.cli import compose
-    from benchmark.run import config_hashes, run_id_for
+    from benchmark.compose import compose
+    from benchmark.results.identity import config_hashes, run_id_for
 
     args = ["model=bpr", "model.train.max_epochs=3", *tiny_args(tiny_dir, tmp_path)]
     run_id = run_id_for(compose(args), config_hashes(compose(args))[0])

@@ -91,7 +91,7 @@ def test_ckpt_path_last_without_a_checkpoint_is_refused(tiny_dir, tmp_path, caps
 
 def test_ckpt_path_last_is_refused_by_run_itself(tiny_dir, tmp_path):
     """The same refusal when ``run`` is called without the command line's checks."""
-    from benchmark.cli import compose
+    from benchmark.compose import compose
     from benchmark.errors import ConfigError
     from benchmark.run import run
 

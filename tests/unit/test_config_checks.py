@@ -9,7 +9,8 @@ from typing import Literal
 import pytest
 
 from benchmark.checks import catalogue_size, check_arguments, check_paths, last_checkpoint, matches
-from benchmark.cli import compose, main
+from benchmark.cli import main
+from benchmark.compose import compose
 from benchmark.config import TrainConfig, to_object
 from benchmark.errors import ConfigError
 from tests.conftest import write_atomic

@@ -118,7 +118,7 @@ def test_sequence_histories_round_trip_hostile_ids(tmp_path: Path):
 
 
 def test_export_split_from_an_atomic_file_with_spaces_quotes_and_commas(tmp_path: Path):
-    from benchmark.cli import compose
+    from benchmark.compose import compose
     from benchmark.data.export import export_split
 
     ids = ["the item", 'say "hi"', "a,b", "back\\slash", "\\t", "x  y", "plain", "é ü"]

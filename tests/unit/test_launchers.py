@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmark.cli import compose, main
+from benchmark.cli import main
+from benchmark.compose import compose
 
 
 def test_submitit_launcher_composes_with_resources():
@@ -285,19 +286,17 @@ def test_the_command_line_launcher_wins_over_an_experiment_default(tmp_path, mon
     # hydra/launcher=submitit_slurm on the command line submits its sweep to SLURM instead.
     import shutil
 
-    import benchmark.cli as cli
-    import benchmark.launch as launch
+    import benchmark.compose as composition
     from benchmark.slurm import script_jobs
 
     configs = tmp_path / "configs"
-    shutil.copytree(cli.CONFIG_DIR, configs)
+    shutil.copytree(composition.CONFIG_DIR, configs)
     (configs / "experiment" / "local_sweep.yaml").write_text(
         "# @package _global_\ndefaults:\n  - override /hydra/launcher: joblib\n\n"
         "hydra:\n  sweeper:\n    params:\n      model: pop,bpr\n"
     )
-    monkeypatch.setattr(cli, "CONFIG_DIR", configs)
-    monkeypatch.setattr(launch, "CONFIG_DIR", configs)
-    assert cli.compose(["experiment=local_sweep"], hydra=True).hydra.launcher._target_.endswith("JoblibLauncher")
+    monkeypatch.setattr(composition, "CONFIG_DIR", configs)
+    assert composition.compose(["experiment=local_sweep"], hydra=True).hydra.launcher._target_.endswith("JoblibLauncher")
     launches = _captured_launches(monkeypatch)
     args = ["experiment=local_sweep", "hydra/launcher=submitit_slurm", f"paths.outputs={tmp_path / 'o'}"]
     main(["run", "-m", *args])
