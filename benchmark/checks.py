@@ -253,9 +253,37 @@ def check_cutoffs(cfg: Any, catalogue: bool = True) -> None:
 
 def last_checkpoint(cfg: Any) -> Path:
     """Where the run of ``cfg`` keeps its last Lightning checkpoint (``ckpt_path=last``)."""
-    from benchmark.run import config_hashes, run_id_for
+    from benchmark.results.identity import config_hashes, run_id_for
 
     return Path(cfg.paths.outputs) / "checkpoints" / run_id_for(cfg, config_hashes(cfg)[0]) / "last.ckpt"
+
+
+def resume_checkpoint(cfg: Any, ckpt_dir: Path) -> str | None:
+    """``ckpt_path`` checked: None, ``"last"`` (this run's ``last.ckpt`` exists) or an existing file.
+
+    A checkpoint to resume is honoured before weights of an earlier run (``reuse_trained``); with
+    ``load_weights``, with a model that trains nothing, or when the file is missing, it is refused
+    with a one-line ConfigError (Lightning would otherwise start from scratch without a word).
+    """
+    ckpt = cfg.get("ckpt_path")
+    if ckpt is None:
+        return None
+    if not isinstance(ckpt, str) or not ckpt.strip():
+        raise ConfigError(f"ckpt_path: expected a checkpoint file or 'last', got {ckpt!r}")
+    if cfg.get("load_weights"):
+        raise ConfigError("ckpt_path: cannot resume training and evaluate load_weights at once; drop one of them")
+    if not cfg.model.get("train"):
+        raise ConfigError(f"ckpt_path: model {cfg.model.name} trains nothing; there is no checkpoint to resume")
+    if ckpt == "last":
+        if not (ckpt_dir / "last.ckpt").is_file():
+            raise ConfigError(
+                f"ckpt_path=last: nothing to resume, {ckpt_dir / 'last.ckpt'} does not exist "
+                "(it is written while this run id trains)"
+            )
+        return ckpt
+    if not Path(ckpt).is_file():
+        raise ConfigError(f"ckpt_path: no such file: {ckpt}")
+    return ckpt
 
 
 def check_paths(cfg: Any) -> None:
@@ -269,8 +297,6 @@ def check_paths(cfg: Any) -> None:
     if weights is not None:
         if not isinstance(weights, str) or not Path(weights).is_file():
             raise ConfigError(f"load_weights: no such file: {weights}")
-    from benchmark.run import resume_checkpoint  # the run's own rule for ckpt_path (last, a file)
-
     resume_checkpoint(cfg, last_checkpoint(cfg).parent)
 
 

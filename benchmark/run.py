@@ -21,6 +21,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from benchmark.checks import resume_checkpoint
 from benchmark.config import DataConfig, EvalConfig, SliceConfig, SplitConfig, to_object
 from benchmark.data.loading import load_dataset
 from benchmark.data.splits import Split, build_split
@@ -454,34 +455,6 @@ def reuse_note(training: dict[str, Any], trained_dir: Path | None = None) -> str
         x for x in (f"by {by}" if by else "", f"in {float(seconds):.1f}s" if seconds is not None else "") if x
     )
     return f"reused weights {where}" + (f" (trained {origin})" if origin else "")
-
-
-def resume_checkpoint(cfg: DictConfig, ckpt_dir: Path) -> str | None:
-    """``ckpt_path`` checked: None, ``"last"`` (this run's ``last.ckpt`` exists) or an existing file.
-
-    A checkpoint to resume is honoured before weights of an earlier run (``reuse_trained``); with
-    ``load_weights``, with a model that trains nothing, or when the file is missing, it is refused
-    with a one-line ConfigError (Lightning would otherwise start from scratch without a word).
-    """
-    ckpt = cfg.get("ckpt_path")
-    if ckpt is None:
-        return None
-    if not isinstance(ckpt, str) or not ckpt.strip():
-        raise ConfigError(f"ckpt_path: expected a checkpoint file or 'last', got {ckpt!r}")
-    if cfg.get("load_weights"):
-        raise ConfigError("ckpt_path: cannot resume training and evaluate load_weights at once; drop one of them")
-    if not cfg.model.get("train"):
-        raise ConfigError(f"ckpt_path: model {cfg.model.name} trains nothing; there is no checkpoint to resume")
-    if ckpt == "last":
-        if not (ckpt_dir / "last.ckpt").is_file():
-            raise ConfigError(
-                f"ckpt_path=last: nothing to resume, {ckpt_dir / 'last.ckpt'} does not exist "
-                "(it is written while this run id trains)"
-            )
-        return ckpt
-    if not Path(ckpt).is_file():
-        raise ConfigError(f"ckpt_path: no such file: {ckpt}")
-    return ckpt
 
 
 def make_logger(cfg: DictConfig, run_id: str, version: str) -> Any:
