@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from benchmark.data.views import LabeledRows, RankingRows
+from benchmark.eval import beyond as B
 from benchmark.eval import metrics as M
+from benchmark.eval.beyond import ItemFacts
 
 
 @dataclass
@@ -61,9 +63,22 @@ def ranking_per_row(
 
 
 def evaluate(
-    pred: Predictions, ks: list[int], n_items: int, prefix: str = "test"
+    pred: Predictions,
+    ks: list[int],
+    n_items: int,
+    prefix: str = "test",
+    facts: ItemFacts | None = None,
 ) -> tuple[dict[str, float], dict[str, int], dict[str, np.ndarray]]:
     """Score predictions overall and per slice.
+
+    Args:
+        pred: the model's predictions over the evaluated rows.
+        ks: cut-offs of the ranking metrics.
+        n_items: catalogue size (coverage, Gini).
+        prefix: first part of every metric name (``test``, ``valid``).
+        facts: train-part item facts in the index space of ``pred``; with them, ranking runs also
+            get the beyond-accuracy metrics of :mod:`benchmark.eval.beyond` (None: none of them,
+            so callers without facts and records made before them are unchanged).
 
     Returns:
         metrics: ``{prefix}/{metric}`` and ``{prefix}/{slice}/{metric}`` -> mean value.
@@ -71,25 +86,47 @@ def evaluate(
         per_row: metric -> paired values for significance tests: per row for ranking
             metrics, per user (users with both classes, ascending) for labeled AUC.
     """
+    if pred.kind == "ranking":
+        return _evaluate_ranking(pred, ks, n_items, prefix, facts)
+    return _evaluate_labeled(pred, prefix)
+
+
+def _evaluate_ranking(
+    pred: Predictions, ks: list[int], n_items: int, prefix: str, facts: ItemFacts | None
+) -> tuple[dict[str, float], dict[str, int], dict[str, np.ndarray]]:
+    """:func:`evaluate` for ranked lists: accuracy per row, set metrics, beyond-accuracy with ``facts``."""
+    assert pred.ranked is not None
+    rows: RankingRows = pred.rows  # type: ignore[assignment]
     metrics: dict[str, float] = {}
     sizes: dict[str, int] = {}
-    if pred.kind == "ranking":
-        assert pred.ranked is not None
-        rows: RankingRows = pred.rows  # type: ignore[assignment]
-        per_row, keep = ranking_per_row(pred.ranked, rows, ks)
-        sizes["all"] = len(keep)
-        metrics.update({f"{prefix}/{n}": float(v.mean()) for n, v in per_row.items()})
-        for k in ks:
-            metrics[f"{prefix}/coverage@{k}"] = M.coverage_at_k(pred.ranked, n_items, k)
-        for sname, mask in rows.slices.items():
-            sl, skeep = ranking_per_row(pred.ranked, rows, ks, mask)
-            sizes[sname] = len(skeep)
-            for n, v in sl.items():
-                metrics[f"{prefix}/{sname}/{n}"] = float(v.mean()) if len(v) else float("nan")
-        return metrics, sizes, per_row
+    per_row, keep = ranking_per_row(pred.ranked, rows, ks)
+    # Beyond-accuracy values of every row; each slice averages those of the rows it covers.
+    beyond = B.beyond_per_row(pred.ranked, rows.users, facts, ks) if facts is not None else {}
+    sizes["all"] = len(keep)
+    metrics.update({f"{prefix}/{n}": float(v.mean()) for n, v in per_row.items()})
+    metrics.update({f"{prefix}/{n}": B.finite_mean(v[keep]) for n, v in beyond.items()})
+    for k in ks:
+        metrics[f"{prefix}/coverage@{k}"] = M.coverage_at_k(pred.ranked, n_items, k)
+        if facts is not None:
+            metrics[f"{prefix}/gini@{k}"] = B.gini_at_k(pred.ranked, n_items, k)
+    for sname, mask in rows.slices.items():
+        sl, skeep = ranking_per_row(pred.ranked, rows, ks, mask)
+        sizes[sname] = len(skeep)
+        for n, v in sl.items():
+            metrics[f"{prefix}/{sname}/{n}"] = float(v.mean()) if len(v) else float("nan")
+        for n, v in beyond.items():
+            metrics[f"{prefix}/{sname}/{n}"] = B.finite_mean(v[skeep])
+    return metrics, sizes, per_row
 
+
+def _evaluate_labeled(
+    pred: Predictions, prefix: str
+) -> tuple[dict[str, float], dict[str, int], dict[str, np.ndarray]]:
+    """:func:`evaluate` for labeled rows: CTR metrics overall and per slice, per-user AUC."""
     assert pred.scores is not None
     lrows: LabeledRows = pred.rows  # type: ignore[assignment]
+    metrics: dict[str, float] = {}
+    sizes: dict[str, int] = {}
 
     def ctr(sel: np.ndarray) -> dict[str, float]:
         y, s, g = lrows.labels[sel], pred.scores[sel], lrows.users[sel]

@@ -64,7 +64,9 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def per_group_auc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def per_group_auc(
+    labels: np.ndarray, scores: np.ndarray, groups: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """AUC per group that has both classes.
 
     Returns:
@@ -113,7 +115,17 @@ RANKING_METRICS: dict[str, RankingMetric] = {
     "mrr": RankingMetric(mrr_at_k),
 }
 # Set-level ranking metrics (not per row): name -> higher is better.
-SET_METRICS = {"coverage": True}
+SET_METRICS = {"coverage": True, "gini": False}
+# Beyond-accuracy metrics per row (benchmark.eval.beyond): name -> higher is better. ARP and
+# miscalibration (KL) are better when lower; diversity, novelty and the long-tail share higher.
+BEYOND_METRICS = {
+    "ild": True,
+    "ild_genre": True,
+    "novelty": True,
+    "arp": False,
+    "tail_share": True,
+    "calib": False,
+}
 # CTR metrics over labeled rows: name -> higher is better.
 LABELED_METRICS = {"auc": True, "gauc": True, "logloss": False, "accuracy": True}
 
@@ -125,6 +137,15 @@ def higher_is_better(metric: str) -> bool:
         return RANKING_METRICS[base].higher_is_better
     if base in SET_METRICS:
         return SET_METRICS[base]
+    if base in BEYOND_METRICS:
+        return BEYOND_METRICS[base]
     if base in LABELED_METRICS:
         return LABELED_METRICS[base]
     return True
+
+
+def is_beyond_accuracy(metric: str) -> bool:
+    """Whether a metric name such as ``test/cold_item/ild@10`` is a beyond-accuracy metric
+    (computed only when the evaluator is given :class:`~benchmark.eval.beyond.ItemFacts`)."""
+    base = metric.rsplit("/", 1)[-1].split("@", 1)[0]
+    return base in BEYOND_METRICS or base == "gini"

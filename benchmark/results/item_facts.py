@@ -1,0 +1,173 @@
+"""The item-side facts of the beyond-accuracy metrics, built from a split's train part and its dataset.
+
+:class:`~benchmark.eval.beyond.ItemFacts` holds, in the split's index space:
+
+- ``popularity``: distinct train users per item, and the head (items covering 20 % of train
+  interactions), from the train part only;
+- ``genres``: the genre matrix from the item side table's ``genres`` role (or a ``genres``
+  column), and each user's train-history genre distribution (calibration). A genre value is a
+  list: split on commas when any value of the column holds one (the recipes join lists with
+  ``", "``), else on whitespace (RecBole's ``token_seq``, e.g. ml-100k's ``Action Adventure``).
+  No genre column, or no genre at all: ``None``, so genre metrics are absent, not zero;
+- ``embeddings``: all-MiniLM-L6-v2 embeddings of ``Title (Year); Genres`` (the adapters' text,
+  :func:`~benchmark.models.components.text_encoder.item_descriptions`) from the adapters' feature
+  store (encoded once, then read from ``<cache>/features``). No title column: ``None`` (an item
+  described by its raw id only says nothing about its content), so text ILD is absent.
+
+This builder lives in the results layer because it reads the feature store (models layer); the
+metrics themselves (:mod:`benchmark.eval.beyond`) see arrays only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmark.data.interactions import Interactions
+from benchmark.data.splits import Split
+from benchmark.eval.beyond import ItemFacts, head_mask, history_genres
+
+
+def _column(items: Any, item_fields: Mapping[str, str], role: str) -> str | None:
+    """The side-table column of ``role`` (its mapping, else a column named like the role)."""
+    columns = getattr(items, "columns", ())
+    col = item_fields.get(role, role)
+    return col if col in columns else None
+
+
+def _values(items: Any, column: str, item_ids: Sequence[str]) -> list[str]:
+    """[n_items] stripped string values of a side-table column ("" when an item has none)."""
+    col = items[column]
+    out = []
+    for raw in item_ids:
+        v = col.get(raw)
+        out.append("" if v is None or v != v else str(v).strip())  # v != v: NaN
+    return out
+
+
+def genre_matrix(
+    items: Any, item_fields: Mapping[str, str], item_ids: Sequence[str]
+) -> tuple[np.ndarray, list[str]] | None:
+    """Binary genre membership of every item (see the module docstring for how values are split).
+
+    Args:
+        items: ``Interactions.items`` (indexed by raw item id).
+        item_fields: role -> column.
+        item_ids: [n_items] raw ids in index order.
+
+    Returns:
+        ([n_items, G] bool, the G genre names sorted), or None without a genre column or genre.
+    """
+    column = _column(items, item_fields, "genres")
+    if column is None:
+        return None
+    values = _values(items, column, item_ids)
+    sep = "," if any("," in v for v in values) else None
+    lists = [[g.strip() for g in v.split(sep) if g.strip()] for v in values]
+    names = sorted({g for gs in lists for g in gs})
+    if not names:
+        return None
+    pos = {g: j for j, g in enumerate(names)}
+    out = np.zeros((len(item_ids), len(names)), dtype=bool)
+    for i, gs in enumerate(lists):
+        out[i, [pos[g] for g in gs]] = True
+    return out, names
+
+
+def text_embeddings(
+    data: Interactions, item_ids: Sequence[str], store_dir: str | Path | None = None
+) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """L2-normalised all-MiniLM-L6-v2 embeddings of the items' texts from the feature store.
+
+    Args:
+        data: the dataset (item side table and its roles).
+        item_ids: [n_items] raw ids in index order.
+        store_dir: the feature store (default ``<cache>/features``, shared with the adapters).
+
+    Returns:
+        ([n_items, d] float32, facts of the feature table), or None when no item has a title.
+    """
+    column = _column(data.items, data.item_fields, "title")
+    if column is None or not any(_values(data.items, column, item_ids)):
+        return None
+    from benchmark.models.components.features import HFTextEncoder, encode_features
+    from benchmark.models.components.text_encoder import item_descriptions
+
+    texts = item_descriptions(data.items, data.item_fields, item_ids)
+    table = encode_features("text", HFTextEncoder(), list(item_ids), texts=texts, store_dir=store_dir)
+    emb = np.asarray(table.features, dtype=np.float32)  # [n_items, d], L2-normalised by the encoder
+    return emb, {"encoder": "sentence-transformers/all-MiniLM-L6-v2", "key": table.facts["key"][:20]}
+
+
+def build_item_facts(
+    split: Split, data: Interactions, text: bool = True, store_dir: str | Path | None = None
+) -> ItemFacts:
+    """The facts of the beyond-accuracy metrics for one split (train part only).
+
+    Args:
+        split: the split; its item/user index spaces are the facts' ones.
+        data: the dataset the split was built from (side tables).
+        text: whether to read (or encode once) the text embeddings (text ILD).
+        store_dir: the feature store folder (default ``<cache>/features``).
+    """
+    tr = split.train
+    item_ids = np.asarray([str(x) for x in split.item_ids])
+    user_ids = np.asarray([str(x) for x in split.user_ids])
+    pairs = np.unique(
+        np.stack([tr["user"].to_numpy(np.int64), tr["item"].to_numpy(np.int64)], axis=1), axis=0
+    )
+    users, items = pairs[:, 0], pairs[:, 1]  # distinct train (user, item) pairs
+    popularity = np.bincount(items, minlength=split.n_items).astype(np.int64)
+    notes: dict[str, Any] = {"popularity": "distinct train users per item"}
+    genres = user_genres = None
+    found = genre_matrix(data.items, data.item_fields, item_ids)
+    if found is not None:
+        genres, names = found
+        user_genres = history_genres(users, items, genres, split.n_users)
+        notes["genres"] = len(names)
+    embeddings = None
+    if text:
+        emb = text_embeddings(data, item_ids, store_dir)
+        if emb is not None:
+            embeddings, notes["text"] = emb
+    return ItemFacts(
+        item_ids=item_ids,
+        user_ids=user_ids,
+        popularity=popularity,
+        n_train_users=len(np.unique(users)),
+        head=head_mask(popularity),
+        genres=genres,
+        user_genres=user_genres,
+        embeddings=embeddings,
+        notes=notes,
+    )
+
+
+@lru_cache(maxsize=4)
+def _facts_for(data_json: str, split_json: str, text: bool) -> tuple[str, str, ItemFacts]:
+    from benchmark.config import DataConfig, SplitConfig, to_object
+    from benchmark.data.loading import load_dataset
+    from benchmark.data.splits import build_split
+
+    data = load_dataset(to_object(json.loads(data_json), DataConfig))
+    split = build_split(data, to_object(json.loads(split_json), SplitConfig))
+    return data.fingerprint, split.fingerprint, build_item_facts(split, data, text)
+
+
+def facts_for_config(
+    data_cfg: Mapping[str, Any], split_cfg: Mapping[str, Any], text: bool = True
+) -> tuple[str, str, ItemFacts]:
+    """(dataset fingerprint, split fingerprint, facts) of a run's data and split config values.
+
+    Cached for the process: every run of one table shares its split. The caller compares the
+    fingerprints with the record's before trusting the facts, and checks the data config's
+    locations first (a record's paths are untrusted).
+    """
+    return _facts_for(
+        json.dumps(dict(data_cfg), sort_keys=True), json.dumps(dict(split_cfg), sort_keys=True), text
+    )
