@@ -84,7 +84,8 @@ def _p5(data: Any, split: Any, adapter: dict[str, Any] | None) -> Any:
 
 def measure_store(data: Any, split: Any, store: Path) -> dict[str, Any]:
     """Seconds of a miss (encode + write) and of a hit (digest + memory map) for the text table."""
-    from benchmark.models.components.features import HFTextEncoder, encode_features
+    from benchmark.models.components.encoders import HFTextEncoder
+    from benchmark.models.components.feature_store import encode_features
     from benchmark.models.components.text_encoder import item_descriptions
 
     ids = [str(i) for i in split.item_ids]
@@ -113,7 +114,7 @@ def measure_store(data: Any, split: Any, store: Path) -> dict[str, Any]:
 
 def measure_epoch(data: Any, split: Any, store: Path, steps: int) -> dict[str, Any]:
     """Median seconds per training step: cached features, re-encoded features, no adapter."""
-    from benchmark.models.components.features import HFTextEncoder
+    from benchmark.models.components.encoders import HFTextEncoder
     from benchmark.models.components.text_encoder import item_descriptions
 
     model = _p5(data, split, _adapter(store))

@@ -18,14 +18,10 @@ import pytest
 import torch
 
 from benchmark.errors import ConfigError, DataError
-from benchmark.models.components import features as F
-from benchmark.models.components.features import (
-    HFTextEncoder,
-    OpenCLIPEncoder,
-    encode_features,
-    image_column_values,
-    resolve_images,
-)
+from benchmark.models.components import encoders as E
+from benchmark.models.components.encoders import HFTextEncoder, OpenCLIPEncoder
+from benchmark.models.components.feature_store import encode_features
+from benchmark.models.components.images import image_column_values, resolve_images
 
 TINY_CLIP = "tiny-test-clip"
 TINY_CLIP_CONFIG = {
@@ -274,7 +270,7 @@ def test_open_clip_bad_names_and_offline_tags_are_one_line_config_errors(monkeyp
         OpenCLIPEncoder("ViT-Q-99")
     with pytest.raises(ConfigError, match="'nope' is not a tag of ViT-B-32 \\(openai, "):
         OpenCLIPEncoder("ViT-B-32", pretrained="nope")
-    monkeypatch.setattr(F, "_reachable", lambda host, **kw: False)
+    monkeypatch.setattr(E, "_reachable", lambda host, **kw: False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     enc = OpenCLIPEncoder("ViT-B-32", pretrained="laion2b_s34b_b79k")
     assert enc.random_init is False

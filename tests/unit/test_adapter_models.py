@@ -15,7 +15,7 @@ import torch
 from benchmark.data.views import ranking_rows
 from benchmark.errors import ConfigError
 from benchmark.models.components.adapter import AdapterConfig, ItemAdapter, adapter_config, adapter_label
-from benchmark.models.components.features import FeatureTable
+from benchmark.models.components.feature_store import FeatureTable
 from benchmark.models.components.projector import (
     PLACEHOLDER,
     LinearProjector,

@@ -2,8 +2,8 @@
 
 ``adapter=clip_proj`` (``configs/adapter``) gives every item mention in a prompt ``k`` soft tokens,
 produced by a trainable projector (:mod:`benchmark.models.components.projector`) from the item's
-frozen features (:mod:`benchmark.models.components.features`: text and/or image, encoded once and
-memory-mapped). ``mention: alongside`` keeps the item's id/title before its soft tokens,
+frozen features (:mod:`benchmark.models.components.feature_store`: text and/or image, encoded once
+and memory-mapped). ``mention: alongside`` keeps the item's id/title before its soft tokens,
 ``instead`` shows the soft tokens only. Items without an image get a learned missing-modality
 embedding (one per modality, in feature space, initialised to the mean of the present features)
 in place of their image features. ``train_llm: false`` freezes the language model (and its LoRA
@@ -12,7 +12,7 @@ adapters): only the projector and the missing embeddings train.
 Both LLM families (P5, TALLRec) take ``adapter=`` from the run; ``adapter=none`` and an adapter
 with no modalities change nothing (no token is added, no random number drawn), so they give
 exactly the results of the model without an adapter. ``adapter=none`` is also left out of the
-config hash (:func:`benchmark.run.result_config`), so existing run records keep their ids.
+config hash (:func:`benchmark.results.identity.result_config`), so existing run records keep their ids.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from torch import nn
 
 from benchmark.config import to_object
 from benchmark.errors import ConfigError
-from benchmark.models.components.features import MODALITIES, FeatureTable
+from benchmark.models.components.feature_store import MODALITIES, FeatureTable
 from benchmark.models.components.projector import (
     PLACEHOLDER,
     expand_mentions,
@@ -280,62 +280,15 @@ def build_item_adapter(
         d_model: the language model's embedding size.
         placeholder_id: the placeholder token id.
     """
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    from benchmark.models.components.features import (
-        encode_features,
-        image_column_values,
-        resolve_images,
-    )
-    from benchmark.models.components.llm import default_cache_dir
-    from benchmark.models.components.text_encoder import item_descriptions
-
-    built = {}
-    for key in ("encoder", "projector"):
-        try:
-            built[key] = instantiate(getattr(cfg, key))
-        except InstantiationException as e:
-            if isinstance(e.__cause__, ConfigError):
-                raise e.__cause__ from None
-            message = " ".join(str(e).split()).split(", set env var HYDRA_FULL_ERROR")[0]
-            raise ConfigError(f"adapter.{key}: {message}") from None
-    encoder, make_projector = built["encoder"], built["projector"]
+    encoder, make_projector = _instantiate(cfg, "encoder"), _instantiate(cfg, "projector")
     missing_towers = [m for m in cfg.modalities if m not in encoder.modalities]
     if missing_towers:
         raise ConfigError(
             f"adapter.modalities: encoder '{encoder.kind}' has no {missing_towers[0]} tower "
             f"(it encodes {', '.join(encoder.modalities)}); use adapter/encoder=open_clip"
         )
-    root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    item_ids = [str(i) for i in split.item_ids]
-    tables, images_facts = [], {}
     with torch.random.fork_rng(devices=[]):  # encoding never moves the run's random stream
-        for m in cfg.modalities:
-            if m == "text":
-                texts = item_descriptions(data.items, data.item_fields, item_ids)
-                tables.append(
-                    encode_features("text", encoder, item_ids, texts=texts, store_dir=root / "features")
-                )
-            else:
-                values = image_column_values(data.items, item_ids, cfg.image_column)
-                sources = resolve_images(
-                    values, item_ids, cfg.image_root, root, cfg.strict_images, cfg.download_images
-                )
-                tables.append(
-                    encode_features(
-                        "image",
-                        encoder,
-                        item_ids,
-                        images=sources,
-                        store_dir=root / "features",
-                        strict=cfg.strict_images,
-                    )
-                )
-                images_facts = {
-                    "column": cfg.image_column,
-                    "missing_share": tables[-1].facts["missing_share"],
-                }
+        tables, images_facts = _feature_tables(cfg, encoder, split, data)
     try:
         projector = make_projector(dims=[t.features.shape[1] for t in tables], d_model=int(d_model), k=cfg.k)
     except TypeError as e:
@@ -359,6 +312,59 @@ def build_item_adapter(
         "images": images_facts or None,
     }
     return ItemAdapter(tables, projector, cfg.k, cfg.mention, placeholder_id, facts)
+
+
+def _instantiate(cfg: AdapterConfig, key: str) -> Any:
+    """Build ``cfg.encoder`` or ``cfg.projector`` (a partial) from its ``_target_`` node; a failure
+    is a one-line :class:`ConfigError` (the encoder's own ConfigError passes through)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(getattr(cfg, key))
+    except InstantiationException as e:
+        if isinstance(e.__cause__, ConfigError):
+            raise e.__cause__ from None
+        message = " ".join(str(e).split()).split(", set env var HYDRA_FULL_ERROR")[0]
+        raise ConfigError(f"adapter.{key}: {message}") from None
+
+
+def _feature_tables(
+    cfg: AdapterConfig, encoder: Any, split: Any, data: Any
+) -> tuple[list[FeatureTable], dict[str, Any]]:
+    """One feature table per modality of ``cfg`` (from the store, or encoded and stored), and the
+    image facts of the record (empty without images)."""
+    from benchmark.models.components.feature_store import encode_features
+    from benchmark.models.components.images import image_column_values, resolve_images
+    from benchmark.models.components.llm import default_cache_dir
+    from benchmark.models.components.text_encoder import item_descriptions
+
+    root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    item_ids = [str(i) for i in split.item_ids]
+    tables, images_facts = [], {}
+    for m in cfg.modalities:
+        if m == "text":
+            texts = item_descriptions(data.items, data.item_fields, item_ids)
+            tables.append(
+                encode_features("text", encoder, item_ids, texts=texts, store_dir=root / "features")
+            )
+            continue
+        values = image_column_values(data.items, item_ids, cfg.image_column)
+        sources = resolve_images(
+            values, item_ids, cfg.image_root, root, cfg.strict_images, cfg.download_images
+        )
+        tables.append(
+            encode_features(
+                "image",
+                encoder,
+                item_ids,
+                images=sources,
+                store_dir=root / "features",
+                strict=cfg.strict_images,
+            )
+        )
+        images_facts = {"column": cfg.image_column, "missing_share": tables[-1].facts["missing_share"]}
+    return tables, images_facts
 
 
 def inactive_facts(cfg: AdapterConfig | None) -> dict[str, Any] | None:
