@@ -273,14 +273,11 @@ def cmd_validate(argv: list[str]) -> None:
 
 
 def cmd_reproduce(argv: list[str]) -> None:
-    import torch
-
-    from benchmark.results.submission import environment_differences, reproduce
+    from benchmark.reproduce import environment_differences, reproduce, tolerance
 
     if not argv or "=" in argv[0]:
         _fail("usage: llm4rec reproduce RUN_DIR [reproduce.tolerance_cpu=X] [hydra.searchpath=[file://DIR]] [KEY=PATH ...]")
-    cfg = compose(argv[1:])  # the user's own overrides (trusted): tolerance, search path, local paths
-    tol = float(cfg.reproduce.tolerance_gpu if torch.cuda.is_available() else cfg.reproduce.tolerance_cpu)
+    tol = tolerance(argv[1:])  # the user's own overrides (trusted): tolerance, search path, local paths
     passed, rows, old, new = reproduce(Path(argv[0]), tol, argv[1:])
     for diff in environment_differences(old, new):
         print(f"note: version differs: {diff}")

@@ -1,20 +1,18 @@
-"""Submissions: pack a run, validate a run or archive against the canonical split, reproduce a run.
+"""Submissions: pack a run, validate a run or archive against the canonical split.
 
 Everything read here may have been written by a stranger. Archives and run folders are read with
 the bounds of :class:`~benchmark.results.archive.Limits` before any heavy module is imported;
 nothing in a record is instantiated, and no path in it is used unchecked (see
-:mod:`benchmark.results.rebuild`).
+:mod:`benchmark.results.trust`). Reproducing a run (which runs it) is :mod:`benchmark.reproduce`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
 import os
 import tarfile
-import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -32,6 +30,7 @@ from benchmark.results.archive import (
     read_run_dir,
     read_submission,
 )
+from benchmark.util import atomic_write, sha256_bytes
 
 METRIC_TOLERANCE = 1e-9  # recomputed vs reported metric (same code, same predictions)
 
@@ -57,8 +56,6 @@ def submit(run_dir: Path, out: Path | None = None, limits: Limits = DEFAULT_LIMI
     Raises:
         BenchmarkError: one line naming the file and field at fault; nothing is written.
     """
-    import gzip
-
     import yaml
 
     from benchmark.results.schema import schema_errors
@@ -75,7 +72,7 @@ def submit(run_dir: Path, out: Path | None = None, limits: Limits = DEFAULT_LIMI
     run_id = record["run_id"]
     if not SAFE_NAME.match(run_id):
         raise BenchmarkError(f"{run_dir / RECORD}: run_id {run_id[:80]!r} is not a plain name")
-    if hashlib.sha256(sub.predictions).hexdigest() != record["predictions"]["sha256"]:
+    if sha256_bytes(sub.predictions) != record["predictions"]["sha256"]:
         raise BenchmarkError(f"{run_dir / record['predictions']['file']}: sha256 differs from the record's predictions.sha256")
     out = Path(out) if out else Path("submissions") / f"{run_id}.tar.gz"
     members = {
@@ -84,22 +81,21 @@ def submit(run_dir: Path, out: Path | None = None, limits: Limits = DEFAULT_LIMI
         "config.yaml": yaml.safe_dump(record["config"], sort_keys=True).encode(),
         "environment.json": json.dumps(record["environment"], indent=1, sort_keys=True).encode(),
     }
+    return atomic_write(out, _pack(run_id, members))
+
+
+def _pack(run_id: str, members: dict[str, bytes]) -> bytes:
+    """A deterministic ``.tar.gz`` of ``members`` under ``<run_id>/`` (sorted, mtime 0, mode 0644)."""
+    import gzip
+
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for name in sorted(members):
             _tar_add(tar, f"{run_id}/{name}", members[name])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp", delete=False) as f:
-        tmp = Path(f.name)
-        try:
-            with gzip.GzipFile(filename="", fileobj=f, mode="wb", mtime=0) as gz:
-                gz.write(raw.getvalue())
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    tmp.chmod(0o644)
-    tmp.replace(out)
-    return out
+    packed = io.BytesIO()
+    with gzip.GzipFile(filename="", fileobj=packed, mode="wb", mtime=0) as gz:
+        gz.write(raw.getvalue())
+    return packed.getvalue()
 
 
 # ----------------------------------------------------------------------------- validate
@@ -154,7 +150,7 @@ def _canonical_split(data_json: str, split_json: str):
 def _data_config(cfg: dict[str, Any], data_path: Path | None) -> dict[str, Any]:
     """The record's data config with every location replaced or checked (never used as given)."""
     from benchmark.config import DataConfig
-    from benchmark.results.rebuild import check_record_path
+    from benchmark.results.trust import check_record_path
 
     data = dict(cfg)
     data["cache_dir"] = os.environ.get("LLM4REC_CACHE", ".cache/llm4rec")  # the validator's own cache
@@ -201,8 +197,8 @@ def recorded_config_hashes(cfg: dict[str, Any]) -> list[tuple[str, str]]:
     """
     from omegaconf import OmegaConf
 
-    from benchmark.results.record import canonical_json, sha256_text
-    from benchmark.run import config_hashes, result_config
+    from benchmark.results.identity import canonical_json, config_hashes, result_config
+    from benchmark.util import sha256_text
 
     out = [config_hashes(OmegaConf.create(cfg))]
     data = cfg.get("data")
@@ -245,28 +241,42 @@ def validate(path: Path, limits: Limits = DEFAULT_LIMITS, data_path: Path | None
 
 
 def _validate(report: Report, path: Path, limits: Limits, data_path: Path | None) -> None:
+    """The checks of :func:`validate` in order; each failure raises :class:`Rejected`."""
+    sub = _check_files(report, path, limits)  # standard library only up to here
+    record = sub.record
+    ev, slices_cfg, data_cfg = _check_config(report, record, data_path)
+    split = _check_split(report, record, data_cfg)
+    pred = _check_protocol(report, record, sub.predictions, split, ev, slices_cfg, limits)
+    _check_metrics(report, record, pred, ev, split.n_items)
+
+
+def _check_files(report: Report, path: Path, limits: Limits) -> Any:
+    """files, schema, predictions_hash, predictions: the bounded reads (no numpy, no torch)."""
     from benchmark.results.schema import schema_errors
 
     sub = read_submission(path, limits)
     report.add("files", True)
-    record = sub.record
-    errs = schema_errors(record)
+    errs = schema_errors(sub.record)
     if errs:
         raise Rejected("schema", errs[0])
     report.add("schema", True)
-    digest = hashlib.sha256(sub.predictions).hexdigest()
-    if digest != record["predictions"]["sha256"]:
-        raise Rejected("predictions_hash", f"sha256 {digest[:12]} != recorded {record['predictions']['sha256'][:12]}")
+    digest = sha256_bytes(sub.predictions)
+    if digest != sub.record["predictions"]["sha256"]:
+        raise Rejected("predictions_hash", f"sha256 {digest[:12]} != recorded {sub.record['predictions']['sha256'][:12]}")
     report.add("predictions_hash", True)
     n_lines = check_prediction_stream(sub.predictions, limits)  # bounded, nothing kept
     report.add("predictions", True, f"{n_lines} lines")
+    return sub
 
-    # --- heavy part: numpy, torch (via benchmark.run), the canonical split
+
+def _check_config(report: Report, record: dict[str, Any], data_path: Path | None) -> tuple[Any, Any, dict[str, Any]]:
+    """config, config_hash: the recorded config is safe, typed, and hashes as recorded.
+
+    Returns:
+        (EvalConfig, SliceConfig, the data config with checked locations).
+    """
     from benchmark.config import EvalConfig, SliceConfig
-    from benchmark.eval.evaluator import evaluate
-    from benchmark.results.protocol import labeled_predictions, ranking_predictions
-    from benchmark.results.rebuild import check_record_config
-    from benchmark.run import eval_rows
+    from benchmark.results.trust import check_record_config
 
     cfg = record["config"]
     try:
@@ -290,9 +300,15 @@ def _validate(report: Report, path: Path, limits: Limits, data_path: Path | None
     for key, want in (("protocol", ev.protocol), ("ks", ev.ks), ("list_length", ev.max_k)):
         if rec_ev[key] != want:
             raise Rejected("config", f"eval.{key}={rec_ev[key]!r} but the recorded config implies {want!r}")
+    return ev, slices_cfg, data_cfg
 
+
+def _check_split(report: Report, record: dict[str, Any], data_cfg: dict[str, Any]) -> Any:
+    """dataset_fingerprint, split_fingerprint: the canonical split rebuilt from the raw data."""
     try:
-        data_fp, split = _canonical_split(json.dumps(data_cfg, sort_keys=True), json.dumps(cfg["split"], sort_keys=True))
+        data_fp, split = _canonical_split(
+            json.dumps(data_cfg, sort_keys=True), json.dumps(record["config"]["split"], sort_keys=True)
+        )
     except BenchmarkError as e:
         raise Rejected("split_fingerprint", f"cannot rebuild the canonical split: {e}") from None
     except Exception as e:
@@ -302,16 +318,30 @@ def _validate(report: Report, path: Path, limits: Limits, data_path: Path | None
     if split.fingerprint != record["split"]["fingerprint"]:
         raise Rejected("split_fingerprint", f"{record['split']['fingerprint'][:12]} != canonical {split.fingerprint[:12]}")
     report.add("split_fingerprint", True)
-    if rec_ev["n_items"] != split.n_items:
-        raise Rejected("config", f"eval.n_items={rec_ev['n_items']} but the canonical split has {split.n_items} items")
+    if record["eval"]["n_items"] != split.n_items:
+        raise Rejected("config", f"eval.n_items={record['eval']['n_items']} but the canonical split has {split.n_items} items")
+    return split
 
+
+def _check_protocol(
+    report: Report, record: dict[str, Any], predictions: bytes, split: Any, ev: Any, slices_cfg: Any, limits: Limits
+) -> Any:
+    """rows, negatives_fingerprint, protocol: every predictions line against the canonical test rows.
+
+    Returns:
+        The ``Predictions`` the evaluator scores.
+    """
+    from benchmark.eval.rows import eval_rows
+    from benchmark.results.protocol import labeled_predictions, ranking_predictions
+
+    rec_ev = record["eval"]
     try:
         rows, facts = eval_rows(split, ev, slices_cfg)  # the run's own test rows (and fixed negatives)
     except BenchmarkError as e:
         raise Rejected("rows", f"cannot build the canonical test rows: {e}") from None
     if ev.protocol == "sampled" and facts.get("negatives_fingerprint") != rec_ev.get("negatives_fingerprint"):
         raise Rejected("negatives_fingerprint", "fixed negatives differ from the canonical ones")
-    lines = prediction_lines(sub.predictions, limits)
+    lines = prediction_lines(predictions, limits)
     if len(lines) != len(rows):
         raise Rejected("rows", f"{len(lines)} predictions lines for {len(rows)} canonical test rows")
     if ev.protocol == "labeled":
@@ -319,10 +349,16 @@ def _validate(report: Report, path: Path, limits: Limits, data_path: Path | None
     else:
         pred = ranking_predictions(lines, rows, split.user_ids, split.item_ids, ev.protocol, ev.max_k)
     report.add("protocol", True)
+    return pred
 
-    again, sizes, _ = evaluate(pred, ev.ks, split.n_items)
-    if sizes != rec_ev["slice_rows"]:
-        raise Rejected("rows", f"slice_rows {rec_ev['slice_rows']} != canonical {sizes}")
+
+def _check_metrics(report: Report, record: dict[str, Any], pred: Any, ev: Any, n_items: int) -> None:
+    """metrics: every reported metric recomputed from the canonical rows and the predictions."""
+    from benchmark.eval.evaluator import evaluate
+
+    again, sizes, _ = evaluate(pred, ev.ks, n_items)
+    if sizes != record["eval"]["slice_rows"]:
+        raise Rejected("rows", f"slice_rows {record['eval']['slice_rows']} != canonical {sizes}")
     diffs = []
     for k, v in record["metrics"].items():
         a = again.get(k)
@@ -336,62 +372,3 @@ def _validate(report: Report, path: Path, limits: Limits, data_path: Path | None
     if diffs:
         raise Rejected("metrics", f"{len(diffs)} differ; first: {diffs[0]}")
     report.add("metrics", True, f"{len(again)} recomputed")
-
-
-# ----------------------------------------------------------------------------- reproduce
-
-
-def reproduce(
-    run_dir: Path, tolerance: float, overrides: list[str] | None = None, limits: Limits = DEFAULT_LIMITS
-) -> tuple[bool, list[tuple[str, float | None, float | None, float]], dict, dict]:
-    """Re-run a recorded run in a clean temporary directory and compare every metric.
-
-    The configuration is rebuilt by :func:`benchmark.results.rebuild.rebuild_config` from the
-    project's own config groups (nothing the record names is instantiated unless the project's
-    configs define it), with the user's ``overrides`` (trusted) on top.
-
-    Returns:
-        (passed, [(metric, recorded, reproduced, abs diff)], the old record, the new record).
-
-    Raises:
-        ConfigError: the record cannot be rebuilt safely (one line; exit 2 in the CLI).
-    """
-    from benchmark.results.rebuild import rebuild_config
-
-    run_dir = Path(run_dir)
-    try:
-        old = read_run_dir(run_dir, limits).record
-    except Rejected as e:
-        raise ConfigError(f"{run_dir}: {e.reason}") from None
-    from benchmark.results.schema import schema_errors
-
-    errs = schema_errors(old)
-    if errs:
-        raise ConfigError(f"{run_dir / RECORD}: {errs[0]}")
-    cfg = rebuild_config(old, list(overrides or []))
-    from benchmark.run import run
-
-    with tempfile.TemporaryDirectory(prefix="llm4rec-reproduce-") as tmp:
-        cfg.paths = {"results": f"{tmp}/results", "outputs": f"{tmp}/outputs"}
-        new = run(cfg)
-    rows = []
-    for k in sorted(set(old["metrics"]) | set(new["metrics"])):
-        a, b = old["metrics"].get(k), new["metrics"].get(k)
-        if a is None and b is None:
-            diff = 0.0
-        elif a is None or b is None:
-            diff = math.inf
-        else:
-            diff = abs(a - b)
-        rows.append((k, a, b, diff))
-    passed = all(d <= tolerance for *_, d in rows) and new["split"]["fingerprint"] == old["split"]["fingerprint"]
-    return passed, rows, old, new
-
-
-def environment_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Package versions that differ between two records' environments."""
-    a = (old.get("environment") or {}).get("packages") or {}
-    b = (new.get("environment") or {}).get("packages") or {}
-    if not isinstance(a, dict) or not isinstance(b, dict):
-        return []
-    return [f"{p}: {a.get(p)} -> {b.get(p)}" for p in sorted(set(a) | set(b)) if a.get(p) != b.get(p)]

@@ -19,7 +19,7 @@ from benchmark.data.views import LabeledRows, RankingRows
 from benchmark.errors import BenchmarkError, ConfigError
 from benchmark.results.archive import DEFAULT_LIMITS, Limits, Rejected, read_archive
 from benchmark.results.protocol import labeled_predictions, ranking_predictions
-from benchmark.results.rebuild import (
+from benchmark.results.trust import (
     check_record_config,
     check_record_path,
     config_dirs,

@@ -1,18 +1,19 @@
-"""Rebuild a recorded run's configuration from this project's own config groups, trusting no code or path.
+"""What may be trusted in a recorded run's configuration: no code, no path, only what the project's configs define.
 
-A record's ``config`` is data written by someone else. :func:`rebuild_config` never instantiates
-it: it checks that every ``_target_`` in it is one that the project's configs (``configs/`` plus
-the directories the *user* adds with ``hydra.searchpath=[...]``) define, picks the config-group
-options the record matches, composes them with :func:`benchmark.cli.compose`, lays the recorded
-values over the result, and checks that the rebuilt config hashes like the recorded one.
-Path values from the record must be relative and stay inside the current directory; cache
-locations, output paths, the logger and checkpoints are the reproducer's own, never the record's.
+A record's ``config`` is data written by someone else. The checks here never instantiate it:
+every ``_target_`` in it must be one that the project's configs (``configs/`` plus the directories
+the *user* adds with ``hydra.searchpath=[...]``) define (:func:`check_record_config`); path values
+from the record must be relative and stay inside the current directory (:func:`check_record_paths`);
+cache locations, output paths, the logger and checkpoints are the reproducer's own, never the
+record's (:func:`overlay`). :func:`infer_choices` picks the config-group options a record matches.
+:func:`benchmark.reproduce.rebuild_config` composes the config from these pieces.
+
+Nothing here composes a config, runs a model or imports one.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import re
 from collections.abc import Iterator
 from importlib import util as importlib_util
@@ -71,11 +72,14 @@ def searchpath_dirs(overrides: list[str]) -> list[Path]:
     return dirs
 
 
-def config_dirs(overrides: list[str]) -> list[Path]:
-    """The project's ``configs/`` and the user's search-path directories."""
-    from benchmark.cli import CONFIG_DIR
+def config_dirs(overrides: list[str], config_dir: Path | None = None) -> list[Path]:
+    """The project's config directory (default :data:`benchmark.config.CONFIG_DIR`) and the user's
+    search-path directories."""
+    if config_dir is None:
+        from benchmark.config import CONFIG_DIR
 
-    return [CONFIG_DIR, *searchpath_dirs(overrides)]
+        config_dir = CONFIG_DIR
+    return [config_dir, *searchpath_dirs(overrides)]
 
 
 def _yaml_files(dirs: list[Path]) -> Iterator[tuple[Path, Path]]:
@@ -148,15 +152,16 @@ def check_record_paths(cfg: dict[str, Any], trusted: set[str], cwd: Path | None 
     for path, k, v in _walk(cfg):
         if isinstance(k, str) and PATH_KEY.match(k) and path not in trusted and path.split(".")[0] not in OWN_KEYS:
             if k.endswith("cache_dir"):
-                continue  # replaced by the reproducer's own cache (see _overlay)
+                continue  # replaced by the reproducer's own cache (see overlay)
             check_record_path(path, v, cwd)
 
 
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": leaf}`` for every leaf of nested dicts (an empty dict is a leaf)."""
     if isinstance(node, dict) and node:
         out: dict[str, Any] = {}
         for k, v in node.items():
-            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+            out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
         return out
     return {prefix: node}
 
@@ -173,7 +178,7 @@ def infer_choices(cfg: dict[str, Any], dirs: list[Path]) -> list[str]:
         rec = cfg.get(group)
         if not isinstance(rec, dict):
             continue
-        flat_rec = _flat(rec)
+        flat_rec = flat(rec)
         best: tuple[int, str] | None = None
         for d in dirs:
             gdir = d / group
@@ -185,7 +190,7 @@ def infer_choices(cfg: dict[str, Any], dirs: list[Path]) -> list[str]:
                     continue
                 y = {k: v for k, v in y.items() if k != "defaults"}
                 score, out_ = 0, False
-                for k, v in _flat(y).items():
+                for k, v in flat(y).items():
                     if isinstance(v, str) and "${" in v:
                         continue
                     equal = k in flat_rec and flat_rec[k] == v
@@ -207,7 +212,7 @@ def _drop(node: dict[str, Any], dotted: str) -> None:
     node.pop(parts[-1], None)
 
 
-def _overlay(cfg: dict[str, Any], trusted: set[str]) -> dict[str, Any]:
+def overlay(cfg: dict[str, Any], trusted: set[str]) -> dict[str, Any]:
     """The recorded values to lay over the composed config: without the reproducer's own keys,
     cache locations, and the keys the user set on the command line."""
     out = copy.deepcopy({k: v for k, v in cfg.items() if k not in OWN_KEYS})
@@ -219,63 +224,11 @@ def _overlay(cfg: dict[str, Any], trusted: set[str]) -> dict[str, Any]:
     return out
 
 
-def _user_keys(overrides: list[str]) -> set[str]:
+def user_keys(overrides: list[str]) -> set[str]:
+    """The config keys the user's overrides set (``+a.b=1`` -> ``a.b``)."""
     return {o.partition("=")[0].lstrip("+~") for o in overrides if "=" in o}
 
 
-def rebuild_config(record: dict[str, Any], overrides: list[str], cwd: Path | None = None) -> Any:
-    """The recorded run's config, composed from the project's config groups (see module doc).
-
-    Args:
-        record: the parsed record (untrusted).
-        overrides: the user's command-line overrides (trusted), e.g. ``hydra.searchpath=[...]``,
-            ``reproduce.tolerance_cpu=X`` or ``data.path=DIR``.
-        cwd: the directory recorded relative paths must stay inside (default: the current one).
-
-    Returns:
-        A DictConfig ready for :func:`benchmark.run.run` once the caller sets ``paths``.
-
-    Raises:
-        ConfigError: a ``_target_`` the configs do not define, an unsafe path, or a config that
-            the project's configs cannot rebuild with the recorded hash.
-    """
-    from omegaconf import OmegaConf
-
-    from benchmark.cli import compose
-    from benchmark.results.submission import recorded_config_hashes
-    from benchmark.run import result_config
-
-    cfg = record.get("config")
-    dirs = config_dirs(overrides)
-    check_record_config(cfg, defined_targets(dirs))
-    trusted = _user_keys(overrides)
-    check_record_paths(cfg, trusted, cwd)
-
-    recorded = OmegaConf.create(cfg)
-    if record.get("config_hash") not in [h for h, _ in recorded_config_hashes(cfg)]:
-        raise ConfigError("record: config_hash is not the hash of the recorded config")
-    base = compose(infer_choices(cfg, dirs) + list(overrides))
-    OmegaConf.set_struct(base, False)
-    overlay = _overlay(cfg, trusted)
-    merged = OmegaConf.merge(base, OmegaConf.create(overlay))
-    for key, value in _flat(overlay).items():  # a recorded empty mapping replaces the option's entries
-        if value == {}:
-            OmegaConf.update(merged, key, {}, merge=False)
-    merged.logger = None
-    merged.reuse_trained = False
-    merged.skip_existing = False
-    merged.ckpt_path = None
-    a, b = _flat(result_config(recorded)), _flat(result_config(merged))
-    # Keys the record lacks were added to the configs since; they keep the project's defaults.
-    diff = sorted(k for k in a if a[k] != b.get(k, "<absent>") and not _under(k, trusted))
-    if diff:
-        k = diff[0]
-        raise ConfigError(
-            f"record: the project's configs cannot rebuild the recorded config ({len(diff)} keys differ; "
-            f"{k}: recorded {json.dumps(a.get(k, '<absent>'))[:60]}, rebuilt {json.dumps(b.get(k, '<absent>'))[:60]})"
-        )
-    return merged
-
-
-def _under(key: str, trusted: set[str]) -> bool:
+def under(key: str, trusted: set[str]) -> bool:
+    """Whether ``key`` is one of ``trusted`` or below one of them."""
     return any(key == t or key.startswith(t + ".") for t in trusted)
