@@ -192,7 +192,9 @@ def check_adapter(model_cfg: Any, adapter: Any) -> bool:
     adapter_config(adapter)  # unknown keys, modalities, k, encoder/projector nodes
     target = get_class(model_cfg.module._target_)
     if model_cfg.get("inputs", "ids") != "split" or "adapter" not in inspect.signature(target).parameters:
-        raise ConfigError(f"adapter={adapter.name}: model {model_cfg.name} takes no item adapter (p5 and tallrec do)")
+        raise ConfigError(
+            f"adapter={adapter.name}: model {model_cfg.name} takes no item adapter (p5 and tallrec do)"
+        )
     return True
 
 
@@ -214,7 +216,12 @@ def check_config(cfg: Any, read_data: bool = True) -> None:
     from benchmark.checks import check_values
     from benchmark.config import DataConfig, EvalConfig, SliceConfig, SplitConfig, to_object
 
-    for key, cls in (("data", DataConfig), ("split", SplitConfig), ("eval", EvalConfig), ("slices", SliceConfig)):
+    for key, cls in (
+        ("data", DataConfig),
+        ("split", SplitConfig),
+        ("eval", EvalConfig),
+        ("slices", SliceConfig),
+    ):
         try:
             to_object(cfg[key], cls)
         except BenchmarkError:
