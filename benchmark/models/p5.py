@@ -37,16 +37,14 @@ item mention gets ``k`` soft tokens from its frozen features; the encoder reads 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import IterableDataset
 
 from benchmark.config import to_object
 from benchmark.data.histories import time_order
@@ -59,38 +57,14 @@ from benchmark.models.components.adapter import (
     attach_item_adapter,
     tokenize_prompts,
 )
+from benchmark.models.components.backbones import PRESETS, load_backbone
+from benchmark.models.components.beam_cache import row_prefilled_cache, row_shared_cross_cache
 from benchmark.models.components.indexing import IndexConfig, ItemIndex, build_index, train_sequences
-from benchmark.models.components.llm import (
-    cache_kwarg,
-    ignore_frozen_on_load,
-    keep_trainable_in_state_dict,
-    lora_settings,
-)
+from benchmark.models.components.lora import lora_settings, track_trainable_state, wrap_lora
 from benchmark.models.components.seq_prompts import SeqPromptSet
 from benchmark.models.components.trie import ItemTrie, TrieConstraint
+from benchmark.models.components.windows import WindowStream, train_windows
 from benchmark.progress import within_chunk
-
-# T5 size presets trained from scratch (t5-small: Raffel et al. 2020; tiny: for tests).
-PRESETS: dict[str, dict[str, Any]] = {
-    "t5-small-scratch": {
-        "d_model": 512,
-        "d_ff": 2048,
-        "d_kv": 64,
-        "num_layers": 6,
-        "num_decoder_layers": 6,
-        "num_heads": 8,
-        "dropout_rate": 0.1,
-    },
-    "t5-tiny-scratch": {
-        "d_model": 64,
-        "d_ff": 128,
-        "d_kv": 16,
-        "num_layers": 2,
-        "num_decoder_layers": 2,
-        "num_heads": 4,
-        "dropout_rate": 0.0,
-    },
-}
 
 # What each output slot of a ranked list turned out to be.
 VALID, NO_ITEM, EXCLUDED, DUPLICATE, UNFILLED, GROUNDED = range(6)
@@ -104,233 +78,38 @@ SLOT_NAMES = {
 }
 
 
-# ----------------------------------------------------------------------------- backbones
+@dataclass(frozen=True)
+class P5Options:
+    """P5's checked settings, built from the constructor's keyword arguments (see :class:`P5`).
 
-
-@dataclass
-class Backbone:
-    """A language model, its tokenizer, ``kind`` (``seq2seq`` or ``causal``) and record facts."""
-
-    model: Any
-    tokenizer: Any
-    kind: str
-    facts: dict[str, Any] = field(default_factory=dict)
-
-
-def scratch_tokenizer(corpus: Sequence[str]) -> Any:
-    """A word-level tokenizer over ``corpus`` (digits split one by one), T5 special ids.
-
-    ``<pad>`` = 0, ``</s>`` = 1, ``<unk>`` = 2, then the words of the corpus in sorted order.
-    Words are split on whitespace and punctuation; numbers become one token per digit, so
-    numeric item ids share prefixes as they do with P5's SentencePiece tokenizer.
+    Raises:
+        ConfigError: the one-line message of the first setting out of range.
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
-    pre = pre_tokenizers.Sequence(
-        [pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=True)]
-    )
-    words = sorted({w for text in corpus for w, _ in pre.pre_tokenize_str(text)} | set("0123456789"))
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
-    for w in words:
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
-    )
+    history: int = 20
+    num_beams: int = 20
+    decode_batch_size: int = 16
+    max_source_length: int = 512
+    sample_windows: int | None = None
+    backbone: str = "t5-small-scratch"
+    lora: Mapping[str, Any] | None = None
 
-
-def scratch_t5(preset: str, vocab_size: int) -> Any:
-    """A randomly initialised ``T5ForConditionalGeneration`` of a :data:`PRESETS` size."""
-    from transformers import T5Config, T5ForConditionalGeneration
-
-    cfg = T5Config(
-        vocab_size=vocab_size,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-        feed_forward_proj="relu",
-        tie_word_embeddings=True,
-        **PRESETS[preset],
-    )
-    return T5ForConditionalGeneration(cfg)
-
-
-def add_item_tokens(model: Any, tokenizer: Any, tokens: Sequence[str], seed: int) -> dict[str, Any]:
-    """Add id tokens to a pretrained model's tokenizer; resize and initialise the embedding rows.
-
-    New rows (input embeddings, and output embeddings when untied) are drawn from
-    N(mean, diag var) of the rows of the tokens that existed before, with a seeded generator;
-    rows that already existed beyond the tokenizer (e.g. T5's padded vocabulary) are set the same way.
-
-    Returns:
-        facts: tokens added, their id range, vocabulary and embedding sizes, the init rule.
-    """
-    before = len(tokenizer)
-    added = tokenizer.add_tokens(list(tokens))
-    ids = tokenizer.convert_tokens_to_ids(list(tokens))
-    emb = model.get_input_embeddings()
-    rows_before = int(emb.weight.shape[0])
-    if len(tokenizer) > rows_before:
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        emb = model.get_input_embeddings()
-    new = torch.as_tensor(sorted({i for i in ids if i >= before}), dtype=torch.long)
-    layers = [emb]
-    out = model.get_output_embeddings()
-    if out is not None and out.weight.data_ptr() != emb.weight.data_ptr():
-        layers.append(out)
-    g = torch.Generator().manual_seed(int(seed) % (2**63))
-    with torch.no_grad():
-        for layer in layers:
-            ref = layer.weight[:before].float()  # [V_old, d]
-            mean, std = ref.mean(0), ref.std(0)
-            draw = torch.randn(len(new), ref.shape[1], generator=g)
-            layer.weight[new] = (mean + std * draw).to(layer.weight.dtype)
-    return {
-        "added": int(added),
-        "first_id": int(new.min()) if len(new) else None,
-        "vocab_before": before,
-        "vocab_after": len(tokenizer),
-        "embedding_rows_before": rows_before,
-        "embedding_rows_after": int(model.get_input_embeddings().weight.shape[0]),
-        "init": "N(mean, diag var) of existing rows, seeded",
-    }
-
-
-def load_backbone(
-    name: str,
-    corpus: Sequence[str],
-    new_tokens: Sequence[str],
-    dtype: str,
-    accelerator: str,
-    cache_dir: str | None,
-    seed: int,
-) -> Backbone:
-    """Build or load a backbone and give its tokenizer the item-id tokens.
-
-    Args:
-        name: a :data:`PRESETS` name, an offline model name (``smollm2-135m-instruct``), a ``.gguf``
-            file, a local model folder or a hub name.
-        corpus: every fixed text the model will read (vocabulary of a from-scratch tokenizer).
-        new_tokens: item-id tokens to add.
-        dtype: weights dtype of pretrained models (``auto``, ``float32``, ``bfloat16``, ...).
-        accelerator: the trainer accelerator (resolves ``dtype=auto``).
-        cache_dir: cache root of dequantized GGUF models.
-        seed: seed of the new embedding rows.
-    """
-    from benchmark.models.components.llm import OFFLINE_MODELS, load_causal_lm, resolve_dtype
-
-    if name in PRESETS:
-        tok = scratch_tokenizer(corpus)
-        added = tok.add_tokens(list(new_tokens))
-        model = scratch_t5(name, len(tok))
-        facts = {
-            "backbone": name,
-            "init": "random (trained from scratch)",
-            "source": "preset",
-            "preset": PRESETS[name],
-            "tokenizer": "word-level from prompts, user ids and item ids (digits split)",
-            "vocab": len(tok),
-            "new_tokens": {"added": int(added), "init": "random (whole model from scratch)"},
-            "dequantized": False,
-        }
-        return Backbone(model, tok, "seq2seq", facts)
-    path = Path(name)
-    causal = name in OFFLINE_MODELS or path.suffix == ".gguf"
-    if not causal:
-        from transformers import AutoConfig
-
-        try:
-            config = AutoConfig.from_pretrained(name, local_files_only=path.is_dir())
-        except (OSError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    def __post_init__(self) -> None:
+        if self.history < 1 or self.num_beams < 1 or self.decode_batch_size < 1 or self.max_source_length < 8:
             raise ConfigError(
-                f"model backbone: cannot load '{name}' ({first}); presets: {', '.join(PRESETS)}"
-            ) from None
-        causal = not getattr(config, "is_encoder_decoder", False)
-    if causal:
-        lm = load_causal_lm(name, dtype, accelerator, cache_dir, local_files_only=path.is_dir())
-        model, tok, facts = lm.model, lm.tokenizer, dict(lm.facts)
-        kind = "causal"
-    else:
-        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
-        torch_dtype = resolve_dtype(dtype, accelerator)
-        kw = {"local_files_only": path.is_dir()}
-        model = AutoModelForSeq2SeqLM.from_pretrained(name, dtype=torch_dtype, **kw)
-        tok = AutoTokenizer.from_pretrained(name, **kw)
-        facts = {
-            "backbone": name,
-            "source": "local" if path.is_dir() else "hub",
-            "dtype": str(torch_dtype).removeprefix("torch."),
-            "dequantized": False,
-        }
-        kind = "seq2seq"
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    facts["init"] = "pretrained"
-    facts["new_tokens"] = add_item_tokens(model, tok, new_tokens, seed) if new_tokens else {"added": 0}
-    model.train()
-    return Backbone(model, tok, kind, facts)
-
-
-# ----------------------------------------------------------------------------- training stream
-
-
-class WindowStream(IterableDataset):
-    """Shuffled batches of train windows (user, position of the target in their train sequence).
-
-    The order, the template of every window and the optional subsample of epoch e are a function
-    of (seed, e) only; rank r of world w takes every w-th window of each global batch (like
-    :class:`benchmark.training.PairwiseStream`), so steps and global batch size do not depend
-    on the number of processes. A last batch smaller than the world size is dropped.
-
-    Args:
-        users: [N] user of each window.
-        ends: [N] position of the target item in the user's train sequence (>= 1).
-        n_templates: seen templates to draw from.
-        collate: ``(users, ends, templates) -> batch`` (a dict of tensors).
-        batch_size: global batch size.
-        seed: the run seed.
-        sample: windows per epoch (a fresh subsample each epoch), None = all.
-    """
-
-    def __init__(
-        self,
-        users: np.ndarray,
-        ends: np.ndarray,
-        n_templates: int,
-        collate: Callable[[np.ndarray, np.ndarray, np.ndarray], dict[str, torch.Tensor]],
-        batch_size: int,
-        seed: int,
-        sample: int | None = None,
-    ) -> None:
-        self.users, self.ends = users, ends
-        self.n_templates = n_templates
-        self.collate = collate
-        self.batch_size = batch_size
-        self.seed = seed
-        self.sample = None if sample is None else min(int(sample), len(users))
-        self.epoch = 0
-        self.rank, self.world = 0, 1
-
-    def __len__(self) -> int:
-        n = len(self.users) if self.sample is None else self.sample
-        return -(-n // self.batch_size)
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        g = np.random.default_rng([int(self.seed) % (2**63), 4_243, self.epoch])
-        order = g.permutation(len(self.users))
-        templates = g.integers(self.n_templates, size=len(self.users))
-        if self.sample is not None:
-            order = order[: self.sample]
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            if len(idx) < self.world:
-                continue
-            idx = idx[self.rank :: self.world]
-            yield self.collate(self.users[idx], self.ends[idx], templates[idx])
+                "model.module: need history >= 1, num_beams >= 1, decode_batch_size >= 1, max_source_length >= 8"
+            )
+        if self.sample_windows is not None and int(self.sample_windows) < 1:
+            raise ConfigError("model.module.sample_windows: a positive number of windows or null")
+        if self.lora is not None and self.backbone in PRESETS:
+            raise ConfigError(
+                "model.module.lora: a model trained from scratch trains every weight (set lora: null)"
+            )
+        set_ = object.__setattr__  # frozen: normalise once, here
+        for name in ("history", "num_beams", "decode_batch_size", "max_source_length"):
+            set_(self, name, int(getattr(self, name)))
+        set_(self, "sample_windows", None if self.sample_windows is None else int(self.sample_windows))
+        set_(self, "lora", lora_settings(self.lora))
 
 
 # ----------------------------------------------------------------------------- the model
@@ -361,8 +140,9 @@ class P5(nn.Module):
         cache_dir: cache root for dequantized GGUF backbones.
         shared_prompt_cache: beam search reads each prompt once per row, not once per beam
             (identical results, faster): an encoder-decoder keeps one cross-attention cache per row
-            (:func:`_row_shared_cross_cache`), a decoder-only LM prefills the prompt once per row and
-            repeats its key/value cache per beam (:func:`_row_prefilled_cache`).
+            (:func:`~benchmark.models.components.beam_cache.row_shared_cross_cache`), a decoder-only LM
+            prefills the prompt once per row and repeats its key/value cache per beam
+            (:func:`~benchmark.models.components.beam_cache.row_prefilled_cache`).
         adapter: the run's ``adapter`` config (soft tokens from frozen item features), or None.
     """
 
@@ -390,19 +170,21 @@ class P5(nn.Module):
         super().__init__()
         if prompts is None:
             raise ConfigError("model.module.prompts: a template set is required (configs/p5_prompt)")
-        if history < 1 or num_beams < 1 or decode_batch_size < 1 or max_source_length < 8:
-            raise ConfigError(
-                "model.module: need history >= 1, num_beams >= 1, decode_batch_size >= 1, max_source_length >= 8"
-            )
-        if sample_windows is not None and int(sample_windows) < 1:
-            raise ConfigError("model.module.sample_windows: a positive number of windows or null")
+        o = P5Options(
+            history,
+            num_beams,
+            decode_batch_size,
+            max_source_length,
+            sample_windows,
+            backbone=backbone,
+            lora=lora,
+        )
         self.index_config = indexing if isinstance(indexing, IndexConfig) else _index_config(indexing)
         self.prompts = SeqPromptSet.from_config(prompts)
         self.seed = int(torch.initial_seed() if seed is None else seed) % (2**63)
-        self.history, self.num_beams = int(history), int(num_beams)
-        self.constrained = bool(constrained)
-        self.decode_batch_size, self.max_source_length = int(decode_batch_size), int(max_source_length)
-        self.sample_windows = None if sample_windows is None else int(sample_windows)
+        self.history, self.num_beams, self.constrained = o.history, o.num_beams, bool(constrained)
+        self.decode_batch_size, self.max_source_length = o.decode_batch_size, o.max_source_length
+        self.sample_windows, self.lora_config = o.sample_windows, o.lora
         self.shared_prompt_cache = bool(shared_prompt_cache)
         self.n_items = split.n_items
         self.user_ids = [str(u) for u in split.user_ids]
@@ -411,46 +193,10 @@ class P5(nn.Module):
         self.train_seq = train_sequences(split)
         self.valid_seq = _part_sequences(split, "valid")
         self.index: ItemIndex = build_index(self.index_config, split, data, self.seed)
-        texts = self.index.texts
+        self.examples, self._example_items = self._few_shot_examples()
 
-        # Few-shot examples: train windows of any user, drawn once by seed.
-        users, ends = self._windows()
-        self.examples: list[tuple[list[str], str, str]] = []
-        self._example_items: list[np.ndarray] = []
-        if self.prompts.few_shot:
-            pick = np.random.default_rng([self.seed, 5_011]).permutation(len(users))[: self.prompts.few_shot]
-            for w in pick:
-                seq = self.train_seq[users[w]]
-                hist = seq[max(0, ends[w] - self.history) : ends[w]]
-                self.examples.append(([texts[i] for i in hist], self.user_ids[users[w]], texts[seq[ends[w]]]))
-                self._example_items.append(hist)
-
-        corpus = [*self.prompts.corpus(), *texts, *self.user_ids]
-        bb = load_backbone(backbone, corpus, self.index.new_tokens, dtype, accelerator, cache_dir, self.seed)
-        self.kind, self.tokenizer, self.backbone_facts = bb.kind, bb.tokenizer, bb.facts
-        self.eos_id = int(self.tokenizer.eos_token_id)
-        self.pad_id = int(self.tokenizer.pad_token_id)
-        self.lora_config = _lora_config(lora, bb.facts["init"] == "pretrained")
-        self.adapter_config, self.adapter = attach_item_adapter(adapter, bb.model, self.tokenizer, split, data)
-        vocab = max(int(bb.model.get_output_embeddings().weight.shape[0]), len(self.tokenizer))
-        if self.lora_config is not None:
-            self.lm = self._with_lora(bb.model)
-        else:
-            self.lm = bb.model
-        if self.adapter is not None and not self.adapter_config.train_llm:
-            for p in self.lm.parameters():
-                p.requires_grad_(False)
-        self.lm.train()
-
-        # Item token sequences and the trie.
-        ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-        self.item_tokens = [[*s, self.eos_id] for s in ids]
-        try:
-            self.trie = ItemTrie(self.item_tokens, vocab, self.eos_id)
-        except ValueError as e:
-            raise ConfigError(f"model p5: item ids do not tokenize to distinct sequences ({e})") from None
-        self._trie_device = torch.device("cpu")
-        self._unk_items = _unk_count(self.tokenizer, self.item_tokens)
+        vocab = self._attach_lm(backbone, dtype, accelerator, cache_dir, adapter, split, data)
+        self._build_trie(vocab)
 
         self._valid_rows = ranking_rows(split, "valid")
         self._valid_row_of_user = np.full(split.n_users, -1, dtype=np.int64)
@@ -465,38 +211,77 @@ class P5(nn.Module):
         if self.adapter is not None:
             self.example_prompt = self.adapter.expand(self.example_prompt)[0]
         if self.lora_config is not None:
-            self.register_state_dict_post_hook(keep_trainable_in_state_dict)
-            self.register_load_state_dict_post_hook(ignore_frozen_on_load)
+            track_trainable_state(self)
 
     # ------------------------------------------------------------------ setup helpers
 
-    def _with_lora(self, model: Any) -> Any:
-        from peft import LoraConfig, get_peft_model
+    def _few_shot_examples(self) -> tuple[list[tuple[list[str], str, str]], list[np.ndarray]]:
+        """Few-shot examples, train windows of any user drawn once by seed: ((history texts, user
+        id, target text) per example, the history items of each)."""
+        texts = self.index.texts
+        users, ends = self._windows()
+        examples: list[tuple[list[str], str, str]] = []
+        items: list[np.ndarray] = []
+        if self.prompts.few_shot:
+            pick = np.random.default_rng([self.seed, 5_011]).permutation(len(users))[: self.prompts.few_shot]
+            for w in pick:
+                seq = self.train_seq[users[w]]
+                hist = seq[max(0, ends[w] - self.history) : ends[w]]
+                examples.append(([texts[i] for i in hist], self.user_ids[users[w]], texts[seq[ends[w]]]))
+                items.append(hist)
+        return examples, items
 
-        for p in model.parameters():
-            p.requires_grad_(False)
-        new = self.tokenizer.convert_tokens_to_ids(self.index.new_tokens) if self.index.new_tokens else None
-        cfg = LoraConfig(
-            r=self.lora_config["r"],
-            lora_alpha=self.lora_config["alpha"],
-            lora_dropout=self.lora_config["dropout"],
-            target_modules=self.lora_config["target_modules"],
-            bias="none",
-            task_type="SEQ_2_SEQ_LM" if self.kind == "seq2seq" else "CAUSAL_LM",
-            trainable_token_indices=new,  # the new id tokens' embedding rows train too
+    def _attach_lm(
+        self,
+        backbone: str,
+        dtype: str,
+        accelerator: str,
+        cache_dir: str | None,
+        adapter: Any,
+        split: Split,
+        data: Any,
+    ) -> int:
+        """Load the backbone (item-id tokens added), then the item adapter and LoRA on it.
+
+        Sets ``lm``, ``tokenizer``, ``kind``, ``backbone_facts``, ``eos_id``, ``pad_id``, ``adapter``
+        and ``adapter_config``; returns the vocabulary size the trie covers.
+        """
+        corpus = [*self.prompts.corpus(), *self.index.texts, *self.user_ids]
+        bb = load_backbone(backbone, corpus, self.index.new_tokens, dtype, accelerator, cache_dir, self.seed)
+        self.kind, self.tokenizer, self.backbone_facts = bb.kind, bb.tokenizer, bb.facts
+        self.eos_id = int(self.tokenizer.eos_token_id)
+        self.pad_id = int(self.tokenizer.pad_token_id)
+        self.adapter_config, self.adapter = attach_item_adapter(
+            adapter, bb.model, self.tokenizer, split, data
         )
+        vocab = max(int(bb.model.get_output_embeddings().weight.shape[0]), len(self.tokenizer))
+        if self.lora_config is not None:
+            new = self.index.new_tokens
+            # the new id tokens' embedding rows train too
+            rows = self.tokenizer.convert_tokens_to_ids(new) if new else None
+            self.lm = wrap_lora(bb.model, self.lora_config, self.kind, trainable_token_indices=rows)
+        else:
+            self.lm = bb.model
+        if self.adapter is not None and not self.adapter_config.train_llm:
+            for p in self.lm.parameters():
+                p.requires_grad_(False)
+        self.lm.train()
+        return vocab
+
+    def _build_trie(self, vocab: int) -> None:
+        """Item token sequences (id tokens + EOS) and their prefix trie over ``vocab`` tokens."""
+        ids = self.tokenizer(list(self.index.texts), add_special_tokens=False)["input_ids"]
+        self.item_tokens = [[*s, self.eos_id] for s in ids]
         try:
-            return get_peft_model(model, cfg)
+            self.trie = ItemTrie(self.item_tokens, vocab, self.eos_id)
         except ValueError as e:
-            raise ConfigError(f"model.module.lora: {str(e).splitlines()[0]}") from None
+            raise ConfigError(f"model p5: item ids do not tokenize to distinct sequences ({e})") from None
+        self._trie_device = torch.device("cpu")
+        self._unk_items = _unk_count(self.tokenizer, self.item_tokens)
 
     def _windows(self) -> tuple[np.ndarray, np.ndarray]:
         """All train windows: (user, target position >= 1) over every train sequence."""
-        lens = np.array([len(s) for s in self.train_seq], dtype=np.int64)
-        n = np.clip(lens - 1, 0, None)
-        users = np.repeat(np.arange(len(lens)), n)
-        ends = np.concatenate([np.arange(1, m + 1) for m in n]) if n.sum() else np.zeros(0, np.int64)
-        return users.astype(np.int64), ends.astype(np.int64)
+        return train_windows(self.train_seq)
 
     # ------------------------------------------------------------------ prompts and batches
 
@@ -737,9 +522,9 @@ class P5(nn.Module):
         try:
             cache: dict[str, Any] = {}
             if self.shared_prompt_cache and self.kind == "seq2seq":
-                cache = _row_shared_cross_cache(self.lm)
+                cache = row_shared_cross_cache(self.lm)
             elif self.shared_prompt_cache and nb > 1:
-                cache = _row_prefilled_cache(self.lm, enc, nb)
+                cache = row_prefilled_cache(self.lm, enc, nb)
             return self.lm.generate(
                 **enc, generation_config=cfg, logits_processor=LogitsProcessorList(processors), **cache
             )
@@ -867,61 +652,8 @@ class P5(nn.Module):
 # ----------------------------------------------------------------------------- helpers
 
 
-def _row_prefilled_cache(lm: Any, enc: Mapping[str, torch.Tensor], beams: int) -> dict[str, Any]:
-    """A decoder-only LM's prompt cache, computed once per row and repeated for each beam.
-
-    ``generate`` repeats every prompt ``beams`` times before its first forward, so a causal LM
-    would encode each prompt ``beams`` times (20x the prompt compute at the default beam size).
-    Here all prompt positions but the last are run once per row (left padding, positions from the
-    attention mask as ``generate`` derives them); the key/value cache is repeated per beam and
-    handed to ``generate``, which continues from the last prompt position (from its id, or its
-    embedding when the prompt has soft tokens). Returned as the ``generate`` keyword argument.
-    """
-    from transformers import DynamicCache
-
-    mask = enc["attention_mask"]
-    head: dict[str, Any] = {
-        "attention_mask": mask[:, :-1],
-        "position_ids": (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)[:, :-1],
-    }
-    if "inputs_embeds" in enc:
-        head["inputs_embeds"] = enc["inputs_embeds"][:, :-1]
-    else:
-        head["input_ids"] = enc["input_ids"][:, :-1]
-    cache = DynamicCache(config=lm.config.get_text_config(decoder=True))
-    with torch.no_grad():
-        lm(**head, **cache_kwarg(lm, cache), use_cache=True, logits_to_keep=1)
-    cache.batch_repeat_interleave(beams)
-    return cache_kwarg(lm, cache)
-
-
-def _row_shared_cross_cache(lm: Any) -> dict[str, Any]:
-    """A key/value cache for encoder-decoder beam search that does not reorder its cross-attention part.
-
-    Beam search reorders the cache after every step, but beams only move within their row and all
-    beams of a row attend to the same encoder states, so reordering the cross-attention keys/values
-    is an identity that copies [B * beams, heads, source, d] per layer per step (about half of
-    the decoding time of a t5-small on CPU). Returned as the ``generate`` keyword argument under
-    the name this transformers version uses (``cache`` in 5.x, ``past_key_values`` before).
-    """
-    from transformers import DynamicCache, EncoderDecoderCache
-
-    class RowSharedCrossCache(EncoderDecoderCache):
-        def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-            self.self_attention_cache.reorder_cache(beam_idx)
-
-    config = lm.config.get_text_config(decoder=True)
-    return cache_kwarg(lm, RowSharedCrossCache(DynamicCache(config=config), DynamicCache(config=config)))
-
-
 def _index_config(node: Mapping[str, Any] | None) -> IndexConfig:
     return IndexConfig() if node is None else to_object(node, IndexConfig, "model.module.indexing")
-
-
-def _lora_config(lora: Mapping[str, Any] | None, pretrained: bool) -> dict[str, Any] | None:
-    if lora is not None and not pretrained:
-        raise ConfigError("model.module.lora: a model trained from scratch trains every weight (set lora: null)")
-    return lora_settings(lora)
 
 
 def _part_sequences(split: Split, part: str) -> list[np.ndarray]:
@@ -937,5 +669,3 @@ def _part_sequences(split: Split, part: str) -> list[np.ndarray]:
 def _unk_count(tokenizer: Any, sequences: list[list[int]]) -> int:
     unk = tokenizer.unk_token_id
     return 0 if unk is None else sum(1 for s in sequences if unk in s)
-
-

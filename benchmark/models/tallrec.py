@@ -26,6 +26,7 @@ frozen backbone is reloaded from its source.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -46,14 +47,8 @@ from benchmark.models.components.adapter import (
     attach_item_adapter,
     tokenize_prompts,
 )
-from benchmark.models.components.llm import (
-    ignore_frozen_on_load,
-    keep_trainable_in_state_dict,
-    left_pad,
-    load_causal_lm,
-    lora_settings,
-    next_token_logits,
-)
+from benchmark.models.components.llm import left_pad, load_causal_lm, next_token_logits
+from benchmark.models.components.lora import lora_settings, track_trainable_state, wrap_lora
 from benchmark.models.components.prompts import PromptTemplate, answer_token_ids, item_texts
 from benchmark.progress import within_chunk
 
@@ -74,6 +69,55 @@ def part_labels(split: Split, part: str) -> np.ndarray:
     if df["rating"].isna().any():
         raise DataError(f"model tallrec needs ratings for labels; the {part} part has rows without one")
     return (df["rating"].to_numpy() >= float(split.config.get("label_threshold", 4.0))).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class TallRecOptions:
+    """TallRec's checked settings, built from the constructor's keyword arguments (see :class:`TallRec`).
+
+    Raises:
+        ConfigError: the one-line message of the first setting out of range.
+    """
+
+    shots: int | Literal["all"] = "all"
+    icl_shots: int = 0
+    history: int = 10
+    like_threshold: float = 3.0
+    max_length: int = 1024
+    score_batch_size: int = 16
+    lora: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        shots = self.shots
+        if not (shots == "all" or (isinstance(shots, int) and not isinstance(shots, bool) and shots > 0)):
+            raise ConfigError(f"model.module.shots: expected {SHOT_CHOICES}, got {shots!r}")
+        if self.icl_shots < 0 or self.score_batch_size < 1 or self.max_length < 8 or self.history < 0:
+            raise ConfigError(
+                "model.module: icl_shots >= 0, score_batch_size >= 1, max_length >= 8, history >= 0"
+            )
+        set_ = object.__setattr__  # frozen: normalise once, here
+        for name in ("icl_shots", "history", "max_length", "score_batch_size"):
+            set_(self, name, int(getattr(self, name)))
+        set_(self, "like_threshold", float(self.like_threshold))
+        set_(self, "lora", lora_settings(self.lora))
+
+
+def _pair_rows(split: Split) -> dict[tuple[int, int], tuple[tuple[int, ...], tuple[int, ...]]]:
+    """On a sequence split, each (user, item) pair's row history and likes (a pair names one row).
+
+    Raises:
+        DataError: a pair that names two rows with different histories.
+    """
+    out: dict[tuple[int, int], tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    for part in ("train", "valid", "test"):
+        df = split.parts[part]
+        for u, i, h, lk in zip(df["user"], df["item"], df["history"], df["history_likes"], strict=True):
+            key = (int(u), int(i))
+            if out.setdefault(key, (h, lk)) != (h, lk):
+                raise DataError(
+                    f"split {split.protocol}: (user, item) {key} names two rows with different histories"
+                )
+    return out
 
 
 class PromptStream(IterableDataset):
@@ -172,67 +216,24 @@ class TallRec(nn.Module):
         super().__init__()
         if prompt is None:
             raise ConfigError("model.module.prompt: a prompt template is required (configs/prompt)")
-        if not (shots == "all" or (isinstance(shots, int) and not isinstance(shots, bool) and shots > 0)):
-            raise ConfigError(f"model.module.shots: expected {SHOT_CHOICES}, got {shots!r}")
-        if icl_shots < 0 or score_batch_size < 1 or max_length < 8 or history < 0:
-            raise ConfigError(
-                "model.module: icl_shots >= 0, score_batch_size >= 1, max_length >= 8, history >= 0"
-            )
+        o = TallRecOptions(shots, icl_shots, history, like_threshold, max_length, score_batch_size, lora)
         self.template = as_template(prompt)
         need = {"liked", "disliked", "target"}
         if not need <= self.template.fields:
             raise ConfigError(f"prompt {self.template.name}: a yes/no prompt needs the fields {sorted(need)}")
         self.seed = int(torch.initial_seed() if seed is None else seed) % (2**63)
-        self.shots, self.icl_shots = shots, int(icl_shots)
-        self.history, self.like_threshold = int(history), float(like_threshold)
-        self.max_length, self.score_batch_size = int(max_length), int(score_batch_size)
-
-        lm = load_causal_lm(backbone, dtype, accelerator, cache_dir)
-        self.tokenizer = lm.tokenizer
-        self.tokenizer.truncation_side = "left"
-        self.lm_facts = lm.facts
-        for p in lm.model.parameters():
-            p.requires_grad_(False)
-        self.adapter_config, self.adapter = attach_item_adapter(adapter, lm.model, self.tokenizer, split, data)
-        self.lora_config = lora_settings(lora)
-        if self.lora_config is not None:
-            from peft import LoraConfig, get_peft_model
-
-            cfg = LoraConfig(
-                r=self.lora_config["r"],
-                lora_alpha=self.lora_config["alpha"],
-                lora_dropout=self.lora_config["dropout"],
-                target_modules=self.lora_config["target_modules"],
-                bias="none",
-                task_type="CAUSAL_LM",
-            )
-            try:
-                self.lm = get_peft_model(lm.model, cfg)
-            except ValueError as e:
-                raise ConfigError(f"model.module.lora: {str(e).splitlines()[0]}") from None
-        else:
-            self.lm = lm.model
-        if self.adapter is not None and not self.adapter_config.train_llm:
-            for p in self.lm.parameters():
-                p.requires_grad_(False)
+        self.shots, self.icl_shots = o.shots, o.icl_shots
+        self.history, self.like_threshold = o.history, o.like_threshold
+        self.max_length, self.score_batch_size = o.max_length, o.score_batch_size
+        self.lora_config = o.lora
+        self._attach_lm(backbone, dtype, accelerator, cache_dir, adapter, split, data)
 
         self.texts = item_texts(data.items, data.item_fields, split.item_ids, self.template.item_text)
         self.sequence_split = has_histories(split)
-        self._pair_rows: dict[tuple[int, int], tuple[tuple[int, ...], tuple[int, ...]]] = {}
-        if self.sequence_split:  # a (user, item) pair names one row of the protocol
-            for part in ("train", "valid", "test"):
-                df = split.parts[part]
-                for u, i, h, lk in zip(
-                    df["user"], df["item"], df["history"], df["history_likes"], strict=True
-                ):
-                    key = (int(u), int(i))
-                    if self._pair_rows.setdefault(key, (h, lk)) != (h, lk):
-                        raise DataError(
-                            f"split {split.protocol}: (user, item) {key} names two rows with different histories"
-                        )
-            self._user_rows: list = []
-        else:
-            self._user_rows = user_histories(split, self.history, self.like_threshold)
+        self._pair_rows = _pair_rows(split) if self.sequence_split else {}
+        self._user_rows: list = (
+            [] if self.sequence_split else user_histories(split, self.history, self.like_threshold)
+        )
 
         train_hist, train_likes = row_histories(split, "train", self.history, self.like_threshold)
         self._train = (split.train["item"].to_numpy(), train_hist, train_likes, part_labels(split, "train"))
@@ -262,8 +263,39 @@ class TallRec(nn.Module):
         )
         self.truncated = 0
         self.lm.train()  # from_pretrained returns eval mode; Lightning keeps modes as they are
-        self.register_state_dict_post_hook(keep_trainable_in_state_dict)
-        self.register_load_state_dict_post_hook(ignore_frozen_on_load)
+        track_trainable_state(self)
+
+    def _attach_lm(
+        self,
+        backbone: str,
+        dtype: str,
+        accelerator: str,
+        cache_dir: str | None,
+        adapter: Any,
+        split: Split,
+        data: Any,
+    ) -> None:
+        """Load the frozen LM, then the item adapter and LoRA on it.
+
+        Sets ``lm``, ``tokenizer`` (cutting prompts from the left), ``lm_facts``, ``adapter`` and
+        ``adapter_config``.
+        """
+        lm = load_causal_lm(backbone, dtype, accelerator, cache_dir)
+        self.tokenizer = lm.tokenizer
+        self.tokenizer.truncation_side = "left"
+        self.lm_facts = lm.facts
+        for p in lm.model.parameters():
+            p.requires_grad_(False)
+        self.adapter_config, self.adapter = attach_item_adapter(
+            adapter, lm.model, self.tokenizer, split, data
+        )
+        if self.lora_config is not None:
+            self.lm = wrap_lora(lm.model, self.lora_config, "causal")
+        else:
+            self.lm = lm.model
+        if self.adapter is not None and not self.adapter_config.train_llm:
+            for p in self.lm.parameters():
+                p.requires_grad_(False)
 
     # ------------------------------------------------------------------ prompts
 

@@ -15,7 +15,9 @@ import torch
 
 from benchmark.data.views import ranking_rows
 from benchmark.errors import ConfigError
+from benchmark.models.components.backbones import scratch_t5, scratch_tokenizer
 from benchmark.models.components.seq_prompts import SeqPromptSet
+from benchmark.models.components.windows import WindowStream
 from benchmark.models.p5 import (
     DUPLICATE,
     EXCLUDED,
@@ -24,9 +26,6 @@ from benchmark.models.p5 import (
     P5,
     UNFILLED,
     VALID,
-    WindowStream,
-    scratch_t5,
-    scratch_tokenizer,
 )
 from tests.conftest import random_rows
 from tests.unit.test_indexing import make

@@ -17,22 +17,18 @@ returned for the run record.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from benchmark.errors import ConfigError
+from benchmark.util import package_version, sha256_file, staged_dir
 
 SOURCE_FILE = "llm4rec_source.json"
 
@@ -120,21 +116,6 @@ def offline_gguf_path(spec: OfflineModel) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def _plain_copy(model: Any) -> Any:
     """The same weights in a freshly built model of the same class, without quantizer state."""
     config = model.config
@@ -161,15 +142,13 @@ def dequantized_folder(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    sha = _sha256(gguf)
+    sha = sha256_file(gguf)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = root / "models" / f"{name or gguf.stem}-{sha[:12]}-dequantized-fp32"
     if (folder / SOURCE_FILE).is_file():
         return folder, {**json.loads((folder / SOURCE_FILE).read_text()), "cache": "hit"}
-    folder.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with staged_dir(folder, exists="keep") as tmp:  # another process finished first: keep its folder
         model = AutoModelForCausalLM.from_pretrained(
             gguf.parent,
             gguf_file=gguf.name,
@@ -184,18 +163,11 @@ def dequantized_folder(
         facts = {
             "file": gguf.name,
             "file_sha256": sha,
-            "transformers": _version("transformers"),
-            "gguf": _version("gguf"),
+            "transformers": package_version("transformers"),
+            "gguf": package_version("gguf"),
             "dequantize_seconds": round(time.perf_counter() - t0, 2),
         }
         (tmp / SOURCE_FILE).write_text(json.dumps(facts, indent=1) + "\n")
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process finished first: keep its folder
-            if not (folder / SOURCE_FILE).is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder, {**json.loads((folder / SOURCE_FILE).read_text()), "cache": "created"}
 
 
@@ -235,7 +207,7 @@ def load_causal_lm(
         facts.update(
             backbone=spec.backbone,
             source="offline_package",
-            package=f"{spec.distribution}=={_version(spec.distribution)}",
+            package=f"{spec.distribution}=={package_version(spec.distribution)}",
             quantization=spec.quantization,
             dequantized=True,
             **src,
@@ -428,41 +400,3 @@ def cache_kwarg(model: Any, cache: Any) -> dict[str, Any]:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     name = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
     return {name: cache}
-
-
-def lora_settings(lora: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """Validated LoRA settings (r, alpha, dropout, target_modules) from config, or None."""
-    if lora is None:
-        return None
-    lora = dict(lora)
-    unknown = set(lora) - {"r", "alpha", "dropout", "target_modules"}
-    if unknown:
-        raise ConfigError(f"model.module.lora: unknown key(s) {sorted(unknown)} (r, alpha, dropout, target_modules)")
-    out = {
-        "r": int(lora.get("r", 8)),
-        "alpha": float(lora.get("alpha", 16)),
-        "dropout": float(lora.get("dropout", 0.05)),
-        "target_modules": list(lora.get("target_modules", ["q_proj", "v_proj"])),
-    }
-    if out["r"] < 1 or not 0.0 <= out["dropout"] < 1.0 or not out["target_modules"]:
-        raise ConfigError(f"model.module.lora: need r >= 1, 0 <= dropout < 1, target_modules; got {out}")
-    return out
-
-
-def keep_trainable_in_state_dict(module: torch.nn.Module, state_dict: dict, prefix: str, local_metadata: Any) -> None:
-    """state_dict post-hook for adapter tuning: drop frozen parameters and buffers (the backbone is
-    rebuilt from its source), under every name a tied weight has."""
-    for name, p in module.named_parameters(remove_duplicate=False):
-        if not p.requires_grad:
-            state_dict.pop(prefix + name, None)
-    for name, _ in module.named_buffers(remove_duplicate=False):
-        state_dict.pop(prefix + name, None)
-
-
-def ignore_frozen_on_load(module: torch.nn.Module, incompatible: Any) -> None:
-    """load_state_dict post-hook matching :func:`keep_trainable_in_state_dict`: frozen parameters and
-    buffers are not expected in the loaded dict."""
-    frozen = {n for n, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad}
-    frozen |= {n for n, _ in module.named_buffers(remove_duplicate=False)}
-    keep = [k for k in incompatible.missing_keys if not any(k.endswith("." + f) or k == f for f in frozen)]
-    incompatible.missing_keys[:] = keep
