@@ -1,11 +1,76 @@
-"""Helpers for distributed strategies configured from YAML."""
+"""Processes and strategies: which process writes, how many there are, Lightning's start-up noise,
+and the distributed strategies configured from YAML.
+
+Torch and Lightning are imported inside the functions that need them.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from benchmark.errors import ConfigError
+
+
+def is_global_zero() -> bool:
+    """True in the process that writes files (global rank 0, before or after Lightning set up)."""
+    from pytorch_lightning.utilities import rank_zero_only
+
+    env = int(os.environ.get("NODE_RANK", 0)) * 1000 + int(os.environ.get("LOCAL_RANK", 0))
+    return getattr(rank_zero_only, "rank", 0) == 0 and env == 0
+
+
+def is_distributed(trainer_kwargs: dict[str, Any]) -> bool:
+    """Whether the trainer config asks for more than one process."""
+    devices, nodes = trainer_kwargs.get("devices", 1), int(trainer_kwargs.get("num_nodes", 1) or 1)
+    many = not isinstance(devices, int) or devices != 1
+    return (
+        nodes > 1
+        or (many and devices not in (None, "auto"))
+        or trainer_kwargs.get("strategy") not in (None, "auto")
+    )
+
+
+def world_size(trainer_kwargs: dict[str, Any]) -> int:
+    """Processes the trainer config asks for (devices per node x nodes)."""
+    devices = trainer_kwargs.get("devices", 1)
+    n = (
+        devices
+        if isinstance(devices, int) and devices > 0
+        else (len(devices) if isinstance(devices, list) else 1)
+    )
+    return n * int(trainer_kwargs.get("num_nodes", 1) or 1)
+
+
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's start-up tips and known-harmless warnings for one call."""
+    names = (
+        "pytorch_lightning.utilities.rank_zero",
+        "pytorch_lightning.accelerators.cuda",
+        "lightning.pytorch.utilities.rank_zero",
+    )
+    levels = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            for msg in (
+                ".*IterableDataset.*__len__.*",
+                ".*LeafSpec.*",
+                ".*exists and is not empty.*",
+                ".*does not have many workers.*",
+            ):
+                warnings.filterwarnings("ignore", message=msg)
+            yield
+    finally:
+        for n, lvl in levels.items():
+            logging.getLogger(n).setLevel(lvl)
 
 
 def transformer_block_policy(block_names: list[str]) -> set[type]:
@@ -28,7 +93,9 @@ def transformer_block_policy(block_names: list[str]) -> set[type]:
             continue
         found.add(getattr(importlib.import_module(mod), name))
     if not found:
-        raise ValueError(f"trainer.strategy.auto_wrap_policy: none of {block_names} is a known transformer block")
+        raise ValueError(
+            f"trainer.strategy.auto_wrap_policy: none of {block_names} is a known transformer block"
+        )
     return found
 
 

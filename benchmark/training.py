@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-import os
 import shutil
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -19,36 +15,11 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from benchmark.data.views import LabeledRows, RankingRows
+from benchmark.distributed import is_global_zero, quiet_lightning
 from benchmark.eval.evaluator import ranking_per_row
 from benchmark.eval.metrics import auc
-from benchmark.eval.ranking import rank_full
+from benchmark.predict import row_predictor
 from benchmark.progress import RunLog, is_terminal
-
-
-@contextmanager
-def quiet_lightning() -> Iterator[None]:
-    """Silence Lightning's start-up tips and known-harmless warnings for one call."""
-    names = (
-        "pytorch_lightning.utilities.rank_zero",
-        "pytorch_lightning.accelerators.cuda",
-        "lightning.pytorch.utilities.rank_zero",
-    )
-    levels = {n: logging.getLogger(n).level for n in names}
-    for n in names:
-        logging.getLogger(n).setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            for msg in (
-                ".*IterableDataset.*__len__.*",
-                ".*LeafSpec.*",
-                ".*exists and is not empty.*",
-                ".*does not have many workers.*",
-            ):
-                warnings.filterwarnings("ignore", message=msg)
-            yield
-    finally:
-        for n, lvl in levels.items():
-            logging.getLogger(n).setLevel(lvl)
 
 
 class PairwiseStream(IterableDataset):
@@ -99,9 +70,10 @@ class PairwiseStream(IterableDataset):
 class RecTask(pl.LightningModule):
     """Trains ``model.loss`` and validates on the valid part with the evaluator's metrics.
 
-    Ranking validation ranks the full catalogue per valid row (``ndcg@10`` etc.), or asks
-    ``model.rank_rows`` for models that generate their ranked lists;
-    labeled validation (``auc``) scores every valid interaction. Values are kept
+    Validation answers the valid rows with the evaluation's prediction path
+    (:func:`benchmark.predict.row_predictor`): ranking validation ranks the full catalogue per
+    valid row (``ndcg@10`` etc.), or asks ``model.rank_rows`` for models that generate their
+    ranked lists; labeled validation (``auc``) scores every valid interaction. Values are kept
     per row id and gathered from all ranks, so padding added by a distributed
     sampler is dropped and the metric is computed over rows, not averaged over ranks.
 
@@ -150,17 +122,16 @@ class RecTask(pl.LightningModule):
 
     def validation_step(self, row_ids: torch.Tensor, batch_idx: int) -> None:
         ids = row_ids.cpu().numpy()
-        rows = self.valid_rows
+        # The evaluation's own prediction path, built per batch (the task holds no closure, so it
+        # pickles); the batch (at most chunk_users rows) is scored in one block.
+        predict = row_predictor(
+            self.valid_rows, "labeled" if self.labeled else "full", self.k, max(len(ids), 1)
+        )
+        out = predict(self.model, ids, self.device)  # scores [B] or ranked lists [B, k]
         if self.labeled:
-            u = torch.as_tensor(rows.users[ids], device=self.device)
-            i = torch.as_tensor(rows.items[ids], device=self.device).unsqueeze(1)
-            values = self.model.score_pairs(u, i).squeeze(1).float().cpu().numpy()
+            values = out
         else:
-            if hasattr(self.model, "rank_rows"):  # generative models rank their rows themselves
-                ranked = self.model.rank_rows(rows, ids, self.k, self.device)
-            else:
-                ranked = rank_full(self.model.score, rows, self.k, len(ids), self.device, row_ids=ids)
-            per_row, _ = ranking_per_row(ranked, _subset_rows(rows, ids), [self.k])
+            per_row, _ = ranking_per_row(out, _subset_rows(self.valid_rows, ids), [self.k])
             values = per_row[self.valid_metric]
         self._ids.append(ids)
         self._values.append(np.asarray(values, dtype=np.float64))
@@ -303,65 +274,3 @@ def fit(
         "resumed_from": ckpt_path,
         "world_size": int(trainer.world_size),
     }
-
-
-def is_global_zero() -> bool:
-    """True in the process that writes files (global rank 0, before or after Lightning set up)."""
-    from pytorch_lightning.utilities import rank_zero_only
-
-    env = int(os.environ.get("NODE_RANK", 0)) * 1000 + int(os.environ.get("LOCAL_RANK", 0))
-    return getattr(rank_zero_only, "rank", 0) == 0 and env == 0
-
-
-class ShardedPredict(pl.LightningModule):
-    """Runs ``fn(model, row_ids, device)`` over row shards on every process and gathers the
-    outputs by row id, so each row is predicted exactly once whatever the number of processes
-    (padding added by the distributed sampler is dropped).
-    """
-
-    def __init__(self, model: nn.Module, fn: Callable[[nn.Module, np.ndarray, torch.device], np.ndarray], n_rows: int) -> None:
-        super().__init__()
-        self.model = model
-        self.fn = fn
-        self.n_rows = n_rows
-        self._ids: list[np.ndarray] = []
-        self._out: list[np.ndarray] = []
-        self.result: np.ndarray | None = None
-
-    def predict_step(self, row_ids: torch.Tensor, batch_idx: int) -> None:
-        ids = row_ids.cpu().numpy()
-        with torch.no_grad():
-            self._out.append(np.asarray(self.fn(self.model, ids, self.device)))
-        self._ids.append(ids)
-
-    def on_predict_epoch_end(self) -> None:
-        ids, out = np.concatenate(self._ids), np.concatenate(self._out)
-        if self.trainer.world_size > 1:
-            import torch.distributed as dist
-
-            gathered: list = [None] * self.trainer.world_size
-            dist.all_gather_object(gathered, (ids, out))
-            ids = np.concatenate([g[0] for g in gathered])
-            out = np.concatenate([g[1] for g in gathered])
-        uniq, first = np.unique(ids, return_index=True)
-        if len(uniq) != self.n_rows:
-            raise RuntimeError(f"sharded prediction covered {len(uniq)} of {self.n_rows} rows")
-        self.result = out[first]
-
-
-def predict_sharded(
-    model: nn.Module,
-    fn: Callable[[nn.Module, np.ndarray, torch.device], np.ndarray],
-    n_rows: int,
-    chunk: int,
-    trainer_kwargs: dict[str, Any],
-) -> np.ndarray:
-    """``fn`` over all rows, sharded across the trainer's processes; every process gets all rows."""
-    kwargs = {**trainer_kwargs, "logger": False, "enable_checkpointing": False}
-    if not is_terminal(sys.stdout):  # a bar redrawn into a log file is noise
-        kwargs["enable_progress_bar"] = False
-    with quiet_lightning():
-        trainer = pl.Trainer(**kwargs)
-        module = ShardedPredict(model.eval(), fn, n_rows)
-        trainer.predict(module, DataLoader(torch.arange(n_rows), batch_size=chunk), return_predictions=False)
-    return module.result

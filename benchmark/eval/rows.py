@@ -27,7 +27,9 @@ from benchmark.errors import ConfigError
 TEST_USERS_SEED = 20_240_601
 
 
-def eval_rows(split: Split, ev: EvalConfig, slices: SliceConfig) -> tuple[RankingRows | LabeledRows, dict[str, Any]]:
+def eval_rows(
+    split: Split, ev: EvalConfig, slices: SliceConfig
+) -> tuple[RankingRows | LabeledRows, dict[str, Any]]:
     """The test rows of the configured protocol (with slices, and fixed negatives when sampled).
 
     With ``eval.test_users=N`` only the rows of N test users are kept (see :func:`pick_test_users`);
@@ -70,7 +72,11 @@ def take_rows(rows: RankingRows | LabeledRows, keep: np.ndarray) -> RankingRows 
     """The rows where ``keep`` [R] is true (targets, exclusions, slices and negatives follow)."""
     if isinstance(rows, LabeledRows):
         return LabeledRows(
-            rows.part, rows.users[keep], rows.items[keep], rows.labels[keep], {k: v[keep] for k, v in rows.slices.items()}
+            rows.part,
+            rows.users[keep],
+            rows.items[keep],
+            rows.labels[keep],
+            {k: v[keep] for k, v in rows.slices.items()},
         )
     r = np.flatnonzero(keep)
 

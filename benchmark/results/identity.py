@@ -15,7 +15,16 @@ from omegaconf import DictConfig, OmegaConf
 from benchmark.util import sha256_text
 
 # Config keys that do not change results: left out of the config hash.
-NOT_RESULT_KEYS = ("paths", "logger", "run_name", "hydra", "reuse_trained", "reproduce", "ckpt_path", "skip_existing")
+NOT_RESULT_KEYS = (
+    "paths",
+    "logger",
+    "run_name",
+    "hydra",
+    "reuse_trained",
+    "reproduce",
+    "ckpt_path",
+    "skip_existing",
+)
 
 
 def canonical_json(obj: Any) -> str:

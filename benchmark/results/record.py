@@ -6,24 +6,28 @@ Layout of one run: ``<runs>/<run_id>/record.json`` and ``predictions.jsonl.gz``.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
+import math
 import os
 import platform
-import shutil
+import resource
 import subprocess
-import tempfile
-from importlib import metadata
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import DictConfig, OmegaConf
 
+from benchmark.data.interactions import Interactions
 from benchmark.data.splits import Split
 from benchmark.data.views import LabeledRows, RankingRows
 from benchmark.eval.evaluator import Predictions
-from benchmark.results.schema import SCHEMA_VERSION, check_record  # noqa: F401  (re-exported)
+from benchmark.results.identity import config_hashes, model_label, run_id_for
+from benchmark.results.schema import SCHEMA_VERSION, check_record
+from benchmark.util import package_version, sha256_bytes, staged_dir
 
 RECORD = "record.json"
 PREDICTIONS = "predictions.jsonl.gz"
@@ -59,12 +63,7 @@ def environment() -> dict[str, Any]:
             return None
         return out.stdout.strip() if out.returncode == 0 else None
 
-    versions = {}
-    for p in PACKAGES:
-        try:
-            versions[p] = metadata.version(p)
-        except metadata.PackageNotFoundError:
-            versions[p] = None
+    versions = {p: package_version(p) for p in PACKAGES}
     status = git("status", "--porcelain", "--", ".", ":!results", ":!paper", ":!outputs")
     cuda = torch.cuda.is_available()
     return {
@@ -78,6 +77,117 @@ def environment() -> dict[str, Any]:
         "cuda": torch.version.cuda if cuda else None,
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
         "packages": versions,
+    }
+
+
+@dataclass
+class Evaluated:
+    """The outcome of evaluating a model on the test rows, as the record states it.
+
+    Attributes:
+        pred: the model's predictions for the test rows.
+        metrics: metric name (``test/ndcg@10``, ``test/cold_item/hr@10``) -> value (NaN: undefined).
+        sizes: rows per slice (``all`` and every slice).
+        facts: what the row selection adds to the record's ``eval`` (test users, negatives).
+        seconds: wall time of row selection, prediction and metrics.
+    """
+
+    pred: Predictions
+    metrics: dict[str, float]
+    sizes: dict[str, int]
+    facts: dict[str, Any]
+    seconds: float
+
+
+def clean_metrics(metrics: dict[str, float]) -> dict[str, float | None]:
+    """Metric values as the record keeps them: rounded to 10 digits, NaN (undefined) as None."""
+    return {
+        k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else round(float(v), 10))
+        for k, v in metrics.items()
+    }
+
+
+def build_record(
+    cfg: DictConfig,
+    data: Interactions,
+    data_source: str,
+    split: Split,
+    ev: Any,
+    evaluated: Evaluated,
+    params: tuple[int, int],
+    training: dict[str, Any],
+    labels: dict[str, Any],
+) -> dict[str, Any]:
+    """The run record of one evaluated run (before :func:`write_run` adds its predictions file).
+
+    Args:
+        cfg: the run's composed config (recorded resolved; its hashes and run id are computed here).
+        data: the loaded dataset; ``data_source`` its ``data.source``.
+        split: the split the model was trained and evaluated on.
+        ev: the typed eval config (:class:`benchmark.config.EvalConfig`).
+        evaluated: predictions, metrics, slice sizes, row facts and eval seconds.
+        params: (total, trainable) parameter counts of the model.
+        training: training facts of this run (``seconds`` 0 when weights were reused or loaded).
+        labels: ``device`` (type), ``processes``; ``seeds_in_run`` is 1.
+    """
+    config_hash, group_key = config_hashes(cfg)
+    pred = evaluated.pred
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id_for(cfg, config_hash),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config_hash": config_hash,
+        "group_key": group_key,
+        "seed": int(cfg.seed),
+        "dataset": {
+            "name": data.name,
+            "source": data_source,
+            "fingerprint": data.fingerprint,
+            "files": data.files,
+            "stats": data.stats(),
+        },
+        "split": {"protocol": split.protocol, "fingerprint": split.fingerprint, "stats": split.stats()},
+        "eval": {
+            "protocol": ev.protocol,
+            "ks": ev.ks,
+            "list_length": ev.max_k,
+            "rows": evaluated.sizes.get("all", 0),
+            "n_items": split.n_items,
+            "probabilities": pred.probabilities,
+            "slice_rows": evaluated.sizes,
+            **evaluated.facts,
+        },
+        "model": {
+            "name": cfg.model.name,
+            "label": model_label(cfg),
+            "family": cfg.model.get("family", "classic"),
+            "params_total": params[0],
+            "params_trainable": params[1],
+            "notes": dict(cfg.model.get("notes") or {}),
+            **pred.extra,
+        },
+        "labels": {"device": labels["device"], "seeds_in_run": 1, "processes": labels["processes"]},
+        "training": training,
+        "metrics": clean_metrics(evaluated.metrics),
+        "efficiency": _efficiency(training, evaluated.seconds),
+        "environment": environment(),
+    }
+
+
+def _efficiency(training: dict[str, Any], eval_seconds: float) -> dict[str, Any]:
+    """Times of this run (train 0 when weights were reused or loaded), peak memory of this process."""
+    import torch
+
+    original = training.get("original_seconds")
+    return {
+        "train_seconds": round(training["seconds"], 3),
+        **({"original_train_seconds": round(original, 3)} if "original_seconds" in training else {}),
+        "eval_seconds": round(eval_seconds, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        if torch.cuda.is_available()
+        else None,
     }
 
 
@@ -130,31 +240,20 @@ def read_predictions(path: Path) -> list[dict[str, Any]]:
 
 
 def write_run(runs_dir: Path, run_id: str, record: dict[str, Any], predictions: bytes) -> Path:
-    """Write record + predictions into ``runs_dir/run_id`` atomically (temp dir + rename)."""
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    final = runs_dir / run_id
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{run_id}-", dir=runs_dir))
-    os.chmod(tmp, 0o755)
-    try:
+    """Write record + predictions into ``runs_dir/run_id`` atomically (temp dir + rename).
+
+    The record gets the predictions file's name and sha256, is reduced to plain JSON types and
+    checked against the schema before anything is renamed into place; an existing run folder is
+    replaced as a whole (:func:`benchmark.util.staged_dir`).
+    """
+    record = dict(record)
+    record["predictions"] = {"file": PREDICTIONS, "sha256": sha256_bytes(predictions)}
+    record = json.loads(json.dumps(record, default=_json_default))  # plain JSON types
+    check_record(record)
+    final = Path(runs_dir) / run_id
+    with staged_dir(final) as tmp:
         (tmp / PREDICTIONS).write_bytes(predictions)
-        record = dict(record)
-        record["predictions"] = {
-            "file": PREDICTIONS,
-            "sha256": hashlib.sha256(predictions).hexdigest(),
-        }
-        record = json.loads(json.dumps(record, default=_json_default))  # plain JSON types
-        check_record(record)
         (tmp / RECORD).write_text(json.dumps(record, indent=1, sort_keys=True, default=_json_default) + "\n")
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".old-{run_id}-", dir=runs_dir))
-            os.replace(final, old / run_id)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

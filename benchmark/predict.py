@@ -1,0 +1,152 @@
+"""The one prediction path: model outputs for evaluation rows, used by the run's evaluation and by
+validation during training.
+
+:func:`row_predictor` chooses, once per set of rows, how a model answers them: pair scores
+(``score_pairs``) for labeled rows, the ranked fixed candidates (``score_pairs``) for sampled
+rows, and for full-catalogue rows the model's own ranked lists (``rank_rows``, generative models)
+or the top-K of its catalogue scores (``score``). :func:`predict` runs it over all rows, in one
+process or sharded over the trainer's processes. The methods are the model contract's
+(:mod:`benchmark.models.contract`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from benchmark.config import EvalConfig
+from benchmark.data.views import LabeledRows, RankingRows
+from benchmark.distributed import is_distributed, quiet_lightning
+from benchmark.eval.evaluator import Predictions
+from benchmark.eval.ranking import rank_candidates, rank_full
+from benchmark.models.contract import outputs_probabilities, prediction_facts, ranks_rows
+from benchmark.progress import Progress, RunLog, is_terminal
+
+# fn(model, row_ids [B], device) -> ranked item indices [B, K] (ranking rows) or scores [B] (labeled rows)
+RowFn = Callable[[nn.Module, np.ndarray, torch.device], np.ndarray]
+
+
+def row_predictor(rows: RankingRows | LabeledRows, protocol: str, k: int, chunk_users: int) -> RowFn:
+    """``fn(model, row_ids, device)``: ranked lists [B, k] or scores [B] for those rows.
+
+    Args:
+        rows: the rows to answer (test rows, or the valid part during training).
+        protocol: ``labeled`` (scores of the rows' pairs), ``sampled`` (rank each row's targets
+            with its fixed negatives) or ``full`` (rank the whole catalogue).
+        k: list length of ranked lists.
+        chunk_users: rows scored per block inside one call (bounds the [B, n_items] scores).
+    """
+    if protocol == "labeled":
+
+        def scores(model: nn.Module, ids: np.ndarray, device: torch.device) -> np.ndarray:
+            u = torch.as_tensor(rows.users[ids], device=device)
+            i = torch.as_tensor(rows.items[ids], device=device).unsqueeze(1)  # [B, 1]
+            return model.score_pairs(u, i).squeeze(1).float().cpu().numpy()  # [B, 1] -> [B]
+
+        return scores
+    if protocol == "sampled":
+        return lambda model, ids, device: rank_candidates(
+            model.score_pairs, rows, k, chunk_users, device, row_ids=ids
+        )
+
+    def full(model: nn.Module, ids: np.ndarray, device: torch.device) -> np.ndarray:
+        if ranks_rows(model):  # generative models rank their rows themselves
+            return model.rank_rows(rows, ids, k, device)
+        return rank_full(model.score, rows, k, chunk_users, device, row_ids=ids)
+
+    return full
+
+
+def predict(
+    model: nn.Module,
+    rows: RankingRows | LabeledRows,
+    ev: EvalConfig,
+    device: torch.device,
+    trainer_kwargs: dict[str, Any] | None = None,
+    progress: bool = True,
+    log: RunLog | None = None,
+) -> Predictions:
+    """Model outputs for the test rows, in one process or sharded over the trainer's processes.
+
+    In one process, an ``eval`` counter (:class:`~benchmark.progress.Progress`: a bar on a
+    terminal, status lines with rows/s and ETA in ``log``) advances per chunk of
+    ``eval.chunk_users`` rows, and inside a chunk wherever the model reports
+    (:func:`~benchmark.progress.within_chunk`: LLM scoring and generation).
+    """
+    fn = row_predictor(rows, ev.protocol, ev.max_k, ev.chunk_users)
+    model.eval().to(device)
+    if trainer_kwargs is not None and is_distributed(trainer_kwargs):
+        out = predict_sharded(model, fn, len(rows), ev.chunk_users, trainer_kwargs)
+    else:
+        parts = []
+        with Progress(len(rows), "eval", enabled=progress, log=log) as bar:
+            for start in range(0, len(rows), ev.chunk_users):
+                ids = np.arange(start, min(start + ev.chunk_users, len(rows)))
+                with torch.no_grad(), bar.chunk(len(ids)):
+                    parts.append(fn(model, ids, device))
+        out = np.concatenate(parts) if parts else np.zeros((0, ev.max_k), dtype=np.int64)
+    extra = prediction_facts(model)
+    if ev.protocol == "labeled":
+        return Predictions(rows, scores=out, probabilities=outputs_probabilities(model), extra=extra)
+    return Predictions(rows, ranked=out, extra=extra)
+
+
+class ShardedPredict(pl.LightningModule):
+    """Runs ``fn(model, row_ids, device)`` over row shards on every process and gathers the
+    outputs by row id, so each row is predicted exactly once whatever the number of processes
+    (padding added by the distributed sampler is dropped).
+    """
+
+    def __init__(self, model: nn.Module, fn: RowFn, n_rows: int) -> None:
+        super().__init__()
+        self.model = model
+        self.fn = fn
+        self.n_rows = n_rows
+        self._ids: list[np.ndarray] = []
+        self._out: list[np.ndarray] = []
+        self.result: np.ndarray | None = None
+
+    def predict_step(self, row_ids: torch.Tensor, batch_idx: int) -> None:
+        ids = row_ids.cpu().numpy()
+        with torch.no_grad():
+            self._out.append(np.asarray(self.fn(self.model, ids, self.device)))
+        self._ids.append(ids)
+
+    def on_predict_epoch_end(self) -> None:
+        ids, out = np.concatenate(self._ids), np.concatenate(self._out)
+        if self.trainer.world_size > 1:
+            import torch.distributed as dist
+
+            gathered: list = [None] * self.trainer.world_size
+            dist.all_gather_object(gathered, (ids, out))
+            ids = np.concatenate([g[0] for g in gathered])
+            out = np.concatenate([g[1] for g in gathered])
+        uniq, first = np.unique(ids, return_index=True)
+        if len(uniq) != self.n_rows:
+            raise RuntimeError(f"sharded prediction covered {len(uniq)} of {self.n_rows} rows")
+        self.result = out[first]
+
+
+def predict_sharded(
+    model: nn.Module,
+    fn: RowFn,
+    n_rows: int,
+    chunk: int,
+    trainer_kwargs: dict[str, Any],
+) -> np.ndarray:
+    """``fn`` over all rows, sharded across the trainer's processes; every process gets all rows."""
+    kwargs = {**trainer_kwargs, "logger": False, "enable_checkpointing": False}
+    if not is_terminal(sys.stdout):  # a bar redrawn into a log file is noise
+        kwargs["enable_progress_bar"] = False
+    with quiet_lightning():
+        trainer = pl.Trainer(**kwargs)
+        module = ShardedPredict(model.eval(), fn, n_rows)
+        trainer.predict(module, DataLoader(torch.arange(n_rows), batch_size=chunk), return_predictions=False)
+    return module.result
