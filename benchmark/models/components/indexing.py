@@ -33,7 +33,6 @@ text) and of the seed only: adding a test-only item or changing the test part ne
 
 from __future__ import annotations
 
-import hashlib
 import re
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -45,6 +44,7 @@ import scipy.sparse as sp
 from benchmark.data.histories import time_order
 from benchmark.data.splits import Split
 from benchmark.errors import ConfigError
+from benchmark.util import sha256_text
 
 SCHEMES = ("random", "sequential", "collaborative", "semantic", "title")
 STRUCTURED = ("collaborative", "semantic")  # schemes whose ids are new tokens
@@ -102,7 +102,7 @@ class ItemIndex:
     @property
     def sha256(self) -> str:
         """sha256 of the identifier texts in item order."""
-        return hashlib.sha256("\n".join(self.texts).encode()).hexdigest()
+        return sha256_text("\n".join(self.texts))
 
 
 # ----------------------------------------------------------------------------- train facts

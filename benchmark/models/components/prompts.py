@@ -13,7 +13,6 @@ with ``item_text`` (e.g. ``{title} ({year})``) and quoted/joined with ``item`` a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import string
 from collections.abc import Mapping, Sequence
@@ -21,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from benchmark.errors import ConfigError
+from benchmark.util import sha256_text
 
 
 def placeholders(text: str) -> set[str]:
@@ -135,7 +135,7 @@ class PromptTemplate:
     def describe(self) -> dict[str, Any]:
         """Name and sha256 of the template (its canonical JSON), for the run record."""
         body = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
-        return {"name": self.name, "sha256": hashlib.sha256(body.encode()).hexdigest(), "chat": self.chat}
+        return {"name": self.name, "sha256": sha256_text(body), "chat": self.chat}
 
 
 def item_texts(items: Any, item_fields: Mapping[str, str], item_ids: Sequence[str], fmt: str) -> list[str]:

@@ -15,7 +15,6 @@ the prompt directly).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import string
 from collections.abc import Mapping, Sequence
@@ -24,6 +23,7 @@ from typing import Any
 
 from benchmark.config import to_object
 from benchmark.errors import ConfigError
+from benchmark.util import sha256_text
 
 FIELDS = {"history", "user"}
 
@@ -149,7 +149,7 @@ class SeqPromptSet:
         body = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
         return {
             "set": self.name,
-            "sha256": hashlib.sha256(body.encode()).hexdigest(),
+            "sha256": sha256_text(body),
             "train_templates": [t.name for t in self.seen],
             "eval_template": self.eval,
             "eval_kind": self.eval_kind,
