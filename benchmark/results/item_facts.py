@@ -95,7 +95,8 @@ def text_embeddings(
     column = _column(data.items, data.item_fields, "title")
     if column is None or not any(_values(data.items, column, item_ids)):
         return None
-    from benchmark.models.components.features import HFTextEncoder, encode_features
+    from benchmark.models.components.encoders import HFTextEncoder
+    from benchmark.models.components.feature_store import encode_features
     from benchmark.models.components.text_encoder import item_descriptions
 
     texts = item_descriptions(data.items, data.item_fields, item_ids)
