@@ -93,16 +93,10 @@ def run_flags(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
 
 
 def _hydra_main(argv: list[str]) -> None:
-    """Hand a command line to Hydra (the real program stays argv[0]: Lightning's DDP launcher
-    re-executes it for every extra process)."""
-    import hydra
+    """Hand a command line to Hydra, which runs :func:`_task` for each job."""
+    from benchmark.compose import hydra_main
 
-    from benchmark import compose as composition
-    from benchmark.config import register_schemas
-
-    register_schemas()
-    sys.argv = [sys.argv[0], *argv]
-    hydra.main(config_path=str(composition.CONFIG_DIR), config_name="config", version_base="1.3")(_task)()
+    hydra_main(_task, argv)
 
 
 def cmd_run(argv: list[str]) -> None:
@@ -111,7 +105,7 @@ def cmd_run(argv: list[str]) -> None:
         _hydra_main(["--hydra-help"])
         return
     from benchmark.compose import check_config, compose_expanded, expand_overrides, expand_sweeps
-    from benchmark.launch import launch_multirun, split_overrides, sweep_jobs
+    from benchmark.launch import JobFailed, launch_multirun, split_overrides, sweep_jobs
 
     overrides = expand_overrides(raw)
     # The jobs as Hydra will launch them (with -m, experiment sweeps included).
@@ -125,7 +119,11 @@ def cmd_run(argv: list[str]) -> None:
         _hydra_main(["--info", flags["info"], *overrides])
         return
     if flags["multirun"]:  # every job checked before any starts; SLURM resources follow the trainer
-        launch_multirun(overrides, lambda o, h: compose_expanded(o, hydra=h), check_config, _hydra_main)
+        try:
+            launch_multirun(overrides, lambda o, h: compose_expanded(o, hydra=h), check_config, _hydra_main)
+        except JobFailed as e:  # the job's own error, already one line: exit 1, not a usage error
+            print(f"llm4rec: error: {e}", file=sys.stderr)
+            sys.exit(1)
         return
     for combo in combos:  # validate the job before it runs
         check_config(compose_expanded(combo))

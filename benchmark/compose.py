@@ -6,6 +6,7 @@
 - :func:`expand_sweeps`: every combination of the sweep overrides (``a=1,2``).
 - :func:`check_config`: a composed config validated before anything runs (typed groups, item
   adapter, every value: :func:`benchmark.checks.check_values`).
+- :func:`hydra_main`: a command line handed to Hydra, which composes and runs each job.
 
 Every problem is a one-line :class:`~benchmark.errors.ConfigError` (Hydra's and OmegaConf's
 composition errors included); nothing here prints or exits: the CLI prints the line and exits 2.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Callable
 from typing import Any
 
 from benchmark.config import CONFIG_DIR
@@ -28,6 +30,7 @@ __all__ = [
     "compose_expanded",
     "expand_overrides",
     "expand_sweeps",
+    "hydra_main",
     "module_shorthand",
     "nested_group_overrides",
     "one_line",
@@ -177,6 +180,24 @@ def expand_sweeps(overrides: list[str]) -> list[list[str]]:
         else:
             choices.append([o.input_line])
     return [list(c) for c in itertools.product(*choices)]
+
+
+def hydra_main(task: Callable[[Any], None], argv: list[str]) -> None:
+    """Run ``task(cfg)`` for the job(s) of a Hydra command line (``--multirun``, ``--info`` ...).
+
+    Hydra composes each job's config itself here (its run directory, launcher and sweeper
+    included). ``sys.argv`` becomes ``[program, *argv]``: the real program stays argv[0], since
+    Lightning's DDP launcher re-executes it for every extra process.
+    """
+    import sys
+
+    import hydra
+
+    from benchmark.config import register_schemas
+
+    register_schemas()
+    sys.argv = [sys.argv[0], *argv]
+    hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(task)()
 
 
 def check_adapter(model_cfg: Any, adapter: Any) -> bool:

@@ -251,18 +251,18 @@ def launch_multirun(
     """``llm4rec run -m``: plan and check the jobs, then hand the sweep to Hydra.
 
     With the SLURM launcher, its resources follow the trainer (:func:`launcher_overrides`) and the
-    sweep runs under :func:`slurm_reporting`; a failed job exits with status 1 and one line.
+    sweep runs under :func:`slurm_reporting`.
+
+    Raises:
+        ConfigError: a job's config, or the launcher's resources, before anything is launched.
+        JobFailed: a SLURM job of the sweep failed (the CLI prints it and exits 1).
     """
     _, extra = multirun_plan(overrides, compose_fn, check_fn)
     if extra is None:
         hydra_main(["--multirun", *overrides])
         return
-    try:
-        with slurm_reporting():
-            hydra_main(["--multirun", *overrides, *extra])
-    except JobFailed as e:
-        print(f"llm4rec: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    with slurm_reporting():
+        hydra_main(["--multirun", *overrides, *extra])
 
 
 class _SacctOnce(logging.Filter):
