@@ -122,10 +122,13 @@ def _score(cfg: DictConfig, model: Any, split: Any, ev: EvalConfig, slices: Slic
     """Our test metrics of ``model`` (as ``run`` computes them), its predictions and per-row values."""
     from benchmark.eval.evaluator import evaluate
     from benchmark.eval.rows import eval_rows
-    from benchmark.run import _device, predict, trainer_arguments
+    from benchmark.predict import predict
+    from benchmark.run import trainer_arguments
+    from benchmark.util import torch_device
 
     rows, _ = eval_rows(split, ev, slices)
-    pred = predict(model, rows, ev, _device(cfg), trainer_arguments(cfg), progress=False)
+    device = torch_device(cfg.trainer.get("accelerator", "cpu"))
+    pred = predict(model, rows, ev, device, trainer_arguments(cfg), progress=False)
     metrics, _, per_row = evaluate(pred, ev.ks, split.n_items)
     return metrics, pred, per_row
 
@@ -229,6 +232,35 @@ def crosscheck(cfg: DictConfig) -> dict[str, Any]:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+    rows = _metric_rows(ev, ours, native, theirs, pred, per_row)
+    return {
+        "model": str(cfg.model.module.name),
+        "dataset": data.name,
+        "split": split.protocol,
+        "split_fingerprint": split.fingerprint,
+        "eval": ev.protocol,
+        "seed": int(cfg.seed),
+        "train": {
+            "max_epochs": int(cfg.model.train.max_epochs),
+            "patience": int(cfg.model.train.patience),
+            "batch_size": int(cfg.model.train.batch_size),
+        },
+        "metrics": rows,
+        "within_tolerance": all(r["within"] for r in rows),
+        "training": {"ours": _jsonable(ours_training), "recbole": native_training},
+        "recbole_all": native,
+    }
+
+
+def _metric_rows(
+    ev: EvalConfig,
+    ours: dict[str, float],
+    native: dict[str, float],
+    theirs: dict[str, float],
+    pred: Any,
+    per_row: dict[str, np.ndarray],
+) -> list[dict[str, Any]]:
+    """One row per compared metric: ours, RecBole's, RecBole's weights under our evaluator, the diffs."""
     rows = []
     for ours_key, native_key in _compared(ev):
         name = ours_key.removeprefix("test/")
@@ -247,23 +279,7 @@ def crosscheck(cfg: DictConfig) -> dict[str, Any]:
                 "within": bool(abs(o - t) <= tol),
             }
         )
-    return {
-        "model": str(cfg.model.module.name),
-        "dataset": data.name,
-        "split": split.protocol,
-        "split_fingerprint": split.fingerprint,
-        "eval": ev.protocol,
-        "seed": int(cfg.seed),
-        "train": {
-            "max_epochs": int(cfg.model.train.max_epochs),
-            "patience": int(cfg.model.train.patience),
-            "batch_size": int(cfg.model.train.batch_size),
-        },
-        "metrics": rows,
-        "within_tolerance": all(r["within"] for r in rows),
-        "training": {"ours": _jsonable(ours_training), "recbole": native_training},
-        "recbole_all": native,
-    }
+    return rows
 
 
 def tolerance(metric: str, value: float, pred: Any, per_row: dict[str, np.ndarray]) -> float:
