@@ -171,18 +171,33 @@ def check_seed(seed: Any) -> int:
     return seed
 
 
-def check_model(model: Any) -> None:
-    """``model.module`` against its class, ``model.train`` as a TrainConfig, its optimizer's arguments."""
+def import_target(target: str, key: str) -> Any:
+    """The class a ``_target_`` names; a ConfigError of one line when it cannot be imported.
+
+    Hydra's ``get_class`` logs the failure and raises a message of several lines (a plugin's
+    module not on PYTHONPATH, a typo): both are folded into one line naming ``key``.
+    """
+    import logging
+
     from hydra.utils import get_class
 
+    hydra_log = logging.getLogger("hydra.utils")
+    was_disabled, hydra_log.disabled = hydra_log.disabled, True
+    try:
+        return get_class(target)
+    except Exception as e:
+        raise ConfigError(f"{key}: cannot import {target}: {' '.join(str(e).split())}") from None
+    finally:
+        hydra_log.disabled = was_disabled
+
+
+def check_model(model: Any) -> None:
+    """``model.module`` against its class, ``model.train`` as a TrainConfig, its optimizer's arguments."""
     from benchmark.config import TrainConfig, to_object
 
     module = model.get("module")
     if module is not None and module.get("_target_"):
-        try:
-            cls = get_class(str(module._target_))
-        except Exception as e:
-            raise ConfigError(f"model.module._target_: cannot import {module._target_}: {e}") from None
+        cls = import_target(str(module._target_), "model.module._target_")
         given = ("split", "data", "adapter") if model.get("inputs", "ids") == "split" else ("n_users", "n_items")
         check_arguments(module, cls, "model.module", given)
     train = model.get("train")
@@ -190,10 +205,7 @@ def check_model(model: Any) -> None:
         return
     tc = to_object(train, TrainConfig, key="model.train")
     opt = tc.optimizer
-    try:
-        opt_cls = get_class(str(opt["_target_"]))
-    except Exception as e:
-        raise ConfigError(f"model.train.optimizer._target_: cannot import {opt['_target_']}: {e}") from None
+    opt_cls = import_target(str(opt["_target_"]), "model.train.optimizer._target_")
     check_arguments(opt, opt_cls, "model.train.optimizer", given=("params",))
 
 
