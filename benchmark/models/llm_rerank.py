@@ -71,7 +71,7 @@ def read_first_stage(run_dir: str | Path, split: Split, top_n: int) -> tuple[np.
         ([n_users, top_n] item indices, -1 where a user has fewer candidates, ``ABSENT`` in every
         slot of a user the first stage did not rank at all; facts about the first-stage run).
     """
-    from benchmark.results.archive import Rejected, prediction_lines, read_run_dir
+    from benchmark.untrusted import Rejected, prediction_lines, read_run_dir
 
     run_dir = first_stage_dir(run_dir)
     try:  # the same bounded, path-checked reading as `validate`: a run folder may come from anyone

@@ -14,15 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from benchmark.results.leaderboard import (
-    HEADLINE,
-    RECORD,
-    SIGNIFICANCE_METRIC,
-    SLICES,
-    kind_of,
-    table_title,
-    tables,
-)
+from benchmark.results.tables import HEADLINE, SIGNIFICANCE_METRIC, SLICES, kind_of, table_title, tables
+from benchmark.untrusted import RECORD
 
 PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">

@@ -30,7 +30,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -42,18 +41,21 @@ import yaml
 from benchmark.errors import BenchmarkError
 from benchmark.eval.metrics import higher_is_better
 from benchmark.eval.significance import holm, paired_pvalue
-from benchmark.results.archive import DEFAULT_LIMITS, prediction_lines, read_regular_file
 from benchmark.results.recompute import per_row_values
 from benchmark.results.record import RECORD
 from benchmark.results.schema import schema_errors
+from benchmark.results.tables import (
+    HEADLINE,
+    SIGNIFICANCE_METRIC,
+    SLICES,
+    kind_of,
+    table_key,
+    table_title,
+    tables,
+)
+from benchmark.untrusted import DEFAULT_LIMITS, prediction_lines, read_regular_file
+from benchmark.util import atomic_write_all
 
-# Columns shown in the Markdown/LaTeX tables per protocol (the CSV and HTML have every metric).
-HEADLINE = {
-    "ranking": ["hr@10", "ndcg@10", "mrr@10", "recall@20", "ndcg@20", "coverage@10"],
-    "labeled": ["auc", "gauc", "logloss"],
-}
-SIGNIFICANCE_METRIC = {"ranking": "ndcg@10", "labeled": "auc"}
-SLICES = ("cold_user", "cold_item", "strict_cold_item")
 BASELINE_FAMILIES = ("classic", "recbole")
 ALPHA = 0.05
 
@@ -208,7 +210,7 @@ def load_runs(runs_dir: Path, warn: Warn | None = None) -> list[tuple[dict[str, 
 
 def read_predictions_bounded(path: Path) -> list[dict[str, Any]]:
     """Lines of a gzip JSON-lines predictions file, read within ``validate``'s limits
-    (:data:`benchmark.results.archive.DEFAULT_LIMITS`: file size, bytes after decompression, line length).
+    (:data:`benchmark.untrusted.DEFAULT_LIMITS`: file size, bytes after decompression, line length).
 
     Raises:
         Rejected: The file is a link, too large, not gzip, or a line is not strict JSON.
@@ -369,15 +371,6 @@ def assign_tables(runs: list[tuple[dict[str, Any], Path]]) -> list[tuple[dict[st
 # --------------------------------------------------------------------------- aggregation
 
 
-def kind_of(protocol: str) -> str:
-    """``labeled`` for the labeled protocol (and labels derived from it), else ``ranking``."""
-    return "labeled" if protocol.split("[")[0] == "labeled" else "ranking"
-
-
-def table_key(row: dict[str, Any]) -> tuple[str, str, str]:
-    return (row["dataset"], row["split"], row["eval"])
-
-
 def _per_user(rec: dict[str, Any], folder: Path, metric: str, warn: Warn) -> np.ndarray | None:
     """Per-user values of ``metric`` recomputed from the run's predictions (None if unavailable)."""
     if not any(m.split("/")[-1] == metric for m in rec["metrics"]):
@@ -529,26 +522,6 @@ def best_values(trs: list[dict[str, Any]], cols: list[str]) -> dict[str, float]:
     return best
 
 
-def tables(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
-    out: dict[tuple, list] = defaultdict(list)
-    for r in rows:
-        out[table_key(r)].append(r)
-    return out
-
-
-def _base(label: str) -> str:
-    return label.split("[", 1)[0]
-
-
-def table_title(key: tuple[str, str, str], setting: list[str] | None = None) -> str:
-    """``dataset · split=… · eval=…``, plus what differs from the default config when anything does."""
-    ds, sp, ev = (_base(k) for k in key)
-    title = f"{ds} · split={sp} · eval=" + ("sampled (100 negatives)" if key[2] == "sampled" else ev)
-    if setting:
-        title += " · not the default: " + ", ".join(setting)
-    return title
-
-
 def _md_cell(text: str) -> str:
     return text.replace("|", "\\|")
 
@@ -653,34 +626,6 @@ def latex(rows: list[dict[str, Any]], source: str = "results/runs") -> str:
     return "\n".join(out)
 
 
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
-def _write_all(files: dict[Path, str]) -> None:
-    """Write every file to a temporary name first, then rename them all: no half-written set."""
-    tmps: list[tuple[str, Path]] = []
-    try:
-        for path, text in files.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-            tmps.append((tmp, path))
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.chmod(tmp, 0o644)
-    except BaseException:
-        for tmp, _ in tmps:
-            Path(tmp).unlink(missing_ok=True)
-        raise
-    for tmp, path in tmps:
-        os.replace(tmp, path)
-
-
 def provenance() -> dict[str, Any]:
     """Commit (and whether code differs from it) and UTC time this leaderboard is generated at.
 
@@ -742,7 +687,7 @@ def write_leaderboard(runs_dir: Path, out_dir: Path, warn: Warn | None = None) -
         "In labeled tables the paired unit is the per-user AUC (see GAUC), not the pooled AUC.\n\n" + markdown(rows)
     )
     meta = {**provenance(), "source": source, "records": len(runs), "skipped": skipped}
-    _write_all(
+    atomic_write_all(
         {
             out_dir / "leaderboard.md": md,
             out_dir / "leaderboard.csv": to_csv(rows),

@@ -2,7 +2,7 @@
 
 A predictions file is a stranger's claim about what a model output. These functions turn its
 lines into :class:`~benchmark.eval.evaluator.Predictions` over the *canonical* rows (rebuilt from
-the raw data with the run's own :func:`benchmark.run.eval_rows`), so metrics are recomputed from
+the raw data with the run's own :func:`benchmark.eval.rows.eval_rows`), so metrics are recomputed from
 the canonical targets, labels and slices; the lines' own copies of those must agree with them.
 
 Ranked lists: one line per test row, no duplicate item within a row, only catalogue ids (only
@@ -21,7 +21,7 @@ import numpy as np
 
 from benchmark.data.views import LabeledRows, RankingRows
 from benchmark.eval.evaluator import Predictions
-from benchmark.results.archive import Rejected, finite_number
+from benchmark.untrusted import Rejected, finite_number
 
 
 def _str_list(x: Any) -> bool:

@@ -18,7 +18,7 @@ PACKAGES = ("benchmark", "baselines")
 # Lowest first. A module may import its own layer and the layers before it, never a later one.
 # A name matches a module and everything below it (``benchmark.data`` covers benchmark.data.splits).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("benchmark.errors", "benchmark.util", "benchmark.progress", "benchmark.runlock", "benchmark.help")),
+    ("base", ("benchmark.errors", "benchmark.util", "benchmark.progress", "benchmark.runlock", "benchmark.help", "benchmark.untrusted")),
     ("config", ("benchmark.config",)),
     ("data", ("benchmark.data",)),
     ("eval", ("benchmark.eval",)),

@@ -1,0 +1,49 @@
+"""The shape of the leaderboard's tables: their headline columns, keys and titles.
+
+Shared by the table writers (:mod:`benchmark.results.leaderboard`: Markdown, CSV, LaTeX) and the
+HTML page (:mod:`benchmark.results.html`), so neither imports the other's module for them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+# Columns shown in the Markdown/LaTeX tables per protocol (the CSV and HTML have every metric).
+HEADLINE = {
+    "ranking": ["hr@10", "ndcg@10", "mrr@10", "recall@20", "ndcg@20", "coverage@10"],
+    "labeled": ["auc", "gauc", "logloss"],
+}
+SIGNIFICANCE_METRIC = {"ranking": "ndcg@10", "labeled": "auc"}
+SLICES = ("cold_user", "cold_item", "strict_cold_item")
+
+
+def kind_of(protocol: str) -> str:
+    """``labeled`` for the labeled protocol (and labels derived from it), else ``ranking``."""
+    return "labeled" if protocol.split("[")[0] == "labeled" else "ranking"
+
+
+def table_key(row: dict[str, Any]) -> tuple[str, str, str]:
+    """(dataset, split, eval) labels of a leaderboard row: the table it belongs to."""
+    return (row["dataset"], row["split"], row["eval"])
+
+
+def tables(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
+    """Leaderboard rows grouped by table, in the order of their first row."""
+    out: dict[tuple, list] = defaultdict(list)
+    for r in rows:
+        out[table_key(r)].append(r)
+    return out
+
+
+def _base(label: str) -> str:
+    return label.split("[", 1)[0]
+
+
+def table_title(key: tuple[str, str, str], setting: list[str] | None = None) -> str:
+    """``dataset · split=… · eval=…``, plus what differs from the default config when anything does."""
+    ds, sp, ev = (_base(k) for k in key)
+    title = f"{ds} · split={sp} · eval=" + ("sampled (100 negatives)" if key[2] == "sampled" else ev)
+    if setting:
+        title += " · not the default: " + ", ".join(setting)
+    return title
