@@ -103,8 +103,10 @@ def module_shorthand(overrides: list[str]) -> list[str]:
     ]
     if not short:
         return overrides
+    # The user's config directories too: a plugin's model YAML is found only through them.
+    search = [o for o in overrides if _override_key(o).lstrip("+") == "hydra.searchpath"]
     models = [
-        compose_expanded(nested_group_overrides(combo)).model
+        compose_expanded(nested_group_overrides(combo) + search).model
         for combo in expand_sweeps([o for o in overrides if _is_group_choice(o)])
     ]
     out = list(overrides)
