@@ -36,7 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.eval.metrics import higher_is_better
-from benchmark.results.leaderboard import ALPHA, HEADLINE, SIGNIFICANCE_METRIC, SLICES, atomic_write, kind_of
+from benchmark.results.leaderboard import ALPHA
+from benchmark.results.tables import HEADLINE, SIGNIFICANCE_METRIC, SLICES, kind_of
+from benchmark.util import atomic_write
 
 REQUIRED = ("dataset", "split", "eval", "model", "seeds")
 POP_JSON = Path("crosscheck/recbole_pop_ml100k.json")
@@ -411,6 +413,54 @@ def fig_ranking(rows: list[dict[str, str]], fig_dir: Path) -> list[Path]:
     return made
 
 
+# Accuracy against beyond-accuracy (x axis) in the trade-off figure: the first present of each pair.
+BEYOND_AXES = (("test/ild@10", "test/ildgenre@10"), ("test/novelty@10", "test/longtail@10"))
+BEYOND_LABELS = {
+    "ild": " (1 - mean cosine of MiniLM title embeddings)",
+    "ildgenre": " (1 - mean cosine of genre vectors)",
+    "novelty": " (mean self-information, bits)",
+    "longtail": " (share of list items outside the head)",
+}
+
+
+def fig_beyond(rows: list[dict[str, str]], fig_dir: Path) -> list[Path]:
+    """Per ranking table: the headline metric against diversity (text ILD, else genre ILD) and
+    novelty (else long-tail share), one point per model (bars: std over seeds)."""
+    plt = _pyplot()
+    made = []
+    head = "test/" + SIGNIFICANCE_METRIC["ranking"]
+    for key, trs in by_table(rows).items():
+        if kind_of(key[2]) != "ranking":
+            continue
+        panels = []
+        for choices in BEYOND_AXES:
+            for x in choices:
+                pts = [r for r in trs if value(r.get(head)) is not None and value(r.get(x)) is not None]
+                if len(pts) >= 2:
+                    panels.append((x, pts))
+                    break
+        if not panels:
+            continue
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.5 * len(panels), 2.8), sharey=True, squeeze=False)
+        for ax, (x, pts) in zip(axes[0], panels, strict=True):
+            for r in pts:
+                base = r.get("family") in ("classic", "recbole")
+                ax.errorbar(
+                    value(r[x]), value(r[head]), xerr=value(r.get(x + "_std")) or 0.0,
+                    yerr=value(r.get(head + "_std")) or 0.0, fmt="o", ms=3, capsize=2,
+                    color="tab:gray" if base else "tab:blue",
+                )  # fmt: skip
+                ax.annotate(r["model"], (value(r[x]), value(r[head])), xytext=(3, 2), textcoords="offset points", fontsize=5)
+            ax.set_xlabel(x.removeprefix("test/") + BEYOND_LABELS[x.split("/")[-1].split("@")[0]])
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel(head.removeprefix("test/") + " (mean over seeds)")
+        fig.suptitle(f"{key[0]}, split {key[1]}, {key[2]}: accuracy against diversity and novelty (grey: baselines)", fontsize=8)
+        fig.tight_layout()
+        made += _save(fig, fig_dir, "beyond-" + slug(*key))
+        plt.close(fig)
+    return made
+
+
 def fig_shots(rows: list[dict[str, str]], fig_dir: Path) -> list[Path]:
     """Labeled tables with ``<model>-<N>shot`` rows: AUC and GAUC against the number of train rows."""
     plt = _pyplot()
@@ -528,7 +578,7 @@ def generate(results: Path, paper: Path, figures: bool = True) -> list[Path]:
             atomic_write(tdir / name, text)
             names.append(f"tables/{name}")
         if figures:
-            figs = fig_ranking(rows, fdir) + fig_shots(rows, fdir) + fig_pop(pop, fdir)
+            figs = fig_ranking(rows, fdir) + fig_beyond(rows, fdir) + fig_shots(rows, fdir) + fig_pop(pop, fdir)
             names += [f"figures/{p.name}" for p in figs]
         for sub in ("tables", "figures") if figures else ("tables",):
             if (paper / sub).exists():

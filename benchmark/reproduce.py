@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.errors import ConfigError
-from benchmark.results.archive import DEFAULT_LIMITS, RECORD, Limits, Rejected, read_run_dir
+from benchmark.eval.metrics import is_beyond_accuracy
+from benchmark.untrusted import DEFAULT_LIMITS, RECORD, Limits, Rejected, read_run_dir
 
 MetricRow = tuple[str, float | None, float | None, float]  # (metric, recorded, reproduced, |diff|)
 
@@ -105,9 +106,14 @@ def rebuild_config(record: dict[str, Any], overrides: list[str], cwd: Path | Non
 
 
 def metric_rows(old: dict[str, Any], new: dict[str, Any]) -> list[MetricRow]:
-    """Every metric of either record with its absolute difference (inf where one side lacks it)."""
+    """Every metric of either record with its absolute difference (inf where one side lacks it).
+
+    Beyond-accuracy metrics that the recorded run does not have (records made before them) are
+    not compared: the rerun adds them, it does not change them.
+    """
     rows = []
-    for k in sorted(set(old["metrics"]) | set(new["metrics"])):
+    added = {k for k in new["metrics"] if is_beyond_accuracy(k) and k not in old["metrics"]}
+    for k in sorted((set(old["metrics"]) | set(new["metrics"])) - added):
         a, b = old["metrics"].get(k), new["metrics"].get(k)
         if a is None and b is None:
             diff = 0.0

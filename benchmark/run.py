@@ -38,6 +38,7 @@ from benchmark.models.contract import check_model, has_own_train_data, reads_tra
 from benchmark.predict import predict
 from benchmark.progress import RunLog, run_version
 from benchmark.results.identity import config_hashes, run_id_for, training_key
+from benchmark.results.item_facts import build_item_facts
 from benchmark.results.record import Evaluated, build_record, encode_predictions, prediction_lines, write_run
 from benchmark.util import staged_dir, torch_device
 
@@ -107,7 +108,7 @@ def _run(cfg: DictConfig, log: RunLog, version: str) -> dict[str, Any]:
             f"ckpt_path: model {cfg.model.name} trains nothing; there is no checkpoint to resume"
         )
     training = _train_or_reuse(job, model, split, params[1], trains, resume, trainer_kwargs, logger)
-    evaluated = _evaluate(job, model, split, trainer_kwargs)
+    evaluated = _evaluate(job, model, split, data, trainer_kwargs)
     labels = {"device": job.device.type, "processes": world_size(trainer_kwargs)}
     record = build_record(cfg, data, data_cfg.source, split, job.ev, evaluated, params, training, labels)
     if not is_global_zero():  # other processes of a distributed run write nothing
@@ -258,13 +259,18 @@ def _fit(
     )
 
 
-def _evaluate(job: _Job, model: torch.nn.Module, split: Split, trainer_kwargs: dict[str, Any]) -> Evaluated:
-    """Predictions and metrics on the configured test rows, timed."""
+def _evaluate(
+    job: _Job, model: torch.nn.Module, split: Split, data: Interactions, trainer_kwargs: dict[str, Any]
+) -> Evaluated:
+    """Predictions and metrics on the configured test rows, timed (ranking runs also get the
+    beyond-accuracy metrics from the train part's item facts, built before the clock starts)."""
+    ranking = job.ev.protocol != "labeled"
+    item_facts = build_item_facts(split, data) if ranking and is_global_zero() else None
     t0 = time.perf_counter()
     rows, facts = eval_rows(split, job.ev, to_object(job.cfg.slices, SliceConfig))
     progress = bool(job.cfg.trainer.get("enable_progress_bar", True))
     pred = predict(model, rows, job.ev, job.device, trainer_kwargs, progress, log=job.log)
-    metrics, sizes, _ = evaluate(pred, job.ev.ks, split.n_items)
+    metrics, sizes, _ = evaluate(pred, job.ev.ks, split.n_items, facts=item_facts)
     return Evaluated(pred, metrics, sizes, facts, time.perf_counter() - t0)
 
 

@@ -20,13 +20,13 @@ readers make them; ``U`` = number of distinct users in the train part):
 
 - ``ild`` (text): 1 - mean cosine similarity over the unordered pairs of the list's valid items,
   with L2-normalised item text embeddings (all-MiniLM-L6-v2 of ``Title (Year); Genres``).
-- ``ild_genre``: 1 - mean cosine similarity of binary genre vectors over the unordered pairs of
+- ``ildgenre``: 1 - mean cosine similarity of binary genre vectors over the unordered pairs of
   list items that both have at least one genre (cosine, not Jaccard).
 - ``novelty``: mean self-information ``-log2((pop(i) + 1) / (U + 1))`` of the list's valid items
   (add-one smoothing keeps items unseen in train finite: log2(U + 1) bits; an item every train
   user has seen: 0 bits).
 - ``arp``: average recommendation popularity, the mean ``pop(i)`` of the list's valid items.
-- ``tail_share``: share of the list's valid items outside the head; the head is the smallest set
+- ``longtail``: share of the list's valid items outside the head; the head is the smallest set
   of most popular items (popularity descending, ties by lower index) whose train interactions
   sum to at least :data:`HEAD_SHARE` (20 %) of all train interactions.
 - ``calib``: Steck (2018) miscalibration ``KL(p || q~)`` in nats, where ``p(g)`` is the genre
@@ -168,7 +168,7 @@ def arp_at_k(ranked: np.ndarray, popularity: np.ndarray, k: int) -> np.ndarray:
     return _row_mean(np.asarray(popularity, dtype=np.float64)[top], valid)
 
 
-def tail_share_at_k(ranked: np.ndarray, head: np.ndarray, k: int) -> np.ndarray:
+def longtail_at_k(ranked: np.ndarray, head: np.ndarray, k: int) -> np.ndarray:
     """Share of the top-k valid items that are not head items, [R]."""
     top, valid = _top(ranked, k)
     return _row_mean((~np.asarray(head, dtype=bool))[top].astype(np.float64), valid)
@@ -293,10 +293,10 @@ def beyond_per_row(
         if facts.embeddings is not None:
             out[f"ild@{k}"] = ild_at_k(ranked, facts.embeddings, k)
         if facts.genres is not None:
-            out[f"ild_genre@{k}"] = genre_ild_at_k(ranked, facts.genres, k)
+            out[f"ildgenre@{k}"] = genre_ild_at_k(ranked, facts.genres, k)
         out[f"novelty@{k}"] = novelty_at_k(ranked, facts.popularity, facts.n_train_users, k)
         out[f"arp@{k}"] = arp_at_k(ranked, facts.popularity, k)
-        out[f"tail_share@{k}"] = tail_share_at_k(ranked, facts.head, k)
+        out[f"longtail@{k}"] = longtail_at_k(ranked, facts.head, k)
         if facts.genres is not None and facts.user_genres is not None:
             out[f"calib@{k}"] = calibration_at_k(ranked, users, facts.genres, facts.user_genres, k)
     return out

@@ -120,10 +120,10 @@ SET_METRICS = {"coverage": True, "gini": False}
 # miscalibration (KL) are better when lower; diversity, novelty and the long-tail share higher.
 BEYOND_METRICS = {
     "ild": True,
-    "ild_genre": True,
+    "ildgenre": True,
     "novelty": True,
     "arp": False,
-    "tail_share": True,
+    "longtail": True,
     "calib": False,
 }
 # CTR metrics over labeled rows: name -> higher is better.

@@ -95,12 +95,15 @@ def text_embeddings(
     column = _column(data.items, data.item_fields, "title")
     if column is None or not any(_values(data.items, column, item_ids)):
         return None
+    import torch
+
     from benchmark.models.components.encoders import HFTextEncoder
     from benchmark.models.components.feature_store import encode_features
     from benchmark.models.components.text_encoder import item_descriptions
 
     texts = item_descriptions(data.items, data.item_fields, item_ids)
-    table = encode_features("text", HFTextEncoder(), list(item_ids), texts=texts, store_dir=store_dir)
+    with torch.random.fork_rng(devices=[]):  # loading the encoder never moves the run's random stream
+        table = encode_features("text", HFTextEncoder(), list(item_ids), texts=texts, store_dir=store_dir)
     emb = np.asarray(table.features, dtype=np.float32)  # [n_items, d], L2-normalised by the encoder
     return emb, {"encoder": "sentence-transformers/all-MiniLM-L6-v2", "key": table.facts["key"][:20]}
 

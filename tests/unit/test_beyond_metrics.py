@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -13,6 +16,7 @@ from benchmark.eval import beyond as B
 from benchmark.eval.beyond import ItemFacts
 from benchmark.eval.evaluator import Predictions, evaluate
 from benchmark.eval.metrics import higher_is_better, is_beyond_accuracy
+from benchmark.results.schema import RECORD_SCHEMA
 
 
 def _facts(pop, genres=None, user_genres=None, embeddings=None, n_train_users=3) -> ItemFacts:
@@ -48,7 +52,7 @@ def test_head_mask_covers_the_share_of_train_interactions():
     assert not B.head_mask(np.zeros(3, dtype=np.int64)).any()  # no train interaction: no head
 
 
-def test_novelty_arp_tail_share_by_hand():
+def test_novelty_arp_longtail_by_hand():
     pop, u = np.array([3, 1, 0]), 3
     # self-information -log2((pop + 1) / (U + 1)): item 0: -log2(4/4) = 0; item 1: -log2(2/4) = 1;
     # item 2: -log2(1/4) = 2.
@@ -60,7 +64,7 @@ def test_novelty_arp_tail_share_by_hand():
     head = B.head_mask(pop)  # total 4, 20 % = 0.8: item 0 is the head
     assert head.tolist() == [True, False, False]
     # row 0: items 0 (head), 1 (tail) -> 1/2; row 1: item 2 (tail) -> 1.
-    assert B.tail_share_at_k(ranked, head, 2)[:2].tolist() == pytest.approx([0.5, 1.0])
+    assert B.longtail_at_k(ranked, head, 2)[:2].tolist() == pytest.approx([0.5, 1.0])
     assert B.novelty_at_k(ranked, pop, u, 1)[:2].tolist() == pytest.approx([0.0, 2.0])  # k cuts the list
 
 
@@ -132,7 +136,7 @@ def test_evaluate_with_facts_overall_slices_and_absent_not_zero():
     # text ILD@2: row 0 cos(0,1) = 0 -> 1; row 1 cos(3,2) = 0.8 -> 0.2
     assert m["test/ild@2"] == pytest.approx((1.0 + 0.2) / 2)
     assert m["test/cold_item/ild@2"] == pytest.approx(0.2)
-    assert "test/ild_genre@2" in m and "test/calib@2" in m and "test/tail_share@2" in m
+    assert "test/ildgenre@2" in m and "test/calib@2" in m and "test/longtail@2" in m
     # exposure at 2 over 4 items: [1, 1, 1, 1] -> Gini 0; a set metric: no slice value
     assert m["test/gini@2"] == pytest.approx(0.0)
     assert "test/cold_item/gini@2" not in m
@@ -143,6 +147,9 @@ def test_evaluate_with_facts_overall_slices_and_absent_not_zero():
     assert not any(k.split("/")[-1].startswith(("ild", "calib")) for k in m2)  # absent, not zero
     assert m2["test/novelty@2"] == m["test/novelty@2"]
 
+    pattern = re.compile(RECORD_SCHEMA["properties"]["metrics"]["propertyNames"]["pattern"])
+    assert all(pattern.match(k) for k in m)  # every name fits the run record's schema
+
     m3, _, _ = evaluate(Predictions(rows, ranked=ranked), [2], n_items=4)  # no facts: nothing new
     assert not any(is_beyond_accuracy(k) for k in m3)
     assert set(m3) == {k for k in m if not is_beyond_accuracy(k)}
@@ -152,7 +159,7 @@ def test_directions_and_names():
     assert not higher_is_better("test/calib@10") and not higher_is_better("test/gini@10")
     assert not higher_is_better("test/arp@10")
     assert higher_is_better("test/cold_user/ild@10") and higher_is_better("test/novelty@10")
-    assert is_beyond_accuracy("test/cold_item/tail_share@20") and not is_beyond_accuracy("test/coverage@10")
+    assert is_beyond_accuracy("test/cold_item/longtail@20") and not is_beyond_accuracy("test/coverage@10")
 
 
 def test_item_facts_from_a_split(tmp_path):
@@ -193,3 +200,45 @@ def test_item_facts_from_a_split(tmp_path):
     no_title = Interactions("t", pd.DataFrame(), items.drop(columns=["title", "genres"]), pd.DataFrame())
     bare = build_item_facts(split, no_title, text=True, store_dir=tmp_path)
     assert bare.embeddings is None and bare.genres is None  # no titles, no genres: absent
+
+
+def test_recomputed_from_a_runs_predictions_equals_the_record(tmp_path):
+    """A tiny pop run with titles and genres records the new metrics; recomputing them from its
+    predictions file and the rebuilt split's facts gives the same values."""
+    from benchmark.compose import compose
+    from benchmark.results.item_facts import facts_for_config
+    from benchmark.results.recompute import recompute_metrics
+    from benchmark.run import run
+    from tests.conftest import random_rows, write_atomic
+
+    d = write_atomic(tmp_path / "data", "tiny", random_rows())
+    genres = ["Drama", "Comedy", "Drama Comedy", "Action", ""]
+    lines = ["item_id:token\ttitle:token_seq\tgenres:token_seq"]
+    lines += [f"i{i}\tTitle {i}\t{genres[i % 5]}" for i in range(60)]
+    (d / "tiny.item").write_text("\n".join(lines) + "\n")
+    cfg = compose(
+        [
+            "model=pop", "data=atomic", f"data.path={d}", "data.name=tiny", "logger=none",
+            "+data.item_fields.genres=genres", "trainer.enable_progress_bar=false",
+            f"paths.results={tmp_path / 'res'}", f"paths.outputs={tmp_path / 'out'}",
+        ]
+    )  # fmt: skip
+    run_dir = tmp_path / "res" / "runs" / run(cfg)["run_id"]
+    record = json.loads((run_dir / "record.json").read_text())
+    m = record["metrics"]
+    for name in ("ild", "ildgenre", "novelty", "arp", "longtail", "calib", "gini"):
+        assert math.isfinite(m[f"test/{name}@10"]), name
+    assert "test/cold_item/calib@10" in m and "test/cold_item/gini@10" not in m
+    preds = [
+        json.loads(ln)
+        for ln in gzip.decompress((run_dir / record["predictions"]["file"]).read_bytes()).splitlines()
+    ]
+    _, split_fp, facts = facts_for_config(record["config"]["data"], record["config"]["split"])
+    assert split_fp == record["split"]["fingerprint"]
+    again = recompute_metrics(record, preds, facts)
+    for k, v in m.items():
+        if v is None:
+            assert math.isnan(again[k]), k
+        else:
+            assert again[k] == pytest.approx(v, abs=1e-9), k  # records keep 10 decimals
+    assert not any(is_beyond_accuracy(k) for k in recompute_metrics(record, preds))  # without facts: none
