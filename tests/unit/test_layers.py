@@ -24,10 +24,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("eval", ("benchmark.eval",)),
     ("models", ("benchmark.models", "baselines.bridge", "baselines.compat", "baselines.recbole_model")),
     ("training", ("benchmark.training", "benchmark.distributed", "benchmark.predict")),
-    ("results", ("benchmark.results", "benchmark.loggers")),
+    ("results", ("benchmark.results", "benchmark.loggers", "benchmark.audit")),
     ("compose", ("benchmark.compose", "benchmark.checks", "benchmark.launch", "benchmark.slurm")),
     ("run", ("benchmark.run",)),
-    ("tools", ("benchmark.reproduce", "benchmark.paper", "benchmark.bench", "baselines.crosscheck", "baselines.recbole_pop")),
+    ("tools", ("benchmark.reproduce", "benchmark.paper", "benchmark.bench", "benchmark.audit.committed", "baselines.crosscheck", "baselines.recbole_pop")),
     ("cli", ("benchmark.cli", "benchmark.__main__")),
 ]
 # Package markers: their __init__ imports nothing of the package.

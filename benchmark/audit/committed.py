@@ -1,0 +1,172 @@
+"""The committed audits: every split protocol and item indexing scheme on MovieLens-100K, and a
+deliberately leaky index, written to ``results/audit/`` with their table (``make audit``).
+
+``python -m benchmark.audit.committed [--out DIR] [--readme FILE]`` writes one JSON report per
+audit, ``table.md`` from those reports, and the same table into README.md between the
+``audit-table`` markers. Nothing here is typed by hand: the table is a function of the reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmark.audit.findings import pct
+from benchmark.util import atomic_write
+
+OUT = Path("results/audit")
+README = Path("README.md")
+START, END = "<!-- audit-table:start -->", "<!-- audit-table:end -->"
+
+# name -> overrides of `llm4rec audit` (each protocol with the eval protocol of its committed runs).
+AUDITS: dict[str, list[str]] = {
+    "ml-100k-loo": ["split=loo", "eval=sampled", "audit.indexes=all"],
+    "ml-100k-temporal": ["split=temporal"],
+    "ml-100k-random": ["split=random", "eval=labeled"],
+    "ml-100k-strict_cold_item": ["split=strict_cold_item", "audit.indexes=all"],
+    "ml-100k-tallrec_movie": ["split=tallrec_movie", "eval=labeled"],
+}
+LEAKY = "ml-100k-loo-leaky-p5-sequential"
+LEAKY_INDEX = "p5-original-sequential"
+
+
+def audit_one(overrides: list[str], leaky: bool = False) -> dict[str, Any]:
+    """Compose ``+audit=default`` with ``overrides`` and audit the split (and, with ``leaky``, the
+    original P5 code's sequential index over all parts instead of the configured indexes)."""
+    from benchmark.audit.identifiers import AuditIndex, p5_original_sequential
+    from benchmark.audit.report import configured, run_audit
+    from benchmark.compose import check_config, compose
+
+    cfg = compose(["+audit=default", *overrides])
+    check_config(cfg)
+    data, indexes, limits = configured(cfg)
+    if leaky:
+        ids = p5_original_sequential(data)
+        indexes = [AuditIndex(LEAKY_INDEX, ids, facts={"built_from": "all parts (the original P5 code)"})]
+    report = run_audit(data, indexes, limits)
+    report["audited"]["overrides"] = overrides
+    return report
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else pct(x)
+
+
+def _split_name(r: dict[str, Any]) -> str:
+    """The split option audited (``split=strict_cold_item`` is protocol loo with held-out items)."""
+    chosen = [o.split("=", 1)[1] for o in r["audited"].get("overrides", []) if o.startswith("split=")]
+    return chosen[0] if chosen else r["audited"]["protocol"]
+
+
+def split_row(name: str, r: dict[str, Any]) -> str:
+    s, sec = r["stats"], r["sections"]
+    tl = sec["timeline"]
+    lab = sec["labels"]
+    return (
+        "| "
+        + " | ".join(
+            [
+                f"`{_split_name(r)}`",
+                r["audited"].get("eval", ""),
+                f"{s['train_rows']:,}/{s['valid_rows']:,}/{s['test_rows']:,}",
+                _fmt(tl["test"]["mean_over_rows"]) if tl.get("applicable") else "n/a",
+                _fmt(tl["future_test_items"]["share"]) if tl.get("applicable") else "n/a",
+                _fmt(sec["overlap"]["test_pairs_in_train"]),
+                _fmt(sec["overlap"]["test_targets_in_history"]),
+                _fmt(sec["duplicates"]["test_rows_in_train"]),
+                _fmt(sec["sampling"].get("negatives_interacted")),
+                (
+                    " / ".join(_fmt(lab[p]["positive_share"]) for p in ("train", "valid", "test"))
+                    if lab.get("applicable")
+                    else "n/a"
+                ),
+                f"{r['counts']['error']} / {r['counts']['warning']}",
+                f"[{name}.json](results/audit/{name}.json)",
+            ]
+        )
+        + " |"
+    )
+
+
+def index_row(name: str, scheme: str, f: dict[str, Any], r: dict[str, Any]) -> str:
+    codes = f.get("codes") or {}
+    errors = sum(1 for x in r["findings"] if x["scope"] == f"index:{scheme}" and x["severity"] == "error")
+    rho = f["id_time_correlation"]["all_items"]
+    return (
+        "| "
+        + " | ".join(
+            [
+                f"`{scheme}`",
+                f"`{_split_name(r)}`",
+                _fmt(f["refit"]["share"]),
+                _fmt(f["consecutive_test_ids"]),
+                _fmt(f["next_after_user_max"]),
+                "n/a" if rho is None else f"{rho:+.2f}",
+                _fmt(codes.get("collision_rate")) if codes else "n/a",
+                (f"{codes['codes']:,} codes, dead {_fmt(codes['dead_codes'])}" if codes else "n/a"),
+                str(errors),
+                f"[{name}.json](results/audit/{name}.json)",
+            ]
+        )
+        + " |"
+    )
+
+
+def table(reports: dict[str, dict[str, Any]]) -> str:
+    """The Markdown tables of the committed reports (splits, then indexes)."""
+    lines = [
+        "| split | eval | train/valid/test rows | train after test target | test items new after history"
+        " | test pairs in train | target in history | test rows in train | negatives interacted"
+        " | positives train/valid/test | errors / warnings | report |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [split_row(n, r) for n, r in reports.items() if n != LEAKY]
+    lines += [
+        "",
+        "| index | split | ids changed by a train-only refit | test id = previous item's + 1 | test id = user's max + 1"
+        " | id-time rho | code collisions | codes | errors | report |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in reports.items():
+        for scheme, f in r["sections"]["indexes"].items():
+            lines.append(index_row(name, scheme, f, r))
+    return "\n".join(lines) + "\n"
+
+
+def write_readme_table(readme: Path, text: str) -> None:
+    """Replace the text between the audit-table markers of ``readme`` (which must have both)."""
+    old = readme.read_text(encoding="utf-8")
+    if START not in old or END not in old:
+        raise SystemExit(f"{readme}: no {START} ... {END} markers")
+    head, rest = old.split(START, 1)
+    _, tail = rest.split(END, 1)
+    atomic_write(readme, f"{head}{START}\n{text}{END}{tail}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmark.audit.report import write_report
+
+    p = argparse.ArgumentParser(
+        prog="python -m benchmark.audit.committed", description=__doc__.splitlines()[0]
+    )
+    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--readme", default=str(README), help="README whose audit table is rewritten ('' = none)")
+    a = p.parse_args(argv)
+    reports = {name: audit_one(o) for name, o in AUDITS.items()}
+    reports[LEAKY] = audit_one(["split=loo"], leaky=True)
+    for name, r in reports.items():
+        write_report(r, a.out / f"{name}.json")
+        print(
+            f"{name}: {r['counts']['error']} errors, {r['counts']['warning']} warnings -> {a.out / name}.json"
+        )
+    text = table(reports)
+    atomic_write(a.out / "table.md", text)
+    if a.readme:
+        write_readme_table(Path(a.readme), text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
