@@ -67,7 +67,8 @@ def _ours_block(model: Any, stream: Any, trainer_kwargs: dict[str, Any], epochs:
     import pytorch_lightning as pl
 
     from benchmark.data.views import LabeledRows
-    from benchmark.training import RecTask, quiet_lightning
+    from benchmark.distributed import quiet_lightning
+    from benchmark.training import RecTask
 
     times: list[float] = []
 
