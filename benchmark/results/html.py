@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from benchmark.results.tables import HEADLINE, SIGNIFICANCE_METRIC, SLICES, kind_of, table_title, tables
+from benchmark.eval.metrics import higher_is_better
+from benchmark.results.tables import (
+    BEYOND,
+    HEADLINE,
+    SIGNIFICANCE_METRIC,
+    SLICES,
+    kind_of,
+    table_title,
+    tables,
+)
 from benchmark.untrusted import RECORD
 
 PAGE = """<!DOCTYPE html>
@@ -49,10 +58,10 @@ th.sorted-desc::after{content:" \\25BC";font-size:.7em}
 td.records a{margin-left:.35em}
 figure{margin:1em 0 0}
 figcaption{font-size:.85em;color:#555;max-width:62em}
-svg.plot{background:#fff;border:1px solid #e3e6ea;border-radius:4px;max-width:100%;height:auto}
-svg.plot text{font-family:system-ui,sans-serif;fill:#1d2330}
-svg.plot .grid{stroke:#eceef1}
-svg.plot .axis{stroke:#8a93a0}
+svg.plot,svg.tradeoff{background:#fff;border:1px solid #e3e6ea;border-radius:4px;max-width:100%;height:auto}
+svg.plot text,svg.tradeoff text{font-family:system-ui,sans-serif;fill:#1d2330}
+svg.plot .grid,svg.tradeoff .grid{stroke:#eceef1}
+svg.plot .axis,svg.tradeoff .axis{stroke:#8a93a0}
 ol.unlabelled{font-size:.85em;columns:3;color:#333}
 footer{margin-top:3em;font-size:.85em;color:#666}
 </style></head><body><main>
@@ -67,12 +76,19 @@ table (paired Wilcoxon test over per-user values of the headline metric, Holm-co
 p &lt; 0.05; for labeled tables per-user AUC, which GAUC summarises, not the pooled AUC).
 The plots draw the headline metric against the cost of one run: training plus evaluation seconds
 (a run that reused trained weights counts the training behind them), on the hardware named in the
-device column. Click a column header to sort; each row links to its
+device column. Ranking tables also show beyond-accuracy metrics of the top 10, computed from the
+predictions and the train part only: intra-list diversity (ild: 1 - mean cosine of MiniLM title
+embeddings; ildgenre: of genre vectors), novelty (mean self-information in bits), average
+recommendation popularity (arp), long-tail share (items outside the head that covers 20 % of train
+interactions), Gini of exposure over the catalogue (lower: more even) and miscalibration (calib: KL
+divergence from the user's genre history, lower is better); a second plot draws the headline metric
+against the one chosen below. Click a column header to sort; each row links to its
 run records.</p>
 <div class="controls">
 <label>Slice <select id="slice"></select></label>
 <label>Family <select id="family"></select></label>
 <label>Backbone <select id="backbone"></select></label>
+<label>Trade-off axis <select id="beyond"></select></label>
 </div>
 <ol class="toc" id="toc"></ol>
 <div id="tables"></div>
@@ -95,14 +111,17 @@ function options(sel, values) {
 options($('slice'), ['overall'].concat(DATA.slices));
 options($('family'), ['all'].concat([...new Set(DATA.rows.map(r => r.family))].sort()));
 options($('backbone'), ['all'].concat([...new Set(DATA.rows.map(r => r.backbone || '-'))].sort()));
+options($('beyond'), DATA.beyond.filter(m => DATA.rows.some(r => r.metrics['test/' + m])));
 $('toc').innerHTML = DATA.tables.map((t, i) => `<li><a href="#table-${i}">${t.title}</a></li>`).join('');
 const sortState = {};
 function fmt(s) { return s == null ? '' : (s[1] == null ? s[0].toFixed(4) : s[0].toFixed(4) + ' ± ' + s[1].toFixed(4)); }
 function secs(x) { return x == null ? '' : x.toFixed(1); }
-function cols(t, slice) {
-  const base = DATA.headline[t.kind];
-  return base.filter(m => !(slice !== 'overall' && m.startsWith('coverage')))
-             .map(m => 'test/' + (slice === 'overall' ? '' : slice + '/') + m);
+function cols(t, slice, rows) {
+  const pre = 'test/' + (slice === 'overall' ? '' : slice + '/');
+  const beyond = t.kind === 'ranking' ? DATA.beyond.filter(m => rows.some(r => r.metrics[pre + m])) : [];
+  return DATA.headline[t.kind].concat(beyond)
+             .filter(m => !(slice !== 'overall' && (m.startsWith('coverage') || m.startsWith('gini'))))
+             .map(m => pre + m);
 }
 function lowerIsBetter(c) { return DATA.lower.includes(c.split('/').pop().split('@')[0]); }
 function sortValue(r, col) {
@@ -117,7 +136,7 @@ function render() {
     let rows = DATA.rows.filter(r => r.table === ti)
       .filter(r => fam === 'all' || r.family === fam)
       .filter(r => bb === 'all' || (r.backbone || '-') === bb);
-    const cs = cols(t, slice);
+    const cs = cols(t, slice, DATA.rows.filter(r => r.table === ti));
     const st = sortState[ti];
     if (st) rows.sort((a, b) => {
       const va = sortValue(a, st.col), vb = sortValue(b, st.col);
@@ -152,7 +171,7 @@ function render() {
         `<td class="text">${r.device}</td>` +
         `<td class="records">${r.records.map(x => `<a href="${x[1]}" title="run record, seed ${x[0]}">s${x[0]}</a>`).join('')}</td></tr>`;
     });
-    h += '</tbody></table></div>' + plot(t, rows, slice) + '</section>';
+    h += '</tbody></table></div>' + plot(t, rows, slice) + tradeoff(t, rows, slice) + '</section>';
     out.push(h);
   });
   $('tables').innerHTML = out.join('');
@@ -179,15 +198,44 @@ function decadeLabel(k) {
 const ALL_FAMILIES = [...new Set(DATA.rows.map(r => r.family))].sort();
 const PALETTE = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#17becf', '#8c564b', '#e377c2'];
 function plot(t, rows, slice) {
-  const metric = 'test/' + (slice === 'overall' ? '' : slice + '/') + DATA.significance[t.kind];
-  const pts = rows.filter(r => r.metrics[metric] && r.cost_seconds != null);
+  return scatter(rows, 'test/' + (slice === 'overall' ? '' : slice + '/') + DATA.significance[t.kind], {
+    cls: 'plot', get: r => r.cost_seconds, log: true, what: 'or timing',
+    title: 'cost of one run: training + evaluation seconds (log scale)',
+    aria: 'against cost (training plus evaluation seconds)',
+    tip: v => `${v.toFixed(1)} s`,
+    caption: 'against the cost of one run (training + evaluation seconds, log scale).'});
+}
+// ---- accuracy versus a beyond-accuracy metric (diversity, novelty, ...) of ranking tables ----
+function tradeoff(t, rows, slice) {
+  const m = $('beyond').value;
+  if (t.kind !== 'ranking' || !m || (slice !== 'overall' && m.startsWith('gini'))) return '';
+  const xm = 'test/' + (slice === 'overall' ? '' : slice + '/') + m, xname = xm.replace('test/', '');
+  return scatter(rows, 'test/' + (slice === 'overall' ? '' : slice + '/') + DATA.significance[t.kind], {
+    cls: 'tradeoff', get: r => r.metrics[xm] ? r.metrics[xm][0] : null, log: false, what: `or ${xname}`,
+    title: `${xname} (mean over seeds${lowerIsBetter(xm) ? ', lower is better' : ''})`,
+    aria: `against ${xname}`, tip: v => `${xname} ${v.toFixed(4)}`,
+    caption: `against ${xname}: accuracy versus diversity, novelty or popularity of the lists, one point per model.`});
+}
+// One point per row: metric (y, linear) against x.get(row) (x: log10 decades or linear ticks).
+function scatter(rows, metric, x) {
+  const pts = rows.filter(r => r.metrics[metric] && x.get(r) != null);
   const missing = rows.length - pts.length;
   if (!pts.length) return '';
   const W = 860, H = 440, L = 72, R = 20, T = 30, B = 58;
   const pw = W - L - R, ph = H - T - B;
-  const lx = pts.map(r => Math.log10(Math.max(r.cost_seconds, 0.01)));
-  let x0 = Math.floor(Math.min(...lx)), x1 = Math.ceil(Math.max(...lx));
-  if (x1 <= x0) x1 = x0 + 1;
+  const lx = pts.map(r => x.log ? Math.log10(Math.max(x.get(r), 0.01)) : x.get(r));
+  let x0, x1, xstep, xdec = 0;
+  if (x.log) {
+    x0 = Math.floor(Math.min(...lx)); x1 = Math.ceil(Math.max(...lx));
+    if (x1 <= x0) x1 = x0 + 1;
+    xstep = x1 - x0 > 6 ? 2 : 1;
+  } else {
+    let xmin = Math.min(...lx), xmax = Math.max(...lx);
+    if (xmax - xmin < 1e-9) { xmin -= 0.01; xmax += 0.01; }
+    xstep = niceStep(xmax - xmin, 5);
+    x0 = Math.floor(xmin / xstep - 0.25) * xstep; x1 = Math.ceil(xmax / xstep + 0.25) * xstep;
+    xdec = Math.max(0, -Math.floor(Math.log10(xstep) + 1e-9));
+  }
   const ys = pts.map(r => r.metrics[metric][0]);
   let ymin = Math.min(...ys), ymax = Math.max(...ys);
   if (ymax - ymin < 1e-9) { ymin -= 0.01; ymax += 0.01; }
@@ -198,14 +246,14 @@ function plot(t, rows, slice) {
   const families = [...new Set(pts.map(r => r.family))].sort();
   const color = f => PALETTE[ALL_FAMILIES.indexOf(f) % PALETTE.length];  // one colour per family on every plot
   const name = metric.replace('test/', '');
-  let s = `<figure><svg class="plot" viewBox="0 0 ${W} ${H}" width="${W}" height="${H}" role="img" ` +
-    `aria-label="${name} against cost (training plus evaluation seconds)">`;
+  let s = `<figure><svg class="${x.cls}" viewBox="0 0 ${W} ${H}" width="${W}" height="${H}" role="img" ` +
+    `aria-label="${name} ${x.aria}">`;
   // grid, ticks and tick labels
-  const xstep = x1 - x0 > 6 ? 2 : 1;
-  for (let k = x0; k <= x1; k += xstep) {
+  const xlim = x.log ? x1 : x1 + xstep / 2;  // decades: integers; linear: float steps
+  for (let k = x0, i = 0; k <= xlim && i < 40; k += xstep, i++) {
     s += `<line class="grid" x1="${X(k)}" x2="${X(k)}" y1="${T}" y2="${T + ph}"></line>` +
       `<line class="axis" x1="${X(k)}" x2="${X(k)}" y1="${T + ph}" y2="${T + ph + 5}"></line>` +
-      `<text class="x-tick" x="${X(k)}" y="${T + ph + 18}" text-anchor="middle" font-size="11">${decadeLabel(k)}</text>`;
+      `<text class="x-tick" x="${X(k)}" y="${T + ph + 18}" text-anchor="middle" font-size="11">${x.log ? decadeLabel(k) : k.toFixed(xdec)}</text>`;
   }
   for (let v = y0, i = 0; v <= y1 + step / 2 && i < 40; v += step, i++) {
     s += `<line class="grid" x1="${L}" x2="${L + pw}" y1="${Y(v)}" y2="${Y(v)}"></line>` +
@@ -214,7 +262,7 @@ function plot(t, rows, slice) {
   }
   s += `<line class="axis" x1="${L}" x2="${L + pw}" y1="${T + ph}" y2="${T + ph}"></line>` +
     `<line class="axis" x1="${L}" x2="${L}" y1="${T}" y2="${T + ph}"></line>` +
-    `<text class="x-title" x="${L + pw / 2}" y="${H - 12}" text-anchor="middle" font-size="12">cost of one run: training + evaluation seconds (log scale)</text>` +
+    `<text class="x-title" x="${L + pw / 2}" y="${H - 12}" text-anchor="middle" font-size="12">${x.title}</text>` +
     `<text class="y-title" x="16" y="${T + ph / 2}" font-size="12" transform="rotate(-90 16 ${T + ph / 2})" text-anchor="middle">${name} (mean over seeds)</text>`;
   // family legend, top left inside the frame
   let lxp = L + 8;
@@ -252,16 +300,16 @@ function plot(t, rows, slice) {
   });
   P.forEach(p => {
     s += `<circle cx="${p.x}" cy="${p.y}" r="4.5" fill="${color(p.r.family)}" stroke="#fff" stroke-width="1">` +
-      `<title>${p.r.model}: ${name} ${p.r.metrics[metric][0].toFixed(4)}, ${p.r.cost_seconds.toFixed(1)} s</title></circle>`;
+      `<title>${p.r.model}: ${name} ${p.r.metrics[metric][0].toFixed(4)}, ${x.tip(x.get(p.r))}</title></circle>`;
   });
   s += labels + '</svg>';
   const notes = [];
-  if (missing) notes.push(`${missing} row(s) without ${name} or timing are not drawn.`);
-  s += `<figcaption>${name} against the cost of one run (training + evaluation seconds, log scale). ${notes.join(' ')}</figcaption>`;
+  if (missing) notes.push(`${missing} row(s) without ${name} ${x.what} are not drawn.`);
+  s += `<figcaption>${name} ${x.caption} ${notes.join(' ')}</figcaption>`;
   if (unlabelled.length) s += '<ol class="unlabelled">' + unlabelled.map(m => `<li>${m}</li>`).join('') + '</ol>';
   return s + '</figure>';
 }
-['slice', 'family', 'backbone'].forEach(id => $(id).onchange = render);
+['slice', 'family', 'backbone', 'beyond'].forEach(id => $(id).onchange = render);
 render();
 </script></main></body></html>
 """
@@ -320,7 +368,8 @@ def render_html(
         "headline": {k: HEADLINE[k] for k in HEADLINE},
         "significance": SIGNIFICANCE_METRIC,
         "slices": list(SLICES),
-        "lower": ["logloss"],
+        "beyond": BEYOND,
+        "lower": [m.split("@")[0] for m in ["logloss", *BEYOND] if not higher_is_better(m)],
         "rows": [
             {
                 "table": keys.index((r["dataset"], r["split"], r["eval"])),

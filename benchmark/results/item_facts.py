@@ -175,3 +175,42 @@ def facts_for_config(
     return _facts_for(
         json.dumps(dict(data_cfg), sort_keys=True), json.dumps(dict(split_cfg), sort_keys=True), text
     )
+
+
+# Data sources the leaderboard rebuilds a committed run's split from: read in place, never fetched
+# (a recipe dataset would download and prepare its raw files).
+REBUILT_SOURCES = ("bundled", "atomic")
+
+
+def facts_for_record(record: Mapping[str, Any]) -> ItemFacts | None:
+    """The item facts of a run record's split, or None when they cannot be had safely here.
+
+    A record is untrusted: its split is rebuilt only from a bundled dataset or an atomic folder
+    whose path passes the record path checks (relative, inside the current directory), with this
+    machine's own cache, and the facts are used only when the rebuilt dataset and split have the
+    record's fingerprints. Any failure gives None (the run simply gets no recomputed values).
+    """
+    from benchmark.results.trust import check_record_path
+    from benchmark.untrusted import SAFE_NAME
+
+    try:
+        cfg = record["config"]
+        data, split = dict(cfg["data"]), dict(cfg["split"])
+        if data.get("source") not in REBUILT_SOURCES or not SAFE_NAME.match(str(data.get("name"))):
+            return None
+        check_record_path("data.path", data.get("path"))
+        if data.get("raw_dir") is not None:
+            return None
+        data["cache_dir"] = str(default_cache_root())
+        data_fp, split_fp, facts = facts_for_config(data, split)
+        same = data_fp == record["dataset"]["fingerprint"] and split_fp == record["split"]["fingerprint"]
+    except Exception:  # noqa: BLE001 - a record is untrusted; whatever fails, there are no facts
+        return None
+    return facts if same else None
+
+
+def default_cache_root() -> Path:
+    """``$LLM4REC_CACHE`` or ``.cache/llm4rec`` (the rule of ``data.cache_dir``)."""
+    import os
+
+    return Path(os.environ.get("LLM4REC_CACHE") or ".cache/llm4rec")

@@ -39,12 +39,14 @@ import numpy as np
 import yaml
 
 from benchmark.errors import BenchmarkError
-from benchmark.eval.metrics import higher_is_better
+from benchmark.eval.metrics import higher_is_better, is_beyond_accuracy
 from benchmark.eval.significance import holm, paired_pvalue
-from benchmark.results.recompute import per_row_values
+from benchmark.results.item_facts import facts_for_record
+from benchmark.results.recompute import per_row_values, recompute_metrics
 from benchmark.results.record import RECORD
 from benchmark.results.schema import schema_errors
 from benchmark.results.tables import (
+    BEYOND,
     HEADLINE,
     SIGNIFICANCE_METRIC,
     SLICES,
@@ -402,9 +404,43 @@ def _training_cost(efficiency: dict[str, Any]) -> float | None:
     return own + (original if original is not None and original >= 0 else 0.0)
 
 
+def add_beyond_metrics(rec: dict[str, Any], folder: Path, warn: Warn) -> int:
+    """Recompute a ranking run's beyond-accuracy metrics from its predictions when its record has none.
+
+    The facts come from the run's train part, rebuilt here (:func:`~benchmark.results.item_facts.
+    facts_for_record`: bundled or atomic datasets only, and only when the rebuilt split has the
+    record's fingerprints); a run whose split cannot be rebuilt keeps its cells empty. The values
+    are added to ``rec["metrics"]`` (in memory; the record file is not touched).
+
+    Returns:
+        the number of metrics added.
+    """
+    if kind_of(str(rec["eval"].get("protocol"))) != "ranking" or any(map(is_beyond_accuracy, rec["metrics"])):
+        return 0
+    facts = facts_for_record(rec)
+    if facts is None:
+        return 0
+    path = folder / str(rec["predictions"]["file"])
+    try:
+        lines = read_predictions_bounded(_predictions_path(folder, rec["predictions"]["file"]))
+        again = recompute_metrics(rec, lines, facts)
+    except Exception as e:  # noqa: BLE001 - predictions come from strangers; any failure means "no values"
+        warn(f"{path}: no beyond-accuracy metrics ({_clean_text(e) or type(e).__name__})")
+        return 0
+    added = {k: v for k, v in again.items() if is_beyond_accuracy(k) and _finite(v) is not None}
+    rec["metrics"].update(added)
+    return len(added)
+
+
 def aggregate(runs: list[tuple[dict[str, Any], Path]], warn: Warn | None = None) -> list[dict[str, Any]]:
-    """Group runs by table and seed group: mean/std of every metric, per-user headline values, significance."""
+    """Group runs by table and seed group: mean/std of every metric, per-user headline values, significance.
+
+    Ranking runs recorded before the beyond-accuracy metrics get them recomputed first
+    (:func:`add_beyond_metrics`).
+    """
     warn = warn or _stderr_warning
+    for rec, d in runs:
+        add_beyond_metrics(rec, d, warn)
     groups: dict[tuple, list] = defaultdict(list)
     for rec, d, key, notes in assign_tables(runs):
         groups[(key, rec["group_key"])].append((rec, d, notes))
@@ -513,6 +549,13 @@ def table_columns(trs: list[dict[str, Any]]) -> list[str]:
     return cols
 
 
+def beyond_columns(trs: list[dict[str, Any]]) -> list[str]:
+    """The beyond-accuracy columns of a ranking table that some row has (none for labeled tables)."""
+    if kind_of(trs[0]["eval"]) != "ranking":
+        return []
+    return [f"test/{m}" for m in BEYOND if any(f"test/{m}" in r["metrics"] for r in trs)]
+
+
 def best_values(trs: list[dict[str, Any]], cols: list[str]) -> dict[str, float]:
     best = {}
     for c in cols:
@@ -553,7 +596,32 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                 + f" | {sig} | {_seconds(r['train_seconds'])} |"
             )
         out.append("")
+        out += _md_beyond(trs)
     return "\n".join(out)
+
+
+def _md_beyond(trs: list[dict[str, Any]]) -> list[str]:
+    """The beyond-accuracy table under a ranking table (no lines when no row has those metrics)."""
+    cols = beyond_columns(trs)
+    if not cols:
+        return []
+    best = best_values(trs, cols)
+    out = [
+        "Beyond accuracy (top 10): text and genre intra-list diversity, novelty (bits), average "
+        "recommendation popularity, long-tail share, Gini of exposure (lower: more even), "
+        "miscalibration (KL, lower: closer to the user's genre history); best in bold.\n",
+        "| model | " + " | ".join(c.removeprefix("test/") for c in cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    for r in trs:
+        cells = []
+        for c in cols:
+            s = fmt(r["metrics"].get(c))
+            if c in r["metrics"] and len(trs) > 1 and math.isclose(r["metrics"][c][0], best[c]):
+                s = f"**{s}**"
+            cells.append(s)
+        out.append(f"| {_md_cell(r['model'])} | " + " | ".join(cells) + " |")
+    return [*out, ""]
 
 
 CSV_HEAD = [
@@ -684,7 +752,9 @@ def write_leaderboard(runs_dir: Path, out_dir: Path, warn: Warn | None = None) -
         + ": mean ± std over seeds. `sig.`: paired Wilcoxon test on per-user values of the headline metric "
         "(NDCG@10 or AUC) against the best baseline of the table, Holm-corrected; "
         "▲/▼ significantly better/worse (p < 0.05) on those per-user values, n.s. not significant. "
-        "In labeled tables the paired unit is the per-user AUC (see GAUC), not the pooled AUC.\n\n" + markdown(rows)
+        "In labeled tables the paired unit is the per-user AUC (see GAUC), not the pooled AUC. "
+        "Beyond-accuracy metrics come from each ranking run's predictions and train part (recomputed "
+        "here for runs recorded before them).\n\n" + markdown(rows)
     )
     meta = {**provenance(), "source": source, "records": len(runs), "skipped": skipped}
     atomic_write_all(

@@ -15,6 +15,8 @@ HEADLINE = {
     "labeled": ["auc", "gauc", "logloss"],
 }
 SIGNIFICANCE_METRIC = {"ranking": "ndcg@10", "labeled": "auc"}
+# Beyond-accuracy columns of ranking tables (benchmark.eval.beyond), shown when some row has them.
+BEYOND = ["ild@10", "ildgenre@10", "novelty@10", "arp@10", "longtail@10", "gini@10", "calib@10"]
 SLICES = ("cold_user", "cold_item", "strict_cold_item")
 
 

@@ -242,3 +242,34 @@ def test_recomputed_from_a_runs_predictions_equals_the_record(tmp_path):
         else:
             assert again[k] == pytest.approx(v, abs=1e-9), k  # records keep 10 decimals
     assert not any(is_beyond_accuracy(k) for k in recompute_metrics(record, preds))  # without facts: none
+    _leaderboard_recomputes_what_a_record_lacks(tmp_path, run_dir, record)
+
+
+def _leaderboard_recomputes_what_a_record_lacks(tmp_path, run_dir, record) -> None:
+    """A copy of the run without the new metrics (as if recorded before them), its dataset at a
+    relative path: the leaderboard recomputes them from the predictions, equal to the recorded ones."""
+    import csv
+    import os
+    import shutil
+
+    from benchmark.results.leaderboard import write_leaderboard
+
+    old = tmp_path / "old" / run_dir.name
+    shutil.copytree(run_dir, old)
+    rec = json.loads((old / "record.json").read_text())
+    rec["metrics"] = {k: v for k, v in rec["metrics"].items() if not is_beyond_accuracy(k)}
+    rec["config"]["data"]["path"] = "data"  # a record's data path is used only relative, inside the cwd
+    (old / "record.json").write_text(json.dumps(rec))
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        warnings: list[str] = []
+        write_leaderboard(tmp_path / "old", tmp_path / "lb", warnings.append)
+    finally:
+        os.chdir(cwd)
+    assert warnings == []
+    (row,) = csv.DictReader((tmp_path / "lb" / "leaderboard.csv").open())
+    for name in ("ild@10", "ildgenre@10", "novelty@10", "gini@10", "calib@10", "cold_item/longtail@10"):
+        assert float(row[f"test/{name}"]) == pytest.approx(record["metrics"][f"test/{name}"], abs=1e-9), name
+    md = (tmp_path / "lb" / "leaderboard.md").read_text()
+    assert "| model | ild@10 | ildgenre@10 | novelty@10 | arp@10 | longtail@10 | gini@10 | calib@10 |" in md
