@@ -14,6 +14,7 @@ llm4rec validate ARCHIVE_OR_RUN_DIR
 llm4rec reproduce RUN_DIR [reproduce.tolerance_cpu=X]
 llm4rec slurm-scripts [OVERRIDE ...] out=DIR            sbatch scripts of a sweep, not submitted
 llm4rec crosscheck model=deepfm|sasrec [OVERRIDE ...]   ours vs RecBole's own trainer
+llm4rec explain [OVERRIDE ...] | --check RUN_DIR        explanations of recommendations, checked and scored
 """
 
 from __future__ import annotations
@@ -310,6 +311,30 @@ def cmd_crosscheck(argv: list[str]) -> None:
     crosscheck_main(argv)
 
 
+def cmd_explain(argv: list[str]) -> None:
+    """``explain [OVERRIDE ...]``: one explanation run; ``explain --check RUN_DIR [data=.. split=..]``:
+    its metrics recomputed from the stored explanations (exit 1 when one differs)."""
+    if argv[:1] == ["--check"]:
+        from benchmark.explain.record import check_run
+
+        if len(argv) < 2:
+            _fail("usage: llm4rec explain --check RUN_DIR [data=NAME split=NAME ...]")
+        rows = check_run(Path(argv[1]), argv[2:] or None)
+        for k, a, b, ok in rows:
+            print(f"{k}  recorded={a}  recomputed={b}  {'ok' if ok else 'FAIL'}")
+        bad = sum(1 for *_, ok in rows if not ok)
+        print(f"{'FAIL' if bad else 'PASS'}: {len(rows)} checks, {bad} differ")
+        if bad:
+            sys.exit(1)
+        return
+    from benchmark.explain.runner import compose_explain, explain
+
+    record, path = explain(compose_explain(argv))
+    for k, v in record["metrics"].items():
+        print(f"{k}\t{'null' if v is None else round(v, 4)}")
+    print(f"explanations written to {path}")
+
+
 COMMANDS = {
     "run": cmd_run,
     "export-split": cmd_export_split,
@@ -320,6 +345,7 @@ COMMANDS = {
     "reproduce": cmd_reproduce,
     "slurm-scripts": cmd_slurm_scripts,
     "crosscheck": cmd_crosscheck,
+    "explain": cmd_explain,
 }
 
 

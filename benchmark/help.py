@@ -59,6 +59,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "llm4rec crosscheck model=deepfm|sasrec [OVERRIDE ...] [out=FILE]",
         "Train a RecBole model with our Lightning task and with RecBole's own trainer; print both.",
     ),
+    "explain": (
+        "llm4rec explain [generator=NAME] [judge=NAME] [OVERRIDE ...] | llm4rec explain --check RUN_DIR",
+        "Explain recommended (user, item) pairs in one sentence (template, causal LM zero-shot or tuned, "
+        "P5-style T5), check every cited title and stated genre/year, score with an LLM judge and, with "
+        "references, BLEU/ROUGE/BERTScore; --check recomputes a stored run's metrics (configs/explain).",
+    ),
 }
 
 _SENTENCE_END = re.compile(r"(?<!\be\.g)(?<!\bi\.e)(?<!\bal)(?<!\bvs)(?<!\bcf)\.(?=\s+[A-Z(`]|\s*$)")

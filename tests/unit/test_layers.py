@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("results", ("benchmark.results", "benchmark.loggers", "benchmark.audit")),
     ("compose", ("benchmark.compose", "benchmark.checks", "benchmark.launch", "benchmark.slurm")),
     ("run", ("benchmark.run",)),
-    ("tools", ("benchmark.reproduce", "benchmark.paper", "benchmark.bench", "benchmark.audit.committed", "baselines.crosscheck", "baselines.recbole_pop")),
+    ("tools", ("benchmark.explain", "benchmark.reproduce", "benchmark.paper", "benchmark.bench", "benchmark.audit.committed", "baselines.crosscheck", "baselines.recbole_pop")),
     ("cli", ("benchmark.cli", "benchmark.__main__")),
 ]
 # Package markers: their __init__ imports nothing of the package.
