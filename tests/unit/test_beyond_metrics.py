@@ -242,7 +242,25 @@ def test_recomputed_from_a_runs_predictions_equals_the_record(tmp_path):
         else:
             assert again[k] == pytest.approx(v, abs=1e-9), k  # records keep 10 decimals
     assert not any(is_beyond_accuracy(k) for k in recompute_metrics(record, preds))  # without facts: none
+    _validate_checks_them(d, run_dir)
     _leaderboard_recomputes_what_a_record_lacks(tmp_path, run_dir, record)
+
+
+def _validate_checks_them(data_dir, run_dir) -> None:
+    """validate accepts the run, and rejects it when a beyond-accuracy value is changed."""
+    import shutil
+
+    from benchmark.results.submission import validate
+
+    report = validate(run_dir, data_path=data_dir)
+    assert report.ok, report.verdict()
+    bad = run_dir.parent / "changed"
+    shutil.copytree(run_dir, bad)
+    rec = json.loads((bad / "record.json").read_text())
+    rec["metrics"]["test/novelty@10"] += 0.01
+    (bad / "record.json").write_text(json.dumps(rec))
+    verdict = validate(bad, data_path=data_dir).verdict()
+    assert verdict.startswith("REJECTED metrics") and "novelty@10" in verdict, verdict
 
 
 def _leaderboard_recomputes_what_a_record_lacks(tmp_path, run_dir, record) -> None:
