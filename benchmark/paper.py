@@ -416,7 +416,7 @@ def fig_ranking(rows: list[dict[str, str]], fig_dir: Path) -> list[Path]:
 # Accuracy against beyond-accuracy (x axis) in the trade-off figure: the first present of each pair.
 BEYOND_AXES = (("test/ild@10", "test/ildgenre@10"), ("test/novelty@10", "test/longtail@10"))
 BEYOND_LABELS = {
-    "ild": " (1 - mean cosine of MiniLM title embeddings)",
+    "ild": " (1 - mean cosine of MiniLM item-text embeddings)",
     "ildgenre": " (1 - mean cosine of genre vectors)",
     "novelty": " (mean self-information, bits)",
     "longtail": " (share of list items outside the head)",

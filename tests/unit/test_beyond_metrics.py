@@ -291,3 +291,16 @@ def _leaderboard_recomputes_what_a_record_lacks(tmp_path, run_dir, record) -> No
         assert float(row[f"test/{name}"]) == pytest.approx(record["metrics"][f"test/{name}"], abs=1e-9), name
     md = (tmp_path / "lb" / "leaderboard.md").read_text()
     assert "| model | ild@10 | ildgenre@10 | novelty@10 | arp@10 | longtail@10 | gini@10 | calib@10 |" in md
+
+
+def test_paper_draws_accuracy_against_diversity_per_ranking_table(tmp_path):
+    from benchmark.paper import fig_beyond
+
+    def row(model: str, ndcg: str, ild: str, novelty: str, ev: str = "full") -> dict[str, str]:
+        return {"dataset": "ml-100k", "split": "loo", "eval": ev, "model": model, "family": "classic",
+                "test/ndcg@10": ndcg, "test/ild@10": ild, "test/novelty@10": novelty}  # fmt: skip
+
+    rows = [row("pop", "0.04", "0.65", "1.2"), row("bpr", "0.06", "0.64", "1.9")]
+    rows += [row("pop", "0.2", "", "", ev="sampled"), row("bpr", "0.3", "", "", ev="sampled")]  # no values: no figure
+    made = fig_beyond(rows, tmp_path)
+    assert sorted(p.name for p in made) == ["beyond-ml-100k-loo-full.pdf", "beyond-ml-100k-loo-full.png"]
