@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmark.cli import main
+from benchmark.results.item_facts import facts_for_config
 from benchmark.results.recompute import recompute_metrics
 from benchmark.results.record import load_record, read_predictions
 
@@ -36,7 +37,10 @@ def runs(tmp_path: Path) -> list[Path]:
 
 def assert_metrics_recompute(run_dir: Path) -> dict:
     rec = load_record(run_dir)
-    again = recompute_metrics(rec, read_predictions(run_dir / rec["predictions"]["file"]))
+    facts = None  # ranking runs record beyond-accuracy metrics: recompute them from the train part's facts
+    if rec["eval"]["protocol"] != "labeled":
+        facts = facts_for_config(rec["config"]["data"], rec["config"]["split"])[2]
+    again = recompute_metrics(rec, read_predictions(run_dir / rec["predictions"]["file"]), facts)
     for k, v in rec["metrics"].items():
         if v is None:
             assert math.isnan(again[k])
