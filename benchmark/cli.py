@@ -14,6 +14,7 @@ llm4rec validate ARCHIVE_OR_RUN_DIR
 llm4rec reproduce RUN_DIR [reproduce.tolerance_cpu=X]
 llm4rec slurm-scripts [OVERRIDE ...] out=DIR            sbatch scripts of a sweep, not submitted
 llm4rec crosscheck model=deepfm|sasrec [OVERRIDE ...]   ours vs RecBole's own trainer
+llm4rec audit [OVERRIDE ...] | --files DIR [--out FILE]  leakage and index quality of a split
 llm4rec explain [OVERRIDE ...] | --check RUN_DIR        explanations of recommendations, checked and scored
 """
 
@@ -335,6 +336,24 @@ def cmd_explain(argv: list[str]) -> None:
     print(f"explanations written to {path}")
 
 
+def cmd_audit(argv: list[str]) -> None:
+    """``audit [OVERRIDE ...]`` / ``audit --files DIR``: print the report (and write ``--out``);
+    exit 1 when a finding exceeds its ``audit.fail`` threshold."""
+    from benchmark.audit.command import parse_args, run_command
+    from benchmark.audit.report import render
+    from benchmark.compose import check_config, compose
+
+    args = parse_args(argv)
+    cfg = compose(args.compose_overrides())
+    if args.files is None:
+        check_config(cfg)
+    report, status = run_command(cfg, args)
+    print(render(report))
+    if args.out is not None:
+        print(f"report written to {args.out}")
+    sys.exit(status)
+
+
 COMMANDS = {
     "run": cmd_run,
     "export-split": cmd_export_split,
@@ -345,6 +364,7 @@ COMMANDS = {
     "reproduce": cmd_reproduce,
     "slurm-scripts": cmd_slurm_scripts,
     "crosscheck": cmd_crosscheck,
+    "audit": cmd_audit,
     "explain": cmd_explain,
 }
 

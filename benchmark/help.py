@@ -59,6 +59,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "llm4rec crosscheck model=deepfm|sasrec [OVERRIDE ...] [out=FILE]",
         "Train a RecBole model with our Lightning task and with RecBole's own trainer; print both.",
     ),
+    "audit": (
+        "llm4rec audit [OVERRIDE ...] [--index FILE] [--out FILE] | --files DIR [--layout export|p5|tallrec]",
+        "Audit a split and its item indexes for leakage and index quality, or external files with --files. "
+        "Timeline leakage, overlap and duplicates, fixed negatives, label balance, identifier leakage and "
+        "semantic-id quality, each finding info, warning or error; exit 1 when a finding exceeds its "
+        "audit.fail threshold (configs/audit/default.yaml).",
+    ),
     "explain": (
         "llm4rec explain [generator=NAME] [judge=NAME] [OVERRIDE ...] | llm4rec explain --check RUN_DIR",
         "Explain recommended (user, item) pairs in one sentence (template, causal LM zero-shot or tuned, "

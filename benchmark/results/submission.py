@@ -219,7 +219,8 @@ def validate(path: Path, limits: Limits = DEFAULT_LIMITS, data_path: Path | None
 
     Cheap checks (archive limits, record JSON and schema, predictions hash and stream limits)
     run before numpy/torch are imported. Then the config hash, the dataset and split
-    fingerprints (rebuilt from the raw data), the protocol checks of every predictions line
+    fingerprints (rebuilt from the raw data), the record's audit summary (when it has one),
+    the protocol checks of every predictions line
     against the canonical test rows, and finally every metric, recomputed from the canonical
     rows and the submitted lists/scores.
 
@@ -249,6 +250,7 @@ def _validate(report: Report, path: Path, limits: Limits, data_path: Path | None
     record = sub.record
     ev, slices_cfg, data_cfg = _check_config(report, record, data_path)
     split = _check_split(report, record, data_cfg)
+    _check_audit(report, record, split)
     pred = _check_protocol(report, record, sub.predictions, split, ev, slices_cfg, limits)
     _check_metrics(report, record, pred, ev, split.n_items, data_cfg)
 
@@ -324,6 +326,22 @@ def _check_split(report: Report, record: dict[str, Any], data_cfg: dict[str, Any
     if record["eval"]["n_items"] != split.n_items:
         raise Rejected("config", f"eval.n_items={record['eval']['n_items']} but the canonical split has {split.n_items} items")
     return split
+
+
+def _check_audit(report: Report, record: dict[str, Any], split: Any) -> None:
+    """audit: the record's audit summary recomputed from the canonical split (and the item index
+    when it is cheap to rebuild); a record without one (made before summaries) is not checked."""
+    if "audit" not in record:
+        return
+    from benchmark.audit.summary import rebuilt_index, summary_differences
+
+    try:
+        diffs = summary_differences(record["audit"], split, rebuilt_index(record["config"], split))
+    except BenchmarkError as e:
+        raise Rejected("audit", f"cannot recompute the audit summary: {e}") from None
+    if diffs:
+        raise Rejected("audit", f"{len(diffs)} figures differ; first: {diffs[0]}")
+    report.add("audit", True)
 
 
 def _check_protocol(
