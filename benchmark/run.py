@@ -23,6 +23,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from benchmark.audit.summary import record_summary
 from benchmark.checks import resume_checkpoint
 from benchmark.compose import check_adapter
 from benchmark.config import DataConfig, EvalConfig, SliceConfig, SplitConfig, to_object
@@ -111,6 +112,7 @@ def _run(cfg: DictConfig, log: RunLog, version: str) -> dict[str, Any]:
     evaluated = _evaluate(job, model, split, data, trainer_kwargs)
     labels = {"device": job.device.type, "processes": world_size(trainer_kwargs)}
     record = build_record(cfg, data, data_cfg.source, split, job.ev, evaluated, params, training, labels)
+    record["audit"] = record_summary(split, getattr(model, "index", None))  # checked by validate
     if not is_global_zero():  # other processes of a distributed run write nothing
         return record
     _write(job, record, evaluated, split, logger)

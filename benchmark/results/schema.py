@@ -85,6 +85,8 @@ RECORD_SCHEMA: dict[str, Any] = {
             "required": ["train_seconds", "eval_seconds", "peak_rss_mb"],
         },
         "environment": {"type": "object", "required": ["git_sha", "packages", "python", "platform"]},
+        # Optional (records made before it have none): the audit summary of the split and index.
+        "audit": {"type": "object", "required": ["version", "split"]},
         "predictions": {
             "type": "object",
             "required": ["file", "sha256"],

@@ -97,3 +97,26 @@ def test_help():
     with pytest.raises(SystemExit) as e:
         main(["audit", "--help"])
     assert e.value.code == 0
+
+
+def test_a_run_record_carries_its_audit_summary_and_validate_checks_it(tiny_dir, tmp_path):
+    from benchmark.results.submission import validate
+    from tests.smoke.test_cli import runs, tiny_args
+
+    main(["run", "model=pop", *tiny_args(tiny_dir, tmp_path)])
+    (run_dir,) = runs(tmp_path)
+    record_file = run_dir / "record.json"
+    record = json.loads(record_file.read_text())
+    summary = record["audit"]
+    assert summary["version"] == 1 and "index" not in summary  # pop has no item index
+    assert summary["split"]["test_rows_in_train"] == 0.0 and 0 < summary["split"]["train_after_test"] < 1
+    report = validate(run_dir, data_path=tiny_dir)
+    assert report.ok and any(c.name == "audit" and c.ok for c in report.checks), report.summary()
+    record["audit"]["split"]["train_after_test"] = 0.0  # claims a leak-free timeline
+    record_file.write_text(json.dumps(record))
+    report = validate(run_dir, data_path=tiny_dir)
+    assert not report.ok and report.failed.name == "audit" and "train_after_test" in report.verdict()
+    del record["audit"]  # a record made before summaries: not checked
+    record_file.write_text(json.dumps(record))
+    report = validate(run_dir, data_path=tiny_dir)
+    assert report.ok and not any(c.name == "audit" for c in report.checks)

@@ -455,3 +455,39 @@ def test_an_exported_split_audits_like_the_split_itself(tmp_path):
         a = run_audit(direct, [], LIMITS)
         b = run_audit(read_files(out)[0], [], LIMITS)
         assert a["sections"] == b["sections"] and a["findings"] == b["findings"], protocol
+
+
+# ----------------------------------------------------------------------------- record summary
+
+
+def test_the_record_summary_is_recomputed_from_the_split_and_a_rebuilt_index(tmp_path):
+    from benchmark.audit.summary import rebuilt_index, record_summary, summary_differences
+    from benchmark.config import DataConfig, SplitConfig
+    from benchmark.data.loading import load_dataset
+    from benchmark.data.splits import build_split
+    from benchmark.models.components.indexing import IndexConfig, build_index
+    from tests.conftest import random_rows, write_atomic
+
+    write_atomic(tmp_path / "tiny", "tiny", random_rows())
+    data = load_dataset(DataConfig(name="tiny", source="atomic", path=str(tmp_path / "tiny")))
+    split = build_split(data, SplitConfig(protocol="loo"))
+    index = build_index(IndexConfig(scheme="sequential"), split, data, 4)
+    summary = record_summary(split, index)
+    assert summary["index"]["scheme"] == "sequential" and set(summary["split"]) >= {
+        "train_after_test",
+        "test_rows_in_train",
+    }
+    config = {"seed": 4, "model": {"module": {"indexing": {"scheme": "sequential"}}}}
+    again = rebuilt_index(config, split)
+    assert again == index.texts
+    assert summary_differences(json.loads(json.dumps(summary)), split, again) == []
+    tampered = json.loads(json.dumps(summary))
+    tampered["split"]["future_test_items"] = 0.5
+    assert summary_differences(tampered, split, again)[0].startswith("split.future_test_items: recorded 0.5")
+    assert summary_differences({"version": 9}, split, None) == ["version: 9 is not 1"]
+    assert (
+        rebuilt_index({"seed": 4, "model": {"module": {"indexing": {"scheme": "semantic"}}}}, split) is None
+    )
+    assert rebuilt_index({"seed": 4, "model": "pop"}, split) is None
+    with pytest.raises(ConfigError, match="model.module.indexing"):
+        rebuilt_index({"seed": 1, "model": {"module": {"indexing": {"scheme": "random", "evil": 1}}}}, split)
