@@ -81,7 +81,7 @@ def rank_full(
         [len(row_ids), k] item indices, -1 where fewer than k items were rankable.
     """
     row_ids = np.arange(len(rows)) if row_ids is None else np.asarray(row_ids)
-    out = np.empty((len(row_ids), k), dtype=np.int64)
+    out = np.full((len(row_ids), k), -1, dtype=np.int64)  # a catalogue smaller than k pads with -1
     for start in range(0, len(row_ids), chunk_users):
         r = row_ids[start : start + chunk_users]
         users = torch.as_tensor(rows.users[r], device=device)
@@ -93,7 +93,8 @@ def rank_full(
             flat = np.concatenate([rows.exclude[a:b] for a, b in zip(lo, hi, strict=True)])
             rr = np.repeat(np.arange(len(r)), lens)
             scores[torch.as_tensor(rr, device=device), torch.as_tensor(flat, device=device)] = float("-inf")
-        out[start : start + len(r)] = topk_deterministic(scores, k).cpu().numpy()
+        top = topk_deterministic(scores, k).cpu().numpy()  # [B, min(k, n_items)]
+        out[start : start + len(r), : top.shape[1]] = top
         del scores  # free this block before the scorer allocates the next one
         if progress is not None:
             progress(len(r))

@@ -65,3 +65,23 @@ def test_rank_candidates_only_ranks_targets_and_negatives(tiny_dir):
         valid = ranked[r][ranked[r] >= 0]
         assert set(valid.tolist()) == cand and len(valid) == 10
         assert (np.diff(valid) < 0).all()
+
+
+def test_rank_full_pads_with_minus_one_when_the_catalogue_is_shorter_than_the_list():
+    from benchmark.data.views import RankingRows
+
+    # 2 rows over a 3-item catalogue, list length 5: row 0 excludes item 1, row 1 nothing.
+    rows = RankingRows(
+        "test",
+        np.array([0, 1]),
+        np.array([0, 1, 2]),
+        np.array([2, 0]),
+        np.array([0, 1, 1]),
+        np.array([1]),
+        {},
+        None,
+    )
+    table = torch.tensor([[0.1, 0.9, 0.5], [0.3, 0.2, 0.7]])
+    got = rank_full(lambda u: table[u], rows, 5, chunk_users=1)
+    # row 0: item 1 excluded -> 2 (0.5), 0 (0.1); row 1: 2 (0.7), 0 (0.3), 1 (0.2)
+    assert got.tolist() == [[2, 0, -1, -1, -1], [2, 0, 1, -1, -1]]
