@@ -33,6 +33,10 @@ the last ``history`` of them.
 Item adapters (``adapter=clip_proj``, :mod:`benchmark.models.components.adapter`): every history
 item mention gets ``k`` soft tokens from its frozen features; the encoder reads them through
 ``inputs_embeds`` in training and in (trie-constrained) beam search. Targets stay item ids.
+
+Pieces in :mod:`benchmark.models.components`: ``backbones`` (presets, loading, new id tokens),
+``windows`` (the training stream), ``beam_cache`` (prompt caches of beam search), ``lora``.
+:class:`P5Options` checks the constructor's settings; the model itself stays in this file.
 """
 
 from __future__ import annotations
