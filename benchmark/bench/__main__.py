@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, str] = {
     "llm_cost": "benchmark.bench.llm_cost",
     "recbole_throughput": "benchmark.bench.recbole_throughput",
     "features": "benchmark.bench.features",
+    "audit_scale": "benchmark.bench.audit_scale",
 }
 DEFAULT_OUT = Path("results/perf")
 

@@ -491,3 +491,16 @@ def test_the_record_summary_is_recomputed_from_the_split_and_a_rebuilt_index(tmp
     assert rebuilt_index({"seed": 4, "model": "pop"}, split) is None
     with pytest.raises(ConfigError, match="model.module.indexing"):
         rebuilt_index({"seed": 1, "model": {"module": {"indexing": {"scheme": "random", "evil": 1}}}}, split)
+
+
+def test_the_committed_audit_tables_are_generated_from_the_committed_reports():
+    from benchmark.audit.committed import AUDITS, END, LEAKY, OUT, START, table
+
+    root = Path(__file__).resolve().parents[2]
+    reports = {n: json.loads((root / OUT / f"{n}.json").read_text()) for n in [*AUDITS, LEAKY]}
+    text = table(reports)
+    assert (root / OUT / "table.md").read_text() == text
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert readme.split(START, 1)[1].split(END, 1)[0] == "\n" + text
+    leaky = reports[LEAKY]
+    assert not leaky["passed"] and all(r["passed"] for n, r in reports.items() if n != LEAKY)
