@@ -15,8 +15,9 @@ An explanation for (user, recommended item) makes *claims*:
   the explanation cites (``you liked the comedy Toy Story``).
 
 Title matching is case-sensitive on whole words; a one-word title is not matched at the start of
-a sentence (``Heat``, ``Fear``, ``Safe`` are also words), and aliases shorter than 3 characters are
-matched only in quotes. An invented title that is neither quoted nor a catalogue title is not
+a sentence (``Heat``, ``Fear``, ``Safe`` are also words) or next to another capitalised word (``Jack``
+in ``Captain Jack Sparrow``), and aliases shorter than 3 characters are matched only in quotes. A
+quoted text made of genre words only (``"Crime, Drama"``) states genres, not a title. An invented title that is neither quoted nor a catalogue title is not
 seen, so the hallucination rate is a lower bound.
 
 Per explanation, :func:`check_explanation` returns the claims found and whether each is supported;
@@ -164,8 +165,22 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == ""
 
 
-def _one_word_at_sentence_start(text: str, start: int, alias: str) -> bool:
-    return " " not in alias and bool(_SENTENCE_START.search(text[:start]))
+def _one_word_as_a_word(text: str, start: int, end: int, alias: str) -> bool:
+    """A one-word title that reads as an ordinary word or part of a longer name: at the start of a
+    sentence (``Heat is ...``), or next to another capitalised word (``Captain Jack Sparrow``)."""
+    if " " in alias:
+        return False
+    if _SENTENCE_START.search(text[:start]):
+        return True
+    return bool(re.search(r"\b[A-Z][\w'.-]*\s+$", text[:start]) or re.match(r"\s+[A-Z]", text[end:]))
+
+
+def _only_genres(cat: Catalogue, text: str) -> bool:
+    """True when ``text`` is nothing but genre words and separators (``"Crime, Drama, Mystery"``)."""
+    if cat._genre_re is None or not cat._genre_re.search(text):
+        return False
+    rest = cat._genre_re.sub(" ", text)
+    return not re.sub(r"\b(?:and|or)\b|[\s,;/&-]", "", rest, flags=re.I)
 
 
 def _attached(text: str, end: int) -> tuple[str, int]:
@@ -192,6 +207,8 @@ def _title_claims(
     for m in _QUOTED.finditer(text):
         inner = (m.group(1) or m.group(2)).strip()
         named = cat.items_titled(re.sub(r"\s*\(\d{4}\)$", "", inner))
+        if not named and _only_genres(cat, inner):  # quoted genres are genre claims, not a title
+            continue
         spans.append((m.start(), m.end(), inner, named))
     taken = [(a, b) for a, b, _, _ in spans]
     if cat._title_re is not None:
@@ -199,7 +216,7 @@ def _title_claims(
             a, b = m.span()
             if any(a < y and x < b for x, y in taken):
                 continue
-            if len(m.group(0)) < 3 or _one_word_at_sentence_start(text, a, m.group(0)):
+            if len(m.group(0)) < 3 or _one_word_as_a_word(text, a, b, m.group(0)):
                 continue
             spans.append((a, b, m.group(0), set(cat._aliases[m.group(0)])))
     claims, blank = [], list(text)

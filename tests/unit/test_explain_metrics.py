@@ -243,9 +243,13 @@ def test_title_spans_are_not_read_as_genres_and_one_word_titles_need_context(cat
     assert r["titles"] == [] and r["genres"] == [["Thriller", True]]
     r = check_explanation(cat, "Because you liked Heat, try this.", FARGO, {HEAT})
     assert r["titles"][0]["kind"] == "history"
-    r = check_explanation(
-        cat, "Because you liked Shanghai Triad.", FARGO, {TRIAD}
-    )  # alias without the parenthesis
+    r = check_explanation(cat, "A thriller starring Captain Heat Sparrow.", FARGO, set())  # part of a name
+    assert r["titles"] == [] and r["grounded"]
+    r = check_explanation(cat, 'You liked Heat in "Crime, Drama" (1995).', FARGO, {HEAT})  # quoted genres
+    assert [t["title"] for t in r["titles"]] == ["Heat"] and r["genres"] == [["Crime", True], ["Drama", True]]
+    assert r["years"] == [[1995, True]] and r["grounded"]  # 1995: the year of the cited Heat
+    # an alias without the parenthesis
+    r = check_explanation(cat, "Because you liked Shanghai Triad.", FARGO, {TRIAD})
     assert r["titles"][0]["kind"] == "history" and r["grounded"]
 
 
