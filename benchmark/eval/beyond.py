@@ -68,7 +68,7 @@ class ItemFacts:
         user_genres: [n_users, G] float64 genre distribution of each user's train history
             (rows sum to 1; all zeros when the history has no genre), or None without genres.
         embeddings: [n_items, d] float32 L2-normalised text embeddings, or None (no titles: no text ILD).
-        notes: how the facts were made (encoder, genre column), recorded with the metrics' provenance.
+        notes: how the facts were made (popularity rule, genre count, text encoder and store key).
     """
 
     item_ids: np.ndarray
