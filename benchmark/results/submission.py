@@ -1,7 +1,7 @@
 """Submissions: pack a run, validate a run or archive against the canonical split.
 
 Everything read here may have been written by a stranger. Archives and run folders are read with
-the bounds of :class:`~benchmark.results.archive.Limits` before any heavy module is imported;
+the bounds of :class:`~benchmark.untrusted.Limits` before any heavy module is imported;
 nothing in a record is instantiated, and no path in it is used unchecked (see
 :mod:`benchmark.results.trust`). Reproducing a run (which runs it) is :mod:`benchmark.reproduce`.
 """
@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.errors import BenchmarkError, ConfigError
-from benchmark.results.archive import (
+from benchmark.results.archive import read_submission
+from benchmark.untrusted import (
     DEFAULT_LIMITS,
     RECORD,
     SAFE_NAME,
@@ -28,7 +29,6 @@ from benchmark.results.archive import (
     check_prediction_stream,
     prediction_lines,
     read_run_dir,
-    read_submission,
 )
 from benchmark.util import atomic_write, sha256_bytes
 
@@ -194,7 +194,7 @@ def _typed(node: Any, cls: type, key: str) -> Any:
 def recorded_config_hashes(cfg: dict[str, Any]) -> list[tuple[str, str]]:
     """(config_hash, group_key) pairs a record with this config may carry, current rule first.
 
-    :func:`benchmark.run.config_hashes` is the rule; records written before ``data.cache_dir``
+    :func:`benchmark.results.identity.config_hashes` is the rule; records written before ``data.cache_dir``
     was left out of it (every run committed before that change) hashed it in, so that earlier
     rule is accepted too. Both commit to the whole result config.
     """

@@ -17,7 +17,7 @@ import pytest
 from benchmark.cli import main
 from benchmark.data.views import LabeledRows, RankingRows
 from benchmark.errors import BenchmarkError, ConfigError
-from benchmark.results.archive import DEFAULT_LIMITS, Limits, Rejected, read_archive
+from benchmark.results.archive import read_archive
 from benchmark.results.protocol import labeled_predictions, ranking_predictions
 from benchmark.results.trust import (
     check_record_config,
@@ -28,6 +28,7 @@ from benchmark.results.trust import (
 )
 from benchmark.results.schema import schema_errors
 from benchmark.results.submission import submit, validate
+from benchmark.untrusted import DEFAULT_LIMITS, Limits, Rejected
 
 H = "a" * 64
 
