@@ -25,9 +25,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("models", ("benchmark.models", "baselines.bridge", "baselines.compat", "baselines.recbole_model")),
     ("training", ("benchmark.training", "benchmark.distributed", "benchmark.predict")),
     ("results", ("benchmark.results", "benchmark.loggers", "benchmark.audit")),
+    ("align", ("benchmark.align",)),
     ("compose", ("benchmark.compose", "benchmark.checks", "benchmark.launch", "benchmark.slurm")),
     ("run", ("benchmark.run",)),
-    ("tools", ("benchmark.explain", "benchmark.reproduce", "benchmark.paper", "benchmark.bench", "benchmark.audit.committed", "baselines.crosscheck", "baselines.recbole_pop")),
+    ("tools", ("benchmark.explain", "benchmark.reproduce", "benchmark.paper", "benchmark.bench", "benchmark.audit.committed", "benchmark.conversation", "baselines.crosscheck", "baselines.recbole_pop")),
     ("cli", ("benchmark.cli", "benchmark.__main__")),
 ]
 # Package markers: their __init__ imports nothing of the package.
