@@ -75,12 +75,24 @@ class AlignConfig:
             (self.reward in RULE_REWARDS, f"align.reward: one of {', '.join(RULE_REWARDS)}"),
             (self.loss_type in ("grpo", "dapo"), "align.loss_type: grpo or dapo"),
             (self.beta >= 0 and (self.beta > 0 or self.method not in ("dpo", "sdpo")), "align.beta: > 0"),
-            (self.k >= 1 and (self.k == 1 or self.method != "dpo"), "align.k: >= 1 (dpo: 1; use sdpo for more)"),
+            (
+                self.k >= 1 and (self.k == 1 or self.method != "dpo"),
+                "align.k: >= 1 (dpo: 1; use sdpo for more)",
+            ),
             (self.group >= 2, "align.group: at least 2 generations per prompt"),
             (self.list_length >= 1, "align.list_length: >= 1"),
-            (self.lr > 0 and self.steps >= 1 and self.batch_size >= 1, "align: lr > 0, steps >= 1, batch_size >= 1"),
-            (self.trace_every >= 1 and self.valid_every >= 1 and self.valid_users >= 1, "align: periods >= 1"),
-            (self.max_valid_drop >= 0 and self.invalid_penalty >= 0, "align: max_valid_drop, invalid_penalty >= 0"),
+            (
+                self.lr > 0 and self.steps >= 1 and self.batch_size >= 1,
+                "align: lr > 0, steps >= 1, batch_size >= 1",
+            ),
+            (
+                self.trace_every >= 1 and self.valid_every >= 1 and self.valid_users >= 1,
+                "align: periods >= 1",
+            ),
+            (
+                self.max_valid_drop >= 0 and self.invalid_penalty >= 0,
+                "align: max_valid_drop, invalid_penalty >= 0",
+            ),
         ]
         for ok, message in checks:
             if not ok:

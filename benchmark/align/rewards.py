@@ -116,7 +116,9 @@ class ObjectiveJudge:
         if self.digit_ids is None:
             ids = [self.lm.tokenizer(str(d), add_special_tokens=False)["input_ids"] for d in range(1, 6)]
             if any(len(i) != 1 for i in ids):
-                raise ConfigError(f"align.judge.model: {self.model_name}: the digits 1-5 are not single tokens")
+                raise ConfigError(
+                    f"align.judge.model: {self.model_name}: the digits 1-5 are not single tokens"
+                )
             self.digit_ids = [i[0] for i in ids]
 
     @torch.no_grad()

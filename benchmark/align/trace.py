@@ -54,6 +54,7 @@ def hacking_flag(rows: list[dict[str, Any]], max_valid_drop: float) -> dict[str,
         ``{"flag", "reward_change", "valid_change", "max_valid_drop"}`` (changes are last minus
         first over the rows that have a value; None when fewer than two such rows).
     """
+
     def change(key: str) -> float | None:
         vals = [r[key] for r in rows if r.get(key) is not None]
         return round(vals[-1] - vals[0], 8) if len(vals) >= 2 else None

@@ -122,7 +122,9 @@ def test_group_advantages_match_trl_normalisation():
 @pytest.mark.parametrize("beta", [0.0, 0.04])
 def test_grpo_loss_and_gradients_equal_trl_formula(loss_type, beta):
     logps = leaf(6, 4, seed=10, scale=0.5)
-    old = (logps.detach() + 0.3 * torch.randn(6, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    old = logps.detach() + 0.3 * torch.randn(
+        6, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+    )
     ref = leaf(6, 4, seed=11, scale=0.5).detach()
     adv = torch.tensor([1.2, -0.4, 0.0, 0.9, -1.5, 0.3], dtype=torch.float64)
     mask = torch.tensor([[1, 1, 1, 0]] * 3 + [[1, 1, 0, 0]] * 2 + [[1, 1, 1, 1]], dtype=torch.float64)

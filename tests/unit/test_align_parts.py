@@ -42,7 +42,9 @@ def test_negatives_are_reproducible_by_seed_and_hard_keeps_beam_order():
     a = sample_negatives("random", 5, 30, seen, target, np.random.default_rng(7))
     b = sample_negatives("random", 5, 30, seen, target, np.random.default_rng(7))
     assert np.array_equal(a, b)
-    hard = sample_negatives("hard", 3, 30, seen, target, np.random.default_rng(0), candidates=[3, 1, 9, -1, 4, 8])
+    hard = sample_negatives(
+        "hard", 3, 30, seen, target, np.random.default_rng(0), candidates=[3, 1, 9, -1, 4, 8]
+    )
     assert hard.tolist() == [9, 4, 8]
     topped = sample_negatives("hard", 4, 30, seen, target, np.random.default_rng(0), candidates=[9, 2])
     assert topped[0] == 9 and len(set(topped.tolist())) == 4 and not set(topped.tolist()) & {0, 1, 2, 3}
@@ -51,7 +53,10 @@ def test_negatives_are_reproducible_by_seed_and_hard_keeps_beam_order():
 def test_popularity_negatives_follow_counts():
     pop = np.zeros(10)
     pop[5] = 1e6
-    draws = [sample_negatives("popularity", 1, 10, np.array([0]), 1, np.random.default_rng(s), pop)[0] for s in range(50)]
+    draws = [
+        sample_negatives("popularity", 1, 10, np.array([0]), 1, np.random.default_rng(s), pop)[0]
+        for s in range(50)
+    ]
     assert np.mean(np.asarray(draws) == 5) > 0.9
 
 
@@ -107,7 +112,9 @@ class StubLM:
 def test_prompt_guided_judge_scores_lists_against_the_objective():
     titles = ["Heat", "Comedy Night", "Casino"]
     judge = ObjectiveJudge(titles, "funny films", lm=StubLM())
-    assert "Objective: funny films" in judge.prompt([0, 1, -1]) and "Heat; Comedy Night" in judge.prompt([0, 1, -1])
+    assert "Objective: funny films" in judge.prompt([0, 1, -1]) and "Heat; Comedy Night" in judge.prompt(
+        [0, 1, -1]
+    )
     r = judge.rewards(np.array([[0, 1], [0, 2]]))
     assert np.allclose(r, [1.0, 0.0], atol=1e-9)
     facts = judge.facts()
@@ -135,7 +142,10 @@ def test_trace_keeps_rows_on_its_period():
 
 
 def constructed(rewards, valids):
-    return [{"step": s, "reward": r, "valid_metric": v} for s, (r, v) in enumerate(zip(rewards, valids, strict=True))]
+    return [
+        {"step": s, "reward": r, "valid_metric": v}
+        for s, (r, v) in enumerate(zip(rewards, valids, strict=True))
+    ]
 
 
 def test_hacking_flag_on_a_constructed_trace():
