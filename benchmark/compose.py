@@ -252,4 +252,8 @@ def check_config(cfg: Any, read_data: bool = True) -> None:
         except Exception as e:
             raise ConfigError(f"{key}: {one_line(e)}") from None
     check_adapter(cfg.model, cfg.get("adapter"))
+    if cfg.get("align") is not None:
+        from benchmark.align.stage import check_align
+
+        check_align(cfg)
     check_values(cfg, read_data=read_data)

@@ -108,7 +108,12 @@ def _run(cfg: DictConfig, log: RunLog, version: str) -> dict[str, Any]:
         raise ConfigError(
             f"ckpt_path: model {cfg.model.name} trains nothing; there is no checkpoint to resume"
         )
-    training = _train_or_reuse(job, model, split, params[1], trains, resume, trainer_kwargs, logger)
+    if cfg.get("align") is not None:  # start from the parent's SFT weights and align them
+        from benchmark.align.stage import align_stage
+
+        training = align_stage(cfg, model, split, data, job.device)
+    else:
+        training = _train_or_reuse(job, model, split, params[1], trains, resume, trainer_kwargs, logger)
     evaluated = _evaluate(job, model, split, data, trainer_kwargs)
     labels = {"device": job.device.type, "processes": world_size(trainer_kwargs)}
     record = build_record(cfg, data, data_cfg.source, split, job.ev, evaluated, params, training, labels)

@@ -86,11 +86,13 @@ def model_label(cfg: DictConfig) -> str:
     torch) is imported only for a run with an adapter.
     """
     label = cfg.model.get("label") or cfg.model.name
+    # An aligned run (``align=<method>``) ends its label with the method, e.g. ``p5-collaborative+dpo``.
+    aligned = f"+{cfg.align.method}" if cfg.get("align") is not None else ""
     if not adapter_on(cfg.get("adapter")):
-        return label
+        return label + aligned
     from benchmark.models.components.adapter import adapter_label
 
-    return label + adapter_label(cfg.get("adapter"))
+    return label + adapter_label(cfg.get("adapter")) + aligned
 
 
 def run_id_for(cfg: DictConfig, config_hash: str) -> str:

@@ -1,0 +1,104 @@
+"""End-to-end alignment runs through ``llm4rec run ... align=<method>`` (in-process): a tiny P5 SFT
+parent on the tiny dataset, then one short aligned run per method; bad input as one line, exit 2,
+no record."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from benchmark.results.record import load_record
+from tests.smoke.test_cli import assert_metrics_recompute, llm4rec, runs, tiny_args
+from tests.smoke.test_p5 import TINY
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+STEPS = ["align.steps=2", "align.batch_size=4", "align.valid_every=1", "align.valid_users=8", "align.lr=1e-3"]
+METHODS = {
+    "dpo": [],
+    "sdpo": ["align.k=3", "align.negatives=hard"],
+    "grpo": ["align.group=3"],
+    "pgrm": ["align.group=2", "align.list_length=2"],
+}
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory):
+    """The tiny dataset, a trained P5 parent run and the overrides that made it."""
+    from tests.conftest import random_rows, write_atomic
+    from tests.unit.test_tallrec import make_tiny_lm
+
+    base = tmp_path_factory.mktemp("align")
+    tiny_dir = write_atomic(base / "tiny", "tiny", random_rows(), {f"i{i}": f"Title {i}" for i in range(60)})
+    args = [*TINY, "model.indexing=collaborative", *tiny_args(tiny_dir, base)]
+    llm4rec("run", *args)
+    (run_dir,) = runs(base)
+    judge = make_tiny_lm(base / "judge", ["Title 1 2 3 4 5 diverse list movies", "Objective: Recommended"])
+    return base, run_dir, args, judge
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_aligned_run_names_its_parent_and_records_its_trace(parent, method, tmp_path):
+    base, parent_dir, args, judge = parent
+    # pgrm's judge reads titles: the dataset's title column is named (the parent did not need it).
+    extra = [f"align.judge.model={judge}", "+data.item_fields.title=title"] if method == "pgrm" else []
+    res = tmp_path / "res"
+    llm4rec(
+        "run",
+        *args,
+        f"align={method}",
+        f"align.parent={parent_dir}",
+        *STEPS,
+        *METHODS[method],
+        *extra,
+        f"paths.results={res}",
+    )
+    (run_dir,) = sorted(p for p in (res / "runs").iterdir() if not p.name.startswith("."))
+    rec = assert_metrics_recompute(run_dir)
+    parent_rec = load_record(parent_dir)
+    assert rec["model"]["label"] == f"p5-collaborative+{method}" and rec["run_id"] != parent_rec["run_id"]
+    align = rec["training"]["align"]
+    assert align["parent"]["run_id"] == parent_rec["run_id"]
+    assert align["parent"]["split_fingerprint"] == rec["split"]["fingerprint"]
+    assert [r["step"] for r in align["trace"]] == [0, 1, 2] and align["method"]["method"] == method
+    assert all(r["valid_metric"] is not None for r in align["trace"])
+    assert set(align["hacking"]) == {"flag", "reward_change", "valid_change", "max_valid_drop"}
+    if method == "pgrm":
+        assert align["method"]["reward"]["objective"] == "a diverse list that covers many different genres"
+    json.dumps(rec)  # plain JSON
+    if method == "dpo":
+        llm4rec("validate", str(run_dir), "--data", str(base / "tiny"))
+
+
+def test_bad_alignment_input_is_one_line_exit_2_and_no_record(parent, tmp_path, capsys):
+    base, parent_dir, args, _ = parent
+    res = tmp_path / "res"
+    cases = [
+        (["align=dpo", f"align.parent={tmp_path / 'nope'}"], "no run folder"),
+        (["align=dpo", f"align.parent={parent_dir}", "split=temporal"], "another split config"),
+        (["align=dpo", f"align.parent={parent_dir}", "model.module.num_beams=7"], "another model config"),
+        (["align=sdpo", f"align.parent={parent_dir}", "align.k=59"], "align.k=59: more negatives"),
+        (["align=pgrm", f"align.parent={parent_dir}"], "align.reward=pgrm needs item titles"),
+    ]
+    for over, message in cases:
+        with pytest.raises(SystemExit) as e:
+            llm4rec("run", *args, *over, *STEPS, f"paths.results={res}")
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and message in err and len(err.splitlines()) == 1, err
+        assert not (res / "runs").exists() or not runs(tmp_path)
+    # A parent without weights (another outputs folder) is refused too.
+    moved = tmp_path / "copy"
+    shutil.copytree(parent_dir, moved)
+    with pytest.raises(SystemExit):
+        llm4rec(
+            "run",
+            *args,
+            "align=dpo",
+            f"align.parent={moved}",
+            *STEPS,
+            f"paths.outputs={tmp_path / 'o'}",
+            f"paths.results={res}",
+        )
+    assert "no trained weights" in capsys.readouterr().err
