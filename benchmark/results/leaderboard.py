@@ -469,7 +469,8 @@ def aggregate(runs: list[tuple[dict[str, Any], Path]], warn: Warn | None = None)
                 "split": tkey[1],
                 "eval": tkey[2],
                 "setting": members[0][2],
-                "model": _clean_text(first["model"]["label"]),
+                "model": _clean_text(first["model"]["label"])
+                + (" [possible reward hacking]" if any(map(_reward_hacked, recs)) else ""),
                 "family": _clean_text(first["model"].get("family", "")),
                 "backbone": _clean_text(backbone),
                 "seeds": len(recs),
@@ -493,6 +494,14 @@ def aggregate(runs: list[tuple[dict[str, Any], Path]], warn: Warn | None = None)
     rows.sort(key=lambda r: (r["dataset"], r["split"], r["eval"], natural_key(r["model"])))
     _significance(rows)
     return rows
+
+
+def _reward_hacked(rec: dict[str, Any]) -> bool:
+    """Whether an aligned run's record flags possible reward hacking (``training.align.hacking.flag``)."""
+    node: Any = rec.get("training")
+    for key in ("align", "hacking", "flag"):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node is True
 
 
 def _disambiguate(rows: list[dict[str, Any]]) -> None:

@@ -184,3 +184,20 @@ def test_bad_config_is_one_line(node, message):
     with pytest.raises(ConfigError, match=message) as e:
         AlignConfig.from_config(node)
     assert "\n" not in str(e.value)
+
+
+def test_leaderboard_marks_a_run_flagged_for_reward_hacking(tmp_path):
+    import json as _json
+
+    from tests.unit.test_leaderboard import board, make_run
+
+    runs = tmp_path / "runs"
+    flagged = make_run(runs, model="p5-collaborative+grpo")
+    rec = _json.loads((flagged / "record.json").read_text())
+    rec["training"]["align"] = {"hacking": hacking_flag(constructed([0.1, 0.9], [0.3, 0.1]), 0.01)}
+    (flagged / "record.json").write_text(_json.dumps(rec))
+    make_run(runs, model="p5-collaborative+dpo")  # not flagged
+    rows, md, _ = board(runs, tmp_path / "lb")
+    labels = sorted(r["model"] for r in rows)
+    assert labels == ["p5-collaborative+dpo", "p5-collaborative+grpo [possible reward hacking]"]
+    assert "p5-collaborative+grpo [possible reward hacking]" in md
