@@ -4,5 +4,7 @@ An alignment stage starts from the weights of a trained SFT run (its parent, che
 fingerprint and model config in :mod:`benchmark.align.parent`), optimises one of the losses of
 :mod:`benchmark.align.losses` against a frozen reference (the SFT weights), and traces every step
 (:mod:`benchmark.align.trace`). Negatives come from :mod:`benchmark.align.negatives`, rewards
-from :mod:`benchmark.align.rewards`; the loop is :mod:`benchmark.align.task`.
+from :mod:`benchmark.align.rewards`; the loop is :mod:`benchmark.align.task` (P5-style
+generators) or :mod:`benchmark.align.yesno` (TALLRec-style DPO); :mod:`benchmark.align.stage`
+is what a run with ``align=<method>`` calls.
 """

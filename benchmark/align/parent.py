@@ -2,7 +2,7 @@
 
 A parent is a run folder (``results/runs/<id>`` or an outputs folder) holding ``record.json``.
 It is read through :mod:`benchmark.untrusted` (bounded, strict JSON, no links) and must be a
-generative model the aligner can train (``p5``; TALLRec-style is planned), on the same split
+model the aligner can train (``p5``, or ``tallrec`` with ``align=dpo``), on the same split
 (split fingerprint) and the same dataset (dataset fingerprint) as the alignment run, with the
 same model config. Its weights are those its training key saved under
 ``<outputs>/models/<key>/model.pt`` (:func:`benchmark.results.identity.training_key` of the
@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from benchmark.errors import ConfigError
 from benchmark.untrusted import RECORD, Rejected, parse_record, read_regular_file
 
-ALIGNABLE = ("p5",)
+ALIGNABLE = ("p5", "tallrec")
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,10 @@ def check_align(cfg: DictConfig) -> None:
             f"align.parent: {parent.run_id} is a {theirs.get('model', {}).get('name')!r} run and this run "
             f"a {cfg.model.name!r} run; alignment starts from {', '.join(ALIGNABLE)}"
         )
+    if cfg.model.name == "tallrec" and acfg.method != "dpo":
+        raise ConfigError(
+            f"align={acfg.method}: a yes/no (tallrec) model has one rejected answer; use align=dpo"
+        )
     for key in ("split", "model"):
         if theirs.get(key) != OmegaConf.to_container(cfg[key], resolve=True):
             raise ConfigError(
@@ -85,8 +89,9 @@ def align_stage(
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     check_parent(parent, split.fingerprint, data.fingerprint, model_cfg)
     parent = locate_weights(parent, cfg.paths.outputs)
-    if not hasattr(model, "generate_items") or not hasattr(model, "item_tokens"):
-        raise ConfigError(f"align: model {cfg.model.name} is not a P5-style generator; nothing to align")
+    yes_no = hasattr(model, "answer_ids")  # TALLRec-style: DPO over the two answers
+    if not yes_no and not (hasattr(model, "generate_items") and hasattr(model, "item_tokens")):
+        raise ConfigError(f"align: model {cfg.model.name} is neither P5- nor TALLRec-style; nothing to align")
     try:
         model.load_state_dict(torch.load(parent.weights, map_location="cpu", weights_only=True))
     except Exception as e:  # mismatched weights: never align a half-loaded model
@@ -96,7 +101,12 @@ def align_stage(
     model.to(device)
     start = time.perf_counter()
     titles = item_titles(data, split.item_ids) if acfg.method == "pgrm" else None
-    result = Aligner(model, acfg, int(cfg.seed), device, titles=titles).run()
+    if yes_no:
+        from benchmark.align.yesno import YesNoAligner
+
+        result = YesNoAligner(model, acfg, split, int(cfg.seed), device).run()
+    else:
+        result = Aligner(model, acfg, int(cfg.seed), device, titles=titles).run()
     steps = np.asarray(result.step_seconds)
     return {
         "seconds": time.perf_counter() - start,

@@ -102,3 +102,33 @@ def test_bad_alignment_input_is_one_line_exit_2_and_no_record(parent, tmp_path, 
             f"paths.results={res}",
         )
     assert "no trained weights" in capsys.readouterr().err
+
+
+def test_tallrec_parent_is_aligned_with_dpo_over_its_answers(tmp_path):
+    from tests.conftest import random_rows, write_atomic
+    from tests.unit.test_tallrec import make_tiny_lm, template_words
+
+    tiny_dir = write_atomic(
+        tmp_path / "tiny", "tiny", random_rows(), {f"i{i}": f"Title {i}" for i in range(60)}
+    )
+    lm = make_tiny_lm(tmp_path / "lm", template_words("tallrec") + [f"Title {i}" for i in range(60)])
+    args = [
+        "model=tallrec",
+        f"model.module.backbone={lm}",
+        "model.module.shots=16",
+        "model.train.max_epochs=1",
+        "split=random",
+        "eval=labeled",
+        *tiny_args(tiny_dir, tmp_path),
+    ]
+    llm4rec("run", *args)
+    (parent_dir,) = runs(tmp_path)
+    res = tmp_path / "aligned"
+    llm4rec("run", *args, "align=dpo", f"align.parent={parent_dir}", *STEPS, f"paths.results={res}")
+    (run_dir,) = sorted(p for p in (res / "runs").iterdir() if not p.name.startswith("."))
+    rec = assert_metrics_recompute(run_dir)
+    align = rec["training"]["align"]
+    assert rec["model"]["label"].endswith("+dpo") and align["parent"]["run_id"] == parent_dir.name
+    assert align["method"]["valid_metric"] == "auc" and [r["step"] for r in align["trace"]] == [0, 1, 2]
+    with pytest.raises(SystemExit):
+        llm4rec("run", *args, "align=grpo", f"align.parent={parent_dir}", *STEPS, f"paths.results={res}")

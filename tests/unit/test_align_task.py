@@ -21,6 +21,7 @@ from benchmark.align.trace import TRACE_KEYS
 from benchmark.errors import ConfigError
 from tests.unit.test_align_parts import StubLM
 from tests.unit.test_p5 import FILMS, p5, prompts, tiny  # noqa: F401 (tiny is a fixture)
+from tests.unit.test_tallrec import tiny_data, tiny_lm, tiny_split  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -196,3 +197,37 @@ def test_parent_weights_are_those_its_training_key_saved(tmp_path):
     (folder / "training.json").write_text(json.dumps({"trained_by": parent.run_id}))
     assert isinstance(locate_weights(parent, tmp_path / "outputs"), Parent)
     assert locate_weights(parent, tmp_path / "outputs").weights == folder / "model.pt"
+
+
+# ----------------------------------------------------------------------------- TALLRec-style (yes/no) DPO
+
+
+def test_yes_no_dpo_prefers_the_true_answer_and_only_dpo_applies(tiny_split, tiny_data, tiny_lm):  # noqa: F811
+    from benchmark.align.yesno import YesNoAligner, answer_logps
+    from tests.unit.test_tallrec import tallrec
+
+    torch.manual_seed(0)
+    model = tallrec(tiny_split, tiny_data, tiny_lm)
+    cfg = AlignConfig.from_config(
+        {**TINY, "method": "dpo", "steps": 4, "batch_size": 8, "lr": 5e-3, "beta": 0.5}
+    )
+    a = YesNoAligner(model, cfg, tiny_split, seed=0)
+    batch = next(iter(model.train_dataset(tiny_split, 8, 0)))
+    with torch.no_grad():
+        lp = answer_logps(model.eval(), batch)
+        loss = model.loss(batch)
+    yes = batch["answer"] == model.answer_ids[0]
+    chosen = torch.where(yes, lp[:, 0], lp[:, 1])
+    assert abs(-chosen.mean().item() - loss.item()) < 1e-5  # the chosen answer's log-prob is the SFT loss
+    first = a.step(batch)
+    assert abs(first["loss"] - math.log(2)) < 1e-5  # policy == reference at the first step
+    result = a.run()
+    assert [r["step"] for r in result.trace] == [0, 1, 2, 3, 4] and result.facts["valid_metric"] == "auc"
+    assert result.trace[0]["valid_metric"] is not None and result.trace[1]["valid_metric"] is None
+    with torch.no_grad():
+        after = answer_logps(model, batch)
+    margin = lambda x: torch.where(yes, x[:, 0] - x[:, 1], x[:, 1] - x[:, 0]).mean().item()  # noqa: E731
+    assert margin(after) > margin(lp)  # the true answer gained on the other
+    for method in ("sdpo", "grpo", "pgrm"):
+        with pytest.raises(ConfigError, match="use align=dpo"):
+            YesNoAligner(model, AlignConfig.from_config({**TINY, "method": method}), tiny_split, seed=0)
