@@ -11,7 +11,7 @@ from benchmark.align.rewards import OBJECTIVE_PROMPT, RULE_REWARDS
 from benchmark.errors import ConfigError
 
 METHODS = ("dpo", "sdpo", "grpo", "pgrm")
-GENERATIONS = ("beam",)
+GENERATIONS = ("beam", "sample")
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,8 @@ class AlignConfig:
         k: negatives per prompt (dpo: 1).
         negatives: random | popularity | hard.
         group: G generations per prompt (grpo/pgrm).
-        generation: how generations are drawn (``beam``: trie-constrained beam search).
+        generation: how generations are drawn: ``beam`` (trie-constrained beam search, the top
+            beams) or ``sample`` (trie-constrained sampling at temperature 1, seeded).
         list_length: items per generated list (pgrm; grpo uses one item per generation).
         reward: hit | ndcg (grpo); pgrm uses the judge.
         invalid_penalty: subtracted per invalid generated slot.

@@ -7,8 +7,8 @@ is the item at the position. Then, by method:
 - ``dpo`` / ``sdpo``: ``k`` negatives per prompt (:mod:`benchmark.align.negatives`; ``hard``
   negatives are the reference's own beams), sequence log-probs of chosen and rejected ids under
   policy and reference, :func:`~benchmark.align.losses.dpo_loss` / ``sdpo_loss``.
-- ``grpo``: ``group`` trie-constrained beams of the policy (one item each; the history is
-  excluded), rule rewards (:func:`~benchmark.align.rewards.rule_rewards`), group-normalised
+- ``grpo``: ``group`` trie-constrained beams (or samples, ``generation=sample``) of the policy
+  (one item each; the history is excluded), rule rewards (:func:`~benchmark.align.rewards.rule_rewards`), group-normalised
   advantages, :func:`~benchmark.align.losses.grpo_loss` (one update per generation batch, so
   the old policy is the current one, detached).
 - ``pgrm``: as grpo, but each generation is a list of ``list_length`` items (beams
@@ -37,6 +37,7 @@ from benchmark.align.logps import item_token_logps, sequence_logps
 from benchmark.align.losses import dpo_loss, group_advantages, grpo_loss, sdpo_loss
 from benchmark.align.negatives import sample_negatives
 from benchmark.align.rewards import ObjectiveJudge, rule_rewards, validity_rate
+from benchmark.align.sampling import sample_items
 from benchmark.align.trace import Trace, hacking_flag
 from benchmark.eval.metrics import ndcg_at_k
 from benchmark.models.components.windows import train_windows
@@ -158,7 +159,11 @@ class Aligner:
     def _generations(self, b: Batch) -> tuple[np.ndarray, np.ndarray]:
         """([B, G, L] generated items, -1 = invalid; [B, G] rewards)."""
         g, length = self.cfg.group, self.cfg.list_length
-        items, _ = self.model.generate_items(b.prompts, b.history, g * length, self.device)  # [B, G*L]
+        if self.cfg.generation == "sample":
+            seed = int(self.rng.integers(2**31))
+            items = sample_items(self.model, b.prompts, b.history, g * length, seed, self.device)  # [B, G*L]
+        else:
+            items, _ = self.model.generate_items(b.prompts, b.history, g * length, self.device)  # [B, G*L]
         gens = (
             items[:, : g * length].reshape(len(b.prompts), length, g).transpose(0, 2, 1)
         )  # beams g, g+G, ...
@@ -269,7 +274,11 @@ class Aligner:
         else:
             out.update(
                 group=c.group,
-                generation="trie-constrained beam search (no sampling)",
+                generation=(
+                    "trie-constrained sampling, temperature 1, seeded"
+                    if c.generation == "sample"
+                    else "trie-constrained beam search (the top beams)"
+                ),
                 list_length=c.list_length,
                 loss_type=c.loss_type,
                 epsilon=c.epsilon,

@@ -231,3 +231,26 @@ def test_yes_no_dpo_prefers_the_true_answer_and_only_dpo_applies(tiny_split, tin
     for method in ("sdpo", "grpo", "pgrm"):
         with pytest.raises(ConfigError, match="use align=dpo"):
             YesNoAligner(model, AlignConfig.from_config({**TINY, "method": method}), tiny_split, seed=0)
+
+
+def test_sampled_generations_are_seeded_items_outside_the_exclusions(tiny):  # noqa: F811
+    from benchmark.align.sampling import sample_items
+
+    model = p5(tiny).eval()
+    prompts_ = [model._eval_prompt(0, "valid"), model._eval_prompt(1, "valid")]
+    excluded = [np.array([0, 1, 2]), np.array([5])]
+    a = sample_items(model, prompts_, excluded, 6, 0, "cpu")
+    state = torch.random.get_rng_state()
+    assert np.array_equal(a, sample_items(model, prompts_, excluded, 6, 0, "cpu"))
+    assert torch.equal(state, torch.random.get_rng_state())  # the run's random state is untouched
+    assert a.shape == (2, 6) and (a >= 0).all()
+    assert not set(a[0].tolist()) & {0, 1, 2} and 5 not in a[1].tolist()
+    draws = {tuple(sample_items(model, prompts_, excluded, 6, s, "cpu").ravel().tolist()) for s in range(4)}
+    assert len(draws) > 1  # different seeds, different draws
+
+
+def test_grpo_with_sampled_generations_runs_and_records_how(tiny):  # noqa: F811
+    _, a = aligner(tiny, {**METHODS["grpo"], "generation": "sample"})
+    result = a.run()
+    assert result.facts["generation"].startswith("trie-constrained sampling")
+    assert all(r["validity"] == 1.0 for r in result.trace[1:])
