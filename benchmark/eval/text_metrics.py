@@ -101,15 +101,38 @@ def bleu4(hyps: Sequence[str], refs: Sequence[str | None]) -> tuple[float | None
     return float(bleu.corpus_score(h, [r]).score), str(bleu.get_signature())
 
 
+def _rouge_scorer() -> Any:
+    """rouge-score's scorer for :data:`ROUGE_TYPES` with stemming, leaving logging as it was.
+
+    Compatibility shim for rouge-score 0.1.2, which logs through absl from ``RougeScorer.__init__``:
+    (1) before absl is set up that call makes ``logging.basicConfig`` attach a StreamHandler to the
+    root logger: the root handlers are restored; (2) absl's handler keeps the ``sys.stderr`` of the
+    moment absl was imported and closes it when logging is reconfigured (Hydra's job logging):
+    pointed at the process's own stderr, which it never closes. Remove it when rouge-score stops
+    logging there.
+    """
+    import logging
+    import sys
+
+    from rouge_score import rouge_scorer
+
+    before = list(logging.root.handlers)
+    try:
+        return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    finally:
+        logging.root.handlers[:] = before
+        from absl import logging as absl_logging
+
+        absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
+
+
 def rouge_rows(hyps: Sequence[str], refs: Sequence[str | None]) -> list[dict[str, float] | None]:
     """Per-explanation ROUGE-1/2/L F-measures (rouge-score, stemming on); None without a reference."""
     if len(hyps) != len(refs):
         raise ValueError(f"{len(hyps)} explanations but {len(refs)} references")
     if all(r is None for r in refs):
         return [None] * len(hyps)
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    scorer = _rouge_scorer()
     out: list[dict[str, float] | None] = []
     for h, r in zip(hyps, refs, strict=True):
         if r is None:

@@ -21,6 +21,22 @@ def explain_args(tiny_dir: Path, tmp_path: Path, first_stage: Path) -> list[str]
     ]
 
 
+def test_rouge_leaves_logging_as_it_was():
+    """rouge-score logs through absl when its scorer is built; absl's handler must not keep (and later
+    close, when Hydra reconfigures logging) a captured stderr: the next test runs Hydra under capsys."""
+    import logging
+    import sys
+
+    from absl import logging as absl_logging
+
+    from benchmark.eval.text_metrics import rouge_rows
+
+    before = list(logging.root.handlers)
+    assert rouge_rows(["a b"], ["a c"])[0]["rouge1"] == 0.5
+    assert logging.root.handlers == before
+    assert absl_logging.get_absl_handler().python_handler.stream is sys.__stderr__
+
+
 def test_explain_a_first_stage_run_then_check_it(tiny_dir, tmp_path, capsys):
     main(["run", "model=pop", *tiny_args(tiny_dir, tmp_path)])
     (first,) = runs(tmp_path)
