@@ -64,7 +64,7 @@ leaderboard: $(STAMP)
 ## "Conversational recommendation": rankers on all 943 ml-100k loo test users; LLM runs on a seeded
 ## subset of 16 users; SASRec trains ~2 h on 2 busy cores unless outputs/models holds its weights).
 CONVERSE := $(BIN)/llm4rec converse
-SASREC_5EP := recommender.model=sasrec 'recommender.model_overrides=[model.train.max_epochs=5,model.train.patience=5]'
+SASREC_5EP := recommender.model=sasrec model.train.max_epochs=5 model.train.patience=5
 conversation: $(STAMP)
 	export OMP_NUM_THREADS=1; \
 	$(CONVERSE) recommender.model=pop && \

@@ -57,7 +57,8 @@ def compose_conversation(overrides: Sequence[str]) -> DictConfig:
     """``configs/conversation/default.yaml`` with command-line overrides; any problem is one ConfigError line.
 
     An override of a main-config key (:data:`MAIN_KEYS`, e.g. ``data=atomic data.path=DIR``) is
-    appended to ``run_overrides``, which compose the dataset and split as ``llm4rec run`` does.
+    appended to ``run_overrides``, which compose the dataset and split as ``llm4rec run`` does; one
+    of the first-stage model's keys (``model.train.max_epochs=5``) to ``recommender.model_overrides``.
     """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -68,16 +69,21 @@ def compose_conversation(overrides: Sequence[str]) -> DictConfig:
         return o.partition("=")[0].lstrip("+~").replace("/", ".").split(".")[0]
 
     main = [o for o in overrides if "=" in o and top(o) in MAIN_KEYS]
+    model = [o for o in overrides if "=" in o and o.lstrip("+~").startswith("model.")]
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONVERSATION_DIR), version_base="1.3"):
-            cfg = compose(config_name="default", overrides=[o for o in overrides if o not in main])
+            cfg = compose(config_name="default", overrides=[o for o in overrides if o not in main + model])
     except Exception as e:
         raise ConfigError(one_line(e)) from None
     finally:
         GlobalHydra.instance().clear()
     with open_dict(cfg):
         cfg.run_overrides = [*cfg.run_overrides, *main]
+        if model:
+            if "model_overrides" not in cfg.recommender:
+                raise ConfigError(f"{model[0]}: recommender={cfg.recommender.name} has no first-stage model")
+            cfg.recommender.model_overrides = [*cfg.recommender.model_overrides, *model]
     return cfg
 
 

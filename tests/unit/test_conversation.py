@@ -392,7 +392,25 @@ def test_the_summary_table_compares_runs_on_the_same_sessions(tmp_path):
     run("full", constructed(), None, "ranker")
     run("part", constructed()[1:], 2, "llm")
     text = summary(tmp_path)
-    assert "### 3 sessions: all test rows" in text and "### 2 sessions: a seeded subset of 2 test users" in text
+    assert (
+        "### 3 sessions: all test rows" in text and "### 2 sessions: a seeded subset of 2 test users" in text
+    )
     part = text.split("### 2 sessions")[1]
-    assert "| ranker in the loop (pop) | rule | 2 * | 0.500 |" in part  # the full run's 2 sessions, recomputed
+    assert (
+        "| ranker in the loop (pop) | rule | 2 * | 0.500 |" in part
+    )  # the full run's 2 sessions, recomputed
     assert "| LLM (constrained) | rule | 2 | 0.500 |" in part
+
+
+def test_command_line_overrides_reach_the_main_config_and_the_first_stage():
+    from benchmark.conversation.runner import compose_conversation
+
+    cfg = compose_conversation(
+        ["data=atomic", "data.path=/x", "model.train.max_epochs=5", "recommender.model=sasrec", "k=5"]
+    )
+    assert list(cfg.run_overrides) == ["data=ml-100k", "split=loo", "data=atomic", "data.path=/x"]
+    assert list(cfg.recommender.model_overrides) == ["model.train.max_epochs=5"] and cfg.k == 5
+    with pytest.raises(ConfigError, match="has no first-stage model"):
+        compose_conversation(["recommender=llm", "model.train.max_epochs=5"])
+    with pytest.raises(ConfigError, match="turnz"):
+        compose_conversation(["turnz=3"])
