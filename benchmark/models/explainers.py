@@ -253,6 +253,11 @@ class LMExplainer:
         """
         from benchmark.models.components.backbones import PRESETS, load_backbone
 
+        if self.tune_cfg is not None and not examples:  # before any model is loaded
+            raise ConfigError(
+                "generator.tune: tuning needs reference texts of train interactions (references=...); "
+                "this dataset has none here: use the zero-shot generator"
+            )
         scratch = self.backbone in PRESETS
         corpus: list[str] = []
         if scratch:  # a word-level vocabulary over every text the model reads or writes
@@ -263,11 +268,6 @@ class LMExplainer:
         self.model, self.tokenizer, self.kind, self.lm_facts = bb.model, bb.tokenizer, bb.kind, dict(bb.facts)
         self.model.eval()
         if self.tune_cfg is not None:
-            if not examples:
-                raise ConfigError(
-                    "generator.tune: tuning needs reference texts of train interactions (references=...); "
-                    "this dataset has none here: use the zero-shot generator"
-                )
             self.tuning = self.tune(examples, scratch)
 
     @property
