@@ -19,7 +19,7 @@ from typing import Any
 from benchmark.audit.findings import SEVERITIES, Finding, Thresholds
 from benchmark.audit.identifiers import AuditIndex, id_codes, index_checks
 from benchmark.audit.overlap import duplicates, labels, overlap, sampling
-from benchmark.audit.semantic import code_quality, memoized_text_encoder
+from benchmark.audit.semantic import code_quality
 from benchmark.audit.table import AuditData, from_split
 from benchmark.audit.timeline import timeline
 from benchmark.errors import ConfigError
@@ -177,7 +177,9 @@ def built_indexes(cfg: Any, split: Any, dataset: Any, schemes: list[str]) -> lis
     empty = split.train.iloc[:0]
     train_only = replace(split, parts={"train": split.train, "valid": empty, "test": empty})
     out = []
-    with memoized_text_encoder() if "semantic" in schemes else nullcontext():
+    from benchmark.models.components.text_encoder import memoized
+
+    with memoized() if "semantic" in schemes else nullcontext():
         for scheme in schemes:
             icfg = to_object({**options, "scheme": scheme}, IndexConfig, "model.module.indexing")
             index = build_index(icfg, split, dataset, int(cfg.seed))

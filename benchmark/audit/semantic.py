@@ -6,25 +6,18 @@ usage, the perplexity (exp of the entropy of the code distribution: how many cod
 effectively used) and the dead codes (codebook entries no item uses). For a built index,
 ``quantizer_saw_non_train`` is 1 when refitting the codes on the train part alone changes them.
 
-:func:`memoized_text_encoder` keeps item text embeddings for the length of an audit: the audit
-builds a semantic index twice (on the split and on its train part alone), and an embedding is a
-function of its text only (see :mod:`benchmark.models.components.text_encoder`), so the second
-build reuses the first one's embeddings instead of running the encoder again.
+The audit builds a semantic index twice (on the split and on its train part alone) inside
+:func:`benchmark.models.components.text_encoder.memoized`, so the item texts are encoded once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 from benchmark.audit.findings import Finding, Thresholds, share
 from benchmark.audit.identifiers import AuditIndex
-
-_EMBEDDINGS: dict[tuple, np.ndarray] = {}
-_KEEP = 4  # catalogues whose embeddings stay in memory during an audit
 
 
 def levels_and_codebook(index: AuditIndex, width: int) -> tuple[int, int | None]:
@@ -112,26 +105,3 @@ def code_quality(
         ),
     ]
     return out, findings
-
-
-@contextmanager
-def memoized_text_encoder() -> Iterator[None]:
-    """Within the block, ``TextEncoder.encode`` returns the embeddings of texts it has already
-    encoded (same encoder, same length limit) without running the model again."""
-    from benchmark.models.components.text_encoder import TextEncoder
-
-    original = TextEncoder.encode
-
-    def encode(self: TextEncoder, texts: Any) -> np.ndarray:
-        key = (self.path, self.max_length, tuple(texts))
-        if key not in _EMBEDDINGS:
-            while len(_EMBEDDINGS) >= _KEEP:
-                _EMBEDDINGS.pop(next(iter(_EMBEDDINGS)))
-            _EMBEDDINGS[key] = original(self, texts)
-        return _EMBEDDINGS[key].copy()
-
-    TextEncoder.encode = encode  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        TextEncoder.encode = original  # type: ignore[method-assign]

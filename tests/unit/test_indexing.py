@@ -160,3 +160,27 @@ def test_bad_index_config_is_a_config_error():
         IndexConfig(scheme="semantik")
     with pytest.raises(ConfigError, match="n_clusters"):
         IndexConfig(n_clusters=1)
+
+
+def test_text_encoder_memoized_encodes_each_catalogue_once_and_only_inside_the_block(monkeypatch):
+    import numpy as np
+
+    from benchmark.models.components import text_encoder as te
+
+    calls = []
+
+    def fake(self, texts):
+        calls.append(tuple(texts))
+        return np.arange(len(texts), dtype=np.float32)[:, None]
+
+    monkeypatch.setattr(te.TextEncoder, "_encode", fake)
+    enc = te.TextEncoder(path="/nonexistent/encoder")
+    with te.memoized():
+        a = enc.encode(["x", "y"])
+        a[0, 0] = 99.0  # a caller's change never reaches the kept copy
+        b = enc.encode(["x", "y"])
+        enc.encode(["z"])
+    enc.encode(["x", "y"])  # outside the block: encoded again
+    assert calls == [("x", "y"), ("z",), ("x", "y")]
+    assert b.tolist() == [[0.0], [1.0]]
+    assert te._MEMO is None

@@ -13,7 +13,8 @@ moves the embedding, and so never the semantic id, of another item.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -101,9 +102,23 @@ class TextEncoder:
         self.max_length = int(max_length)
         self.batch_size = int(batch_size)
 
-    @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """[N] texts -> [N, D] float32 L2-normalised mean-pooled embeddings."""
+        """[N] texts -> [N, D] float32 L2-normalised mean-pooled embeddings.
+
+        Inside :func:`memoized`, texts encoded before (same encoder and length limit) are not
+        encoded again.
+        """
+        if _MEMO is None:
+            return self._encode(texts)
+        key = (self.path, self.max_length, tuple(texts))
+        if key not in _MEMO:
+            while len(_MEMO) >= _MEMO_KEEP:
+                _MEMO.pop(next(iter(_MEMO)))
+            _MEMO[key] = self._encode(texts)
+        return _MEMO[key].copy()
+
+    @torch.no_grad()
+    def _encode(self, texts: Sequence[str]) -> np.ndarray:
         tok, model = _load(self.path)
         out = []
         for start in range(0, len(texts), self.batch_size):
@@ -124,3 +139,25 @@ class TextEncoder:
     def describe(self) -> dict[str, Any]:
         """Facts for the run record."""
         return {"encoder": self.name, "max_length": self.max_length, "pooling": "mean, L2-normalised"}
+
+
+_MEMO: dict[tuple, np.ndarray] | None = None  # active only inside memoized()
+_MEMO_KEEP = 4  # catalogues whose embeddings stay in memory
+
+
+@contextmanager
+def memoized() -> Iterator[None]:
+    """Within the block, :meth:`TextEncoder.encode` returns the embeddings of texts it has already
+    encoded (same encoder, same length limit) without running the model again.
+
+    An embedding is a function of its text only (every text is padded to ``max_length``), so a
+    job that builds the same index twice (the audit: on the split and on its train part alone)
+    encodes once. Outside the block nothing is kept.
+    """
+    global _MEMO
+    outer = _MEMO
+    _MEMO = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _MEMO = outer
