@@ -542,6 +542,58 @@ def fig_pop(path: Path, fig_dir: Path) -> list[Path]:
 # ----------------------------------------------------------------------------- driver
 
 
+AUDIT_DIR = "audit"  # results/audit: the committed audit reports (make audit)
+
+
+def audit_tex(audit_dir: Path) -> str | None:
+    """``tables/audit.tex``: the committed audits of every split protocol and item index (the
+    README's audit tables, compacted), None when ``audit_dir`` holds no reports."""
+    from benchmark.audit.committed import (
+        LEAKY,
+        index_cells,
+        leaky_summary,
+        ordered_indexes,
+        read_reports,
+        split_cells,
+    )
+
+    try:
+        reports = read_reports(audit_dir)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError) as e:
+        raise PaperError(f"{audit_dir}: unreadable audit report ({e})") from None
+    out = [
+        r"\begin{table}[tbp]\centering\footnotesize",
+        r"\caption{Audit of the ml-100k split protocols (\texttt{llm4rec audit}; shares of test rows).}\label{tab:audit-splits}",
+        r"\begin{tabular}{llrrrrl}\toprule",
+        r"split & eval & train after target & new test items & test pairs in train & test rows in train & err./warn. \\\midrule",
+    ]
+    for name, r in reports.items():
+        if name == LEAKY:
+            continue
+        c = split_cells(r)
+        out.append(" & ".join(esc(x) for x in (c[0], c[1], c[3], c[4], c[5], c[7], c[10])) + r" \\")
+    out += [r"\bottomrule\end{tabular}", r"\end{table}", ""]
+    out += [
+        r"\begin{table}[tbp]\centering\footnotesize",
+        r"\caption{Audit of the item indexes: ids changed by a refit on the train part alone, test ids"
+        r" following the user's previous item, id--time correlation and semantic-code collisions; the"
+        r" last row is the original P5 code's sequential index, built by the audit on purpose.}\label{tab:audit-indexes}",
+        r"\begin{tabular}{llrrrrr}\toprule",
+        r"index & split & refit changes & previous $+1$ & $\rho$(id, time) & collisions & errors \\\midrule",
+    ]
+    for _, r in reports.items():
+        for scheme, f in ordered_indexes(r):
+            c = index_cells(scheme, f, r)
+            out.append(" & ".join(esc(x) for x in (c[0], c[1], c[2], c[3], c[5], c[6], c[8])) + r" \\")
+    out += [r"\bottomrule\end{tabular}", r"\end{table}", ""]
+    if LEAKY in reports:  # one sentence, Markdown code marks as typewriter text
+        text = re.sub(r"`([^`]*)`", lambda m: r"\texttt{" + m.group(1) + "}", esc(leaky_summary(reports[LEAKY])))
+        out += [r"\newcommand{\auditleaky}{" + text.strip() + "}", ""]
+    return "\n".join(out)
+
+
 def generate(results: Path, paper: Path, figures: bool = True) -> list[Path]:
     """Write ``paper/tables/*.tex`` (+ ``all.tex``, ``values.tex``) and ``paper/figures/*``.
 
@@ -562,6 +614,9 @@ def generate(results: Path, paper: Path, figures: bool = True) -> list[Path]:
     for key, trs in by_table(rows).items():
         texts[f"{slug(*key)}.tex"] = table_tex(key, trs)
     texts["all.tex"] = "".join(f"\\input{{tables/{name[:-4]}}}\n" for name in texts)
+    audit = audit_tex(results / AUDIT_DIR)
+    if audit is not None:  # after all.tex: the audit is not a leaderboard table
+        texts["audit.tex"] = audit
     texts["values.tex"] = values_tex(
         {**record_values(rows, results / "runs"), **csv_values(rows)}, crosscheck_values(pop)
     )

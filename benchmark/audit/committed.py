@@ -62,58 +62,71 @@ def _split_name(r: dict[str, Any]) -> str:
     return chosen[0] if chosen else r["audited"]["protocol"]
 
 
-def split_row(name: str, r: dict[str, Any]) -> str:
+def split_cells(r: dict[str, Any]) -> list[str]:
+    """The split table's cells of one report: split, eval, rows per part, then the findings."""
     s, sec = r["stats"], r["sections"]
     tl = sec["timeline"]
     lab = sec["labels"]
-    return (
-        "| "
-        + " | ".join(
-            [
-                f"`{_split_name(r)}`",
-                r["audited"].get("eval", ""),
-                f"{s['train_rows']:,}/{s['valid_rows']:,}/{s['test_rows']:,}",
-                _fmt(tl["test"]["mean_over_rows"]) if tl.get("applicable") else "n/a",
-                _fmt(tl["future_test_items"]["share"]) if tl.get("applicable") else "n/a",
-                _fmt(sec["overlap"]["test_pairs_in_train"]),
-                _fmt(sec["overlap"]["test_targets_in_history"]),
-                _fmt(sec["duplicates"]["test_rows_in_train"]),
-                _fmt(sec["sampling"].get("negatives_interacted")),
-                (
-                    " / ".join(_fmt(lab[p]["positive_share"]) for p in ("train", "valid", "test"))
-                    if lab.get("applicable")
-                    else "n/a"
-                ),
-                f"{r['counts']['error']} / {r['counts']['warning']}",
-                f"[{name}.json](results/audit/{name}.json)",
-            ]
-        )
-        + " |"
-    )
+    return [
+        _split_name(r),
+        r["audited"].get("eval", ""),
+        f"{s['train_rows']:,}/{s['valid_rows']:,}/{s['test_rows']:,}",
+        _fmt(tl["test"]["mean_over_rows"]) if tl.get("applicable") else "n/a",
+        _fmt(tl["future_test_items"]["share"]) if tl.get("applicable") else "n/a",
+        _fmt(sec["overlap"]["test_pairs_in_train"]),
+        _fmt(sec["overlap"]["test_targets_in_history"]),
+        _fmt(sec["duplicates"]["test_rows_in_train"]),
+        _fmt(sec["sampling"].get("negatives_interacted")),
+        (
+            " / ".join(_fmt(lab[p]["positive_share"]) for p in ("train", "valid", "test"))
+            if lab.get("applicable")
+            else "n/a"
+        ),
+        f"{r['counts']['error']} / {r['counts']['warning']}",
+    ]
 
 
-def index_row(name: str, scheme: str, f: dict[str, Any], r: dict[str, Any]) -> str:
+def split_row(name: str, r: dict[str, Any]) -> str:
+    cells = split_cells(r)
+    return "| " + " | ".join([f"`{cells[0]}`", *cells[1:], f"[{name}.json](results/audit/{name}.json)"]) + " |"
+
+
+def index_cells(scheme: str, f: dict[str, Any], r: dict[str, Any]) -> list[str]:
+    """The index table's cells of one index in one report."""
     codes = f.get("codes") or {}
     errors = sum(1 for x in r["findings"] if x["scope"] == f"index:{scheme}" and x["severity"] == "error")
     rho = f["id_time_correlation"]["all_items"]
+    return [
+        scheme,
+        _split_name(r),
+        _fmt(f["refit"]["share"]),
+        _fmt(f["consecutive_test_ids"]),
+        _fmt(f["next_after_user_max"]),
+        "n/a" if rho is None else f"{rho:+.2f}",
+        _fmt(codes.get("collision_rate")) if codes else "n/a",
+        (f"{codes['codes']:,} codes, dead {_fmt(codes['dead_codes'])}" if codes else "n/a"),
+        str(errors),
+    ]
+
+
+def index_row(name: str, scheme: str, f: dict[str, Any], r: dict[str, Any]) -> str:
+    cells = index_cells(scheme, f, r)
     return (
         "| "
-        + " | ".join(
-            [
-                f"`{scheme}`",
-                f"`{_split_name(r)}`",
-                _fmt(f["refit"]["share"]),
-                _fmt(f["consecutive_test_ids"]),
-                _fmt(f["next_after_user_max"]),
-                "n/a" if rho is None else f"{rho:+.2f}",
-                _fmt(codes.get("collision_rate")) if codes else "n/a",
-                (f"{codes['codes']:,} codes, dead {_fmt(codes['dead_codes'])}" if codes else "n/a"),
-                str(errors),
-                f"[{name}.json](results/audit/{name}.json)",
-            ]
-        )
+        + " | ".join([f"`{cells[0]}`", f"`{cells[1]}`", *cells[2:], f"[{name}.json](results/audit/{name}.json)"])
         + " |"
     )
+
+
+def ordered_indexes(r: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """A report's indexes in the order of :data:`SCHEMES` (others after, by name)."""
+    order = {s: k for k, s in enumerate(SCHEMES)}
+    return sorted(r["sections"]["indexes"].items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))
+
+
+def read_reports(out: Path) -> dict[str, dict[str, Any]]:
+    """The committed reports in ``out`` (every audited split, then the leaky variant)."""
+    return {n: json.loads((out / f"{n}.json").read_text()) for n in [*AUDITS, LEAKY]}
 
 
 def table(reports: dict[str, dict[str, Any]]) -> str:
@@ -131,12 +144,8 @@ def table(reports: dict[str, dict[str, Any]]) -> str:
         " | id-time rho | code collisions | codes | errors | report |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    order = {s: k for k, s in enumerate(SCHEMES)}
     for name, r in reports.items():
-        indexes = sorted(
-            r["sections"]["indexes"].items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])
-        )
-        for scheme, f in indexes:
+        for scheme, f in ordered_indexes(r):
             lines.append(index_row(name, scheme, f, r))
     text = "\n".join(lines) + "\n"
     if LEAKY in reports:
@@ -183,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table-only", action="store_true", help="rebuild the tables from the reports in --out")
     a = p.parse_args(argv)
     if a.table_only:
-        reports = {n: json.loads((a.out / f"{n}.json").read_text()) for n in [*AUDITS, LEAKY]}
+        reports = read_reports(a.out)
     else:
         reports = {name: audit_one(o) for name, o in AUDITS.items()}
         reports[LEAKY] = audit_one(["split=loo"], leaky=True)

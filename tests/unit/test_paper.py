@@ -155,3 +155,28 @@ def test_leaderboard_orders_model_labels_by_number():
         "tallrec-256shot",
         "tallrec-allshot",
     ]
+
+
+def test_audit_tables_come_from_the_committed_reports(tmp_path):
+    import json
+    import shutil
+    from pathlib import Path
+
+    from benchmark.audit.committed import AUDITS, LEAKY
+    from benchmark.paper import audit_tex
+
+    src = Path(__file__).resolve().parents[2] / "results" / "audit"
+    assert audit_tex(tmp_path / "none") is None  # no reports: no table
+    for name in [*AUDITS, LEAKY]:
+        shutil.copy(src / f"{name}.json", tmp_path / f"{name}.json")
+    # Plant a figure in one report: the table must show it, escaped for LaTeX.
+    loo = json.loads((tmp_path / "ml-100k-loo.json").read_text())
+    loo["sections"]["timeline"]["test"]["mean_over_rows"] = 0.5
+    loo["counts"] = {**loo["counts"], "error": 7}
+    (tmp_path / "ml-100k-loo.json").write_text(json.dumps(loo))
+    tex = audit_tex(tmp_path)
+    row = next(line for line in tex.splitlines() if line.startswith("loo & "))
+    assert row.split(" & ")[2] == r"50\%" and row.split(" & ")[6].startswith("7 / ")
+    assert r"strict\_cold\_item & full" in tex
+    assert r"p5-original-sequential & loo & 81.8\%" in tex
+    assert r"\newcommand{\auditleaky}{" in tex and "index\\_refit\\_changes" in tex
