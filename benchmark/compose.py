@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from benchmark.config import CONFIG_DIR
@@ -199,7 +200,29 @@ def hydra_main(task: Callable[[Any], None], argv: list[str]) -> None:
 
     register_schemas()
     sys.argv = [sys.argv[0], *argv]
-    hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(task)()
+    with _logging_restored():
+        hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(task)()
+
+
+@contextmanager
+def _logging_restored() -> Iterator[None]:
+    """Leave Python logging as it was before a Hydra job configured it.
+
+    Hydra's job logging attaches handlers bound to the ``sys.stderr`` of that moment; called in
+    process (a notebook, a test, a tool that runs a job and goes on), those handlers outlive the
+    job and write to a stream that may since have been replaced or closed.
+    """
+    import logging
+
+    loggers = [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values() if isinstance(v, logging.Logger))]  # fmt: skip
+    saved = {id(lg): (lg, list(lg.handlers), lg.level, lg.propagate, lg.disabled) for lg in loggers}
+    try:
+        yield
+    finally:
+        for lg, handlers, level, propagate, disabled in saved.values():  # loggers made since keep theirs
+            lg.handlers[:] = handlers
+            lg.setLevel(level)
+            lg.propagate, lg.disabled = propagate, disabled
 
 
 def check_adapter(model_cfg: Any, adapter: Any) -> bool:

@@ -223,3 +223,19 @@ def test_shipped_model_configs_pass_the_checks(model):
     from benchmark.checks import check_model
 
     check_model(compose([f"model={model}"]).model)
+
+
+def test_an_in_process_hydra_job_leaves_python_logging_as_it_was(tmp_path, monkeypatch):
+    import logging
+
+    from benchmark.compose import hydra_main
+
+    monkeypatch.chdir(tmp_path)
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    seen = []
+    hydra_main(lambda cfg: seen.append(cfg.model.name), ["model=pop", f"hydra.run.dir={tmp_path}/run"])
+    assert seen == ["pop"]
+    # Hydra's job logging attached handlers bound to this moment's stderr; they must not outlive
+    # the job (a later job in the same process would write to a closed stream).
+    assert (list(root.handlers), root.level) == before
