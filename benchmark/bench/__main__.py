@@ -21,7 +21,7 @@ BENCHMARKS: dict[str, str] = {
     "decoding": "benchmark.bench.decoding",
     "llm_cost": "benchmark.bench.llm_cost",
     "recbole_throughput": "benchmark.bench.recbole_throughput",
-    "features": "benchmark.bench.features",
+    "features": "benchmark.bench.feature_cache",
     "audit_scale": "benchmark.bench.audit_scale",
 }
 DEFAULT_OUT = Path("results/perf")

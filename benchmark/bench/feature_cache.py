@@ -16,7 +16,7 @@ re-encoded at every training step.
 
 Results go to ``<out_dir>/features.json`` with the machine's load average before and after.
 
-Run: ``python -m benchmark.bench.features [--out results/perf] [--steps 8] [--threads 1]``.
+Run: ``python -m benchmark.bench.feature_cache [--out results/perf] [--steps 8] [--threads 1]``.
 """
 
 from __future__ import annotations
@@ -217,7 +217,7 @@ def main(out_dir: Path, steps: int = 8, threads: int = 1) -> dict[str, Any]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(
-        prog="python -m benchmark.bench.features", description=__doc__.splitlines()[0]
+        prog="python -m benchmark.bench.feature_cache", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--out", type=Path, default=Path("results/perf"))
     parser.add_argument("--steps", type=int, default=8, help="timed training steps per mode")
