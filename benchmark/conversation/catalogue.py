@@ -207,6 +207,15 @@ class Catalogue:
         return None
 
 
+def _year(value: Any) -> int:
+    """A release year from an item-table cell (``1995``, ``1995.0``); -1 when it is none."""
+    try:
+        y = float(str(value).strip())
+    except ValueError:
+        return -1
+    return int(y) if y == y and 1800 <= y <= 2100 else -1
+
+
 def _norm(text: str) -> str:
     return " ".join(text.strip().strip("\"'“”").lower().split())
 
@@ -271,7 +280,7 @@ def catalogue_of(data: Any, split: Any, need: Iterable[str] = ()) -> Catalogue:
         return [col.get(raw) for raw in split.item_ids]
 
     titles = ["" if t is None or t != t else " ".join(str(t).split()) for t in column("title")]
-    years = np.array([int(y) if str(y).strip().isdigit() else -1 for y in column("year")], dtype=np.int64)
+    years = np.array([_year(y) for y in column("year")], dtype=np.int64)
     genres = [split_genres(v) for v in column("genres")]
     if "genres" in need and not any(genres):
         raise DataError(

@@ -414,3 +414,34 @@ def test_command_line_overrides_reach_the_main_config_and_the_first_stage():
         compose_conversation(["recommender=llm", "model.train.max_epochs=5"])
     with pytest.raises(ConfigError, match="turnz"):
         compose_conversation(["turnz=3"])
+
+
+COMMITTED = Path(__file__).resolve().parents[2] / "results" / "conversation"
+
+
+def test_committed_runs_recompute_from_their_dialogues_and_match_the_summary():
+    from benchmark.conversation.table import SUMMARY, summary
+
+    runs = sorted(p.parent for p in COMMITTED.glob("*/record.json"))
+    assert runs, "no committed conversation runs"
+    for run in runs:
+        record, sessions = read_conversation(run)
+        bad = [row for row in recompute(record, sessions) if not row[3]]
+        assert not bad, (run.name, bad)
+        assert record["leakage"]["utterances_naming_target"] == 0
+    assert summary(COMMITTED) == (COMMITTED / SUMMARY).read_text()
+
+
+def test_years_from_the_item_table():
+    from benchmark.conversation.catalogue import _year
+
+    assert [_year(v) for v in ("1995", "1995.0", 1987.0, "", None, float("nan"), "V", "12")] == [
+        1995,
+        1995,
+        1987,
+        -1,
+        -1,
+        -1,
+        -1,
+        -1,
+    ]
