@@ -321,20 +321,11 @@ def cmd_explain(argv: list[str]) -> None:
 
         if len(argv) < 2:
             _fail("usage: llm4rec explain --check RUN_DIR [data=NAME split=NAME ...]")
-        rows = check_run(Path(argv[1]), argv[2:] or None)
-        for k, a, b, ok in rows:
-            print(f"{k}  recorded={a}  recomputed={b}  {'ok' if ok else 'FAIL'}")
-        bad = sum(1 for *_, ok in rows if not ok)
-        print(f"{'FAIL' if bad else 'PASS'}: {len(rows)} checks, {bad} differ")
-        if bad:
-            sys.exit(1)
+        _print_checks(check_run(Path(argv[1]), argv[2:] or None))
         return
     from benchmark.explain.runner import compose_explain, explain
 
-    record, path = explain(compose_explain(argv))
-    for k, v in record["metrics"].items():
-        print(f"{k}\t{'null' if v is None else round(v, 4)}")
-    print(f"explanations written to {path}")
+    _print_metrics(*explain(compose_explain(argv)), "explanations")
 
 
 def cmd_audit(argv: list[str]) -> None:
@@ -363,18 +354,25 @@ def cmd_converse(argv: list[str]) -> None:
     if argv[:1] == ["--check"]:
         if len(argv) != 2:
             _fail("usage: llm4rec converse --check RUN_DIR")
-        rows = check_run(Path(argv[1]))
-        for k, a, b, ok in rows:
-            print(f"{k}  recorded={a}  recomputed={b}  {'ok' if ok else 'FAIL'}")
-        bad = sum(1 for *_, ok in rows if not ok)
-        print(f"{'FAIL' if bad else 'PASS'}: {len(rows)} checks, {bad} differ")
-        if bad:
-            sys.exit(1)
+        _print_checks(check_run(Path(argv[1])))
         return
-    record, path = conversation_run(compose_conversation(argv))
+    _print_metrics(*conversation_run(compose_conversation(argv)), "dialogues")
+
+
+def _print_checks(rows: list[tuple[str, Any, Any, bool]]) -> None:
+    """One line per recomputed value, then PASS/FAIL; exit 1 when one differs."""
+    for k, a, b, ok in rows:
+        print(f"{k}  recorded={a}  recomputed={b}  {'ok' if ok else 'FAIL'}")
+    bad = sum(1 for *_, ok in rows if not ok)
+    print(f"{'FAIL' if bad else 'PASS'}: {len(rows)} checks, {bad} differ")
+    if bad:
+        sys.exit(1)
+
+
+def _print_metrics(record: dict[str, Any], path: Path, what: str) -> None:
     for k, v in record["metrics"].items():
         print(f"{k}\t{'null' if v is None else round(v, 4)}")
-    print(f"dialogues written to {path}")
+    print(f"{what} written to {path}")
 
 
 COMMANDS = {
