@@ -51,6 +51,8 @@ def result_config(cfg: DictConfig) -> dict[str, Any]:
         c["data"] = {k: v for k, v in c["data"].items() if k != "cache_dir"}
         if c["data"].get("duplicates") == "error":  # the default rule: hashes as runs made before the option
             del c["data"]["duplicates"]
+    if isinstance(c.get("eval"), dict) and c["eval"].get("test_users", 0) is None:
+        del c["eval"]["test_users"]  # all test users (the default): hashes as runs made before the option
     if not adapter_on(c.get("adapter")):
         c.pop("adapter", None)
     else:  # where features and downloaded weights are cached does not change them

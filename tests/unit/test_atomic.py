@@ -379,3 +379,35 @@ def test_default_duplicates_rule_leaves_config_hashes_unchanged():
     composed = compose(["model=bpr", "seed=1"])
     assert composed.data.duplicates == "error"
     assert result_config(composed)["data"] == result_config(recorded)["data"]
+
+
+@pytest.mark.parametrize(
+    "pattern, overrides",
+    [
+        ("ml-100k-loo-full-p5-collaborative-s2-*", ["experiment=p5_tiny_ml100k", "model.indexing=collaborative", "seed=2"]),
+        ("ml-100k-tallrec_movie-labeled-tallrec-64shot-s1-*", ["experiment=tallrec_movie_64", "seed=1"]),
+        ("ml-100k-loo-full-sasrec-recbole-s1-5b4ecd46", ["model=sasrec", "seed=1", "model.train.max_epochs=5", "model.train.patience=5"]),
+    ],
+)
+def test_committed_experiments_compose_to_their_recorded_config_hashes(pattern, overrides):
+    """Options added since (``eval.test_users`` at its default, all users) leave a committed
+    experiment's config hash unchanged: composing it today hashes like its recorded config, and
+    that config's hash under the rule of its day is the one the record carries."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from benchmark.compose import compose
+    from benchmark.results.identity import config_hashes
+    from benchmark.results.submission import recorded_config_hashes
+
+    root = Path(__file__).resolve().parents[2] / "results" / "runs"
+    (path,) = sorted(root.glob(f"{pattern}/record.json"))
+    rec = json.loads(path.read_text())
+    assert "test_users" not in rec["config"]["eval"]  # written before the option existed
+    cfg = compose(overrides)
+    assert cfg.eval.test_users is None
+    assert config_hashes(cfg) == config_hashes(OmegaConf.create(rec["config"]))
+    assert (rec["config_hash"], rec["group_key"]) in recorded_config_hashes(rec["config"])
+    cfg.eval.test_users = 60  # a subset of users changes the result, so the hash
+    assert config_hashes(cfg)[0] != config_hashes(OmegaConf.create(rec["config"]))[0]
