@@ -12,7 +12,13 @@ Supported RecBole model types:
 - context-aware (e.g. DeepFM): trained on every train row with the CTR label
   (rating >= ``split.label_threshold``) and the user/item feature fields;
 - sequential (e.g. SASRec, DIN): trained on train rows with their history
-  (``item_id_list``, ``item_length``); DIN-like pointwise models use the CTR label.
+  (``item_id_list``, ``item_length``); DIN-like pointwise models use the CTR label. A model
+  whose RecBole config names a batch ``transform`` (BERT4Rec's ``mask_itemseq``) gets every
+  train batch through RecBole's own transform, as RecBole's train loader does;
+- fitted at construction (EASE, ItemKNN, SLIMElastic: :data:`FITTED_MODELS`): RecBole builds
+  their matrices from the train part's interaction matrix when the class is instantiated, and
+  their one dummy parameter is frozen, so the run trains nothing (no epochs); the seconds of
+  the fit are in :meth:`RecBoleModel.prediction_facts`. They score from the train interactions.
 
 Context-aware models and DIN-like ones output probabilities (RecBole's ``predict`` is a
 sigmoid), so the labeled protocol also reports LogLoss for them.
@@ -30,6 +36,7 @@ be set directly.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
@@ -58,6 +65,9 @@ USER_BATCH_MODELS = (
     "DiffRec",
     "LDiffRec",
 )
+# Closed-form / neighbourhood models that RecBole fits when the class is built, from the train part's
+# interaction matrix (its TraditionalTrainer only runs a dummy epoch for them): built once, not trained.
+FITTED_MODELS = ("EASE", "ItemKNN", "SLIMElastic")
 # Sequential models whose forward is defined for an empty history (others gather at length - 1).
 EMPTY_HISTORY_OK = ("DIN",)
 # Rows per ``predict`` call when a model has no full-sort scorer.
@@ -92,7 +102,7 @@ def recbole_class(name: str) -> type:
     why = None
     if cls.type == ModelType.KNOWLEDGE:
         why = "knowledge-aware models need a knowledge graph (.kg/.link files), which benchmark splits do not carry"
-    elif cls.type == ModelType.TRADITIONAL:
+    elif cls.type == ModelType.TRADITIONAL and name not in FITTED_MODELS:
         why = "it is fitted in closed form / by counting (RecBole's TraditionalTrainer), not trained by gradient"
     elif cls.type == ModelType.DECISIONTREE:
         why = "decision-tree models (xgboost/lightgbm) are not torch modules trained by gradient"
@@ -228,6 +238,7 @@ class RecBoleModel(nn.Module):
         self.name = name
         self.kind = {
             ModelType.GENERAL: "general",
+            ModelType.TRADITIONAL: "general",  # FITTED_MODELS (others are refused above)
             ModelType.CONTEXT: "context",
             ModelType.SEQUENTIAL: "sequential",
         }[cls.type]
@@ -237,8 +248,18 @@ class RecBoleModel(nn.Module):
         task = "labeled" if self.outputs_probabilities else "full"
         bridge = B.build_bridge(split, data, cls, spec, task, params)
         with compat.recbole_session():
-            self.recbole = cls(bridge.config, bridge.parts["train"])
+            # RecBole builds the batch transform (it names the fields BERT4Rec reads) before the model.
+            self._transform = _batch_transform(bridge.config)
+            t0 = time.perf_counter()
+            self.recbole = cls(bridge.config, bridge.parts["train"])  # FITTED_MODELS: fit on train only
+            fit_seconds = time.perf_counter() - t0
+        self.fitted = cls.type == ModelType.TRADITIONAL
+        self._fit_seconds = fit_seconds if self.fitted else None
+        if self.fitted:  # the dummy parameter: nothing to train, so the run trains no epochs
+            for p in self.recbole.parameters():
+                p.requires_grad_(False)
         self.n_rb_items = bridge.n_rb_items
+        self._transform_data = _ItemCount(self.n_rb_items)
         self._user_rb = torch.as_tensor(bridge.user_rb)  # [n_users] our index -> RecBole id
         self._item_rb = torch.as_tensor(bridge.item_rb)  # [n_items]
         self._user_feat = _features(bridge.dataset.user_feat, B.UID)  # field -> [n_rb_users, ...]
@@ -295,18 +316,22 @@ class RecBoleModel(nn.Module):
     def prediction_facts(self) -> dict[str, Any]:
         """Facts for ``record["model"]``: the RecBole class and, with ``shots``, the rows trained on."""
         rows = self._shot_rows
-        return {
-            "recbole": {
-                "name": self.name,
-                "shots": self.shots if self.shots is not None else "all",
-                "shot_rows_sha256": rows_digest(rows) if rows is not None else None,
-            }
+        facts: dict[str, Any] = {
+            "name": self.name,
+            "shots": self.shots if self.shots is not None else "all",
+            "shot_rows_sha256": rows_digest(rows) if rows is not None else None,
         }
+        if self.fitted:  # built from the train part's interaction matrix when the class was made
+            facts["fit"] = {"epochs": 0, "seconds": self._fit_seconds, "from": "train"}
+        return {"recbole": facts}
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The RecBole model's ``calculate_loss`` on a batch (multi-part losses are summed)."""
         self.eval_part = "valid"
-        out = self.recbole.calculate_loss(self._inter(dict(batch)))
+        inter = self._inter(dict(batch))
+        if self._transform is not None:  # e.g. BERT4Rec's masking, as RecBole's train loader applies it
+            inter = self._transform(self._transform_data, inter)
+        out = self.recbole.calculate_loss(inter)
         return sum(out) if isinstance(out, tuple) else out
 
     # ------------------------------------------------------------------ scoring
@@ -327,7 +352,7 @@ class RecBoleModel(nn.Module):
         inter = {B.UID: self._user_rb[users]}
         self._add_history(inter, users)
         scores = self.recbole.full_sort_predict(self._inter(inter)).view(len(users), -1)  # [B, n_rb_items]
-        return scores[:, self._item_rb]
+        return scores.to(self._item_rb.device)[:, self._item_rb]  # FITTED_MODELS score on the CPU
 
     def score_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """[B] users, [B, C] items -> [B, C] scores (RecBole's ``predict``; probabilities for CTR models)."""
@@ -340,7 +365,7 @@ class RecBoleModel(nn.Module):
         out = []
         for start in range(0, b * c, PREDICT_ROWS):
             chunk = {k: v[start : start + PREDICT_ROWS] for k, v in inter.items()}
-            out.append(self.recbole.predict(self._inter(chunk)).reshape(-1))
+            out.append(self.recbole.predict(self._inter(chunk)).reshape(-1).to(items.device))
         return torch.cat(out).view(b, c)
 
     # ------------------------------------------------------------------ helpers
@@ -432,6 +457,25 @@ def _move(value: Any, fn: Callable[[torch.Tensor], torch.Tensor], device: torch.
     if isinstance(value, dict) and value and all(isinstance(v, tuple) for v in value.values()):
         return {k: tuple(fn(t) if isinstance(t, torch.Tensor) else t for t in v) for k, v in value.items()}
     return value
+
+
+class _ItemCount:
+    """What RecBole's batch transforms read of a dataset: its item count (``num(ITEM_ID)``)."""
+
+    def __init__(self, n_items: int) -> None:
+        self.n_items = n_items
+
+    def num(self, field: str) -> int:
+        return self.n_items
+
+
+def _batch_transform(config: Any) -> Callable[[Any, Any], Any] | None:
+    """RecBole's train-batch transform named by ``config['transform']`` (None when it names none)."""
+    if not config["transform"]:
+        return None
+    from recbole.data.transform import construct_transform
+
+    return construct_transform(config)
 
 
 def _features(feat: Any, key: str) -> dict[str, torch.Tensor]:

@@ -70,7 +70,7 @@ def test_generic_recbole_model_by_name(feat_dir, tmp_path):
     assert rec["model"]["label"] == "gru4rec-recbole" and rec["eval"]["negatives_fingerprint"]
 
 
-@pytest.mark.parametrize("name,needle", [("KGAT", "knowledge graph"), ("ItemKNN", "closed form")])
+@pytest.mark.parametrize("name,needle", [("KGAT", "knowledge graph"), ("Pop", "closed form")])
 def test_unsupported_recbole_model_is_one_line_error(feat_dir, tmp_path, capsys, name, needle):
     with pytest.raises(SystemExit) as e:
         llm4rec("run", "model=recbole", f"model.module.name={name}", *tiny_args(feat_dir, tmp_path))
