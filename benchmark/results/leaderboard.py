@@ -485,6 +485,10 @@ def aggregate(runs: list[tuple[dict[str, Any], Path]], warn: Warn | None = None)
                 "metrics": stats,
                 "run_dirs": [d for _, d, _ in members],
                 "_per_user": np.mean(per_user, axis=0) if same_len else None,
+                "_per_user_runs": {r["run_id"]: p for r, p in zip(recs, per_user, strict=True) if p is not None},
+                "_parents": sorted({p for p in map(_parent_id, recs) if p}),
+                "vs_parent": "",
+                "p_parent": None,
                 "sig_vs": "",
                 "p_holm": None,
                 "sig": "",
@@ -493,7 +497,47 @@ def aggregate(runs: list[tuple[dict[str, Any], Path]], warn: Warn | None = None)
     _disambiguate(rows)
     rows.sort(key=lambda r: (r["dataset"], r["split"], r["eval"], natural_key(r["model"])))
     _significance(rows)
+    _versus_parents(rows)
     return rows
+
+
+def _parent_id(rec: dict[str, Any]) -> str | None:
+    """The run id of an aligned run's SFT parent (``training.align.parent.run_id``), else None."""
+    node: Any = rec.get("training")
+    for key in ("align", "parent", "run_id"):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node if isinstance(node, str) and node else None
+
+
+def _versus_parents(rows: list[dict[str, Any]]) -> None:
+    """Test each aligned row against its own SFT parents (Holm over the aligned rows of a table).
+
+    The parents are the runs its records name, found in the same table; both sides are per-user
+    means over exactly those runs (an aligned row of seeds 1-3 against the parents of seeds 1-3,
+    a one-seed row against its one parent). ``vs_parent`` is ▲/▼ (p < 0.05 after Holm) or n.s.
+    """
+    by_table: dict[tuple, list] = defaultdict(list)
+    for r in rows:
+        by_table[table_key(r)].append(r)
+    for trs in by_table.values():
+        owner = {rid: r for r in trs for rid in r["_per_user_runs"]}
+        tests = []
+        for r in trs:
+            if not r["_parents"] or r["_per_user"] is None or len(r["_per_user_runs"]) != r["seeds"]:
+                continue
+            found = [owner[p]["_per_user_runs"][p] for p in r["_parents"] if p in owner]
+            if len(found) != len(r["_parents"]) or len({len(a) for a in found}) != 1:
+                continue
+            base = np.mean(found, axis=0)
+            if len(base) == len(r["_per_user"]):
+                tests.append((r, base))
+        pvals = holm([paired_pvalue(r["_per_user"], base) for r, base in tests]) if tests else []
+        for (r, base), p in zip(tests, pvals, strict=True):
+            if not math.isfinite(p):
+                continue
+            r["p_parent"] = float(p)
+            up = float(np.mean(r["_per_user"] - base)) > 0
+            r["vs_parent"] = ("▲" if up else "▼") if p < ALPHA else "n.s."
 
 
 def _reward_hacked(rec: dict[str, Any]) -> bool:
@@ -599,6 +643,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                     s = f"**{s}**"
                 cells.append(s)
             sig = "base" if r["sig_vs"] == "(best baseline)" else (r["sig"] or ("n.s." if r["sig_vs"] else ""))
+            if r.get("vs_parent"):
+                sig += f"; vs SFT {r['vs_parent']}"
             out.append(
                 f"| {_md_cell(r['model'])} | {r['seeds']} | {_md_cell(r['device'])} | "
                 + " | ".join(cells)
@@ -635,7 +681,7 @@ def _md_beyond(trs: list[dict[str, Any]]) -> list[str]:
 
 CSV_HEAD = [
     "dataset", "split", "eval", "model", "family", "backbone", "seeds", "device", "split_fingerprint",
-    "group_key", "params", "train_seconds", "sig_vs", "p_holm", "sig",
+    "group_key", "params", "train_seconds", "sig_vs", "p_holm", "sig", "vs_parent", "p_parent",
 ]
 
 
@@ -762,6 +808,8 @@ def write_leaderboard(runs_dir: Path, out_dir: Path, warn: Warn | None = None) -
         "(NDCG@10 or AUC) against the best baseline of the table, Holm-corrected; "
         "▲/▼ significantly better/worse (p < 0.05) on those per-user values, n.s. not significant. "
         "In labeled tables the paired unit is the per-user AUC (see GAUC), not the pooled AUC. "
+        "An aligned row (`+dpo`, `+sdpo`, `+grpo`, `+pgrm`) is also tested against its own SFT parent runs "
+        "(`vs SFT`, same test, Holm over the aligned rows of the table). "
         "Beyond-accuracy metrics come from each ranking run's predictions and train part (recomputed "
         "here for runs recorded before them).\n\n" + markdown(rows)
     )

@@ -46,3 +46,34 @@ def test_leaderboard_marks_follow_the_paired_unit_not_the_pooled_metric():
     assert best["sig_vs"] == "(best baseline)"
     assert (pooled_up["sig"], pooled_down["sig"], same["sig"]) == ("▼", "▲", "")
     assert pooled_up["sig_vs"] == "deepfm" and pooled_up["p_holm"] < 0.05
+
+
+def test_aligned_rows_are_tested_against_their_own_parent_runs():
+    """vs SFT pairs an aligned row with the mean of exactly the parent runs it names, Holm over aligned rows."""
+    from benchmark.results.leaderboard import _versus_parents
+
+    rng = np.random.default_rng(1)
+    p1, p2, p3 = (rng.uniform(0.0, 0.3, 120) for _ in range(3))
+
+    def row(model, runs, parents=()):
+        per_user = np.mean(list(runs.values()), axis=0)
+        return {"dataset": "d", "split": "loo", "eval": "full", "model": model, "seeds": len(runs),
+                "_per_user": per_user, "_per_user_runs": runs, "_parents": sorted(parents),
+                "vs_parent": "", "p_parent": None}  # fmt: skip
+
+    sft = row("p5", {"s1": p1, "s2": p2, "s3": p3})
+    better = row("p5+dpo", {"a1": p1 + 0.05, "a2": p2 + 0.05}, parents=("s1", "s2"))
+    one_seed = row("p5+pgrm", {"g1": p1 - 0.02}, parents=("s1",))
+    same = row("p5+grpo", {"b3": p3.copy()}, parents=("s3",))
+    orphan = row("p5+sdpo", {"c1": p1 + 0.2}, parents=("elsewhere",))
+    other_table = {**row("p5+dpo", {"x": p1 + 0.5}, parents=("s1",)), "split": "temporal"}
+    _versus_parents([sft, better, one_seed, same, orphan, other_table])
+    raw = [
+        paired_pvalue(np.mean([p1 + 0.05, p2 + 0.05], axis=0), np.mean([p1, p2], axis=0)),
+        paired_pvalue(p1 - 0.02, p1),
+        paired_pvalue(p3, p3),
+    ]
+    assert [better["p_parent"], one_seed["p_parent"], same["p_parent"]] == pytest.approx(holm(raw))
+    assert (better["vs_parent"], one_seed["vs_parent"], same["vs_parent"]) == ("▲", "▼", "n.s.")
+    assert (orphan["vs_parent"], orphan["p_parent"]) == ("", None)  # its parent is not in the table
+    assert (other_table["vs_parent"], sft["vs_parent"]) == ("", "")  # the parent must be in the same table
