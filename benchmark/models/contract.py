@@ -28,6 +28,8 @@ Optional capabilities (used when present):
   batches for ``loss``; without it, (user, positive, negative) pairs of the train part.
 - :class:`RowRanker` ``rank_rows`` (above).
 - :class:`FactReporter` ``prediction_facts() -> dict``: recorded under the record's ``model``.
+- :class:`ItemLogProbs` ``item_logps(prompts, items, device) -> (logps [N, T], mask [N, T])``:
+  log-probs of item ids with gradients, read by preference alignment (P5).
 - ``outputs_probabilities`` (bool attribute): labeled scores are calibrated probabilities
   (enables LogLoss).
 
@@ -116,6 +118,16 @@ class FactReporter(Protocol):
 
     def prediction_facts(self) -> dict[str, Any]:
         """JSON-able facts recorded under the record's ``model``."""
+        ...
+
+
+@runtime_checkable
+class ItemLogProbs(Protocol):
+    """Log-probs of item ids given prompts, with gradients (a generative model that preference
+    alignment can train: :mod:`benchmark.align`)."""
+
+    def item_logps(self, prompts: Any, items: Any, device: Any = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """N prompts and N items -> (logps [N, T], mask [N, T]) over each item's id tokens."""
         ...
 
 

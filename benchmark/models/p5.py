@@ -403,6 +403,60 @@ class P5(nn.Module):
         logits = out.logits[:, :-1, :].float()  # [B, L, V]: column j predicts target token j
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
 
+    def item_logps(
+        self, prompts: Sequence[str], items: Sequence[int], device: torch.device | str = "cpu"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs of each item's id tokens (and EOS) after its prompt, with gradients.
+
+        The forward pass is the one :meth:`loss` trains with (same tokenisation and padding; a
+        decoder-only LM sees the target after its left-padded prompt), so an item's summed
+        log-prob is minus the summed cross-entropy the SFT loss takes on its tokens. Preference
+        alignment (:mod:`benchmark.align`) reads policy and reference log-probs through it.
+
+        Args:
+            prompts: N prompt strings (repeat a prompt for several items).
+            items: N item indices (>= 0).
+            device: where the forward pass runs.
+
+        Returns:
+            (logps [N, T] float32, mask [N, T] float32: 1 on an item's tokens, 0 on padding).
+        """
+        targets = [self.item_tokens[int(i)] for i in items]
+        ids, mentions = self._tokenize(list(prompts))
+        width = max(len(t) for t in targets)
+        labels = torch.full((len(targets), width), -100, dtype=torch.long)
+        if self.kind == "causal":
+            batch = self._inputs([p + t for p, t in zip(ids, targets, strict=True)])
+            for r, t in enumerate(targets):
+                labels[r, width - len(t) :] = torch.as_tensor(t)
+        else:
+            batch = self._inputs(ids)
+            for r, t in enumerate(targets):
+                labels[r, : len(t)] = torch.as_tensor(t)
+        if self.adapter is not None:
+            batch.update(self.adapter.slots(batch["input_ids"], mentions))
+        batch = {k: v.to(device) for k, v in batch.items()}
+        labels = labels.to(device)
+        inputs = self._lm_inputs(batch)
+        if self.kind == "seq2seq":
+            out = self.lm(
+                **inputs,
+                attention_mask=batch["attention_mask"],
+                labels=labels.masked_fill(labels < 0, self.pad_id),
+            )
+            logits = out.logits.float()  # [N, T, V]: column j predicts target token j
+        else:
+            out = self.lm(
+                **inputs,
+                attention_mask=batch["attention_mask"],
+                position_ids=batch["position_ids"],
+                logits_to_keep=width + 1,
+            )
+            logits = out.logits[:, :-1, :].float()  # [N, T, V]
+        mask = (labels >= 0).float()
+        gathered = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return gathered * mask, mask
+
     # ------------------------------------------------------------------ ranking
 
     @torch.no_grad()

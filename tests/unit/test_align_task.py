@@ -72,6 +72,20 @@ def test_item_log_probs_are_the_sft_loss(tiny):  # noqa: F811
     assert seq.shape == (2, 2) and abs(seq[0, 0].item() - logps[0].sum().item()) < 1e-5
 
 
+def test_item_log_probs_are_a_public_capability_of_p5(tiny):  # noqa: F811
+    from benchmark.errors import ConfigError
+    from benchmark.models.contract import ItemLogProbs
+
+    model = p5(tiny).eval()
+    assert isinstance(model, ItemLogProbs)
+    with torch.no_grad():
+        direct, _ = model.item_logps(["a prompt"], [1])
+        via, _ = item_token_logps(model, ["a prompt"], [1])
+    assert torch.equal(direct, via)
+    with pytest.raises(ConfigError, match="has no item_logps"):
+        item_token_logps(torch.nn.Linear(2, 2), ["a prompt"], [1])
+
+
 def test_item_log_probs_on_a_causal_lm_are_the_sft_loss(tiny, tmp_path):  # noqa: F811
     from tests.unit.test_tallrec import make_tiny_lm
 
