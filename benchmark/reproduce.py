@@ -134,32 +134,68 @@ def reproduce(
     (nothing the record names is instantiated unless the project's configs define it), with the
     user's ``overrides`` (trusted) on top.
 
+    An aligned run (``align.parent``) needs its parent's SFT weights: the parent record is read
+    and rebuilt the same way, run first in the same temporary outputs (its weights are saved
+    there under its training key), and its metrics are compared too (rows ``parent <metric>``).
+
     Returns:
         (passed, [(metric, recorded, reproduced, abs diff)], the old record, the new record).
 
     Raises:
         ConfigError: the record cannot be rebuilt safely (one line; exit 2 in the CLI).
     """
-    from benchmark.results.schema import schema_errors
     from benchmark.run import run
 
-    run_dir = Path(run_dir)
+    overrides = list(overrides or [])
+    old = _read_record(Path(run_dir), limits)
+    cfg = rebuild_config(old, overrides)
+    parent_dir = aligned_parent(cfg)
+    parent_old = parent_cfg = None
+    if parent_dir is not None:  # an aligned run starts from its parent's weights: train them first
+        parent_old = _read_record(parent_dir, limits)
+        parent_cfg = rebuild_config(
+            parent_old, [o for o in overrides if not o.lstrip("+~").startswith("align")]
+        )
+    rows: list[MetricRow] = []
+    fingerprints_agree = True
+    with tempfile.TemporaryDirectory(prefix="llm4rec-reproduce-") as tmp:
+        paths = {"results": f"{tmp}/results", "outputs": f"{tmp}/outputs"}
+        if parent_cfg is not None and parent_old is not None:
+            parent_cfg.paths = dict(paths)
+            parent_new = run(parent_cfg)
+            rows += [(f"parent {m}", a, b, d) for m, a, b, d in metric_rows(parent_old, parent_new)]
+            fingerprints_agree = parent_new["split"]["fingerprint"] == parent_old["split"]["fingerprint"]
+        cfg.paths = dict(paths)
+        new = run(cfg)
+    rows += metric_rows(old, new)
+    fingerprints_agree = fingerprints_agree and new["split"]["fingerprint"] == old["split"]["fingerprint"]
+    passed = all(d <= tolerance for *_, d in rows) and fingerprints_agree
+    return passed, rows, old, new
+
+
+def _read_record(run_dir: Path, limits: Limits) -> dict[str, Any]:
+    """The record of a run folder, read within ``limits`` and schema-checked (one-line ConfigError)."""
+    from benchmark.results.schema import schema_errors
+
     try:
-        old = read_run_dir(run_dir, limits).record
+        rec = read_run_dir(run_dir, limits).record
     except Rejected as e:
         raise ConfigError(f"{run_dir}: {e.reason}") from None
-    errs = schema_errors(old)
+    errs = schema_errors(rec)
     if errs:
         raise ConfigError(f"{run_dir / RECORD}: {errs[0]}")
-    cfg = rebuild_config(old, list(overrides or []))
-    with tempfile.TemporaryDirectory(prefix="llm4rec-reproduce-") as tmp:
-        cfg.paths = {"results": f"{tmp}/results", "outputs": f"{tmp}/outputs"}
-        new = run(cfg)
-    rows = metric_rows(old, new)
-    passed = (
-        all(d <= tolerance for *_, d in rows) and new["split"]["fingerprint"] == old["split"]["fingerprint"]
-    )
-    return passed, rows, old, new
+    return rec
+
+
+def aligned_parent(cfg: Any) -> Path | None:
+    """The parent run folder of an aligned run's rebuilt config (``align.parent``), else None.
+
+    The value was checked by :func:`rebuild_config` like every recorded path (relative, inside
+    the current directory) unless the user passed it on the command line.
+    """
+    node = cfg.get("align")
+    parent = node.get("parent") if node is not None else None
+    return Path(str(parent)) if parent else None
 
 
 def environment_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

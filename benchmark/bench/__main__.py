@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, str] = {
     "recbole_throughput": "benchmark.bench.recbole_throughput",
     "features": "benchmark.bench.feature_cache",
     "audit_scale": "benchmark.bench.audit_scale",
+    "align": "benchmark.bench.align_cost",
 }
 DEFAULT_OUT = Path("results/perf")
 

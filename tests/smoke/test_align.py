@@ -132,3 +132,30 @@ def test_tallrec_parent_is_aligned_with_dpo_over_its_answers(tmp_path):
     assert align["method"]["valid_metric"] == "auc" and [r["step"] for r in align["trace"]] == [0, 1, 2]
     with pytest.raises(SystemExit):
         llm4rec("run", *args, "align=grpo", f"align.parent={parent_dir}", *STEPS, f"paths.results={res}")
+
+
+def test_reproduce_of_an_aligned_run_retrains_its_parent_first(parent, tmp_path, monkeypatch, capsys):
+    """`llm4rec reproduce` of an aligned record runs the parent's recorded config, then the aligned
+    one, in one fresh outputs folder, and compares both; a parent path from the record is checked
+    like every recorded path."""
+    base, parent_dir, args, _ = parent
+    monkeypatch.chdir(base)
+    rel_parent = parent_dir.relative_to(base)
+    res = tmp_path / "res"
+    llm4rec("run", *args, "align=dpo", f"align.parent={rel_parent}", *STEPS, f"paths.results={res}")
+    (run_dir,) = runs(tmp_path)
+    capsys.readouterr()
+    llm4rec("reproduce", str(run_dir), f"data.path={base / 'tiny'}")
+    out = capsys.readouterr().out
+    assert "PASS" in out and "FAIL" not in out
+    assert "parent test/ndcg@10" in out and out.count("test/ndcg@10") >= 2  # the parent's and its own
+
+    rec = json.loads((run_dir / "record.json").read_text())
+    for hostile in ("/etc", "../outside", "res/../../x"):
+        rec["config"]["align"]["parent"] = hostile
+        (run_dir / "record.json").write_text(json.dumps(rec))
+        with pytest.raises(SystemExit) as e:
+            llm4rec("reproduce", str(run_dir), f"data.path={base / 'tiny'}")
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1
+        assert f"align.parent={hostile!r}: a path from the record must be relative" in err[0]
