@@ -17,6 +17,7 @@ llm4rec crosscheck model=deepfm|sasrec [OVERRIDE ...]   ours vs RecBole's own tr
 llm4rec audit [OVERRIDE ...] | --files DIR [--out FILE]  leakage and index quality of a split
 llm4rec explain [OVERRIDE ...] | --check RUN_DIR        explanations of recommendations, checked and scored
 llm4rec converse [OVERRIDE ...] | --check RUN_DIR       conversational recommendation with a user simulator
+llm4rec tune [search=NAME] [search.trials=N] [OVERRIDE ...]  search on valid, then best config x seeds
 """
 
 from __future__ import annotations
@@ -359,6 +360,13 @@ def cmd_converse(argv: list[str]) -> None:
     _print_metrics(*conversation_run(compose_conversation(argv)), "dialogues")
 
 
+def cmd_tune(argv: list[str]) -> None:
+    """``tune [OVERRIDE ...]``: a search on the validation metric per job, then its best config on seeds."""
+    from benchmark.tune import tune_command
+
+    tune_command(argv)
+
+
 def _print_checks(rows: list[tuple[str, Any, Any, bool]]) -> None:
     """One line per recomputed value, then PASS/FAIL; exit 1 when one differs."""
     for k, a, b, ok in rows:
@@ -388,6 +396,7 @@ COMMANDS = {
     "audit": cmd_audit,
     "explain": cmd_explain,
     "converse": cmd_converse,
+    "tune": cmd_tune,
 }
 
 

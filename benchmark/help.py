@@ -78,6 +78,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "T turns and a user simulator that knows the target. Writes success@t, recall per turn, hallucination and "
         "prompt-token metrics with every dialogue (configs/conversation); --check recomputes them from the dialogues.",
     ),
+    "tune": (
+        "llm4rec tune [search=NAME] [search.trials=N] [search.sampler_seed=S] [search.seeds=[1,2,3]] [OVERRIDE ...]",
+        "Tune a model on the validation metric with Hydra's Optuna sweeper (the space of configs/search/NAME.yaml, "
+        "NAME defaulting to the model's name; search.trials trials, a seeded sampler; test metrics are never read), "
+        "then run the best trial's config once per seed; each run's record names its search (config key tuning).",
+    ),
 }
 
 _SENTENCE_END = re.compile(r"(?<!\be\.g)(?<!\bi\.e)(?<!\bal)(?<!\bvs)(?<!\bcf)\.(?=\s+[A-Z(`]|\s*$)")

@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("align", ("benchmark.align",)),
     ("compose", ("benchmark.compose", "benchmark.checks", "benchmark.launch", "benchmark.slurm")),
     ("run", ("benchmark.run",)),
-    ("tools", ("benchmark.explain", "benchmark.reproduce", "benchmark.paper", "benchmark.bench", "benchmark.audit.committed", "benchmark.conversation", "baselines.crosscheck", "baselines.recbole_pop")),
+    ("tools", ("benchmark.explain", "benchmark.reproduce", "benchmark.paper", "benchmark.bench", "benchmark.audit.committed", "benchmark.conversation", "baselines.crosscheck", "baselines.recbole_pop", "benchmark.tune")),
     ("cli", ("benchmark.cli", "benchmark.__main__")),
 ]
 # Package markers: their __init__ imports nothing of the package.

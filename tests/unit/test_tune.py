@@ -1,0 +1,178 @@
+"""``llm4rec tune``: the search selects on the validation metric only, the final runs are the best
+trial's config on every seed and record their search; bad searches are one-line errors (exit 2).
+
+A planted model makes the test-only signal: its knob puts the valid target on top (knob 0.9) or
+the test target on top (knob 0.1), so the trial that is best on test is the worst on valid.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from benchmark.results.identity import config_hashes
+from tests.conftest import random_rows, write_atomic
+from tests.smoke.test_cli import llm4rec, runs, tiny_args
+
+pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+
+
+class PlantedModel(nn.Module):
+    """Scores: noise in [0, 0.5) for every item, + knob on the user's valid item, + (1 - knob) on
+    the user's test item. High knob: good on valid, bad on test; low knob: the reverse."""
+
+    def __init__(self, split, data, knob: float = 0.5) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        table = torch.rand(split.n_users, split.n_items, generator=g) * 0.5
+        for part, weight in (("valid", knob), ("test", 1.0 - knob)):
+            df = split.parts[part]
+            table[torch.as_tensor(df["user"].to_numpy().copy()), torch.as_tensor(df["item"].to_numpy().copy())] += weight
+        self.register_buffer("table", table)
+
+    def score(self, users: torch.Tensor) -> torch.Tensor:
+        return self.table[users]
+
+    def score_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.table[users.unsqueeze(1), items]
+
+
+@pytest.fixture
+def planted(tmp_path):
+    """(common args, searchpath override): a tiny dataset, the planted model and its search config."""
+    conf = tmp_path / "conf"
+    (conf / "model").mkdir(parents=True)
+    (conf / "search").mkdir()
+    (conf / "model" / "planted.yaml").write_text(
+        "name: planted\nlabel: planted\nfamily: classic\ninputs: split\n"
+        "module:\n  _target_: tests.unit.test_tune.PlantedModel\n  knob: 0.5\ntrain: null\n"
+    )
+    (conf / "search" / "planted.yaml").write_text('space:\n  model.module.knob: "choice(0.1, 0.9)"\n')
+    d = write_atomic(tmp_path / "tiny", "tiny", random_rows())
+    return [*tiny_args(d, tmp_path), f"hydra.searchpath=[file://{conf}]", "model=planted"]
+
+
+# Seed 4 of the random sampler tries knob 0.1 four times before 0.9 (optuna 2.10).
+SEARCH = ["search.trials=6", "search.sampler=random", "search.sampler_seed=4", "search.seeds=[1,2]"]
+
+
+def _trials(tmp_path: Path) -> list[dict]:
+    (study,) = (tmp_path / "out" / "tune").iterdir()
+    return [json.loads(line) for line in (study / "trials.jsonl").read_text().splitlines()]
+
+
+def test_search_ignores_a_test_only_signal(planted, tmp_path, monkeypatch):
+    import benchmark.data.views as views
+    import benchmark.run as run_mod
+    from benchmark import tune
+    from benchmark.compose import expand_overrides
+
+    parts = []
+    for name in ("ranking_rows", "labeled_rows"):
+        real = getattr(views, name)
+        monkeypatch.setattr(views, name, lambda split, part, *a, _real=real, **k: parts.append(part) or _real(split, part, *a, **k))
+
+    def no_test(*a, **k):
+        raise AssertionError("a trial built test rows")
+
+    monkeypatch.setattr(run_mod, "eval_rows", no_test)
+    tune.run_search(tune.plan(expand_overrides(planted), SEARCH))
+    assert set(parts) == {"valid"}  # the trials read the valid part, never the test part
+    monkeypatch.undo()
+
+    trials = _trials(tmp_path)
+    knobs = {t["params"]["model.module.knob"] for t in trials}
+    assert knobs == {0.1, 0.9} and len(trials) == 6  # both arms were tried
+    by_knob = {t["params"]["model.module.knob"]: t["value"] for t in trials}
+    assert by_knob[0.9] > by_knob[0.1]
+
+    llm4rec("tune", *planted, *SEARCH)  # reuses the search above, then the final runs
+    final_dirs = runs(tmp_path)
+    finals = [json.loads((d / "record.json").read_text()) for d in final_dirs]
+    assert sorted(r["seed"] for r in finals) == [1, 2]
+    assert all(r["config"]["model"]["module"]["knob"] == 0.9 for r in finals)
+
+    # The planted test signal is real: the knob the search rejected is better on test.
+    llm4rec("run", *planted, "model.module.knob=0.1", "seed=1")
+    (rejected_dir,) = set(runs(tmp_path)) - set(final_dirs)
+    rejected = json.loads((rejected_dir / "record.json").read_text())
+    assert rejected["metrics"]["test/ndcg@10"] > finals[0]["metrics"]["test/ndcg@10"]
+
+
+def test_final_runs_are_the_best_trial_and_record_the_search(planted, tmp_path):
+    llm4rec("tune", *planted, *SEARCH)
+    trials = _trials(tmp_path)
+    best = max(trials, key=lambda t: t["value"])
+    for d in runs(tmp_path):
+        rec = json.loads((d / "record.json").read_text())
+        t = rec["config"]["tuning"]
+        assert t["budget"] == 6 and t["trials"] == len(trials) == 6
+        assert t["sampler"] == "RandomSampler" and t["sampler_seed"] == 4
+        assert t["best_valid"] == best["value"] and t["objective"] == "valid/ndcg@10"
+        assert t["best_params"] == [f"model.module.knob={best['params']['model.module.knob']}"]
+        assert t["space"] == ["model.module.knob=choice(0.1, 0.9)"] and t["search"] == "planted"
+        # The run's config is the best trial's, but for the seed and the tuning node.
+        cfg = dict(rec["config"])
+        cfg.pop("tuning")
+        assert config_hashes(OmegaConf.create(cfg))[1] == best["config_hash"] == t["trial_config_hash"]
+        assert rec["config_hash"] == config_hashes(OmegaConf.create(rec["config"]))[0]
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["search.space={}"], "search.space: empty search space"),
+        (["search.trials=0"], "search.trials: a trial budget of at least 1"),
+        (["search.objective=test/ndcg@10"], "validation metric only"),
+        (["search.objective=valid/hr@10"], "trials validate on valid/ndcg@10"),
+        (["search.space={seed: 'range(1, 5)'}"], "may not vary seed"),
+        (["search.space={model: 'choice(pop, bpr)'}", "search=none"], "search/none"),
+        (["search.bogus=1"], "search.bogus: unknown key"),
+        (["hydra/sweeper=basic"], "sets Hydra's sweeper"),
+    ],
+)
+def test_bad_search_is_one_line_error(planted, tmp_path, capsys, extra, needle):
+    args = [a for a in planted if a != "search.trials=6"]
+    with pytest.raises(SystemExit) as e:
+        llm4rec("tune", *args, "search.trials=3", *extra)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err, err
+    assert not (tmp_path / "out").exists() and runs(tmp_path) == []
+
+
+def test_space_entries_are_checked(planted):
+    from benchmark.compose import compose
+    from benchmark.errors import ConfigError
+    from benchmark.tune import search_settings
+
+    cfg = compose([*planted, "+search=planted", "++search.trials=2"])
+    assert search_settings(cfg, "planted").space == {"model.module.knob": "choice(0.1, 0.9)"}
+    for space, needle in [
+        ({"model.module.knob": "0.3"}, "a fixed value"),
+        ({"model.module.nothere": "choice(1, 2)"}, "has no key model.module.nothere"),
+    ]:
+        cfg.search.space = space
+        with pytest.raises(ConfigError, match=needle):
+            search_settings(cfg, "planted")
+
+
+@pytest.mark.slow  # ~2 min: Lightning fits in every trial and the final run
+def test_trained_model_trials_early_stop_on_valid(planted, tmp_path):
+    """A model trained by gradient: each trial trains with early stopping; its value is the best epoch's."""
+    conf = Path(planted[-2].split("file://")[1].rstrip("]"))
+    (conf / "search" / "bpr_lr.yaml").write_text('space:\n  model.train.optimizer.lr: "tag(log, interval(0.001, 0.1))"\n')
+    args = [a for a in planted if a != "model=planted"]
+    llm4rec("tune", *args, "model=bpr", "search=bpr_lr", "model.train.max_epochs=2", "search.trials=2", "search.seeds=[1]")
+    trials = _trials(tmp_path)
+    assert len(trials) == 2 and all(1 <= t["epochs"] <= 2 and 0.0 <= t["value"] <= 1.0 for t in trials)
+    (d,) = runs(tmp_path)
+    rec = json.loads((d / "record.json").read_text())
+    best = max(trials, key=lambda t: t["value"])
+    assert rec["config"]["model"]["train"]["optimizer"]["lr"] == best["params"]["model.train.optimizer.lr"]
+    assert rec["config"]["tuning"]["search"] == "bpr_lr" and rec["training"]["epochs"] >= 1
