@@ -159,3 +159,29 @@ def test_reproduce_of_an_aligned_run_retrains_its_parent_first(parent, tmp_path,
         err = capsys.readouterr().err.strip().splitlines()
         assert e.value.code == 2 and len(err) == 1
         assert f"align.parent={hostile!r}: a path from the record must be relative" in err[0]
+
+
+def test_alignment_summary_puts_each_aligned_row_next_to_its_parent(parent, tmp_path):
+    """The summary's Δ is the aligned run's NDCG@10 minus its parent's (one seed each: the mean of
+    per-user values is the metric), from the records alone; the trace's last values are shown."""
+    from benchmark.align.summary import main as summary_main
+
+    base, parent_dir, args, _ = parent
+    res = tmp_path / "res"
+    shutil.copytree(parent_dir, res / "runs" / parent_dir.name)
+    llm4rec("run", *args, "align=dpo", f"align.parent={parent_dir}", *STEPS, f"paths.results={res}")
+    aligned = next(d for d in (res / "runs").iterdir() if "+dpo" in d.name)
+    rec, par = load_record(aligned), load_record(parent_dir)
+    out = tmp_path / "summary.md"
+    assert summary_main([str(res / "runs"), "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    (row,) = [ln for ln in lines if ln.startswith("| p5-collaborative+dpo |")]
+    (sft,) = [ln for ln in lines if ln.startswith("| p5-collaborative |")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    delta = rec["metrics"]["test/ndcg@10"] - par["metrics"]["test/ndcg@10"]
+    assert cells[1] == "1" and cells[2] == f"{rec['metrics']['test/ndcg@10']:.4f}"
+    assert cells[3] == f"{delta:+.4f}"
+    last = rec["training"]["align"]["trace"][-1]
+    assert f"{last['valid_metric']:.4f}" in cells and f"{last['reward']:.3f}" in cells
+    assert sft.split("|")[3].strip() == f"{par['metrics']['test/ndcg@10']:.4f}"
+    assert summary_main([str(tmp_path / "nope")]) == 2
