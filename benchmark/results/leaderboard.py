@@ -432,6 +432,21 @@ def add_beyond_metrics(rec: dict[str, Any], folder: Path, warn: Warn) -> int:
     return len(added)
 
 
+def seed_group(rec: dict[str, Any]) -> str:
+    """The seed group of a record under today's hashing rule (:func:`~benchmark.results.identity.config_hashes`
+    of its recorded config), so that seeds of one config recorded under an earlier rule (e.g. with
+    ``data.cache_dir`` in the hash) and seeds recorded today form one row; the record's own
+    ``group_key`` when its config cannot be hashed."""
+    from omegaconf import OmegaConf
+
+    from benchmark.results.identity import config_hashes
+
+    try:
+        return config_hashes(OmegaConf.create(rec["config"]))[1]
+    except Exception:  # noqa: BLE001 - a stranger's config (e.g. a broken interpolation): keep its own key
+        return str(rec["group_key"])
+
+
 def aggregate(runs: list[tuple[dict[str, Any], Path]], warn: Warn | None = None) -> list[dict[str, Any]]:
     """Group runs by table and seed group: mean/std of every metric, per-user headline values, significance.
 
@@ -443,9 +458,9 @@ def aggregate(runs: list[tuple[dict[str, Any], Path]], warn: Warn | None = None)
         add_beyond_metrics(rec, d, warn)
     groups: dict[tuple, list] = defaultdict(list)
     for rec, d, key, notes in assign_tables(runs):
-        groups[(key, rec["group_key"])].append((rec, d, notes))
+        groups[(key, seed_group(rec))].append((rec, d, notes))
     rows = []
-    for (tkey, gkey), members in groups.items():
+    for (tkey, _gkey), members in groups.items():
         members.sort(key=lambda m: (m[0]["seed"], str(m[1])))
         recs = [m[0] for m in members]
         first = recs[0]
@@ -470,14 +485,16 @@ def aggregate(runs: list[tuple[dict[str, Any], Path]], warn: Warn | None = None)
                 "eval": tkey[2],
                 "setting": members[0][2],
                 "model": _clean_text(first["model"]["label"])
+                + (f" ({tuning_label(first)})" if tuning_label(first) != "default" else "")
                 + (" [possible reward hacking]" if any(map(_reward_hacked, recs)) else ""),
+                "tuning": tuning_label(first),
                 "family": _clean_text(first["model"].get("family", "")),
                 "backbone": _clean_text(backbone),
                 "seeds": len(recs),
                 "seed_list": [r["seed"] for r in recs],
                 "device": _clean_text(first.get("labels", {}).get("device", "")),
                 "split_fingerprint": str(split["fingerprint"])[:12],
-                "group_key": gkey[:12],
+                "group_key": str(first["group_key"])[:12],  # as recorded (what a reader finds in the records)
                 "train_seconds": train,
                 "eval_seconds": evals,
                 "cost_seconds": None if trained is None or evals is None else trained + evals,
@@ -538,6 +555,18 @@ def _versus_parents(rows: list[dict[str, Any]]) -> None:
             r["p_parent"] = float(p)
             up = float(np.mean(r["_per_user"] - base)) > 0
             r["vs_parent"] = ("▲" if up else "▼") if p < ALPHA else "n.s."
+
+
+def tuning_label(rec: dict[str, Any]) -> str:
+    """``tuned N trials`` for a run whose config names its search (``llm4rec tune``), else ``default``.
+
+    Tuned rows carry it after their model label; rows without it ran their config's values.
+    """
+    node = (rec.get("config") or {}).get("tuning")
+    trials = node.get("trials") if isinstance(node, dict) else None
+    if isinstance(trials, int) and not isinstance(trials, bool) and trials >= 1:
+        return f"tuned {trials} trials"
+    return "default"
 
 
 def _reward_hacked(rec: dict[str, Any]) -> bool:

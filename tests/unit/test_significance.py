@@ -77,3 +77,21 @@ def test_aligned_rows_are_tested_against_their_own_parent_runs():
     assert (better["vs_parent"], one_seed["vs_parent"], same["vs_parent"]) == ("▲", "▼", "n.s.")
     assert (orphan["vs_parent"], orphan["p_parent"]) == ("", None)  # its parent is not in the table
     assert (other_table["vs_parent"], sft["vs_parent"]) == ("", "")  # the parent must be in the same table
+
+
+def test_seeds_recorded_under_an_earlier_hash_rule_share_a_row():
+    """A record whose config hashed data.cache_dir (the rule of its day) and one recorded today
+    group together; a config that cannot be hashed keeps the record's own key."""
+    from omegaconf import OmegaConf
+
+    from benchmark.results.identity import config_hashes
+    from benchmark.results.leaderboard import seed_group
+
+    cfg = {"data": {"name": "d", "cache_dir": ".cache/x"}, "model": {"name": "bpr"}, "seed": 1}
+    old_rule = {**cfg, "group_key": "recorded-under-the-old-rule", "config": cfg}
+    today = {"config": {"data": {"name": "d"}, "model": {"name": "bpr"}, "seed": 2}, "group_key": "g2"}
+    assert seed_group(old_rule) == seed_group(today) == config_hashes(OmegaConf.create(today["config"]))[1]
+    other = {"config": {"data": {"name": "d"}, "model": {"name": "pop"}, "seed": 1}, "group_key": "g3"}
+    assert seed_group(other) != seed_group(today)
+    broken = {"config": {"data": {"name": "${nope}"}}, "group_key": "its-own"}
+    assert seed_group(broken) == "its-own"
