@@ -64,8 +64,8 @@ def _f(x: float | None, digits: int = 4) -> str:
 
 def run_facts(recs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-row facts from the records of its seeds: validity, last trace values, flags, costs."""
-    last = [(_get(r, "training", "align", "trace") or [{}])[-1] for r in recs]
-    last = [x if isinstance(x, dict) else {} for x in last]
+    traces = [_get(r, "training", "align", "trace") for r in recs]
+    last = [t[-1] if isinstance(t, list) and t and isinstance(t[-1], dict) else {} for t in traces]
     return {
         "validity": _mean([_num(_get(r, "model", "generation", "valid_rate")) for r in recs]),
         "reward": _mean([_num(x.get("reward")) for x in last]),

@@ -95,3 +95,15 @@ def test_seeds_recorded_under_an_earlier_hash_rule_share_a_row():
     assert seed_group(other) != seed_group(today)
     broken = {"config": {"data": {"name": "${nope}"}}, "group_key": "its-own"}
     assert seed_group(broken) == "its-own"
+
+
+@pytest.mark.parametrize("trace", [None, "abc", {"step": 1}, [], [1, 2], [{"reward": float("nan"), "valid_metric": "x"}]])
+def test_alignment_summary_facts_survive_strange_traces(trace):
+    """A stranger's record with a trace of the wrong shape gives empty cells, not a traceback."""
+    from benchmark.align.summary import run_facts
+
+    rec = {"training": {"align": {"trace": trace, "hacking": {"flag": "yes"}, "seconds_per_step": float("inf")}},
+           "model": {"generation": {"valid_rate": True}}, "efficiency": {"train_seconds": -0.0}}  # fmt: skip
+    facts = run_facts([rec])
+    assert facts["reward"] is None and facts["valid_metric"] is None and facts["validity"] is None
+    assert facts["flagged"] == 0 and facts["step_seconds"] is None
