@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from benchmark.errors import BenchmarkError, ConfigError
 
-SEARCH_KEYS = ("space", "trials", "sampler", "sampler_seed", "seeds", "objective")
+SEARCH_KEYS = ("space", "trials", "sampler", "sampler_seed", "seeds", "objective", "max_epochs", "patience")
 SAMPLERS = ("tpe", "random")
 SAMPLER_NAMES = {"tpe": "TPESampler", "random": "RandomSampler"}
 # Keys a search may not vary: they change which rows are scored, or the run's identity.
@@ -56,6 +56,9 @@ class Search:
         sampler: ``tpe`` or ``random``; sampler_seed: its seed.
         seeds: the seeds the chosen config is re-run with.
         objective: ``valid/<metric>``, maximized.
+        max_epochs, patience: the epoch cap and early-stopping patience of every trial and final
+            run of a model trained by gradient (``model.train``; models that train nothing have
+            none); None keeps the model config's.
     """
 
     name: str
@@ -65,6 +68,8 @@ class Search:
     sampler_seed: int = 0
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
     objective: str = ""
+    max_epochs: int | None = None
+    patience: int | None = None
 
 
 def _is_count(v: Any) -> bool:
@@ -112,7 +117,13 @@ def search_settings(cfg: DictConfig, name: str) -> Search:
         )
     for key, expr in space.items():
         _check_space_entry(cfg, str(key), expr)
-    return Search(name, {str(k): str(v) for k, v in space.items()}, trials, sampler, sampler_seed, seeds, objective)
+    caps = {}
+    for key, low in (("max_epochs", 1), ("patience", 0)):
+        v = node.get(key)
+        if v is not None and (not _is_count(v) or v < low):
+            raise ConfigError(f"search.{key}: an integer >= {low}, got {v!r}")
+        caps[key] = v
+    return Search(name, {str(k): str(v) for k, v in space.items()}, trials, sampler, sampler_seed, seeds, objective, **caps)
 
 
 def _check_space_entry(cfg: DictConfig, key: str, expr: Any) -> None:
@@ -171,12 +182,12 @@ def plan(job: list[str], search_args: list[str]) -> Plan:
             given_space = given_space or key.lstrip("+") == "search.space"
     # A space on the command line needs no search config (unless one is named with search=NAME).
     group = [f"+search={name}"] if named or not given_space else []
-    cfg = compose_expanded([*job, *group, *values])
-    for o in values:  # a space given on the command line replaces the config's (merging would keep it)
-        if o.partition("=")[0] == "++search.space":
-            with open_dict(cfg):
-                OmegaConf.update(cfg, "search.space", _override_value(o), merge=False)
+    cfg = _compose_search([*job, *group], values)
     search = search_settings(cfg, name)
+    caps = [f"model.train.{k}={getattr(search, k)}" for k in ("max_epochs", "patience") if getattr(search, k) is not None]
+    if caps and cfg.model.get("train") is not None:  # the table's epoch budget, for models trained by gradient
+        job = [*job, *caps]
+        cfg = _compose_search([*job, *group], values)
     base = without_search(cfg)
     check_config(base)
     # Trials validate the same way whatever the test protocol (full or sampled): one study per
@@ -184,6 +195,19 @@ def plan(job: list[str], search_args: list[str]) -> Plan:
     study = f"{base.model.name}-{training_key(base)[:10]}"
     folder = Path(cfg.paths.outputs) / "tune" / study
     return Plan([*job, *values], search, study, folder, group)
+
+
+def _compose_search(overrides: list[str], values: list[str]) -> DictConfig:
+    """The tune config: ``overrides`` and the ``++search.*`` values; a ``search.space`` given on the
+    command line replaces the search config's (a merge would keep its entries)."""
+    from benchmark.compose import compose_expanded
+
+    cfg = compose_expanded([*overrides, *values])
+    for o in values:
+        if o.partition("=")[0] == "++search.space":
+            with open_dict(cfg):
+                OmegaConf.update(cfg, "search.space", _override_value(o), merge=False)
+    return cfg
 
 
 def _override_value(override: str) -> Any:

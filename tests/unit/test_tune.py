@@ -121,6 +121,13 @@ def test_final_runs_are_the_best_trial_and_record_the_search(planted, tmp_path):
         cfg.pop("tuning")
         assert config_hashes(OmegaConf.create(cfg))[1] == best["config_hash"] == t["trial_config_hash"]
         assert rec["config_hash"] == config_hashes(OmegaConf.create(rec["config"]))[0]
+    # The leaderboard says the row was tuned, and with how many trials.
+    from benchmark.results.leaderboard import aggregate, load_runs, tuning_label
+
+    (row,) = aggregate(load_runs(tmp_path / "res" / "runs"))
+    assert row["model"] == "planted (tuned 6 trials)" and row["tuning"] == "tuned 6 trials" and row["seeds"] == 2
+    assert tuning_label({"config": {"model": {}}}) == "default"
+    assert tuning_label({"config": {"tuning": {"trials": "6; rm -rf"}}}) == "default"  # records are untrusted
 
 
 @pytest.mark.parametrize(
@@ -176,3 +183,18 @@ def test_trained_model_trials_early_stop_on_valid(planted, tmp_path):
     best = max(trials, key=lambda t: t["value"])
     assert rec["config"]["model"]["train"]["optimizer"]["lr"] == best["params"]["model.train.optimizer.lr"]
     assert rec["config"]["tuning"]["search"] == "bpr_lr" and rec["training"]["epochs"] >= 1
+
+
+CTR_MODELS = ("lr", "fm", "widedeep", "deepfm", "xdeepfm", "din")
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (Path(__file__).parents[2] / "configs" / "search").glob("*.yaml")))
+def test_every_search_config_fits_its_model(name):
+    """Each configs/search/<model>.yaml is a non-empty space of distributions over its model's keys."""
+    from benchmark.compose import compose
+    from benchmark.tune import search_settings
+
+    ev = ["eval=labeled", "split=temporal"] if name in CTR_MODELS else []
+    cfg = compose([f"model={name}", *ev, f"+search={name}", "++search.trials=1"])
+    search = search_settings(cfg, name)
+    assert search.space and search.objective == f"valid/{cfg.eval.valid_metric}"
