@@ -114,6 +114,10 @@ def _run(cfg: DictConfig, log: RunLog, version: str) -> dict[str, Any]:
         training = align_stage(cfg, model, split, data, job.device)
     else:
         training = _train_or_reuse(job, model, split, params[1], trains, resume, trainer_kwargs, logger)
+    if cfg.get("precision") is not None:  # the trained weights, evaluated in another precision
+        from benchmark.models.components.precision import apply_precision
+
+        apply_precision(model, cfg.precision)
     evaluated = _evaluate(job, model, split, data, trainer_kwargs)
     labels = {"device": job.device.type, "processes": world_size(trainer_kwargs)}
     record = build_record(cfg, data, data_cfg.source, split, job.ev, evaluated, params, training, labels)

@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, str] = {
     "features": "benchmark.bench.feature_cache",
     "audit_scale": "benchmark.bench.audit_scale",
     "align": "benchmark.bench.align_cost",
+    "precision": "benchmark.bench.precision",
 }
 DEFAULT_OUT = Path("results/perf")
 

@@ -78,6 +78,8 @@ def training_key(cfg: DictConfig) -> str:
     ev = c.pop("eval", {}) or {}
     c.pop("slices", None)
     c["valid_metric"] = ev.get("valid_metric")
+    if isinstance(c.get("precision"), dict) and c["precision"].get("inference_only", True):
+        c.pop("precision")  # applied to the trained weights at evaluation: the same weights train
     return sha256_text(canonical_json(c))
 
 
@@ -90,6 +92,8 @@ def model_label(cfg: DictConfig) -> str:
     label = cfg.model.get("label") or cfg.model.name
     # An aligned run (``align=<method>``) ends its label with the method, e.g. ``p5-collaborative+dpo``.
     aligned = f"+{cfg.align.method}" if cfg.get("align") is not None else ""
+    # A backbone precision (``precision=<option>``) ends it with ``@<option>``, e.g. ``tallrec-64shot@int8``.
+    aligned += f"@{cfg.precision.name}" if cfg.get("precision") is not None else ""
     if not adapter_on(cfg.get("adapter")):
         return label + aligned
     from benchmark.models.components.adapter import adapter_label

@@ -1,0 +1,306 @@
+"""Backbone precision and quantization of the LLM models (``precision=<option>``, configs/precision).
+
+An option is applied to the model a run evaluates, AFTER training or reusing its weights, so
+LoRA adapters and item adapters are always trained in the precision the model was built in
+(fp32 on CPU) and an inference-only option keeps the run's training key
+(:func:`benchmark.results.identity.training_key`): ``precision=int8`` reuses the fp32-trained
+weights under ``outputs/models/<training key>`` and only evaluates in int8.
+
+- ``fp32`` / ``bf16`` / ``fp16``: the backbone's floating-point weights cast to that dtype
+  (``fp16`` needs CUDA). LoRA weights stay fp32 (peft casts activations to their dtype).
+- ``int8``: torch dynamic quantization (``torch.ao``; int8 weights per output channel,
+  activations quantized per batch, x86/fbgemm kernels) of the backbone's ``nn.Linear`` layers on
+  CPU. LoRA's ``lora_A``/``lora_B`` and the LM head stay fp32.
+- ``bnb8`` / ``bnb4``: bitsandbytes LLM.int8() / NF4 linear layers on CUDA (same layers kept).
+- ``gguf``: a GGUF runtime without dequantizing; ``vllm``: a vLLM scoring backend. Both are
+  refused with one line where they cannot run (see :func:`check_precision`).
+
+The backbone of a model is its ``lm`` attribute (TALLRec, the reranker, P5); the facts of the
+option go into the model's LLM facts (``lm_facts``, or ``backbone_facts`` for P5), which the run
+record carries under ``model.llm.precision``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmark.errors import ConfigError
+
+WEIGHTS = ("float32", "bfloat16", "float16", "int8", "nf4", "gguf")
+METHODS = ("cast", "torch_dynamic", "bitsandbytes", "llama_cpp", "vllm")
+DEVICES = ("any", "cpu", "cuda")
+# Modules never quantized or cast: LoRA's matrices (trained in fp32) and the LM head (kept in
+# full precision, as LLM.int8() and most weight-only schemes do; it also carries tied embeddings).
+KEEP = ("lora_", "lm_head")
+
+
+@dataclass(frozen=True)
+class PrecisionConfig:
+    """One ``configs/precision`` option, checked.
+
+    Attributes:
+        name: the option's name (the run label ends with ``@<name>``).
+        weights: what the backbone's linear weights become (:data:`WEIGHTS`).
+        method: how (:data:`METHODS`).
+        runtime: the library that runs it (for the record).
+        device: where it can run: ``any``, ``cpu`` or ``cuda``.
+        inference_only: applied at evaluation to the trained weights (training key unchanged).
+        package: an extra package the option needs (imported only when it runs), or None.
+        note: one line on what the option does, for the record.
+    """
+
+    name: str
+    weights: str
+    method: str
+    runtime: str = "torch"
+    device: str = "any"
+    inference_only: bool = True
+    package: str | None = None
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if self.weights not in WEIGHTS:
+            raise ConfigError(f"precision.weights: unknown '{self.weights}' (one of {', '.join(WEIGHTS)})")
+        if self.method not in METHODS:
+            raise ConfigError(f"precision.method: unknown '{self.method}' (one of {', '.join(METHODS)})")
+        if self.device not in DEVICES:
+            raise ConfigError(f"precision.device: unknown '{self.device}' (one of {', '.join(DEVICES)})")
+        if not self.inference_only:
+            raise ConfigError(
+                f"precision={self.name}: training in a quantized precision (QLoRA-style) is not "
+                "supported; options apply to the trained weights at evaluation (inference_only: true)"
+            )
+
+
+def precision_config(node: Any) -> PrecisionConfig:
+    """A :class:`PrecisionConfig` from a config node or mapping (unknown keys are an error)."""
+    if isinstance(node, PrecisionConfig):
+        return node
+    from omegaconf import DictConfig, OmegaConf
+
+    plain = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    known = set(PrecisionConfig.__dataclass_fields__)
+    unknown = sorted(set(plain) - known)
+    if unknown:
+        raise ConfigError(f"precision.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
+    missing = [k for k in ("name", "weights", "method") if k not in plain]
+    if missing:
+        raise ConfigError(f"precision.{missing[0]}: required")
+    return PrecisionConfig(**plain)
+
+
+def cuda_available() -> bool:
+    """Whether a CUDA device is visible (a function, so tests can stand in for a GPU)."""
+    return torch.cuda.is_available()
+
+
+def check_precision(node: Any, model_cfg: Any) -> PrecisionConfig | None:
+    """Refuse an option that cannot run here, before any data is read (ConfigError, one line).
+
+    Args:
+        node: the run's ``precision`` node (None: the model's own dtype, nothing to check).
+        model_cfg: the run's ``model`` node (an LLM model: ``family: llm``).
+
+    Returns:
+        the checked option, or None.
+    """
+    if node is None:
+        return None
+    spec = precision_config(node)
+    if model_cfg.get("family") != "llm":
+        raise ConfigError(
+            f"precision={spec.name}: model {model_cfg.get('name')} has no LLM backbone "
+            "(precision applies to tallrec, llm_rerank and p5)"
+        )
+    if spec.method == "llama_cpp":
+        why = (
+            "no GGUF runtime is installed (llama-cpp-python ships no wheel for this platform on the "
+            "package index)"
+            if importlib.util.find_spec("llama_cpp") is None
+            else "the llama.cpp scoring backend is not available in this version"
+        )
+        raise ConfigError(
+            f"precision={spec.name}: {why}; the GGUF backbone runs dequantized: use precision=fp32"
+        )
+    if spec.device == "cuda" and not cuda_available():
+        raise ConfigError(
+            f"precision={spec.name}: needs a CUDA GPU ({spec.runtime}); none is visible here "
+            "(CPU options: fp32, bf16, int8)"
+        )
+    if spec.package and importlib.util.find_spec(spec.package) is None:
+        raise ConfigError(
+            f"precision={spec.name}: package '{spec.package}' is not installed (pip install {spec.package})"
+        )
+    if spec.method == "vllm":
+        raise ConfigError(
+            "precision=vllm: the vLLM scoring backend is not available in this version "
+            "(use precision=fp16, bnb8 or bnb4 on a GPU)"
+        )
+    return spec
+
+
+# ----------------------------------------------------------------------------- applying
+
+
+def _kept(name: str) -> bool:
+    return any(part.startswith(KEEP) for part in name.split("."))
+
+
+def _linear_layers(lm: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
+    """(parent, attribute, layer) of every plain ``nn.Linear`` of the backbone outside :data:`KEEP`."""
+    out = []
+    for name, parent in lm.named_modules():
+        for attr, child in parent.named_children():
+            full = f"{name}.{attr}" if name else attr
+            if type(child) is nn.Linear and not _kept(full):
+                out.append((parent, attr, child))
+    return out
+
+
+def quantize_int8(lm: nn.Module) -> int:
+    """Replace the backbone's linear layers by torch dynamic-quantized int8 layers, in place.
+
+    Weights are quantized per output channel (symmetric int8), activations per batch at run
+    time; outputs stay fp32. LoRA matrices and the LM head are left as they are.
+
+    Returns:
+        the number of layers quantized.
+    """
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+    from torch.ao.quantization import per_channel_dynamic_qconfig
+
+    layers = _linear_layers(lm)
+    for parent, attr, layer in layers:
+        layer.qconfig = per_channel_dynamic_qconfig
+        setattr(parent, attr, DynamicLinear.from_float(layer))
+    return len(layers)
+
+
+def cast_backbone(lm: nn.Module, dtype: torch.dtype) -> int:
+    """Cast the backbone's floating-point parameters and buffers to ``dtype``, LoRA's excepted.
+
+    Returns:
+        the number of parameters cast.
+    """
+    n = 0
+    for name, module in lm.named_modules():
+        if any(part.startswith("lora_") for part in name.split(".")):
+            continue
+        for p in module.parameters(recurse=False):
+            if p.is_floating_point() and p.dtype != dtype:
+                p.data = p.data.to(dtype)
+                n += 1
+        for bname, b in module.named_buffers(recurse=False):
+            if b.is_floating_point() and b.dtype != dtype:
+                module._buffers[bname] = b.to(dtype)
+    return n
+
+
+def quantize_bnb(lm: nn.Module, weights: str) -> int:
+    """Replace the backbone's linear layers by bitsandbytes 8-bit (LLM.int8()) or NF4 layers.
+
+    The weights are quantized when the model moves to the CUDA device (evaluation does that).
+
+    Returns:
+        the number of layers replaced.
+    """
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise ConfigError(
+            "precision: package 'bitsandbytes' is not installed (pip install bitsandbytes)"
+        ) from None
+    layers = _linear_layers(lm)
+    for parent, attr, layer in layers:
+        bias = layer.bias is not None
+        if weights == "int8":
+            new = bnb.nn.Linear8bitLt(
+                layer.in_features, layer.out_features, bias, has_fp16_weights=False, threshold=6.0
+            )
+            new.weight = bnb.nn.Int8Params(
+                layer.weight.data.half(), requires_grad=False, has_fp16_weights=False
+            )
+        else:
+            new = bnb.nn.Linear4bit(
+                layer.in_features, layer.out_features, bias, compute_dtype=torch.bfloat16, quant_type="nf4"
+            )
+            new.weight = bnb.nn.Params4bit(layer.weight.data, requires_grad=False, quant_type="nf4")
+        if bias:
+            new.bias = nn.Parameter(layer.bias.data.clone(), requires_grad=False)
+        setattr(parent, attr, new)
+    return len(layers)
+
+
+def _facts_of(model: nn.Module) -> dict[str, Any] | None:
+    for attr in ("lm_facts", "backbone_facts"):
+        facts = getattr(model, attr, None)
+        if isinstance(facts, dict):
+            return facts
+    return None
+
+
+def apply_precision(model: nn.Module, node: Any) -> dict[str, Any]:
+    """Put the model's backbone (``model.lm``) in the option's precision, in place.
+
+    Args:
+        model: a built (and trained or reused) LLM model with its backbone in ``lm``.
+        node: a ``precision`` config node, mapping or :class:`PrecisionConfig`.
+
+    Returns:
+        the facts recorded (also added to the model's LLM facts as ``precision``): name, weights,
+        method, runtime and version, layers quantized or parameters cast, LoRA layers kept in
+        fp32, seconds taken.
+
+    Raises:
+        ConfigError: a model without an ``lm`` backbone, or an option that cannot run here.
+    """
+    spec = precision_config(node) if not isinstance(node, PrecisionConfig) else node
+    lm = getattr(model, "lm", None)
+    if not isinstance(lm, nn.Module):
+        raise ConfigError(f"precision={spec.name}: model {type(model).__name__} has no LLM backbone (lm)")
+    t0 = time.perf_counter()
+    facts: dict[str, Any] = {
+        "name": spec.name,
+        "weights": spec.weights,
+        "method": spec.method,
+        "runtime": f"torch {torch.__version__}",
+        "inference_only": spec.inference_only,
+    }
+    if spec.method == "torch_dynamic":
+        facts["engine"] = torch.backends.quantized.engine
+        facts["linear_quantized"] = quantize_int8(lm)
+    elif spec.method == "cast":
+        facts["params_cast"] = cast_backbone(lm, getattr(torch, spec.weights))
+    elif spec.method == "bitsandbytes":
+        facts["linear_quantized"] = quantize_bnb(lm, spec.weights)
+        from benchmark.util import package_version
+
+        facts["runtime"] = f"bitsandbytes {package_version('bitsandbytes')}"
+    else:
+        raise ConfigError(f"precision={spec.name}: method {spec.method} cannot be applied to a torch model")
+    facts["lora_layers_fp32"] = sum(
+        1
+        for n, m in lm.named_modules()
+        if type(m) is nn.Linear and ".lora_" in f".{n}" and m.weight.dtype == torch.float32
+    )
+    facts["seconds"] = round(time.perf_counter() - t0, 3)
+    own = _facts_of(model)
+    if own is not None:
+        own["precision"] = {k: v for k, v in facts.items() if k != "seconds"}
+        if spec.method == "cast":
+            own["dtype"] = spec.weights
+    return facts
+
+
+def describe(node: Mapping[str, Any] | None) -> str:
+    """``int8 (torch_dynamic)`` or ``model dtype`` for the default: a short label for logs."""
+    if node is None:
+        return "model dtype"
+    return f"{node.get('name')} ({node.get('method')})"

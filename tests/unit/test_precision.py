@@ -1,0 +1,246 @@
+"""Backbone precision of the LLM models (``precision=<option>``): CPU options load, score and stay
+close to fp32; int8 quantizes the base linear layers and keeps LoRA in fp32; GPU-only options
+refuse on CPU with one line; config hashes of existing runs and training keys do not move.
+
+Models are the tiny randomly initialised Llama of ``test_tallrec`` (``make_tiny_lm``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from benchmark.config import CONFIG_DIR, SplitConfig
+from benchmark.data.atomic import read_atomic
+from benchmark.data.splits import build_split
+from benchmark.errors import ConfigError
+from benchmark.models.components.precision import apply_precision, check_precision, precision_config
+from benchmark.models.tallrec import TallRec
+from tests.conftest import random_rows, write_atomic
+from tests.unit.test_tallrec import load_prompt, make_tiny_lm, template_words
+
+REPO = Path(__file__).resolve().parents[2]
+RUNS = REPO / "results" / "runs"
+CPU_OPTIONS = ("fp32", "bf16", "int8")
+GPU_OPTIONS = ("fp16", "bnb8", "bnb4", "vllm")
+
+
+def option(name: str):
+    return OmegaConf.load(CONFIG_DIR / "precision" / f"{name}.yaml")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    write_atomic(
+        d,
+        "tiny",
+        random_rows(n_users=12, n_items=30, per_user=14),
+        {f"i{i}": f"Title {i}" for i in range(30)},
+    )
+    return read_atomic(d, "tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    titles = [f"Title {i}" for i in range(30)]
+    return make_tiny_lm(tmp_path_factory.mktemp("lm"), template_words("tallrec") + titles, seed=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_split(tiny_data):
+    return build_split(tiny_data, SplitConfig(protocol="temporal"))
+
+
+def tallrec(split, data, lm) -> TallRec:
+    """A TallRec with LoRA on q/v whose lora_B is non-zero (as after training), fixed seed."""
+    model = TallRec(
+        split,
+        data,
+        backbone=str(lm),
+        prompt=load_prompt("tallrec"),
+        lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+        shots=16,
+        seed=0,
+        dtype="float32",
+    )
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, p in model.lm.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return model.eval()
+
+
+def prompts(model: TallRec, split) -> list[str]:
+    test = split.test
+    return [model._prompt(int(u), int(i)) for u, i in zip(test["user"][:24], test["item"][:24], strict=True)]
+
+
+@pytest.fixture(scope="module")
+def fp32_scores(tiny_split, tiny_data, tiny_lm):
+    model = tallrec(tiny_split, tiny_data, tiny_lm)
+    return model.p_yes(prompts(model, tiny_split))
+
+
+@pytest.mark.parametrize("name", CPU_OPTIONS)
+def test_cpu_option_loads_scores_and_records_itself(name, tiny_split, tiny_data, tiny_lm, fp32_scores):
+    model = tallrec(tiny_split, tiny_data, tiny_lm)
+    facts = apply_precision(model, option(name))
+    p = model.p_yes(prompts(model, tiny_split))
+    assert torch.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
+    assert (p - fp32_scores).abs().max() < 0.05  # close to fp32 on a tiny model
+    recorded = model.prediction_facts()["llm"]["precision"]
+    assert recorded["name"] == facts["name"] == name
+    assert recorded["method"] == option(name).method and "seconds" not in recorded
+    assert facts["lora_layers_fp32"] == 2 * 2 * 2  # q/v x 2 layers x (A, B)
+
+
+def test_int8_quantizes_base_linears_only_and_changes_scores(tiny_split, tiny_data, tiny_lm, fp32_scores):
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    model = tallrec(tiny_split, tiny_data, tiny_lm)
+    before = sum(1 for m in model.lm.modules() if type(m) is nn.Linear)
+    facts = apply_precision(model, option("int8"))
+    named = dict(model.lm.named_modules())
+    quantized = [n for n, m in named.items() if isinstance(m, DynamicLinear)]
+    # 2 layers x (q, k, v, o, gate, up, down) base layers; LoRA A/B (8) and the LM head stay nn.Linear
+    assert len(quantized) == facts["linear_quantized"] == 14
+    assert not any("lora_" in n or "lm_head" in n for n in quantized)
+    kept = [n for n, m in named.items() if type(m) is nn.Linear]
+    assert len(kept) == before - 14 and all(named[n].weight.dtype == torch.float32 for n in kept)
+    assert sum("lora_" in n for n in kept) == 8 and any(n.endswith("lm_head") for n in kept)
+    p = model.p_yes(prompts(model, tiny_split))
+    diff = (p - fp32_scores).abs()
+    assert diff.max() > 0  # quantization happened
+    assert diff.max() < 0.05  # and stays close
+    with model.lm.disable_adapter():  # the fp32 LoRA still acts on the int8 base
+        assert (model.p_yes(prompts(model, tiny_split)[:4]) - p[:4]).abs().max() > 1e-4
+
+
+def test_bf16_casts_the_backbone_and_keeps_lora_fp32(tiny_split, tiny_data, tiny_lm):
+    model = tallrec(tiny_split, tiny_data, tiny_lm)
+    apply_precision(model, option("bf16"))
+    dtypes = {n: p.dtype for n, p in model.lm.named_parameters()}
+    assert all(d == torch.float32 for n, d in dtypes.items() if "lora_" in n)
+    assert all(d == torch.bfloat16 for n, d in dtypes.items() if "lora_" not in n)
+    assert model.prediction_facts()["llm"]["dtype"] == "bfloat16"
+
+
+def test_option_needs_an_llm_backbone_and_known_keys():
+    with pytest.raises(ConfigError, match="precision=int8: model bpr has no LLM backbone"):
+        check_precision(option("int8"), OmegaConf.create({"name": "bpr", "family": "classic"}))
+    with pytest.raises(ConfigError, match="precision.wieghts: unknown key"):
+        precision_config({**OmegaConf.to_container(option("int8")), "wieghts": "int4"})
+    with pytest.raises(ConfigError, match="precision.weights"):
+        precision_config({"name": "x", "weights": "int3", "method": "cast"})
+    with pytest.raises(ConfigError, match="no LLM backbone"):
+        apply_precision(nn.Linear(2, 2), option("int8"))
+
+
+@pytest.mark.parametrize("name", [*GPU_OPTIONS, "gguf"])
+def test_gpu_only_and_absent_runtimes_refuse_on_cpu(name, monkeypatch):
+    monkeypatch.setattr("benchmark.models.components.precision.cuda_available", lambda: False)
+    with pytest.raises(ConfigError) as e:
+        check_precision(option(name), OmegaConf.create({"name": "tallrec", "family": "llm"}))
+    msg = str(e.value)
+    assert msg.startswith(f"precision={name}: ") and "\n" not in msg
+    if name != "gguf":
+        assert "CUDA" in msg
+
+
+@pytest.mark.parametrize("name", ["bnb4", "vllm", "gguf"])
+def test_cli_refuses_before_reading_data_and_writes_nothing(name, tmp_path, capsys, monkeypatch):
+    from benchmark.cli import main
+
+    def no_data(*a, **k):
+        raise AssertionError("data was read")
+
+    monkeypatch.setattr("benchmark.models.components.precision.cuda_available", lambda: False)
+    monkeypatch.setattr("benchmark.data.loading.load_dataset", no_data)
+    args = ["run", "experiment=tallrec_movie_64", f"precision={name}", "logger=none"]
+    args += [f"paths.results={tmp_path / 'res'}", f"paths.outputs={tmp_path / 'out'}"]
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"precision={name}" in err, err
+    assert not any(tmp_path.rglob("*.json")) and not (tmp_path / "res").exists()
+
+
+# ----------------------------------------------------------------------------- identity
+
+
+COMMITTED = [
+    ("ml-100k-tallrec_movie-labeled-tallrec-64shot-s1-*", ["experiment=tallrec_movie_64", "seed=1"]),
+    ("ml-100k-loo-full-bpr-s1-*", None),
+    ("ml-100k-loo-full-llm_rerank-top20-random-s1-*", None),
+]
+
+
+@pytest.mark.parametrize("pattern, overrides", COMMITTED)
+def test_committed_configs_hash_as_before_and_precision_keeps_the_training_key(pattern, overrides):
+    """The root default (no precision) leaves every committed config hash unchanged; an
+    inference-only option gives a new hash and run id labelled ``@<option>`` but the same
+    training key, so the trained weights are reused."""
+    from benchmark.compose import compose
+    from benchmark.results.identity import config_hashes, model_label, training_key
+    from benchmark.results.submission import recorded_config_hashes
+
+    for path in sorted(RUNS.glob(f"{pattern}/record.json")):
+        rec = json.loads(path.read_text())
+        assert "precision" not in rec["config"]
+        recorded = OmegaConf.create(rec["config"])
+        assert (rec["config_hash"], rec["group_key"]) in recorded_config_hashes(rec["config"])
+        if overrides is not None:  # composing it today hashes as its recorded config
+            assert "precision" not in compose(overrides)
+            assert config_hashes(compose(overrides)) == config_hashes(recorded)
+        for name in CPU_OPTIONS:
+            cfg = OmegaConf.create({**rec["config"], "precision": OmegaConf.to_container(option(name))})
+            assert config_hashes(cfg)[0] != config_hashes(recorded)[0]
+            assert training_key(cfg) == training_key(recorded)
+            assert model_label(cfg) == model_label(recorded) + f"@{name}"
+
+
+def test_precision_override_composes_and_labels_the_run():
+    from benchmark.compose import compose
+    from benchmark.results.identity import config_hashes, run_id_for, training_key
+
+    base = compose(["experiment=tallrec_movie_64", "seed=1"])
+    int8 = compose(["experiment=tallrec_movie_64", "seed=1", "precision=int8"])
+    assert int8.precision.name == "int8"
+    assert training_key(int8) == training_key(base)
+    run_id = run_id_for(int8, config_hashes(int8)[0])
+    assert "-tallrec-64shot@int8-s1-" in run_id
+    assert config_hashes(int8)[0] != config_hashes(base)[0]
+
+
+def test_bench_compares_every_option_with_fp32_on_the_rows_both_scored():
+    from benchmark.bench.precision import compare_rerank, compare_tallrec, table
+    from benchmark.eval.metrics import auc
+
+    labels = [1, 0, 1, 0, 1, 0]
+    fp32 = [0.9, 0.2, 0.6, 0.7, 0.8, 0.1]
+    int8 = [0.9, 0.2, 0.4, 0.7, 0.8, 0.1]  # row 2 moves below a negative
+    row = {"prompt_tokens_mean": 10, "tokens_per_second": 1, "floor_seconds_per_row": 0.1, "peak_rss_mb": 1}
+    res = {
+        "fp32": {**row, "rows": 6, "p_yes": fp32, "labels": labels, "seconds_per_row": 1.0},
+        "int8": {**row, "rows": 6, "p_yes": int8, "labels": labels, "seconds_per_row": 0.5},
+        "bf16": {**row, "rows": 2, "p_yes": fp32[:2], "labels": labels[:2], "seconds_per_row": 4.0},
+    }
+    c = compare_tallrec(res)
+    assert c["fp32"]["auc_change"] == 0 and c["fp32"]["max_abs_p_yes_diff"] == 0
+    assert c["int8"]["auc_change"] == pytest.approx(auc(labels, int8) - auc(labels, fp32), abs=1e-5) < 0
+    assert c["int8"]["max_abs_p_yes_diff"] == pytest.approx(0.2) and c["int8"]["speedup_vs_fp32"] == 2.0
+    assert c["bf16"]["rows_compared"] == 2 and c["bf16"]["speedup_vs_fp32"] == 0.25
+    rr = {"fp32": {"ndcg@10_per_user": [1.0, 0.0], "seconds_per_user": 2.0, "users": 2}}
+    rr["int8"] = {"ndcg@10_per_user": [0.5, 0.0], "seconds_per_user": 1.0, "users": 2}
+    r = compare_rerank(rr)
+    assert r["int8"]["ndcg@10_change"] == -0.25 and r["int8"]["speedup_vs_fp32"] == 2.0
+    text = table({"tallrec": res, "tallrec_vs_fp32": c, "rerank": rr, "rerank_vs_fp32": r})
+    assert text.count("\n") == 4 and "| `int8` | 6 | 0.5 |" in text and "| 2 | 1.0 | -0.25 |" in text
