@@ -148,3 +148,19 @@ def staged_dir(final: Path | str, exists: Literal["replace", "keep"] = "replace"
             os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_marked_block(path: Path | str, start: str, end: str, text: str) -> None:
+    """Replace what lies between the ``start`` and ``end`` marker lines of a text file (a README's
+    generated table), atomically.
+
+    Raises:
+        ValueError: the file lacks one of the markers (one line naming both).
+    """
+    path = Path(path)
+    old = path.read_text(encoding="utf-8")
+    if start not in old or end not in old:
+        raise ValueError(f"{path}: no {start} ... {end} markers")
+    head, rest = old.split(start, 1)
+    _, tail = rest.split(end, 1)
+    atomic_write(path, f"{head}{start}\n{text}{end}{tail}")

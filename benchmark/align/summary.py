@@ -26,9 +26,11 @@ import numpy as np
 
 from benchmark.results.leaderboard import aggregate, load_runs
 from benchmark.results.tables import kind_of, table_key
-from benchmark.util import atomic_write
+from benchmark.util import atomic_write, write_marked_block
 
 OUT = Path("results/align/summary.md")
+COST = Path("results/perf/align_cost.json")
+START, END = "<!-- align-table:start -->", "<!-- align-table:end -->"
 RANKING_COLUMNS = ("hr@10", "cold_user/ndcg@10", "cold_item/ndcg@10", "coverage@10", "arp@10")
 LABELED_COLUMNS = ("gauc", "cold_user/auc", "cold_item/auc", "logloss")
 
@@ -142,20 +144,55 @@ def summary(runs_dir: Path) -> str:
     return "\n".join(out)
 
 
+def cost_table(path: Path) -> list[str]:
+    """Markdown lines of the ``make bench`` alignment cost (``results/perf/align_cost.json``), if present."""
+    import json
+
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        rows = doc["methods"]
+        load = doc["machine"]["load_avg"][0]
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return []
+    out = [
+        f"Cost per step (`{path}`: {doc.get('setting', '')}; one torch thread, CPU, load average {load:.1f} "
+        "while it ran):",
+        "",
+        "| method | batch | s/step (median) | s/step (best) | s/example | x SFT step | peak RSS MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['method']} | {r['batch_size']} | {r['seconds_per_step_median']:.3f} | "
+            f"{r['seconds_per_step_best']:.3f} | {r['seconds_per_example']:.4f} | {r['x_sft_step']:.2f} | "
+            f"{r['peak_rss_mb']:.0f} |"
+        )
+    return [*out, ""]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmark.align.summary", description=__doc__.splitlines()[0]
     )
     parser.add_argument("runs", nargs="?", type=Path, default=Path("results/runs"))
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--readme", type=Path, help=f"also write the tables between {START} and {END} there")
     args = parser.parse_args(argv)
     if not args.runs.is_dir():
         print(f"{args.runs}: not a folder of run records", file=sys.stderr)
         return 2
-    text = summary(args.runs)
+    text = summary(args.runs) + "\n" + "\n".join(cost_table(COST))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.out, text + "\n")
     print(f"wrote {args.out}")
+    if args.readme is not None:
+        body = text.split("\n", 2)[2] if text.startswith("# ") else text  # the tables, without the title
+        try:
+            write_marked_block(args.readme, START, END, body.lstrip("\n") + "\n")
+        except (OSError, ValueError) as e:
+            print(str(e), file=sys.stderr)
+            return 2
+        print(f"wrote the tables into {args.readme}")
     return 0
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from benchmark.audit.findings import pct
 from benchmark.audit.report import SCHEMES
-from benchmark.util import atomic_write
+from benchmark.util import atomic_write, write_marked_block
 
 OUT = Path("results/audit")
 README = Path("README.md")
@@ -173,12 +173,10 @@ def leaky_summary(report: dict[str, Any]) -> str:
 
 def write_readme_table(readme: Path, text: str) -> None:
     """Replace the text between the audit-table markers of ``readme`` (which must have both)."""
-    old = readme.read_text(encoding="utf-8")
-    if START not in old or END not in old:
-        raise SystemExit(f"{readme}: no {START} ... {END} markers")
-    head, rest = old.split(START, 1)
-    _, tail = rest.split(END, 1)
-    atomic_write(readme, f"{head}{START}\n{text}{END}{tail}")
+    try:
+        write_marked_block(readme, START, END, text)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,3 +59,16 @@ def test_package_version_and_device() -> None:
     assert package_version("no-such-distribution-xyz") is None
     assert torch_device("cpu").type == "cpu"
     assert torch_device("auto").type in ("cpu", "cuda")
+
+
+def test_write_marked_block_replaces_only_between_the_markers(tmp_path):
+    from benchmark.util import write_marked_block
+
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- t:start -->\nold table\n<!-- t:end -->\noutro\n")
+    write_marked_block(readme, "<!-- t:start -->", "<!-- t:end -->", "| a |\n")
+    assert readme.read_text() == "intro\n<!-- t:start -->\n| a |\n<!-- t:end -->\noutro\n"
+    before = readme.read_text()
+    with pytest.raises(ValueError, match="no <!-- x:start --> ... <!-- x:end --> markers"):
+        write_marked_block(readme, "<!-- x:start -->", "<!-- x:end -->", "new")
+    assert readme.read_text() == before
