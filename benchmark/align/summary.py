@@ -9,7 +9,7 @@ holds an aligned run, with the parents' rows first; nothing is typed by hand.
 
 Columns: seeds; the headline metric (NDCG@10 or AUC) with Δ against the parents and the test's
 mark and p; HR@10, the cold slices and catalogue coverage@10 / average recommended popularity
-(ranking tables); the validity of generated ids at test time (``model.generation.valid_rate``,
+(ranking tables) and the genre intra-list diversity ildgenre@10; the validity of generated ids at test time (``model.generation.valid_rate``,
 P5); the last traced reward and validation metric; whether any seed was flagged for possible
 reward hacking; the median seconds per alignment step and the training seconds.
 """
@@ -31,7 +31,7 @@ from benchmark.util import atomic_write, write_marked_block
 OUT = Path("results/align/summary.md")
 COST = Path("results/perf/align_cost.json")
 START, END = "<!-- align-table:start -->", "<!-- align-table:end -->"
-RANKING_COLUMNS = ("hr@10", "cold_user/ndcg@10", "cold_item/ndcg@10", "coverage@10", "arp@10")
+RANKING_COLUMNS = ("hr@10", "cold_user/ndcg@10", "cold_item/ndcg@10", "coverage@10", "arp@10", "ildgenre@10")
 LABELED_COLUMNS = ("gauc", "cold_user/auc", "cold_item/auc", "logloss")
 
 
