@@ -359,6 +359,19 @@ class P5(nn.Module):
             seq = self.train_seq[u]
             prompts.append(self._render(seen[t].name, seq[max(0, e - self.history) : e], int(u)))
             targets.append(self.item_tokens[seq[e]])
+        batch, labels = self._target_batch(prompts, targets)
+        batch["labels"] = labels
+        return batch
+
+    def _target_batch(
+        self, prompts: list[str], targets: list[list[int]]
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Model inputs of N prompts with their target id tokens, and the labels [N, T] (-100 on padding).
+
+        A seq2seq model reads the prompt and is labelled with the target (decoder side); a
+        decoder-only LM reads the left-padded prompt followed by the target, labelled on its
+        last T positions.
+        """
         ids, mentions = self._tokenize(prompts)
         width = max(len(t) for t in targets)
         labels = torch.full((len(targets), width), -100, dtype=torch.long)
@@ -372,8 +385,7 @@ class P5(nn.Module):
                 labels[r, : len(t)] = torch.as_tensor(t)
         if self.adapter is not None:
             batch.update(self.adapter.slots(batch["input_ids"], mentions))
-        batch["labels"] = labels
-        return batch
+        return batch, labels
 
     # ------------------------------------------------------------------ training
 
@@ -421,20 +433,8 @@ class P5(nn.Module):
         Returns:
             (logps [N, T] float32, mask [N, T] float32: 1 on an item's tokens, 0 on padding).
         """
-        targets = [self.item_tokens[int(i)] for i in items]
-        ids, mentions = self._tokenize(list(prompts))
-        width = max(len(t) for t in targets)
-        labels = torch.full((len(targets), width), -100, dtype=torch.long)
-        if self.kind == "causal":
-            batch = self._inputs([p + t for p, t in zip(ids, targets, strict=True)])
-            for r, t in enumerate(targets):
-                labels[r, width - len(t) :] = torch.as_tensor(t)
-        else:
-            batch = self._inputs(ids)
-            for r, t in enumerate(targets):
-                labels[r, : len(t)] = torch.as_tensor(t)
-        if self.adapter is not None:
-            batch.update(self.adapter.slots(batch["input_ids"], mentions))
+        batch, labels = self._target_batch(list(prompts), [self.item_tokens[int(i)] for i in items])
+        width = labels.shape[1]
         batch = {k: v.to(device) for k, v in batch.items()}
         labels = labels.to(device)
         inputs = self._lm_inputs(batch)
