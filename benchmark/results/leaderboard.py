@@ -435,14 +435,18 @@ def add_beyond_metrics(rec: dict[str, Any], folder: Path, warn: Warn) -> int:
 def seed_group(rec: dict[str, Any]) -> str:
     """The seed group of a record under today's hashing rule (:func:`~benchmark.results.identity.config_hashes`
     of its recorded config), so that seeds of one config recorded under an earlier rule (e.g. with
-    ``data.cache_dir`` in the hash) and seeds recorded today form one row; the record's own
-    ``group_key`` when its config cannot be hashed."""
-    from omegaconf import OmegaConf
+    ``data.cache_dir`` in the hash) and seeds recorded today form one row, and the seeds of one
+    aligned setting, each of which names its own seed's parent (``align.parent``), too; the
+    record's own ``group_key`` when its config cannot be hashed."""
+    from omegaconf import DictConfig, OmegaConf
 
     from benchmark.results.identity import config_hashes
 
     try:
-        return config_hashes(OmegaConf.create(rec["config"]))[1]
+        cfg = OmegaConf.create(rec["config"])
+        if isinstance(cfg.get("align"), DictConfig) and "parent" in cfg.align:
+            cfg.align.parent = None  # each seed aligns its own seed's parent: one row per aligned setting
+        return config_hashes(cfg)[1]
     except Exception:  # noqa: BLE001 - a stranger's config (e.g. a broken interpolation): keep its own key
         return str(rec["group_key"])
 

@@ -107,3 +107,14 @@ def test_alignment_summary_facts_survive_strange_traces(trace):
     facts = run_facts([rec])
     assert facts["reward"] is None and facts["valid_metric"] is None and facts["validity"] is None
     assert facts["flagged"] == 0 and facts["step_seconds"] is None
+
+
+def test_seeds_of_one_aligned_setting_share_a_row_though_their_parents_differ():
+    from benchmark.results.leaderboard import seed_group
+
+    def rec(seed, parent, beta=0.1):
+        cfg = {"model": {"name": "p5"}, "align": {"method": "dpo", "beta": beta, "parent": parent}, "seed": seed}
+        return {"config": cfg, "group_key": f"own-{seed}"}
+
+    assert seed_group(rec(1, "runs/p-s1")) == seed_group(rec(2, "runs/p-s2"))
+    assert seed_group(rec(1, "runs/p-s1")) != seed_group(rec(2, "runs/p-s2", beta=0.5))
