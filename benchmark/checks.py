@@ -11,7 +11,8 @@ anything is trained or written. The checks are general, not a list of known mist
 - the trainer of a model (``model.train``) is the typed :class:`benchmark.config.TrainConfig`;
 - ``seed`` is an integer >= 0;
 - the metric cut-offs fit the candidates a test row has: the catalogue under full ranking
-  (the dataset is read once per distinct data config), ``1 + num_negatives`` when sampled;
+  (the dataset is read once per distinct data config), ``1 + num_negatives`` when sampled or
+  candidates;
 - paths the run will read exist (``load_weights``, ``ckpt_path``, ``data.path``, ``data.raw_dir``);
 - the parts of the run id (``data.name``, the model's label) are plain names, so the run id names
   one folder inside ``results/runs`` and passes ``validate``'s run-id rule.
@@ -247,11 +248,11 @@ def check_cutoffs(cfg: Any, catalogue: bool = True) -> None:
     metric, _, k = str(ev.valid_metric).partition("@")
     if not k.isdigit() or int(k) < 1:
         raise ConfigError(f"eval.valid_metric: expected <metric>@K with K >= 1, got {ev.valid_metric}")
-    if ev.protocol == "sampled":
+    if ev.protocol in ("sampled", "candidates"):
         n = 1 + ev.num_negatives
         big = [c for c in ev.ks if c > n]
         if big:
-            raise ConfigError(f"eval.ks: {big[0]} exceeds the {n} candidates of a row under eval=sampled (1 + eval.num_negatives)")
+            raise ConfigError(f"eval.ks: {big[0]} exceeds the {n} candidates of a row under eval={ev.protocol} (1 + eval.num_negatives)")
     if not catalogue:
         return
     n = catalogue_size(cfg.data)
@@ -261,6 +262,12 @@ def check_cutoffs(cfg: Any, catalogue: bool = True) -> None:
         raise ConfigError(f"eval.ks: {big[0]} exceeds {where} under eval=full")
     if int(k) > n:  # validation ranks the whole catalogue under either ranking protocol
         raise ConfigError(f"eval.valid_metric: K={k} exceeds {where} (validation ranks the catalogue)")
+    for key, neg, on in (
+        ("num_negatives", ev.num_negatives, ev.protocol in ("sampled", "candidates")),
+        ("candidates_negatives", ev.candidates_negatives, ev.also_candidates),
+    ):
+        if on and neg > n - 1:  # each user's own items lower the bound further: checked when drawn
+            raise ConfigError(f"eval.{key}={neg}: exceeds {where} minus the row's target")
 
 
 def last_checkpoint(cfg: Any) -> Path:

@@ -22,7 +22,7 @@ from benchmark.errors import ConfigError
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 SPLIT_PROTOCOLS = ("loo", "temporal", "random", "tallrec_movie")
-EVAL_PROTOCOLS = ("full", "sampled", "labeled")
+EVAL_PROTOCOLS = ("full", "sampled", "labeled", "candidates")
 DUPLICATE_RULES = ("error", "first", "last", "max_rating")  # data.duplicates; see benchmark.data.atomic
 
 
@@ -102,8 +102,10 @@ class EvalConfig:
 
     protocol: str = "full"
     ks: list[int] = field(default_factory=lambda: [5, 10, 20])
-    num_negatives: int = 100  # sampled protocol
+    num_negatives: int = 100  # sampled and candidates protocols
     negatives_seed: int = 0
+    also_candidates: bool = False  # full: also score the candidates view (1 target + candidates_negatives)
+    candidates_negatives: int = 19  # the negatives of that view
     list_length: int = 20  # stored top-K per row (at least max(ks) and 20)
     chunk_users: int = 1024  # full ranking: users scored per chunk
     test_users: int | None = None  # evaluate a fixed seeded subset of this many test users (null = all)
@@ -119,6 +121,12 @@ class EvalConfig:
                 raise ConfigError(f"eval.ks: every K must be a positive integer, got {k}")
         if self.num_negatives <= 0:
             raise ConfigError(f"eval.num_negatives: must be > 0, got {self.num_negatives}")
+        if self.candidates_negatives <= 0:
+            raise ConfigError(f"eval.candidates_negatives: must be > 0, got {self.candidates_negatives}")
+        if self.also_candidates and self.protocol != "full":
+            raise ConfigError(
+                f"eval.also_candidates: only eval=full adds a candidates view (this is eval={self.protocol})"
+            )
         if self.test_users is not None and (not isinstance(self.test_users, int) or self.test_users <= 0):
             raise ConfigError(f"eval.test_users: must be null or a positive integer, got {self.test_users}")
         if self.chunk_users <= 0:

@@ -3,7 +3,7 @@ validation during training.
 
 :func:`row_predictor` chooses, once per set of rows, how a model answers them: pair scores
 (``score_pairs``) for labeled rows, the ranked fixed candidates (``score_pairs``) for sampled
-rows, and for full-catalogue rows the model's own ranked lists (``rank_rows``, generative models)
+rows and candidate lists (or the one candidate a generative model names, ``answer_candidates``), and for full-catalogue rows the model's own ranked lists (``rank_rows``, generative models)
 or the top-K of its catalogue scores (``score``). :func:`predict` runs it over all rows, in one
 process or sharded over the trainer's processes. The methods are the model contract's
 (:mod:`benchmark.models.contract`).
@@ -26,7 +26,7 @@ from benchmark.data.views import LabeledRows, RankingRows
 from benchmark.distributed import is_distributed, quiet_lightning
 from benchmark.eval.evaluator import Predictions
 from benchmark.eval.ranking import rank_candidates, rank_full
-from benchmark.models.contract import outputs_probabilities, prediction_facts, ranks_rows
+from benchmark.models.contract import answers_candidates, outputs_probabilities, prediction_facts, ranks_rows
 from benchmark.progress import Progress, RunLog, is_terminal
 
 # fn(model, row_ids [B], device) -> ranked item indices [B, K] (ranking rows) or scores [B] (labeled rows)
@@ -55,6 +55,15 @@ def row_predictor(rows: RankingRows | LabeledRows, protocol: str, k: int, chunk_
         return lambda model, ids, device: rank_candidates(
             model.score_pairs, rows, k, chunk_users, device, row_ids=ids
         )
+    if protocol == "candidates":
+
+        def candidates(model: nn.Module, ids: np.ndarray, device: torch.device) -> np.ndarray:
+            if answers_candidates(model):  # a generative model names one candidate per row
+                return model.answer_candidates(rows, ids, k, device)
+            # The same ranking (and tie rule: item index ascending) as eval=sampled.
+            return rank_candidates(model.score_pairs, rows, k, chunk_users, device, row_ids=ids)
+
+        return candidates
 
     def full(model: nn.Module, ids: np.ndarray, device: torch.device) -> np.ndarray:
         if ranks_rows(model):  # generative models rank their rows themselves
@@ -95,7 +104,27 @@ def predict(
     extra = prediction_facts(model)
     if ev.protocol == "labeled":
         return Predictions(rows, scores=out, probabilities=outputs_probabilities(model), extra=extra)
-    return Predictions(rows, ranked=out, extra=extra)
+    row_facts = model.answer_facts(rows) if ev.protocol == "candidates" and answers_candidates(model) else None
+    return Predictions(rows, ranked=out, extra=extra, row_facts=row_facts)
+
+
+@torch.no_grad()
+def candidates_view(model: nn.Module, rows: RankingRows, ev: EvalConfig, device: torch.device) -> np.ndarray:
+    """A full run's candidates view (``eval.also_candidates``): each row's candidates ranked by the
+    model's own catalogue scores (``score``), with the tie rule of ``eval=sampled``.
+
+    Args:
+        rows: the test rows with the view's fixed negatives.
+
+    Returns:
+        [R, list_length] candidate item indices, best first.
+    """
+
+    def from_catalogue(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return model.score(users).float().gather(1, items)  # [B, n_items] -> [B, C]
+
+    model.eval().to(device)
+    return rank_candidates(from_catalogue, rows, ev.max_k, ev.chunk_users, device)
 
 
 class ShardedPredict(pl.LightningModule):

@@ -35,7 +35,7 @@ from benchmark.distributed import is_global_zero, world_size
 from benchmark.errors import ConfigError
 from benchmark.eval.evaluator import evaluate
 from benchmark.eval.rows import eval_rows
-from benchmark.models.contract import check_model, has_own_train_data, reads_train
+from benchmark.models.contract import check_model, has_own_train_data, ranks_rows, reads_train
 from benchmark.predict import predict
 from benchmark.progress import RunLog, run_version
 from benchmark.results.identity import config_hashes, run_id_for, training_key
@@ -154,6 +154,11 @@ def _build(job: _Job, split: Split, data: Interactions) -> tuple[torch.nn.Module
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     trains = bool(n_train and cfg.model.get("train"))
     check_model(model, cfg.model.name, job.ev.protocol, trains=trains)
+    if job.ev.also_candidates and ranks_rows(model):
+        raise ConfigError(
+            f"eval.also_candidates: model {cfg.model.name} generates ranked lists (no catalogue scores "
+            "to rank a candidate list by); run it without the candidates view"
+        )
     return model, (n_params, n_train), trains
 
 
@@ -275,14 +280,29 @@ def _evaluate(
 ) -> Evaluated:
     """Predictions and metrics on the configured test rows, timed (ranking runs also get the
     beyond-accuracy metrics from the train part's item facts, built before the clock starts)."""
-    ranking = job.ev.protocol != "labeled"
+    ranking = job.ev.protocol not in ("labeled", "candidates")  # candidate lists get no beyond-accuracy metrics
     item_facts = build_item_facts(split, data) if ranking and is_global_zero() else None
     t0 = time.perf_counter()
     rows, facts = eval_rows(split, job.ev, to_object(job.cfg.slices, SliceConfig))
     progress = bool(job.cfg.trainer.get("enable_progress_bar", True))
     pred = predict(model, rows, job.ev, job.device, trainer_kwargs, progress, log=job.log)
-    metrics, sizes, _ = evaluate(pred, job.ev.ks, split.n_items, facts=item_facts)
-    return Evaluated(pred, metrics, sizes, facts, time.perf_counter() - t0)
+    metrics, sizes, _ = evaluate(pred, job.ev.ks, split.n_items, facts=item_facts, protocol=job.ev.protocol)
+    view = _candidates_view(job, model, split, rows, pred) if job.ev.also_candidates else None
+    return Evaluated(pred, metrics, sizes, facts, time.perf_counter() - t0, view)
+
+
+def _candidates_view(job: _Job, model: torch.nn.Module, split: Split, rows: Any, pred: Any) -> dict[str, Any]:
+    """The candidates view of a full run (``eval.also_candidates``): the row's target and fixed
+    negatives ranked by the same catalogue scores, scored with the candidate metrics."""
+    from benchmark.eval.evaluator import Predictions
+    from benchmark.eval.rows import candidate_ks, candidate_view
+    from benchmark.predict import candidates_view
+
+    view_rows, facts = candidate_view(split, rows, job.ev)
+    pred.view = Predictions(view_rows, ranked=candidates_view(model, view_rows, job.ev, job.device))
+    ks = candidate_ks(job.ev.ks, 1 + job.ev.candidates_negatives)
+    metrics, sizes, _ = evaluate(pred.view, ks, split.n_items, protocol="candidates")
+    return {"metrics": metrics, "facts": {**facts, "ks": ks, "slice_rows": sizes}}
 
 
 def _write(job: _Job, record: dict[str, Any], evaluated: Evaluated, split: Split, logger: Any) -> Path:
@@ -361,8 +381,13 @@ def _announce(log: RunLog) -> Callable[[str], None]:
 def summary_line(record: dict[str, Any], run_dir: Path) -> str:
     """One line per run: the id, headline metrics, times and where the record is."""
     m = record["metrics"]
-    keys = [k for k in ("test/ndcg@10", "test/hr@10", "test/auc", "test/gauc") if k in m]
+    keys = [k for k in ("test/ndcg@10", "test/hr@10", "test/hit@1", "test/valid_ratio", "test/auc", "test/gauc") if k in m]
     vals = " ".join(f"{k.split('/', 1)[1]}={m[k]:.4f}" for k in keys if m[k] is not None)
+    if record["eval"]["protocol"] == "candidates":  # never read as a full-ranking number
+        vals = f"[candidates, 1+{record['config']['eval']['num_negatives']}] {vals}"
+    view = record.get("metrics_candidates") or {}
+    if view.get("test/hit@1") is not None:
+        vals += f" | candidates view hit@1={view['test/hit@1']:.4f}"
     eff = record["efficiency"]
     t = record.get("training") or {}
     if t.get("reused_from"):

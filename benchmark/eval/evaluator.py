@@ -23,6 +23,11 @@ class Predictions:
         scores: labeled: [R] scores (probabilities when ``probabilities``).
         probabilities: whether ``scores`` are calibrated probabilities (enables LogLoss).
         extra: model-specific rates recorded with the metrics (e.g. validity).
+        row_facts: per row, what a generative model's candidate answer was (raw answer, candidate
+            order, named candidate, valid), written into its predictions line; None for others.
+        view: the candidates view of a full run (``eval.also_candidates``): its rows (with the
+            view's negatives) and each row's candidates best first, scored by
+            :func:`evaluate_candidates`; None without one.
     """
 
     rows: RankingRows | LabeledRows
@@ -30,6 +35,8 @@ class Predictions:
     scores: np.ndarray | None = None
     probabilities: bool = False
     extra: dict[str, float] = field(default_factory=dict)
+    row_facts: list[dict] | None = None
+    view: Predictions | None = None
 
     @property
     def kind(self) -> str:
@@ -68,6 +75,7 @@ def evaluate(
     n_items: int,
     prefix: str = "test",
     facts: ItemFacts | None = None,
+    protocol: str = "full",
 ) -> tuple[dict[str, float], dict[str, int], dict[str, np.ndarray]]:
     """Score predictions overall and per slice.
 
@@ -79,6 +87,8 @@ def evaluate(
         facts: train-part item facts in the index space of ``pred``; with them, ranking runs also
             get the beyond-accuracy metrics of :mod:`benchmark.eval.beyond` (None: none of them,
             so callers without facts and records made before them are unchanged).
+        protocol: ``candidates`` scores ranked candidate lists with the candidate metrics only
+            (:func:`evaluate_candidates`); any other value as before.
 
     Returns:
         metrics: ``{prefix}/{metric}`` and ``{prefix}/{slice}/{metric}`` -> mean value.
@@ -86,6 +96,8 @@ def evaluate(
         per_row: metric -> paired values for significance tests: per row for ranking
             metrics, per user (users with both classes, ascending) for labeled AUC.
     """
+    if pred.kind == "ranking" and protocol == "candidates":
+        return evaluate_candidates(pred, ks, prefix)
     if pred.kind == "ranking":
         return _evaluate_ranking(pred, ks, n_items, prefix, facts)
     return _evaluate_labeled(pred, prefix)
@@ -116,6 +128,47 @@ def _evaluate_ranking(
             metrics[f"{prefix}/{sname}/{n}"] = float(v.mean()) if len(v) else float("nan")
         for n, v in beyond.items():
             metrics[f"{prefix}/{sname}/{n}"] = B.finite_mean(v[skeep])
+    return metrics, sizes, per_row
+
+
+def candidates_per_row(
+    ranked: np.ndarray, rows: RankingRows, ks: list[int], target_mask: np.ndarray | None = None
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-row candidate metrics (``hit@k`` for every K, ``ndcg@k`` for every K > 1, where it
+    differs from hit@1) and the rows they cover, as :func:`ranking_per_row`."""
+    tmask = np.ones(len(rows.targets), dtype=bool) if target_mask is None else target_mask
+    n_t = np.bincount(rows.row_of_target()[tmask], minlength=len(rows))
+    keep = np.flatnonzero(n_t > 0)
+    hits = hit_matrix(ranked, rows, tmask)[keep]
+    per_row = {}
+    for name, fn in M.CANDIDATE_METRICS.items():
+        for k in ks:
+            if name != "ndcg" or k > 1:
+                per_row[f"{name}@{k}"] = fn(hits, n_t[keep], k)
+    return per_row, keep
+
+
+def evaluate_candidates(
+    pred: Predictions, ks: list[int], prefix: str = "test"
+) -> tuple[dict[str, float], dict[str, int], dict[str, np.ndarray]]:
+    """:func:`evaluate` for candidate lists (``eval=candidates``, or a full run's candidates view).
+
+    ``pred.ranked`` [R, L] holds each row's candidates best first (a model that names one candidate
+    puts it first and -1 after it). Besides the per-row metrics overall and per slice,
+    ``{prefix}/valid_ratio`` is the share of rows whose first entry is a candidate (1 for scoring
+    models; for a generative model the share of answers that named a candidate).
+    """
+    assert pred.ranked is not None
+    rows: RankingRows = pred.rows  # type: ignore[assignment]
+    per_row, keep = candidates_per_row(pred.ranked, rows, ks)
+    metrics = {f"{prefix}/{n}": float(v.mean()) for n, v in per_row.items()}
+    metrics[f"{prefix}/valid_ratio"] = float((pred.ranked[:, 0] >= 0).mean()) if len(pred.ranked) else float("nan")
+    sizes = {"all": len(keep)}
+    for sname, mask in rows.slices.items():
+        sl, skeep = candidates_per_row(pred.ranked, rows, ks, mask)
+        sizes[sname] = len(skeep)
+        for n, v in sl.items():
+            metrics[f"{prefix}/{sname}/{n}"] = float(v.mean()) if len(v) else float("nan")
     return metrics, sizes, per_row
 
 

@@ -114,6 +114,10 @@ RANKING_METRICS: dict[str, RankingMetric] = {
     "ndcg": RankingMetric(ndcg_at_k),
     "mrr": RankingMetric(mrr_at_k),
 }
+# Metrics of a candidate list (eval=candidates): per-row functions of the hit matrix.
+CANDIDATE_METRICS = {"hit": hr_at_k, "ndcg": ndcg_at_k}
+# Share of rows whose answer names one of the row's candidates (eval=candidates).
+VALIDITY_METRICS = {"valid_ratio": True}
 # Set-level ranking metrics (not per row): name -> higher is better.
 SET_METRICS = {"coverage": True, "gini": False}
 # Beyond-accuracy metrics per row (benchmark.eval.beyond): name -> higher is better. ARP and
@@ -135,6 +139,8 @@ def higher_is_better(metric: str) -> bool:
     base = metric.rsplit("/", 1)[-1].split("@", 1)[0]
     if base in RANKING_METRICS:
         return RANKING_METRICS[base].higher_is_better
+    if base in CANDIDATE_METRICS or base in VALIDITY_METRICS:
+        return True
     if base in SET_METRICS:
         return SET_METRICS[base]
     if base in BEYOND_METRICS:

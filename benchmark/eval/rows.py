@@ -6,6 +6,7 @@ reproduction (:mod:`benchmark.results`): every consumer scores exactly the same 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,8 @@ from benchmark.data.views import (
 )
 from benchmark.errors import ConfigError
 
+# Protocols whose rows rank their targets among fixed negatives drawn once per split by seed.
+NEGATIVE_PROTOCOLS = ("sampled", "candidates")
 # Seed of the eval.test_users draw: fixed, so every run with the same N on a split scores the same users.
 TEST_USERS_SEED = 20_240_601
 
@@ -30,7 +33,7 @@ TEST_USERS_SEED = 20_240_601
 def eval_rows(
     split: Split, ev: EvalConfig, slices: SliceConfig
 ) -> tuple[RankingRows | LabeledRows, dict[str, Any]]:
-    """The test rows of the configured protocol (with slices, and fixed negatives when sampled).
+    """The test rows of the configured protocol (with slices, and fixed negatives when sampled or candidates).
 
     With ``eval.test_users=N`` only the rows of N test users are kept (see :func:`pick_test_users`);
     negatives are drawn for all rows first, so a kept row has the same negatives as in a full run.
@@ -44,16 +47,46 @@ def eval_rows(
         rows = labeled_rows(split, "test", split.config["label_threshold"], slices)
     else:
         rows = attach_slices(ranking_rows(split, "test"), split, slices)
-        if ev.protocol == "sampled":
+        if ev.protocol in NEGATIVE_PROTOCOLS:
             rows.negatives = sample_negatives(split, rows, ev.num_negatives, ev.negatives_seed)
     if ev.test_users is not None:
         chosen = pick_test_users(rows.users, ev.test_users)
         rows = take_rows(rows, np.isin(rows.users, chosen))
         facts["test_users"] = ev.test_users
         facts["test_users_fingerprint"] = array_fingerprint(chosen)
-    if ev.protocol == "sampled":
+    if ev.protocol in NEGATIVE_PROTOCOLS:
         facts["negatives_fingerprint"] = array_fingerprint(rows.users, rows.negatives)
     return rows, facts
+
+
+def candidate_view(split: Split, rows: RankingRows, ev: EvalConfig) -> tuple[RankingRows, dict[str, Any]]:
+    """The candidates view of full-ranking test rows (``eval.also_candidates``).
+
+    The same rows with ``eval.candidates_negatives`` fixed negatives each, drawn exactly as
+    ``eval=candidates`` draws them (same function, same seed; for a user subset, drawn for all
+    rows first), so a full run's view and an ``eval=candidates`` run with as many negatives rank
+    the same candidates.
+
+    Returns:
+        (rows with negatives, facts: ``num_negatives``, ``negatives_fingerprint``).
+    """
+    everyone = ranking_rows(split, "test")
+    try:
+        negatives = sample_negatives(split, everyone, ev.candidates_negatives, ev.negatives_seed)
+    except ConfigError as e:  # name the key of the view
+        raise ConfigError(str(e).replace("eval.num_negatives", "eval.candidates_negatives")) from None
+    negatives = negatives[np.searchsorted(everyone.users, rows.users)]
+    view = replace(rows, negatives=negatives)
+    facts = {
+        "num_negatives": ev.candidates_negatives,
+        "negatives_fingerprint": array_fingerprint(view.users, view.negatives),
+    }
+    return view, facts
+
+
+def candidate_ks(ks: list[int], n_candidates: int) -> list[int]:
+    """Cut-offs of a candidates view of a full run: 1 and every K of ``eval.ks`` shorter than the list."""
+    return sorted({1} | {k for k in ks if k < n_candidates})
 
 
 def pick_test_users(users: np.ndarray, n: int) -> np.ndarray:

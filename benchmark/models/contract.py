@@ -12,6 +12,11 @@ Required, by the test rows the run scores (``eval=``):
   lists (the latter wins when a model has both).
 - ``eval=sampled`` and ``eval=labeled``: :class:`PairScorer`
   ``score_pairs(users [B], items [B, C]) -> [B, C]``.
+- ``eval=candidates``: :class:`CandidateAnswerer` ``answer_candidates(rows, row_ids [B], k,
+  device) -> [B, k]`` (a generative model names one candidate per row; it wins when present),
+  else :class:`PairScorer` (ranks the row's candidates as ``eval=sampled`` does). A model that
+  generates ranked lists over the catalogue (:class:`RowRanker`) and cannot answer a candidate
+  list is refused.
 
 A model that trains (trainable parameters and a ``model.train`` config) also needs
 :class:`Trainable` ``loss(batch) -> scalar``, and validates on the valid part with the full
@@ -86,6 +91,23 @@ class RowRanker(Protocol):
 
 
 @runtime_checkable
+class CandidateAnswerer(Protocol):
+    """Reads each row's candidate list (``rows.negatives`` and the target, shuffled by seed) and
+    names one candidate (``eval=candidates``)."""
+
+    def answer_candidates(
+        self, rows: RankingRows, row_ids: np.ndarray, k: int, device: torch.device | str
+    ) -> np.ndarray:
+        """rows, row_ids [B] -> [B, k]: the named candidate first (-1: the answer names no
+        candidate), -1 after it."""
+        ...
+
+    def answer_facts(self, rows: RankingRows) -> list[dict[str, Any]]:
+        """Per row of ``rows`` (answered rows): raw answer, candidate order, named candidate."""
+        ...
+
+
+@runtime_checkable
 class Trainable(Protocol):
     """Has a training loss over the batches of its train stream."""
 
@@ -136,7 +158,13 @@ _EVAL_NEEDS: dict[str, tuple[tuple[type, str], ...]] = {
     "full": ((RowRanker, "rank_rows(rows, row_ids, k, device)"), (Scorer, "score(users)")),
     "sampled": ((PairScorer, "score_pairs(users, items)"),),
     "labeled": ((PairScorer, "score_pairs(users, items)"),),
+    "candidates": ((CandidateAnswerer, "answer_candidates(rows, row_ids, k, device)"), (PairScorer, "score_pairs(users, items)")),
 }
+
+
+def answers_candidates(model: Any) -> bool:
+    """Whether ``model`` names one candidate per candidate list (:class:`CandidateAnswerer`)."""
+    return isinstance(model, CandidateAnswerer)
 
 
 def ranks_rows(model: Any) -> bool:
@@ -185,6 +213,11 @@ def missing(model: Any, protocol: str, trains: bool = False) -> list[str]:
             raise ConfigError(f"eval.protocol: unknown protocol {proto!r} (one of {', '.join(_EVAL_NEEDS)})")
         if not any(_has(model, p) for p, _ in alternatives):
             out.append(" or ".join(sig for _, sig in reversed(alternatives)) + f" required by {why}")
+        elif proto == "candidates" and _has(model, RowRanker) and not _has(model, CandidateAnswerer):
+            out.append(
+                "answer_candidates(rows, row_ids, k, device) required by eval=candidates (it generates ranked "
+                "lists over the catalogue; use eval=full, or model=llm_rerank or a scoring model under eval=candidates)"
+            )
     if trains and not _has(model, Trainable):
         out.append(
             "loss(batch) required by training (model.train is set and the model has trainable parameters)"
@@ -198,7 +231,7 @@ def check_model(model: Any, name: str, protocol: str, trains: bool = False) -> N
     Args:
         model: the built model (or its class).
         name: the model's config name (``cfg.model.name``), for the message.
-        protocol: the eval protocol (``full``, ``sampled``, ``labeled``).
+        protocol: the eval protocol (``full``, ``sampled``, ``labeled``, ``candidates``).
         trains: whether the run trains it (then ``loss`` and the validation method are needed).
 
     Raises:

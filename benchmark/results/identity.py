@@ -53,6 +53,10 @@ def result_config(cfg: DictConfig) -> dict[str, Any]:
             del c["data"]["duplicates"]
     if isinstance(c.get("eval"), dict) and c["eval"].get("test_users", 0) is None:
         del c["eval"]["test_users"]  # all test users (the default): hashes as runs made before the option
+    if isinstance(c.get("eval"), dict) and not c["eval"].get("also_candidates", False):
+        # No candidates view (the default): hashes as runs made before the option; its size is unread.
+        c["eval"].pop("also_candidates", None)
+        c["eval"].pop("candidates_negatives", None)
     if not adapter_on(c.get("adapter")):
         c.pop("adapter", None)
     else:  # where features and downloaded weights are cached does not change them

@@ -6,7 +6,7 @@ the raw data with the run's own :func:`benchmark.eval.rows.eval_rows`), so metri
 the canonical targets, labels and slices; the lines' own copies of those must agree with them.
 
 Ranked lists: one line per test row, no duplicate item within a row, only catalogue ids (only
-the row's candidates under ``sampled``), exactly ``list_length`` entries (``null`` marks an output
+the row's candidates under ``sampled`` and ``candidates``), exactly ``list_length`` entries (``null`` marks an output
 that maps to no item, as the writer stores it), and under ``full`` none of the row's excluded items
 (train items, and valid items at test time, as :func:`benchmark.eval.ranking.rank_full` excludes).
 Labeled predictions: one finite score per test row, in [0, 1] when the record claims probabilities.
@@ -51,7 +51,7 @@ def ranking_predictions(
         lines: parsed predictions lines (untrusted JSON values).
         rows: the canonical test rows (targets, exclusions, slices, fixed negatives).
         user_ids, item_ids: raw id of each user / item index.
-        protocol: ``full`` or ``sampled``.
+        protocol: ``full``, ``sampled`` or ``candidates``.
         list_length: the list length the record states (and the eval config implies).
 
     Returns:
@@ -96,7 +96,7 @@ def ranking_predictions(
         if len(set(got)) != len(got):
             dup = next(x for x in got if got.count(x) > 1)
             raise Rejected("duplicates", f"line {i + 1}: item {str(item_ids[dup])!r} ranked {got.count(dup)} times")
-        if protocol == "sampled":
+        if protocol in ("sampled", "candidates"):
             cand = set(rows.targets[a:b].tolist()) | set(rows.negatives[r].tolist())
             out = [x for x in got if x not in cand]
             if out:

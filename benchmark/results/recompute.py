@@ -78,7 +78,7 @@ def recompute_metrics(
     names = [n for n in ev["slice_rows"] if n != "all"]
     facts = facts if kind == "ranking" else None
     pred = predictions_from_lines(lines, kind, names, bool(ev.get("probabilities", False)), facts)
-    metrics, _, _ = evaluate(pred, list(ev["ks"]), int(ev["n_items"]), facts=facts)
+    metrics, _, _ = evaluate(pred, list(ev["ks"]), int(ev["n_items"]), facts=facts, protocol=str(ev["protocol"]))
     return metrics
 
 
@@ -87,5 +87,5 @@ def per_row_values(record: dict[str, Any], lines: list[dict[str, Any]]) -> dict[
     ev = record["eval"]
     kind = "labeled" if ev["protocol"] == "labeled" else "ranking"
     pred = predictions_from_lines(lines, kind, [], bool(ev.get("probabilities", False)))
-    _, _, per_row = evaluate(pred, list(ev["ks"]), int(ev["n_items"]))
+    _, _, per_row = evaluate(pred, list(ev["ks"]), int(ev["n_items"]), protocol=str(ev["protocol"]))
     return per_row

@@ -90,6 +90,8 @@ class Evaluated:
         sizes: rows per slice (``all`` and every slice).
         facts: what the row selection adds to the record's ``eval`` (test users, negatives).
         seconds: wall time of row selection, prediction and metrics.
+        candidates: a full run's candidates view (``eval.also_candidates``): ``metrics`` and
+            ``facts`` (negatives, ks, slice rows); None without one.
     """
 
     pred: Predictions
@@ -97,6 +99,7 @@ class Evaluated:
     sizes: dict[str, int]
     facts: dict[str, Any]
     seconds: float
+    candidates: dict[str, Any] | None = None
 
 
 def clean_metrics(metrics: dict[str, float]) -> dict[str, float | None]:
@@ -132,7 +135,8 @@ def build_record(
     """
     config_hash, group_key = config_hashes(cfg)
     pred = evaluated.pred
-    return {
+    view = evaluated.candidates
+    record = {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id_for(cfg, config_hash),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -173,6 +177,10 @@ def build_record(
         "efficiency": _efficiency(training, evaluated.seconds),
         "environment": environment(),
     }
+    if view is not None:  # eval.also_candidates: the candidates view of the same scores, kept apart
+        record["eval"]["candidates"] = view["facts"]
+        record["metrics_candidates"] = clean_metrics(view["metrics"])
+    return record
 
 
 def _efficiency(training: dict[str, Any], eval_seconds: float) -> dict[str, Any]:
@@ -209,6 +217,10 @@ def prediction_lines(pred: Predictions, split: Split) -> list[dict[str, Any]]:
                     "ranked": [str(iid[i]) if i >= 0 else None for i in pred.ranked[r]],
                 }
             )
+            if pred.view is not None:  # eval.also_candidates: the row's candidates, best first
+                lines[-1]["ranked_candidates"] = [str(iid[i]) if i >= 0 else None for i in pred.view.ranked[r]]
+            if pred.row_facts is not None:  # a generative model's answer to the candidate list
+                lines[-1]["answer"] = pred.row_facts[r]
     else:
         rows_l: LabeledRows = pred.rows
         for r in range(len(rows_l)):

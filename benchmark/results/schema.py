@@ -57,7 +57,7 @@ RECORD_SCHEMA: dict[str, Any] = {
             "type": "object",
             "required": ["protocol", "ks", "list_length", "rows", "n_items", "slice_rows"],
             "properties": {
-                "protocol": {"enum": ["full", "sampled", "labeled"]},
+                "protocol": {"enum": ["full", "sampled", "labeled", "candidates"]},
                 "ks": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1},
                 "list_length": {"type": "integer", "minimum": 1},
                 "rows": {"type": "integer", "minimum": 0},
@@ -77,7 +77,14 @@ RECORD_SCHEMA: dict[str, Any] = {
         "metrics": {
             "type": "object",
             "minProperties": 1,
-            "propertyNames": {"pattern": "^test/([a-z_]+/)?[a-z]+(@[0-9]+)?$"},
+            "propertyNames": {"pattern": "^test/([a-z_]+/)?[a-z][a-z_]*(@[0-9]+)?$"},
+            "additionalProperties": _num_or_null,
+        },
+        # Optional (eval=full with eval.also_candidates): the candidates view of the same predictions.
+        "metrics_candidates": {
+            "type": "object",
+            "minProperties": 1,
+            "propertyNames": {"pattern": "^test/([a-z_]+/)?[a-z][a-z_]*(@[0-9]+)?$"},
             "additionalProperties": _num_or_null,
         },
         "efficiency": {
@@ -107,9 +114,10 @@ def schema_errors(record: Any) -> list[str]:
         f"{'/'.join(str(p) for p in e.absolute_path) or '<record>'}: {e.message}"
         for e in sorted(validator.iter_errors(record), key=lambda e: [str(p) for p in e.absolute_path])
     ]
-    metrics = record.get("metrics") if isinstance(record, dict) else None
-    if isinstance(metrics, dict):
-        errs += [f"metrics/{k}: {v} is not a finite number" for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+    for block in ("metrics", "metrics_candidates"):
+        metrics = record.get(block) if isinstance(record, dict) else None
+        if isinstance(metrics, dict):
+            errs += [f"{block}/{k}: {v} is not a finite number" for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
     return errs
 
 

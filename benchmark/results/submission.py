@@ -360,7 +360,7 @@ def _check_protocol(
         rows, facts = eval_rows(split, ev, slices_cfg)  # the run's own test rows (and fixed negatives)
     except BenchmarkError as e:
         raise Rejected("rows", f"cannot build the canonical test rows: {e}") from None
-    if ev.protocol == "sampled" and facts.get("negatives_fingerprint") != rec_ev.get("negatives_fingerprint"):
+    if ev.protocol in ("sampled", "candidates") and facts.get("negatives_fingerprint") != rec_ev.get("negatives_fingerprint"):
         raise Rejected("negatives_fingerprint", "fixed negatives differ from the canonical ones")
     lines = prediction_lines(predictions, limits)
     if len(lines) != len(rows):
@@ -369,8 +369,33 @@ def _check_protocol(
         pred = labeled_predictions(lines, rows, split.user_ids, split.item_ids, bool(rec_ev.get("probabilities", False)))
     else:
         pred = ranking_predictions(lines, rows, split.user_ids, split.item_ids, ev.protocol, ev.max_k)
+    if ev.also_candidates:
+        pred.view = _check_view(record, lines, split, ev, rows)
     report.add("protocol", True)
     return pred
+
+
+def _check_view(record: dict[str, Any], lines: list[Any], split: Any, ev: Any, rows: Any) -> Any:
+    """The candidates view of a full run: its negatives against the canonical ones, and every line's
+    ``ranked_candidates`` checked as an ``eval=candidates`` ranked list of the view's rows.
+
+    Returns:
+        The view's ``Predictions`` (scored by :func:`_check_metrics` into ``metrics_candidates``).
+    """
+    from benchmark.eval.rows import candidate_view
+    from benchmark.results.protocol import ranking_predictions
+
+    want = record["eval"].get("candidates")
+    if not isinstance(want, dict) or not isinstance(record.get("metrics_candidates"), dict):
+        raise Rejected("config", "eval.also_candidates is on but the record has no candidates view (eval.candidates, metrics_candidates)")
+    try:
+        view_rows, facts = candidate_view(split, rows, ev)
+    except BenchmarkError as e:
+        raise Rejected("rows", f"cannot build the canonical candidates view: {e}") from None
+    if facts["negatives_fingerprint"] != want.get("negatives_fingerprint"):
+        raise Rejected("negatives_fingerprint", "fixed negatives of the candidates view differ from the canonical ones")
+    renamed = [{**ln, "ranked": ln.get("ranked_candidates")} if isinstance(ln, dict) else ln for ln in lines]
+    return ranking_predictions(renamed, view_rows, split.user_ids, split.item_ids, "candidates", ev.max_k)
 
 
 def _item_facts(record: dict[str, Any], data_cfg: dict[str, Any]) -> Any:
@@ -402,19 +427,41 @@ def _check_metrics(
     from benchmark.eval.metrics import is_beyond_accuracy
 
     facts = _item_facts(record, data_cfg) if any(map(is_beyond_accuracy, record["metrics"])) else None
-    again, sizes, _ = evaluate(pred, ev.ks, n_items, facts=facts)
+    again, sizes, _ = evaluate(pred, ev.ks, n_items, facts=facts, protocol=ev.protocol)
     if sizes != record["eval"]["slice_rows"]:
         raise Rejected("rows", f"slice_rows {record['eval']['slice_rows']} != canonical {sizes}")
+    _compare_metrics(record["metrics"], again, "metrics")
+    if pred.view is not None:
+        _check_view_metrics(record, pred, ev, n_items)
+    report.add("metrics", True, f"{len(again)} recomputed")
+
+
+def _check_view_metrics(record: dict[str, Any], pred: Any, ev: Any, n_items: int) -> None:
+    """metrics_candidates: the candidates view's metrics recomputed from ``ranked_candidates``."""
+    from benchmark.eval.evaluator import evaluate
+    from benchmark.eval.rows import candidate_ks
+
+    ks = candidate_ks(ev.ks, 1 + ev.candidates_negatives)
+    if record["eval"]["candidates"].get("ks") != ks:
+        raise Rejected("config", f"eval.candidates.ks={record['eval']['candidates'].get('ks')!r} but the recorded config implies {ks!r}")
+    again, sizes, _ = evaluate(pred.view, ks, n_items, protocol="candidates")
+    if sizes != record["eval"]["candidates"].get("slice_rows"):
+        raise Rejected("rows", f"candidates view slice_rows {record['eval']['candidates'].get('slice_rows')} != canonical {sizes}")
+    _compare_metrics(record["metrics_candidates"], again, "metrics_candidates")
+
+
+def _compare_metrics(reported: dict[str, Any], again: dict[str, float], block: str) -> None:
+    """Every reported metric of ``block`` equals its recomputed value, and none is left out."""
     diffs = []
-    for k, v in record["metrics"].items():
+    for k, v in reported.items():
         a = again.get(k)
         if a is None or (v is None) != (isinstance(a, float) and math.isnan(a)):
             diffs.append(f"{k}: reported {v}, recomputed {a}")
         elif v is not None and abs(a - v) > (TEXT_TOLERANCE if _is_text_ild(k) else METRIC_TOLERANCE):
             diffs.append(f"{k}: reported {v}, recomputed {a:.10g}")
-    missing = sorted(set(again) - set(record["metrics"]))
+    missing = sorted(set(again) - set(reported))
     if missing:
-        diffs.append(f"metrics not reported: {missing[:3]}")
+        diffs.append(f"{block} not reported: {missing[:3]}")
     if diffs:
-        raise Rejected("metrics", f"{len(diffs)} differ; first: {diffs[0]}")
-    report.add("metrics", True, f"{len(again)} recomputed")
+        where = "" if block == "metrics" else f"{block}: "
+        raise Rejected("metrics", f"{where}{len(diffs)} differ; first: {diffs[0]}")
