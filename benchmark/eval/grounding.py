@@ -243,6 +243,50 @@ def _title_claims(
     return claims, "".join(blank)
 
 
+def named_candidate(cat: Catalogue, text: str, candidates: Sequence[int]) -> int | None:
+    """The one candidate an answer names (``eval=candidates``), or None when it names none.
+
+    In order: the whole answer (quotes, a trailing ``(year)`` and end punctuation dropped) is a
+    candidate's title or alias; the answer starts with one (the longest alias wins, then the
+    candidate listed first); the first title cited anywhere in it (quoted, or a catalogue title
+    under the rules of :func:`check_explanation`) that belongs to exactly one candidate. A title
+    of an item outside ``candidates`` names nothing.
+
+    Args:
+        cat: the catalogue.
+        text: the generated answer.
+        candidates: [C] item indices of the row's candidate list, in the order shown.
+    """
+    cands = [int(c) for c in candidates]
+    allowed = set(cands)
+    t = " ".join(str(text).split()).strip().strip("\"'\u201c\u201d").strip()
+    t = re.sub(r"[\s.!]+$", "", t)
+    bare = re.sub(r"\s*\(\d{4}\)$", "", t)
+    exact = (cat.items_titled(t) | cat.items_titled(bare)) & allowed
+    if len(exact) == 1:
+        return exact.pop()
+    best: tuple[int, int] | None = None  # (alias length, candidate)
+    low = t.lower()
+    for c in cands:
+        for a in title_aliases(cat.titles[c]) if cat.titles[c] else ():
+            n = len(a)
+            if low.startswith(a.lower()) and (len(t) == n or not t[n].isalnum()) and (best is None or n > best[0]):
+                best = (n, c)
+    if best is not None:
+        return best[1]
+    spans: list[tuple[int, set[int]]] = []
+    for m in _QUOTED.finditer(text):
+        inner = (m.group(1) or m.group(2)).strip()
+        spans.append((m.start(), cat.items_titled(re.sub(r"\s*\(\d{4}\)$", "", inner))))
+    if cat._title_re is not None:
+        spans += [(m.start(), set(cat._aliases[m.group(0)])) for m in cat._title_re.finditer(text)]
+    for _, named in sorted(spans, key=lambda s: s[0]):
+        hit = named & allowed
+        if len(hit) == 1:
+            return hit.pop()
+    return None
+
+
 def check_explanation(cat: Catalogue, text: str, item: int, history: Iterable[int]) -> dict[str, Any]:
     """The claims of one explanation and whether each is supported (see the module docstring).
 

@@ -8,6 +8,12 @@ log-probabilities, divided by the token count with ``length_norm``). ``score(use
 these scores for the candidates and -inf for every other item, so the evaluator's full ranking
 is the reordered candidate list.
 
+Under ``eval=candidates`` no first stage is read: each test row's candidate list (its target and
+fixed negatives) is shown in an order shuffled per row by seed, the LLM generates an answer
+(greedy, ``answer_tokens`` new tokens), and the answer is mapped to one candidate with
+:func:`benchmark.eval.grounding.named_candidate`; per row the shown order, the raw answer, the
+named candidate and whether the answer named one are recorded (:meth:`LLMRerank.answer_facts`).
+
 Position bias: ``order`` sets the order candidates are listed in the prompt (``first_stage``,
 ``reverse``, or ``random``: a permutation per user drawn by seed). The record reports the mean
 LLM rank and the top-1 share per prompt position and the mean Spearman correlation between
@@ -29,12 +35,15 @@ from torch import nn
 from benchmark.data.histories import user_histories
 from benchmark.data.splits import Split
 from benchmark.errors import ConfigError
-from benchmark.models.components.llm import load_causal_lm, shared_prefix_logprobs
+from benchmark.data.views import RankingRows
+from benchmark.eval.grounding import Catalogue, named_candidate
+from benchmark.models.components.llm import left_pad, load_causal_lm, shared_prefix_logprobs
 from benchmark.models.components.prompts import PromptTemplate, continuation_ids, item_texts
 from benchmark.models.tallrec import MACHINE_FACTS, as_template
 from benchmark.progress import within_chunk
 
 ORDERS = ("first_stage", "reverse", "random")
+ANSWER_CHARS = 300  # the raw answer kept per row in the predictions file
 
 
 def first_stage_dir(spec: str | Path) -> Path:
@@ -139,6 +148,7 @@ class LLMRerank(nn.Module):
         accelerator: the trainer accelerator (resolves ``dtype=auto``).
         seed: seed of ``order=random``; None = the run seed (``torch.initial_seed()``).
         cache_dir: cache root for dequantized GGUF backbones.
+        answer_tokens: new tokens generated per answer under ``eval=candidates``.
     """
 
     def __init__(
@@ -158,15 +168,15 @@ class LLMRerank(nn.Module):
         accelerator: str = "cpu",
         seed: int | None = None,
         cache_dir: str | None = None,
+        answer_tokens: int = 32,
     ) -> None:
         super().__init__()
-        if not first_stage:
-            raise ConfigError("model.module.first_stage: set it to a first-stage run directory (record.json)")
         if order not in ORDERS:
             raise ConfigError(f"model.module.order: unknown '{order}' (one of {ORDERS})")
-        if top_n < 1 or user_batch_size < 1:
+        if top_n < 1 or user_batch_size < 1 or answer_tokens < 1:
             raise ConfigError(
-                f"model.module: top_n and user_batch_size must be >= 1, got {top_n}, {user_batch_size}"
+                f"model.module: top_n, user_batch_size and answer_tokens must be >= 1, got {top_n}, "
+                f"{user_batch_size}, {answer_tokens}"
             )
         if prompt is None:
             raise ConfigError("model.module.prompt: a prompt template is required (configs/prompt)")
@@ -176,19 +186,27 @@ class LLMRerank(nn.Module):
             raise ConfigError(
                 f"prompt {self.template.name}: a listwise prompt needs the fields {sorted(need)}"
             )
-        self.first_stage_path = str(first_stage)
-        self.candidates, self.first_stage = read_first_stage(first_stage, split, int(top_n))
+        # eval=full reranks a first stage; eval=candidates reads none (checked when scoring).
+        self.first_stage_path = str(first_stage) if first_stage else None
+        self.candidates, self.first_stage = (
+            read_first_stage(first_stage, split, int(top_n)) if first_stage else (None, {})
+        )
         self.top_n, self.order, self.length_norm = int(top_n), order, bool(length_norm)
         self.user_batch_size = int(user_batch_size)
         self.seed = int(torch.initial_seed() if seed is None else seed) % (2**63)
         self.n_items = split.n_items
         lm = load_causal_lm(backbone, dtype, accelerator, cache_dir)
         self.lm, self.tokenizer, self.lm_facts = lm.model, lm.tokenizer, lm.facts
+        self.scorer = None  # precision=vllm: vLLM scores the same token ids (vllm_runtime)
         for p in self.lm.parameters():
             p.requires_grad_(False)
         self.texts = item_texts(data.items, data.item_fields, split.item_ids, self.template.item_text)
         self.histories = user_histories(split, int(history), float(like_threshold))
         self.history, self.like_threshold = int(history), float(like_threshold)
+        self.answer_tokens = int(answer_tokens)
+        self.catalogue = Catalogue.from_items(data.items, data.item_fields, split.item_ids)
+        self.item_ids = split.item_ids
+        self._answers: dict[int, dict[str, Any]] = {}  # candidates row -> its answer facts
         self._scores: dict[int, np.ndarray] = {}  # user -> [top_n] LLM scores (first-stage order)
         self._positions: dict[int, np.ndarray] = {}  # user -> [top_n] prompt position per candidate
         self.example_prompt = ""
@@ -205,8 +223,11 @@ class LLMRerank(nn.Module):
         return np.argsort(perm)  # candidate j is shown at position pos[j]; perm lists the shown order
 
     def _prompt(self, user: int, cands: np.ndarray, pos: np.ndarray) -> str:
+        return self._render(user, cands[np.argsort(pos)])
+
+    def _render(self, user: int, shown: np.ndarray) -> str:
+        """The prompt of ``user`` listing the candidates ``shown`` in that order."""
         hist, likes = self.histories[user]
-        shown = cands[np.argsort(pos)]
         t = self.template
         fields = {
             "liked": t.items([self.texts[i] for i, lk in zip(hist, likes, strict=True) if lk]),
@@ -238,7 +259,10 @@ class LLMRerank(nn.Module):
             positions.append(pos)
         if not todo:
             return
-        lps = shared_prefix_logprobs(self.lm, prompts, tails, self.tokenizer.pad_token_id)
+        if self.scorer is not None:  # precision=vllm: prompt log-probabilities from vLLM
+            lps = self.scorer.continuation_logprobs(prompts, tails)
+        else:
+            lps = shared_prefix_logprobs(self.lm, prompts, tails, self.tokenizer.pad_token_id)
         for u, lp, t, pos in zip(todo, lps, tails, positions, strict=True):
             lp = lp.numpy().astype(np.float64)
             if self.length_norm:
@@ -249,6 +273,11 @@ class LLMRerank(nn.Module):
     @torch.no_grad()
     def score(self, users: torch.Tensor) -> torch.Tensor:
         """[B] users -> [B, n_items]: LLM scores of each user's candidates, -inf elsewhere."""
+        if self.candidates is None:
+            raise ConfigError(
+                "model.module.first_stage: eval=full reranks a first-stage run's top-N; set it to a run "
+                "directory (record.json), or use eval=candidates (which needs none)"
+            )
         out = torch.full((len(users), self.n_items), float("-inf"))
         todo = [u for u in users.tolist() if u not in self._scores]
         absent = [u for u in todo if self.candidates[u, 0] == ABSENT]
@@ -270,7 +299,73 @@ class LLMRerank(nn.Module):
         return out.to(users.device)
 
     def score_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        raise ConfigError("model llm_rerank reorders a first-stage run's top-N: use eval=full")
+        raise ConfigError("model llm_rerank reorders a first-stage run's top-N (eval=full) or names one candidate (eval=candidates)")
+
+    # ------------------------------------------------------------------ eval=candidates
+
+    def shown_order(self, rows: RankingRows, r: int) -> np.ndarray:
+        """[C] row ``r``'s candidates (target(s) and fixed negatives) in the order the prompt lists
+        them: a permutation per row drawn by the model's seed and the row's user."""
+        cands = np.concatenate([rows.targets_of(r), rows.negatives[r]])
+        perm = np.random.default_rng([self.seed, 7_919, int(rows.users[r])]).permutation(len(cands))
+        return cands[perm]
+
+    @torch.no_grad()
+    def answer_candidates(
+        self, rows: RankingRows, row_ids: np.ndarray, k: int, device: torch.device | str
+    ) -> np.ndarray:
+        """[B, k]: the candidate each row's answer names first (-1: none), -1 after it."""
+        if rows.negatives is None:
+            raise ConfigError("model llm_rerank: answering a candidate list needs eval=candidates")
+        out = np.full((len(row_ids), k), -1, dtype=np.int64)
+        advance = within_chunk(len(row_ids))
+        for start in range(0, len(row_ids), self.user_batch_size):
+            ids = [int(r) for r in row_ids[start : start + self.user_batch_size]]
+            self._answer_rows(rows, ids)
+            advance(len(ids))
+        for j, r in enumerate(row_ids):
+            out[j, 0] = self._answers[int(r)]["_named"]
+        return out
+
+    def _answer_rows(self, rows: RankingRows, ids: list[int]) -> None:
+        """Generate the answers of rows ``ids`` (one left-padded batch) and map each to a candidate."""
+        shown = [self.shown_order(rows, r) for r in ids]
+        texts = [self._render(int(rows.users[r]), s) for r, s in zip(ids, shown, strict=True)]
+        if not self.example_prompt:
+            self.example_prompt = texts[0]
+        for r, s, answer in zip(ids, shown, self.generate_answers(texts), strict=True):
+            named = named_candidate(self.catalogue, answer, s)
+            self._answers[r] = {
+                "order": [str(self.item_ids[i]) for i in s],
+                "answer": answer[:ANSWER_CHARS],
+                "named": None if named is None else str(self.item_ids[named]),
+                "valid": named is not None,
+                "_named": -1 if named is None else int(named),
+            }
+
+    def generate_answers(self, texts: list[str]) -> list[str]:
+        """Greedy answers (at most ``answer_tokens`` new tokens) to prompts, as one left-padded batch."""
+        pad = self.tokenizer.pad_token_id
+        batch = left_pad([self.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts], pad)
+        dev = next(self.lm.parameters()).device
+        gen = self.lm.generate(
+            input_ids=batch["input_ids"].to(dev),
+            attention_mask=batch["attention_mask"].to(dev),
+            max_new_tokens=self.answer_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+        )
+        new = gen[:, batch["input_ids"].shape[1] :].cpu()  # [B, <= answer_tokens]
+        return [self.tokenizer.decode(seq, skip_special_tokens=True).strip() for seq in new]
+
+    def answer_facts(self, rows: RankingRows) -> list[dict[str, Any]]:
+        """Per row of ``rows``: ``order`` (raw ids as listed), ``answer`` (raw text, at most
+        ``ANSWER_CHARS``), ``named`` (raw id or None) and ``valid``; rows this process did not
+        answer (another process of a distributed run) have ``answer`` None."""
+        empty = {"order": None, "answer": None, "named": None, "valid": False}
+        return [
+            {k: v for k, v in self._answers.get(r, empty).items() if not k.startswith("_")} for r in range(len(rows))
+        ]
 
     def position_bias(self) -> dict[str, Any]:
         """Mean LLM rank and top-1 share per prompt position; Spearman(position, LLM rank) and
@@ -303,18 +398,13 @@ class LLMRerank(nn.Module):
         }
 
     def prediction_facts(self) -> dict[str, Any]:
-        """Facts for ``record["model"]``: backbone, prompt, first stage, order, position bias."""
+        """Facts for ``record["model"]``: backbone, prompt, first stage, order, position bias
+        (``eval=full``), or how candidate lists were answered (``eval=candidates``)."""
+        if self._answers:
+            return {"llm": self._llm_facts(), "candidates": self._candidate_facts()}
         scored = [len(s) for s in self._scores.values()]
         return {
-            "llm": {
-                **{k: v for k, v in self.lm_facts.items() if k not in MACHINE_FACTS},
-                "prompt": {**self.template.describe(), "example": self.example_prompt},
-                "history": {
-                    "source": "user_last_train_items",
-                    "length": self.history,
-                    "like_threshold": self.like_threshold,
-                },
-            },
+            "llm": self._llm_facts(),
             "rerank": {
                 "first_stage": {**self.first_stage, "path": self.first_stage_path},
                 "top_n": self.top_n,
@@ -325,6 +415,30 @@ class LLMRerank(nn.Module):
                 "mean_candidates": round(float(np.mean(scored)), 4) if scored else 0.0,
                 "position_bias": self.position_bias(),
             },
+        }
+
+
+    def _llm_facts(self) -> dict[str, Any]:
+        return {
+            **{k: v for k, v in self.lm_facts.items() if k not in MACHINE_FACTS},
+            "prompt": {**self.template.describe(), "example": self.example_prompt},
+            "history": {
+                "source": "user_last_train_items",
+                "length": self.history,
+                "like_threshold": self.like_threshold,
+            },
+        }
+
+    def _candidate_facts(self) -> dict[str, Any]:
+        answered = list(self._answers.values())
+        return {
+            "rows_answered": len(answered),
+            "valid_ratio": round(sum(a["valid"] for a in answered) / len(answered), 6),
+            "order": "shuffled per row by seed",
+            "order_seed": self.seed,
+            "answer_tokens": self.answer_tokens,
+            "decoding": "greedy",
+            "grounding": "benchmark.eval.grounding.named_candidate",
         }
 
 

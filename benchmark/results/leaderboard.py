@@ -50,6 +50,7 @@ from benchmark.results.tables import (
     HEADLINE,
     SIGNIFICANCE_METRIC,
     SLICES,
+    VIEW_COLUMNS,
     kind_of,
     table_key,
     table_title,
@@ -68,11 +69,13 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 NON_ROW_KEYS = {
     "data": {"name", "cache_dir", "raw_dir", "path", "item_fields"},  # name is the table's base label
     "split": {"protocol"},  # the base label
-    "eval": {"protocol", "chunk_users", "valid_metric", "list_length", "ks"},
+    # also_candidates/candidates_negatives: a full run's extra candidates view, not its test rows.
+    "eval": {"protocol", "chunk_users", "valid_metric", "list_length", "ks", "also_candidates", "candidates_negatives"},
     "slices": set(),
 }
-# Options that only the sampled protocol reads (full and labeled evaluation ignore them).
+# Options that only the sampled and candidates protocols read (full and labeled evaluation ignore them).
 SAMPLED_ONLY = {"num_negatives", "negatives_seed"}
+NEGATIVE_PROTOCOLS = ("sampled", "candidates")
 HOLDOUT_PRESET = "strict_cold_item"  # configs/split/<preset>.yaml: the reference for "+holdout" splits
 MAX_RECORD_BYTES = 16 * 2**20
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -298,7 +301,7 @@ def _differences(group: str, cfg: dict[str, Any]) -> list[str]:
     """``key=value`` for every row-changing key of a run's config group that is not the default."""
     ref = reference_config(group, cfg)
     skip = set(NON_ROW_KEYS[group])
-    if group == "eval" and cfg.get("protocol") != "sampled":
+    if group == "eval" and cfg.get("protocol") not in NEGATIVE_PROTOCOLS:
         skip |= SAMPLED_ONLY
     out = []
     for k in sorted(set(cfg) | set(ref), key=str):
@@ -432,6 +435,19 @@ def add_beyond_metrics(rec: dict[str, Any], folder: Path, warn: Warn) -> int:
     return len(added)
 
 
+def _view_stats(recs: list[dict[str, Any]]) -> dict[str, tuple[float, float | None]]:
+    """Mean/std over seeds of the candidates view of full runs (``metrics_candidates``); empty
+    when no seed has one. Kept apart from the row's own metrics: another protocol's numbers."""
+    out = {}
+    blocks = [r.get("metrics_candidates") for r in recs]
+    blocks = [b for b in blocks if isinstance(b, dict)]
+    for m in sorted({m for b in blocks for m in b}):
+        vals = [v for v in (_finite(b.get(m)) for b in blocks) if v is not None]
+        if vals:
+            out[m] = (float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else None)
+    return out
+
+
 def seed_group(rec: dict[str, Any]) -> str:
     """The seed group of a record under today's hashing rule (:func:`~benchmark.results.identity.config_hashes`
     of its recorded config), so that seeds of one config recorded under an earlier rule (e.g. with
@@ -473,6 +489,7 @@ def aggregate(runs: list[tuple[dict[str, Any], Path]], warn: Warn | None = None)
             vals = [v for v in (_finite(r["metrics"].get(m)) for r in recs) if v is not None]
             if vals:
                 stats[m] = (float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else None)
+        view = _view_stats(recs)
         sig_metric = SIGNIFICANCE_METRIC[kind_of(tkey[2])]
         per_user = [_per_user(r, d, sig_metric, warn) for r, d, _ in members]
         same_len = all(p is not None for p in per_user) and len({len(p) for p in per_user}) == 1
@@ -504,6 +521,7 @@ def aggregate(runs: list[tuple[dict[str, Any], Path]], warn: Warn | None = None)
                 "cost_seconds": None if trained is None or evals is None else trained + evals,
                 "params": params if isinstance(params, int) and not isinstance(params, bool) else None,
                 "metrics": stats,
+                "candidates_view": view,
                 "run_dirs": [d for _, d, _ in members],
                 "_per_user": np.mean(per_user, axis=0) if same_len else None,
                 "_per_user_runs": {r["run_id"]: p for r, p in zip(recs, per_user, strict=True) if p is not None},
@@ -635,6 +653,13 @@ def table_columns(trs: list[dict[str, Any]]) -> list[str]:
     return cols
 
 
+def view_columns(trs: list[dict[str, Any]]) -> list[str]:
+    """The candidates-view columns of a full-ranking table where some row has that view."""
+    if kind_of(trs[0]["eval"]) != "ranking":
+        return []
+    return [f"test/{m}" for m in VIEW_COLUMNS if any(f"test/{m}" in (r.get("candidates_view") or {}) for r in trs)]
+
+
 def beyond_columns(trs: list[dict[str, Any]]) -> list[str]:
     """The beyond-accuracy columns of a ranking table that some row has (none for labeled tables)."""
     if kind_of(trs[0]["eval"]) != "ranking":
@@ -665,9 +690,16 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     for key, trs in tables(rows).items():
         cols = table_columns(trs)
         best = best_values(trs, cols)
+        view = view_columns(trs)
         out.append(f"### {_md_cell(table_title(key, trs[0]['setting']))}\n")
-        out.append("| model | seeds | device | " + " | ".join(c.removeprefix("test/") for c in cols) + " | sig. | train s |")
-        out.append("|---|---|---|" + "---|" * len(cols) + "---|---|")
+        if view:
+            out.append(
+                "Columns `candidates view: …` rank each row's target among fixed negatives with the same "
+                "scores (eval.also_candidates): a candidate list, not comparable with the full-ranking columns.\n"
+            )
+        heads = [c.removeprefix("test/") for c in cols] + [f"candidates view: {c.removeprefix('test/')}" for c in view]
+        out.append("| model | seeds | device | " + " | ".join(heads) + " | sig. | train s |")
+        out.append("|---|---|---|" + "---|" * len(heads) + "---|---|")
         for r in trs:
             cells = []
             for c in cols:
@@ -675,6 +707,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                 if c in r["metrics"] and len(trs) > 1 and math.isclose(r["metrics"][c][0], best[c]):
                     s = f"**{s}**"
                 cells.append(s)
+            cells += [fmt((r.get("candidates_view") or {}).get(c)) for c in view]
             sig = "base" if r["sig_vs"] == "(best baseline)" else (r["sig"] or ("n.s." if r["sig_vs"] else ""))
             if r.get("vs_parent"):
                 sig += f"; vs SFT {r['vs_parent']}"
@@ -721,13 +754,17 @@ CSV_HEAD = [
 def to_csv(rows: list[dict[str, Any]]) -> str:
     """Every metric as ``<metric>`` (mean) and ``<metric>_std`` columns, full precision; missing values empty."""
     metrics = sorted({m for r in rows for m in r["metrics"]})
+    # A full run's candidates view (eval.also_candidates): its own columns, ``candidates_view:<metric>``.
+    views = sorted({m for r in rows for m in r.get("candidates_view") or {}})
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_HEAD + [c for m in metrics for c in (m, f"{m}_std")])
+    names = metrics + [f"candidates_view:{m}" for m in views]
+    w.writerow(CSV_HEAD + [c for m in names for c in (m, f"{m}_std")])
     for r in rows:
         vals = []
-        for m in metrics:
-            mean, std = r["metrics"].get(m, (None, None))
+        cells = [r["metrics"].get(m, (None, None)) for m in metrics]
+        cells += [(r.get("candidates_view") or {}).get(m, (None, None)) for m in views]
+        for mean, std in cells:
             # Full precision (shortest round-trip repr): a reader rounding to 4 decimals rounds once.
             vals += ["" if mean is None else repr(float(mean)), "" if std is None else repr(float(std))]
         head = []

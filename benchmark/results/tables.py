@@ -13,16 +13,21 @@ from typing import Any
 HEADLINE = {
     "ranking": ["hr@10", "ndcg@10", "mrr@10", "recall@20", "ndcg@20", "coverage@10"],
     "labeled": ["auc", "gauc", "logloss"],
+    "candidates": ["hit@1", "hit@5", "hit@10", "ndcg@5", "ndcg@10", "valid_ratio"],
 }
-SIGNIFICANCE_METRIC = {"ranking": "ndcg@10", "labeled": "auc"}
+SIGNIFICANCE_METRIC = {"ranking": "ndcg@10", "labeled": "auc", "candidates": "ndcg@10"}
+# The candidates view of full runs (eval.also_candidates) shown beside their full-ranking columns.
+VIEW_COLUMNS = ["hit@1", "ndcg@10"]
 # Beyond-accuracy columns of ranking tables (benchmark.eval.beyond), shown when some row has them.
 BEYOND = ["ild@10", "ildgenre@10", "novelty@10", "arp@10", "longtail@10", "gini@10", "calib@10"]
 SLICES = ("cold_user", "cold_item", "strict_cold_item")
 
 
 def kind_of(protocol: str) -> str:
-    """``labeled`` for the labeled protocol (and labels derived from it), else ``ranking``."""
-    return "labeled" if protocol.split("[")[0] == "labeled" else "ranking"
+    """``labeled`` or ``candidates`` for those protocols (and labels derived from them), else
+    ``ranking`` (full and sampled)."""
+    base = protocol.split("[")[0]
+    return base if base in ("labeled", "candidates") else "ranking"
 
 
 def table_key(row: dict[str, Any]) -> tuple[str, str, str]:
@@ -46,6 +51,9 @@ def table_title(key: tuple[str, str, str], setting: list[str] | None = None) -> 
     """``dataset · split=… · eval=…``, plus what differs from the default config when anything does."""
     ds, sp, ev = (_base(k) for k in key)
     title = f"{ds} · split={sp} · eval=" + ("sampled (100 negatives)" if key[2] == "sampled" else ev)
+    if ev == "candidates":
+        n = "19 negatives" if key[2] == "candidates" else "negatives as set"
+        title += f" (1 target + {n}; a candidate list, not comparable with full ranking)"
     if setting:
         title += " · not the default: " + ", ".join(setting)
     return title

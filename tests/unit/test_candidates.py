@@ -185,3 +185,114 @@ def test_generative_catalogue_rankers_are_refused_under_candidates():
     gaps = missing(P5, "candidates")
     assert len(gaps) == 1 and "eval=candidates" in gaps[0] and "model=llm_rerank" in gaps[0]
     assert missing(Pop, "candidates") == []
+
+
+def test_leaderboard_keeps_candidate_rows_apart_and_shows_a_full_runs_view_beside_it(tmp_path):
+    from tests.unit.test_leaderboard import board, make_run
+
+    runs = tmp_path / "runs"
+    view = {"test/hit@1": 0.25, "test/hit@5": 0.5, "test/hit@10": 0.75, "test/ndcg@5": 0.3, "test/ndcg@10": 0.4, "test/valid_ratio": 1.0}
+    full = make_run(runs, model="bpr", ev={"also_candidates": True, "candidates_negatives": 19})
+    rec = json.loads((full / "record.json").read_text())
+    rec["metrics_candidates"] = view
+    (full / "record.json").write_text(json.dumps(rec))
+    make_run(runs, model="pop")
+    cand = {"protocol": "candidates", "num_negatives": 19, "ks": [1, 5, 10]}
+    make_run(runs, model="pop", ev=cand, metrics={**view, "test/hit@1": 0.5})
+    make_run(runs, model="pop", ev={**cand, "num_negatives": 49}, metrics=view)
+    rows, md, _ = board(runs, tmp_path / "lb")
+    evals = {(r["model"], r["eval"]) for r in rows}
+    assert evals == {("bpr", "full"), ("pop", "full"), ("pop", "candidates"), ("pop", "candidates[num_negatives=49]")}
+    by = {(r["model"], r["eval"]): r for r in rows}
+    assert by[("bpr", "full")]["candidates_view:test/hit@1"] == "0.25"  # the view beside its full row
+    assert by[("pop", "full")]["candidates_view:test/hit@1"] == ""
+    assert by[("pop", "candidates")]["test/hit@1"] == "0.5" and by[("pop", "candidates")]["test/hr@10"] == ""
+    tables = md.split("### ")
+    full_table = next(t for t in tables if t.startswith("tiny · split=loo · eval=full"))
+    assert "candidates view: hit@1" in full_table and "| 0.2500 |" in full_table
+    cand_table = next(t for t in tables if t.startswith("tiny · split=loo · eval=candidates (1 target + 19 negatives"))
+    assert "not comparable with full ranking" in cand_table
+    assert "| hit@1 | hit@5 | hit@10 | ndcg@5 | ndcg@10 | valid_ratio |" in cand_table
+    assert "bpr" not in cand_table and "pop" in cand_table
+
+
+# ----------------------------------------------------------------------------- generative answers
+
+
+def test_named_candidate_maps_an_answer_to_one_of_the_row_candidates():
+    from benchmark.eval.grounding import Catalogue, named_candidate
+
+    cat = Catalogue(["Toy Story", "Heat", "Godfather, The", "Heat", "Up"], [1995] * 5, [()] * 5)
+    assert named_candidate(cat, '"Heat (1995)".', [1, 2]) == 1
+    assert named_candidate(cat, "The Godfather is my guess", [1, 2]) == 2  # an alias, at the start
+    assert named_candidate(cat, 'I think "Toy Story" fits', [0, 1]) == 0  # cited inside the answer
+    assert named_candidate(cat, "Toy Story", [1, 2]) is None  # a catalogue item, but no candidate
+    assert named_candidate(cat, "Heat", [3, 1]) == 3  # two candidates share the title: the one listed first
+    assert named_candidate(cat, "no idea", [0, 1, 2]) is None
+
+
+@pytest.fixture(scope="module")
+def rerank_setup(tmp_path_factory):
+    from tests.conftest import random_rows, write_atomic
+    from tests.unit.test_tallrec import load_prompt, make_tiny_lm, template_words
+
+    d = tmp_path_factory.mktemp("cand_tiny")
+    write_atomic(d, "tiny", random_rows(n_users=12, n_items=30, per_user=14), {f"i{i}": f"Title {i}" for i in range(30)})
+    data = read_atomic(d, "tiny")
+    lm = make_tiny_lm(tmp_path_factory.mktemp("cand_lm"), template_words("rerank_listwise") + [f"Title {i}" for i in range(30)])
+    split = build_split(data, SplitConfig(protocol="loo"))
+    rows, _ = eval_rows(split, EvalConfig(protocol="candidates", num_negatives=9, ks=[1, 5, 10]), SliceConfig())
+    return split, data, lm, rows, load_prompt("rerank_listwise")
+
+
+def test_llm_rerank_names_one_candidate_per_row_in_a_seeded_order(rerank_setup):
+    from benchmark.models.contract import check_model
+    from benchmark.models.llm_rerank import LLMRerank
+
+    split, data, lm, rows, prompt = rerank_setup
+    m = LLMRerank(split, data, backbone=str(lm), prompt=prompt, seed=3, answer_tokens=4)
+    check_model(m, "llm_rerank", "candidates")
+    ids = np.arange(len(rows))
+    out = m.answer_candidates(rows, ids, 20, "cpu")  # the tiny random LM really generates
+    assert out.shape == (len(rows), 20) and (out[:, 1:] == -1).all()
+    facts = m.answer_facts(rows)
+    firsts = set()
+    for r, f in enumerate(facts):
+        cand = {str(split.item_ids[i]) for i in [*rows.targets_of(r), *rows.negatives[r]]}
+        assert sorted(f["order"]) == sorted(cand) and len(f["order"]) == 10
+        firsts.add(f["order"][0] == str(split.item_ids[rows.targets_of(r)[0]]))
+        assert isinstance(f["answer"], str) and f["valid"] == (f["named"] is not None)
+        assert (out[r, 0] >= 0) == f["valid"]
+        if f["valid"]:
+            assert f["named"] in cand and str(split.item_ids[out[r, 0]]) == f["named"]
+    assert False in firsts  # the target is not always listed first
+    again = LLMRerank(split, data, backbone=str(lm), prompt=prompt, seed=3)
+    assert [again.shown_order(rows, r).tolist() for r in ids] == [m.shown_order(rows, r).tolist() for r in ids]
+    other = LLMRerank(split, data, backbone=str(lm), prompt=prompt, seed=4)
+    assert [other.shown_order(rows, r).tolist() for r in ids] != [m.shown_order(rows, r).tolist() for r in ids]
+    with pytest.raises(ConfigError, match="^model.module.first_stage: .*eval=candidates"):
+        m.score(torch.tensor([0]))
+
+
+def test_answers_naming_the_target_score_hit_at_1_and_invalid_answers_count(rerank_setup):
+    from benchmark.models.llm_rerank import LLMRerank
+
+    split, data, lm, rows, prompt = rerank_setup
+    m = LLMRerank(split, data, backbone=str(lm), prompt=prompt, seed=3, user_batch_size=5)
+    # Rows are answered in order: the even ones name their target's title, the odd ones a non-candidate.
+    outside = [i for i in range(split.n_items) if i not in set(rows.negatives[1]) | set(rows.targets_of(1))][0]
+    script = iter(
+        f"{data.items.loc[str(split.item_ids[rows.targets_of(r)[0]]), 'title']} (1995)." if r % 2 == 0
+        else ("Title of nothing" if r != 1 else f'"{data.items.loc[str(split.item_ids[outside]), "title"]}"')
+        for r in range(len(rows))
+    )
+    m.generate_answers = lambda texts: [next(script) for _ in texts]
+    pred = Predictions(rows, ranked=m.answer_candidates(rows, np.arange(len(rows)), 20, "cpu"), row_facts=m.answer_facts(rows))
+    metrics, _, _ = evaluate(pred, [1, 5, 10], split.n_items, protocol="candidates")
+    n_even = (len(rows) + 1) // 2
+    assert metrics["test/valid_ratio"] == pytest.approx(n_even / len(rows))
+    assert metrics["test/hit@1"] == pytest.approx(n_even / len(rows))
+    assert metrics["test/hit@10"] == metrics["test/hit@1"]  # one named candidate: nothing below it
+    assert pred.row_facts[1]["named"] is None and pred.row_facts[1]["valid"] is False
+    facts = m.prediction_facts()["candidates"]
+    assert facts["rows_answered"] == len(rows) and facts["valid_ratio"] == pytest.approx(n_even / len(rows), abs=1e-6)
