@@ -148,7 +148,7 @@ def configured(cfg: Any) -> tuple[AuditData, list[AuditIndex], Thresholds]:
             "eval": ev.protocol,
         }
     )
-    if ev.protocol == "sampled":
+    if ev.protocol in ("sampled", "candidates"):
         from benchmark.data.views import ranking_rows, sample_negatives
 
         rows = ranking_rows(split, "test")

@@ -5,7 +5,8 @@ Files (UTF-8, tab-separated, one line per row ending in ``\n``, a header line fi
                                      (tallrec_movie) add label, history (space-separated raw item
                                      ids, oldest first) and history_likes (space-separated 0/1)
     test_slices.tsv                  user, item, slices (comma-separated names, may be empty)
-    test_negatives.tsv               user, negatives (space-separated raw item ids); with eval=sampled
+    test_negatives.tsv               user, negatives (space-separated raw item ids); with eval=sampled,
+                                     eval=candidates or eval.also_candidates
     meta.json                        protocol, configs, fingerprints, statistics
 
 Ids are escaped so that any id round-trips (:func:`escape_id`): backslash ``\\``, tab
@@ -152,15 +153,17 @@ def write_split_files(split: Split, directory: Path, ev: EvalConfig, slices: Sli
         lines.append(f"{user_ids[u]}\t{item_ids[i]}\t{names}")
     (directory / "test_slices.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     meta = dict(meta)
-    if ev.protocol == "sampled":
+    # Fixed negatives of eval=sampled / eval=candidates, or of a full run's candidates view.
+    n_neg = ev.num_negatives if ev.protocol in ("sampled", "candidates") else (ev.candidates_negatives if ev.also_candidates else 0)
+    if n_neg:
         rows = ranking_rows(split, "test")
-        neg = sample_negatives(split, rows, ev.num_negatives, ev.negatives_seed)
+        neg = sample_negatives(split, rows, n_neg, ev.negatives_seed)
         lines = ["user\tnegatives"]
         for u, ns in zip(rows.users, neg, strict=True):
             lines.append(f"{user_ids[u]}\t{' '.join(item_ids[ns])}")
         (directory / "test_negatives.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
         meta["negatives"] = {
-            "num_negatives": ev.num_negatives,
+            "num_negatives": n_neg,
             "seed": ev.negatives_seed,
             "fingerprint": array_fingerprint(rows.users, neg),
         }

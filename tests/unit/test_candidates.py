@@ -296,3 +296,15 @@ def test_answers_naming_the_target_score_hit_at_1_and_invalid_answers_count(rera
     assert pred.row_facts[1]["named"] is None and pred.row_facts[1]["valid"] is False
     facts = m.prediction_facts()["candidates"]
     assert facts["rows_answered"] == len(rows) and facts["valid_ratio"] == pytest.approx(n_even / len(rows), abs=1e-6)
+
+
+@pytest.mark.parametrize("ev", [EvalConfig(protocol="candidates", num_negatives=19), EvalConfig(also_candidates=True)])
+def test_split_export_writes_the_candidate_negatives(split, tmp_path, ev):
+    from benchmark.data.export import write_split_files
+
+    write_split_files(split, tmp_path, ev, SliceConfig(), {})
+    lines = (tmp_path / "test_negatives.tsv").read_text().splitlines()[1:]
+    assert len(lines) == len(ranking_rows(split, "test")) and all(len(x.split("\t")[1].split()) == 19 for x in lines)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    _, facts = eval_rows(split, EvalConfig(protocol="candidates", num_negatives=19), SliceConfig())
+    assert meta["negatives"]["fingerprint"] == facts["negatives_fingerprint"]
