@@ -278,7 +278,7 @@ def check_config(cfg: Any, read_data: bool = True) -> None:
     if cfg.get("precision") is not None:  # GPU-only or absent runtimes stop here, before data is read
         from benchmark.models.components.precision import check_precision
 
-        check_precision(cfg.precision, cfg.model)
+        check_precision(cfg.precision, cfg.model, cfg.get("adapter"))
     if cfg.get("align") is not None:
         from benchmark.align.stage import check_align
 

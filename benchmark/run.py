@@ -117,7 +117,7 @@ def _run(cfg: DictConfig, log: RunLog, version: str) -> dict[str, Any]:
     if cfg.get("precision") is not None:  # the trained weights, evaluated in another precision
         from benchmark.models.components.precision import apply_precision
 
-        apply_precision(model, cfg.precision)
+        apply_precision(model, cfg.precision, job.outputs)
     evaluated = _evaluate(job, model, split, data, trainer_kwargs)
     labels = {"device": job.device.type, "processes": world_size(trainer_kwargs)}
     record = build_record(cfg, data, data_cfg.source, split, job.ev, evaluated, params, training, labels)

@@ -12,6 +12,10 @@ Each option runs in a fresh child process (its own peak RSS, ``ru_maxrss``), on 
   (ml-100k loo, default: the committed BPR seed-1 run) for the first ``users`` test users: seconds
   per user, NDCG@10 of the reranked lists and its change against fp32.
 
+``gguf`` (llama.cpp on the Q4_1 file, :mod:`benchmark.models.components.gguf_runtime`) joins the
+tallrec rows where ``llama_cpp`` imports, and is skipped with a note in the result otherwise; its
+floor is llama.cpp's forward pass of the same token ids, one prompt at a time.
+
 Options slower than fp32 on this CPU (bf16 without AVX512-BF16/AMX kernels) can run on fewer rows
 (``slow_rows``/``slow_users``); their comparisons with fp32 are taken on the rows both scored.
 Results go to ``<out_dir>/precision.json``.
@@ -37,6 +41,7 @@ from benchmark.bench import write_result
 OUT_NAME = "precision.json"
 BACKBONE = "smollm2-135m-instruct"
 OPTIONS = ("fp32", "bf16", "int8")
+OPTIONAL = {"gguf": "llama_cpp"}  # tallrec only, where the package imports (pip install '.[gguf]')
 SLOW = ("bf16",)  # no bf16 matmul kernels on AVX2-only CPUs
 BATCH = 16
 REPO = Path(__file__).resolve().parents[2]
@@ -108,11 +113,15 @@ def child_tallrec(option: str, rows: int, weights: str | None) -> dict[str, Any]
     order = sorted(range(len(seqs)), key=lambda r: len(seqs[r]))
     t0 = time.perf_counter()
     with torch.no_grad():  # the floor: the same batches through the LM, nothing else
-        for start in range(0, len(order), BATCH):
-            next_token_logits(
-                model.lm,
-                left_pad([seqs[r] for r in order[start : start + BATCH]], model.tokenizer.pad_token_id),
-            )
+        if model.scorer is not None:  # llama.cpp: one prompt at a time
+            for r in order:
+                model.scorer.last_logits(seqs[r])
+        else:
+            for start in range(0, len(order), BATCH):
+                next_token_logits(
+                    model.lm,
+                    left_pad([seqs[r] for r in order[start : start + BATCH]], model.tokenizer.pad_token_id),
+                )
     floor = time.perf_counter() - t0
     return {
         "option": option,
@@ -266,7 +275,15 @@ def measure(
         "tallrec": {},
         "rerank": {},
     }
-    for name in OPTIONS:
+    import importlib.util
+
+    extra = [name for name, pkg in OPTIONAL.items() if importlib.util.find_spec(pkg) is not None]
+    result["skipped"] = {
+        name: f"{pkg} is not installed (pip install '.[gguf]')"
+        for name, pkg in OPTIONAL.items()
+        if name not in extra
+    }
+    for name in (*OPTIONS, *extra):
         n = slow_rows if name in SLOW and slow_rows is not None else rows
         result["tallrec"][name] = _in_child("child_tallrec", option=name, rows=n, weights=weights)
         print(f"precision tallrec {name}: {result['tallrec'][name]['seconds_per_row']} s/row", flush=True)

@@ -226,6 +226,8 @@ class TallRec(nn.Module):
         self.history, self.like_threshold = o.history, o.like_threshold
         self.max_length, self.score_batch_size = o.max_length, o.score_batch_size
         self.lora_config = o.lora
+        self.backbone_name = backbone
+        self.scorer = None  # precision=gguf: llama.cpp scores the same token ids (gguf_runtime)
         self._attach_lm(backbone, dtype, accelerator, cache_dir, adapter, split, data)
 
         self.texts = item_texts(data.items, data.item_fields, split.item_ids, self.template.item_text)
@@ -373,13 +375,16 @@ class TallRec(nn.Module):
     def p_yes(self, prompts: list[str]) -> torch.Tensor:
         """[N] P(yes) = softmax over the (yes, no) answer-token logits, in prompt order.
 
-        Prompts are batched by token length (``score_batch_size`` per forward pass).
+        Prompts are batched by token length (``score_batch_size`` per forward pass); with a
+        ``scorer`` set (``precision=gguf``) the same token ids go to llama.cpp instead.
         """
         seqs, mentions = self._tokenize(prompts)
+        advance = within_chunk(len(seqs))  # the evaluator's bar: prompts/s and ETA
+        if self.scorer is not None:
+            return self.scorer.p_yes(seqs, self.answer_ids, advance)
         order = np.argsort([len(s) for s in seqs], kind="stable")
         out = torch.empty(len(seqs), dtype=torch.float32)
         ids = torch.as_tensor(self.answer_ids)
-        advance = within_chunk(len(order))  # the evaluator's bar: prompts/s and ETA
         for start in range(0, len(order), self.score_batch_size):
             idx = order[start : start + self.score_batch_size]
             batch = left_pad([seqs[i] for i in idx], self.tokenizer.pad_token_id)

@@ -146,6 +146,7 @@ def test_option_needs_an_llm_backbone_and_known_keys():
 @pytest.mark.parametrize("name", [*GPU_OPTIONS, "gguf"])
 def test_gpu_only_and_absent_runtimes_refuse_on_cpu(name, monkeypatch):
     monkeypatch.setattr("benchmark.models.components.precision.cuda_available", lambda: False)
+    monkeypatch.setattr("benchmark.models.components.gguf_runtime.llama_cpp_available", lambda: False)
     with pytest.raises(ConfigError) as e:
         check_precision(option(name), OmegaConf.create({"name": "tallrec", "family": "llm"}))
     msg = str(e.value)
@@ -162,6 +163,7 @@ def test_cli_refuses_before_reading_data_and_writes_nothing(name, tmp_path, caps
         raise AssertionError("data was read")
 
     monkeypatch.setattr("benchmark.models.components.precision.cuda_available", lambda: False)
+    monkeypatch.setattr("benchmark.models.components.gguf_runtime.llama_cpp_available", lambda: False)
     monkeypatch.setattr("benchmark.data.loading.load_dataset", no_data)
     args = ["run", "experiment=tallrec_movie_64", f"precision={name}", "logger=none"]
     args += [f"paths.results={tmp_path / 'res'}", f"paths.outputs={tmp_path / 'out'}"]

@@ -12,8 +12,13 @@ weights under ``outputs/models/<training key>`` and only evaluates in int8.
   activations quantized per batch, x86/fbgemm kernels) of the backbone's ``nn.Linear`` layers on
   CPU. LoRA's ``lora_A``/``lora_B`` and the LM head stay fp32.
 - ``bnb8`` / ``bnb4``: bitsandbytes LLM.int8() / NF4 linear layers on CUDA (same layers kept).
-- ``gguf``: a GGUF runtime without dequantizing; ``vllm``: a vLLM scoring backend. Both are
-  refused with one line where they cannot run (see :func:`check_precision`).
+- ``gguf``: TALLRec's P(yes) scored by llama.cpp on the quantized GGUF file itself, LoRA
+  converted to a llama.cpp adapter (:mod:`benchmark.models.components.gguf_runtime`); refused
+  with one line for other models or where ``llama_cpp`` is not installed.
+- ``vllm``: TALLRec's P(yes) and the reranker's candidate log-likelihoods read from vLLM's prompt
+  log-probabilities on CUDA, the backbone exported in the option's dtype and LoRA passed as a
+  vLLM LoRA request (:mod:`benchmark.models.components.vllm_runtime`); refused with one line
+  without CUDA or ``vllm``, for P5 (constrained generation) and with item adapters.
 
 The backbone of a model is its ``lm`` attribute (TALLRec, the reranker, P5); the facts of the
 option go into the model's LLM facts (``lm_facts``, or ``backbone_facts`` for P5), which the run
@@ -26,6 +31,7 @@ import importlib.util
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -101,12 +107,13 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def check_precision(node: Any, model_cfg: Any) -> PrecisionConfig | None:
+def check_precision(node: Any, model_cfg: Any, adapter: Any = None) -> PrecisionConfig | None:
     """Refuse an option that cannot run here, before any data is read (ConfigError, one line).
 
     Args:
         node: the run's ``precision`` node (None: the model's own dtype, nothing to check).
         model_cfg: the run's ``model`` node (an LLM model: ``family: llm``).
+        adapter: the run's ``adapter`` node (item soft tokens cannot run in llama.cpp).
 
     Returns:
         the checked option, or None.
@@ -120,15 +127,11 @@ def check_precision(node: Any, model_cfg: Any) -> PrecisionConfig | None:
             "(precision applies to tallrec, llm_rerank and p5)"
         )
     if spec.method == "llama_cpp":
-        why = (
-            "no GGUF runtime is installed (llama-cpp-python ships no wheel for this platform on the "
-            "package index)"
-            if importlib.util.find_spec("llama_cpp") is None
-            else "the llama.cpp scoring backend is not available in this version"
-        )
-        raise ConfigError(
-            f"precision={spec.name}: {why}; the GGUF backbone runs dequantized: use precision=fp32"
-        )
+        from benchmark.models.components.adapter import is_active_node
+        from benchmark.models.components.gguf_runtime import check_gguf
+
+        check_gguf(spec.name, model_cfg, is_active_node(adapter))
+        return spec
     if spec.device == "cuda" and not cuda_available():
         raise ConfigError(
             f"precision={spec.name}: needs a CUDA GPU ({spec.runtime}); none is visible here "
@@ -138,11 +141,11 @@ def check_precision(node: Any, model_cfg: Any) -> PrecisionConfig | None:
         raise ConfigError(
             f"precision={spec.name}: package '{spec.package}' is not installed (pip install {spec.package})"
         )
-    if spec.method == "vllm":
-        raise ConfigError(
-            "precision=vllm: the vLLM scoring backend is not available in this version "
-            "(use precision=fp16, bnb8 or bnb4 on a GPU)"
-        )
+    if spec.method == "vllm":  # CUDA and vllm are here: refuse what vLLM cannot score
+        from benchmark.models.components.adapter import is_active_node
+        from benchmark.models.components.vllm_runtime import check_vllm
+
+        check_vllm(spec.name, model_cfg, is_active_node(adapter))
     return spec
 
 
@@ -246,12 +249,14 @@ def _facts_of(model: nn.Module) -> dict[str, Any] | None:
     return None
 
 
-def apply_precision(model: nn.Module, node: Any) -> dict[str, Any]:
+def apply_precision(model: nn.Module, node: Any, cache_dir: str | Path | None = None) -> dict[str, Any]:
     """Put the model's backbone (``model.lm``) in the option's precision, in place.
 
     Args:
         model: a built (and trained or reused) LLM model with its backbone in ``lm``.
         node: a ``precision`` config node, mapping or :class:`PrecisionConfig`.
+        cache_dir: the run's outputs folder; ``gguf`` caches converted LoRA adapters under it
+            (default ``outputs``).
 
     Returns:
         the facts recorded (also added to the model's LLM facts as ``precision``): name, weights,
@@ -273,7 +278,15 @@ def apply_precision(model: nn.Module, node: Any) -> dict[str, Any]:
         "runtime": f"torch {torch.__version__}",
         "inference_only": spec.inference_only,
     }
-    if spec.method == "torch_dynamic":
+    if spec.method == "llama_cpp":  # scoring leaves torch: llama.cpp on the GGUF file
+        from benchmark.models.components.gguf_runtime import attach_gguf_scorer
+
+        facts.update(attach_gguf_scorer(model, cache_dir))
+    elif spec.method == "vllm":  # scoring leaves torch: vLLM's prompt log-probabilities on CUDA
+        from benchmark.models.components.vllm_runtime import attach_vllm_scorer
+
+        facts.update(attach_vllm_scorer(model, spec.weights, cache_dir))
+    elif spec.method == "torch_dynamic":
         facts["engine"] = torch.backends.quantized.engine
         facts["linear_quantized"] = quantize_int8(lm)
     elif spec.method == "cast":
@@ -285,16 +298,17 @@ def apply_precision(model: nn.Module, node: Any) -> dict[str, Any]:
         facts["runtime"] = f"bitsandbytes {package_version('bitsandbytes')}"
     else:
         raise ConfigError(f"precision={spec.name}: method {spec.method} cannot be applied to a torch model")
-    facts["lora_layers_fp32"] = sum(
-        1
-        for n, m in lm.named_modules()
-        if type(m) is nn.Linear and ".lora_" in f".{n}" and m.weight.dtype == torch.float32
-    )
+    if spec.method not in ("llama_cpp", "vllm"):  # runtimes outside torch hold LoRA themselves
+        facts["lora_layers_fp32"] = sum(
+            1
+            for n, m in lm.named_modules()
+            if type(m) is nn.Linear and ".lora_" in f".{n}" and m.weight.dtype == torch.float32
+        )
     facts["seconds"] = round(time.perf_counter() - t0, 3)
     own = _facts_of(model)
     if own is not None:
         own["precision"] = {k: v for k, v in facts.items() if k != "seconds"}
-        if spec.method == "cast":
+        if spec.method in ("cast", "vllm"):
             own["dtype"] = spec.weights
     return facts
 
