@@ -105,7 +105,7 @@ def predict(
     if ev.protocol == "labeled":
         return Predictions(rows, scores=out, probabilities=outputs_probabilities(model), extra=extra)
     row_facts = model.answer_facts(rows) if ev.protocol == "candidates" and answers_candidates(model) else None
-    return Predictions(rows, ranked=out, extra=extra, row_facts=row_facts)
+    return Predictions(rows, ranked=out, extra=extra, row_facts=row_facts or None)
 
 
 @torch.no_grad()

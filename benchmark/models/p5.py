@@ -475,8 +475,36 @@ class P5(nn.Module):
             [B, k] int64 item indices, best first; -1 = no usable item in that slot.
         """
         row_ids = np.asarray(row_ids, dtype=np.int64)
-        prompts = [self._eval_prompt(int(u), rows.part) for u in rows.users[row_ids]]
         excluded = [rows.exclude[rows.exclude_ptr[r] : rows.exclude_ptr[r + 1]] for r in row_ids]
+        return self._rank(rows, row_ids, excluded, k, device)
+
+    @torch.no_grad()
+    def answer_candidates(
+        self, rows: RankingRows, row_ids: np.ndarray, k: int, device: torch.device | str
+    ) -> np.ndarray:
+        """``eval=candidates``: beam search restricted to each row's candidates (its targets and fixed
+        negatives): every other item is blocked in the id trie (constrained decoding), so the beams
+        rank the candidate list; with free decoding an output outside it is -1 (a miss).
+
+        Returns:
+            [B, k] int64 candidate items, best first; -1 = no usable item in that slot.
+        """
+        if rows.negatives is None:
+            raise ConfigError("model p5: answering a candidate list needs eval=candidates")
+        row_ids = np.asarray(row_ids, dtype=np.int64)
+        every = np.arange(self.n_items)
+        excluded = [np.setdiff1d(every, np.r_[rows.targets_of(r), rows.negatives[r]]) for r in row_ids]
+        return self._rank(rows, row_ids, excluded, k, device)
+
+    def answer_facts(self, rows: RankingRows) -> list[dict[str, Any]]:
+        """No per-row answer text: P5's outputs are item ids (validity rates are in the record)."""
+        return []
+
+    def _rank(
+        self, rows: RankingRows, row_ids: np.ndarray, excluded: list[np.ndarray], k: int, device: torch.device | str
+    ) -> np.ndarray:
+        """Beam search for ``rows`` at ``row_ids`` with the items of ``excluded`` [B] blocked."""
+        prompts = [self._eval_prompt(int(u), rows.part) for u in rows.users[row_ids]]
         out = np.full((len(row_ids), k), -1, dtype=np.int64)
         codes = np.full((len(row_ids), k), UNFILLED, dtype=np.int8)
         advance = within_chunk(len(row_ids))  # the evaluator's bar: rows/s and ETA
@@ -643,7 +671,7 @@ class P5(nn.Module):
         return out
 
     def score_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        raise ConfigError("model p5 generates ranked lists: use eval=full (not eval=sampled or eval=labeled)")
+        raise ConfigError("model p5 generates ranked lists: use eval=full or eval=candidates (not eval=sampled or eval=labeled)")
 
     # ------------------------------------------------------------------ record
 

@@ -86,7 +86,7 @@ def test_other_negatives_are_rejected(tiny, tmp_path):
         (["eval=candidates", "eval.num_negatives=60"], "eval.num_negatives=60: exceeds"),
         (["eval=candidates", "eval.ks=[1,5,21]"], "eval.ks: 21 exceeds the 20 candidates"),
         (["eval=sampled", "eval.also_candidates=true"], "eval.also_candidates: only eval=full"),
-        (["model=p5", "eval=candidates"], "model p5: missing answer_candidates"),
+        (["model=p5", "eval.also_candidates=true"], "eval.also_candidates: model p5 generates ranked lists"),
     ],
 )
 def test_bad_values_exit_2_and_write_nothing(tiny, tmp_path, capsys, override, start):
@@ -99,3 +99,16 @@ def test_bad_values_exit_2_and_write_nothing(tiny, tmp_path, capsys, override, s
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"llm4rec: error: {start}"), err
     assert runs(tmp_path) == []
+
+
+def test_p5_ranks_its_candidate_lists_by_constrained_beams(tiny, tmp_path):
+    from tests.smoke.test_p5 import TINY as P5_ARGS
+
+    args = tiny_args(tiny["data"], tmp_path)
+    main(["run", *P5_ARGS, "eval=candidates", "model.module.num_beams=20", *args])
+    (d,) = runs(tmp_path)
+    report = validate(d, data_path=tiny["data"])
+    assert report.ok, report.summary()
+    rec = _record(d)
+    assert rec["eval"]["protocol"] == "candidates" and rec["metrics"]["test/valid_ratio"] == 1.0
+    assert all(len([x for x in ln["ranked"] if x]) == 20 for ln in _lines(d))  # every candidate ranked

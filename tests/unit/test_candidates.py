@@ -177,14 +177,39 @@ def test_new_options_leave_every_existing_hash_and_label_their_runs():
         assert config_hashes(cfg) == config_hashes(OmegaConf.create(rec["config"]))
 
 
-def test_generative_catalogue_rankers_are_refused_under_candidates():
+def test_generative_catalogue_rankers_without_candidate_answers_are_refused():
     from benchmark.models.contract import missing
     from benchmark.models.p5 import P5
     from benchmark.models.pop import Pop
 
-    gaps = missing(P5, "candidates")
+    class Generates:  # ranks the catalogue itself, cannot answer a candidate list
+        def rank_rows(self, rows, row_ids, k, device): ...
+
+        def score_pairs(self, users, items): ...
+
+    gaps = missing(Generates, "candidates")
     assert len(gaps) == 1 and "eval=candidates" in gaps[0] and "model=llm_rerank" in gaps[0]
-    assert missing(Pop, "candidates") == []
+    assert missing(Pop, "candidates") == [] and missing(P5, "candidates") == []
+
+
+@pytest.mark.parametrize("constrained", [True, False])
+def test_p5_beams_are_restricted_to_the_row_candidates(constrained, tmp_path, one_torch_thread):
+    from tests.conftest import random_rows
+    from tests.unit.test_p5 import FILMS, make, p5
+
+    tiny = make(tmp_path, random_rows(n_users=20, n_items=10, per_user=5, seed=3), {f"i{i}": t for i, t in enumerate(FILMS)})
+    _, split = tiny
+    model = p5(tiny, constrained=constrained).eval()
+    rows, _ = eval_rows(split, EvalConfig(protocol="candidates", num_negatives=3, ks=[1, 2, 4]), SliceConfig())
+    out = model.answer_candidates(rows, np.arange(len(rows)), 20, "cpu")
+    assert out.shape == (len(rows), 20)
+    for r in range(len(rows)):
+        cand = {*rows.targets_of(r).tolist(), *rows.negatives[r].tolist()}
+        got = [x for x in out[r].tolist() if x >= 0]
+        assert set(got) <= cand and len(got) == len(set(got))
+        if constrained:  # every beam stays inside the list: the whole list is ranked
+            assert set(got) == cand
+    assert model.answer_facts(rows) == []
 
 
 def test_leaderboard_keeps_candidate_rows_apart_and_shows_a_full_runs_view_beside_it(tmp_path):
