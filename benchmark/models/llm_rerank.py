@@ -315,6 +315,11 @@ class LLMRerank(nn.Module):
         self, rows: RankingRows, row_ids: np.ndarray, k: int, device: torch.device | str
     ) -> np.ndarray:
         """[B, k]: the candidate each row's answer names first (-1: none), -1 after it."""
+        if self.scorer is not None:  # vLLM only scores here (prompt log-probabilities)
+            raise ConfigError(
+                "precision=vllm: llm_rerank answers eval=candidates by generating text, which the vLLM "
+                "scoring backend does not do; use eval=full or precision=fp16/bnb8/bnb4"
+            )
         if rows.negatives is None:
             raise ConfigError("model llm_rerank: answering a candidate list needs eval=candidates")
         out = np.full((len(row_ids), k), -1, dtype=np.int64)

@@ -287,6 +287,11 @@ def test_vllm_rerank_scores_equal_the_torch_path(fake_vllm, tiny_data, tiny_lm, 
     assert (vllm_scores[finite] - torch_scores[finite]).abs().max() < TOL
     assert torch_scores[finite].std() > 1e-3
     assert not facts["lora_used"] and facts["engine"]["enable_lora"] is False
+    if length_norm:  # eval=candidates generates answers: not through the scoring backend
+        rows = types.SimpleNamespace(negatives=np.zeros((1, 3), dtype=np.int64))
+        with pytest.raises(ConfigError) as e:
+            model.answer_candidates(rows, np.array([0]), 1, "cpu")
+        assert "eval=candidates" in one_line(e)
 
 
 def test_exported_folders_are_keyed_and_reused(fake_vllm, tiny_data, tiny_lm, tmp_path):
