@@ -113,15 +113,19 @@ def metric_rows(old: dict[str, Any], new: dict[str, Any]) -> list[MetricRow]:
     """
     rows = []
     added = {k for k in new["metrics"] if is_beyond_accuracy(k) and k not in old["metrics"]}
-    for k in sorted((set(old["metrics"]) | set(new["metrics"])) - added):
-        a, b = old["metrics"].get(k), new["metrics"].get(k)
-        if a is None and b is None:
-            diff = 0.0
-        elif a is None or b is None:
-            diff = math.inf
-        else:
-            diff = abs(a - b)
-        rows.append((k, a, b, diff))
+    blocks = [("", old["metrics"], new["metrics"], added)]
+    if "metrics_candidates" in old or "metrics_candidates" in new:  # eval.also_candidates: the view too
+        blocks.append(("candidates view ", old.get("metrics_candidates") or {}, new.get("metrics_candidates") or {}, set()))
+    for name, om, nm, skip in blocks:
+        for k in sorted((set(om) | set(nm)) - skip):
+            a, b = om.get(k), nm.get(k)
+            if a is None and b is None:
+                diff = 0.0
+            elif a is None or b is None:
+                diff = math.inf
+            else:
+                diff = abs(a - b)
+            rows.append((name + k, a, b, diff))
     return rows
 
 

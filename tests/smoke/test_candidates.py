@@ -112,3 +112,10 @@ def test_p5_ranks_its_candidate_lists_by_constrained_beams(tiny, tmp_path):
     rec = _record(d)
     assert rec["eval"]["protocol"] == "candidates" and rec["metrics"]["test/valid_ratio"] == 1.0
     assert all(len([x for x in ln["ranked"] if x]) == 20 for ln in _lines(d))  # every candidate ranked
+
+
+def test_reproduce_compares_the_candidates_view_too(tiny, capsys):
+    main(["reproduce", str(tiny["full-bpr"]), f"data.path={tiny['data']}"])
+    out = capsys.readouterr().out
+    assert "PASS" in out and "FAIL" not in out
+    assert "candidates view test/hit@1" in out
