@@ -226,7 +226,15 @@ def compare_tallrec(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, A
             "max_abs_p_yes_diff": round(float(np.abs(mine - base).max()), 6),
             "speedup_vs_fp32": round(ref["seconds_per_row"] / r["seconds_per_row"], 2),
         }
+        if _cpu_per_row(r) and _cpu_per_row(ref):  # robust to a loaded machine: one thread's CPU time
+            out[name]["cpu_speedup_vs_fp32"] = round(_cpu_per_row(ref) / _cpu_per_row(r), 2)
     return out
+
+
+def _cpu_per_row(r: dict[str, Any]) -> float | None:
+    """CPU seconds per row of a one-thread child (wall seconds x CPU share), or None if unmeasured."""
+    share = r.get("cpu_per_wall")
+    return round(r["seconds_per_row"] * share, 4) if share else None
 
 
 def compare_rerank(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -308,9 +316,9 @@ def measure(
 def table(result: dict[str, Any]) -> str:
     """The measured figures as a markdown table (what the README shows), from a result of :func:`measure`."""
     lines = [
-        "| option | TALLRec rows | s/row | tokens/s | floor s/row | peak RSS MB | AUC | AUC change | max abs dP(yes) "
+        "| option | TALLRec rows | s/row | CPU s/row | tokens/s | floor s/row | peak RSS MB | AUC | AUC change | max abs dP(yes) "
         "| rerank users | s/user | NDCG@10 change |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, t in result["tallrec"].items():
         c = result["tallrec_vs_fp32"][name]
@@ -320,7 +328,7 @@ def table(result: dict[str, Any]) -> str:
             f"{r['users']} | {r['seconds_per_user']} | {rc['ndcg@10_change']:+}" if r and rc else "- | - | -"
         )
         lines.append(
-            f"| `{name}` | {t['rows']} | {t['seconds_per_row']} | {t['tokens_per_second']} | "
+            f"| `{name}` | {t['rows']} | {t['seconds_per_row']} | {_cpu_per_row(t) or '-'} | {t['tokens_per_second']} | "
             f"{t['floor_seconds_per_row']} | {t['peak_rss_mb']} | {c['auc']} | {c['auc_change']:+} | "
             f"{c['max_abs_p_yes_diff']} | {rerank} |"
         )

@@ -231,8 +231,8 @@ def test_bench_compares_every_option_with_fp32_on_the_rows_both_scored():
     int8 = [0.9, 0.2, 0.15, 0.7, 0.8, 0.1]  # row 2 moves below a negative (0.2)
     row = {"prompt_tokens_mean": 10, "tokens_per_second": 1, "floor_seconds_per_row": 0.1, "peak_rss_mb": 1}
     res = {
-        "fp32": {**row, "rows": 6, "p_yes": fp32, "labels": labels, "seconds_per_row": 1.0},
-        "int8": {**row, "rows": 6, "p_yes": int8, "labels": labels, "seconds_per_row": 0.5},
+        "fp32": {**row, "rows": 6, "p_yes": fp32, "labels": labels, "seconds_per_row": 1.0, "cpu_per_wall": 0.8},
+        "int8": {**row, "rows": 6, "p_yes": int8, "labels": labels, "seconds_per_row": 0.5, "cpu_per_wall": 0.4},
         "bf16": {**row, "rows": 2, "p_yes": fp32[:2], "labels": labels[:2], "seconds_per_row": 4.0},
     }
     c = compare_tallrec(res)
@@ -240,10 +240,12 @@ def test_bench_compares_every_option_with_fp32_on_the_rows_both_scored():
     assert c["int8"]["auc_change"] == pytest.approx(auc(labels, int8) - auc(labels, fp32), abs=1e-5)
     assert c["int8"]["auc_change"] < 0
     assert c["int8"]["max_abs_p_yes_diff"] == pytest.approx(0.45) and c["int8"]["speedup_vs_fp32"] == 2.0
+    assert c["int8"]["cpu_speedup_vs_fp32"] == 4.0  # 0.8 vs 0.2 CPU s/row
     assert c["bf16"]["rows_compared"] == 2 and c["bf16"]["speedup_vs_fp32"] == 0.25
+    assert "cpu_speedup_vs_fp32" not in c["bf16"]  # no CPU share measured
     rr = {"fp32": {"ndcg@10_per_user": [1.0, 0.0], "seconds_per_user": 2.0, "users": 2}}
     rr["int8"] = {"ndcg@10_per_user": [0.5, 0.0], "seconds_per_user": 1.0, "users": 2}
     r = compare_rerank(rr)
     assert r["int8"]["ndcg@10_change"] == -0.25 and r["int8"]["speedup_vs_fp32"] == 2.0
     text = table({"tallrec": res, "tallrec_vs_fp32": c, "rerank": rr, "rerank_vs_fp32": r})
-    assert text.count("\n") == 4 and "| `int8` | 6 | 0.5 |" in text and "| 2 | 1.0 | -0.25 |" in text
+    assert text.count("\n") == 4 and "| `int8` | 6 | 0.5 | 0.2 |" in text and "| `bf16` | 2 | 4.0 | - |" in text and "| 2 | 1.0 | -0.25 |" in text
