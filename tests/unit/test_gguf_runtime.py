@@ -186,6 +186,18 @@ def test_metadata_reader_agrees_with_gguf_reader(tmp_path):
     (tmp_path / "x.gguf").write_bytes(b"GGML" + bytes(20))
     with pytest.raises(ConfigError, match="x.gguf is not a GGUF file"):
         gr.read_gguf_metadata(tmp_path / "x.gguf")
+    # A stranger's file: truncated, a huge key count, an unknown value type -> one-line verdicts.
+    whole = path.read_bytes()
+    import struct
+
+    for name, data in {
+        "cut.gguf": whole[:40],
+        "count.gguf": b"GGUF" + struct.pack("<IQQ", 3, 0, 2**62),
+        "kind.gguf": b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 1) + b"k" + struct.pack("<I", 99),
+    }.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ConfigError, match=f"{name} is a malformed GGUF file"):
+            gr.read_gguf_metadata(tmp_path / name)
 
 
 def test_vocabulary_of_the_file_names_the_answer_tokens():

@@ -189,7 +189,13 @@ def read_gguf_metadata(path: Path) -> tuple[dict[str, Any], dict[str, tuple[list
                 dims = [c.read("Q") for _ in range(c.read("I"))]
                 infos.append((name, dims, c.read("I"), c.read("Q")))
             align = int(meta.get("general.alignment", 32))
+            if align <= 0:
+                raise ValueError("general.alignment must be positive")
             base = -(-c.pos // align) * align
+        except (struct.error, KeyError, ValueError, TypeError, RecursionError) as e:
+            raise ConfigError(
+                f"precision=gguf: {Path(path).name} is a malformed GGUF file ({type(e).__name__} in its header)"
+            ) from None
         finally:
             c.data.release()
     return meta, {name: (dims, kind, base + off) for name, dims, kind, off in infos}
