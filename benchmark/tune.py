@@ -140,6 +140,12 @@ def _check_space_entry(cfg: DictConfig, key: str, expr: Any) -> None:
         raise ConfigError(f"search.space.{key}: not an Optuna sweeper distribution ({' '.join(str(e).split())})") from None
     if not parsed.is_sweep_override():
         raise ConfigError(f"search.space.{key}={expr}: a fixed value, not a distribution (interval, range, choice)")
+    current = OmegaConf.select(cfg, key)
+    if parsed.is_interval_sweep() and _is_count(current) and not _is_count(parsed.value().start):
+        # Hydra's interval() is a float interval: a float trial value would reach an integer parameter
+        raise ConfigError(
+            f"search.space.{key}={expr}: {key} is an integer ({current}); write int(interval(...)) for an integer range"
+        )
 
 
 # ---------------------------------------------------------------------------------------- planning

@@ -169,6 +169,21 @@ def test_space_entries_are_checked(planted):
             search_settings(cfg, "planted")
 
 
+def test_integer_key_needs_an_integer_distribution():
+    """interval() is a float interval in Hydra: a float trial value must not reach an integer parameter."""
+    from benchmark.compose import compose
+    from benchmark.errors import ConfigError
+    from benchmark.tune import search_settings
+
+    cfg = compose(["model=itemknn", "+search=itemknn", "++search.trials=1"])
+    assert search_settings(cfg, "itemknn").space["model.module.params.k"] == "tag(log, int(interval(5, 1000)))"
+    cfg.search.space = {"model.module.params.k": "tag(log, interval(5, 1000))"}
+    with pytest.raises(ConfigError, match="model.module.params.k is an integer"):
+        search_settings(cfg, "itemknn")
+    cfg.search.space = {"model.module.params.shrink": "interval(0.0, 100.0)"}  # a float key takes a float interval
+    assert search_settings(cfg, "itemknn").space
+
+
 @pytest.mark.slow  # ~2 min: Lightning fits in every trial and the final run
 def test_trained_model_trials_early_stop_on_valid(planted, tmp_path):
     """A model trained by gradient: each trial trains with early stopping; its value is the best epoch's."""
