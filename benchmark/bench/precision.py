@@ -40,7 +40,8 @@ from benchmark.bench import write_result
 
 OUT_NAME = "precision.json"
 BACKBONE = "smollm2-135m-instruct"
-OPTIONS = ("fp32", "bf16", "int8")
+OPTIONS = ("fp32", "bf16", "int8", "int8_smooth")
+TALLREC_ONLY = ("int8_smooth",)  # calibrated on tallrec train prompts; the reranker has none
 OPTIONAL = {"gguf": "llama_cpp"}  # tallrec only, where the package imports (pip install '.[gguf]')
 SLOW = ("bf16",)  # no bf16 matmul kernels on AVX2-only CPUs
 BATCH = 16
@@ -269,8 +270,14 @@ def measure(
     slow_rows: int | None = None,
     slow_users: int | None = None,
     first_stage: str = FIRST_STAGE,
+    options: tuple[str, ...] = OPTIONS,
+    earlier: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Every CPU option on the tallrec rows, then (``users`` > 0) on the rerank users."""
+    """Every CPU option on the tallrec rows, then (``users`` > 0) on the rerank users.
+
+    With ``earlier`` (a result of the same rows, users and weights), only ``options`` are measured
+    and the other options' entries are kept from it; comparisons are recomputed over all.
+    """
     result: dict[str, Any] = {
         "backbone": BACKBONE,
         "weights": weights or "zero-shot (no adapters)",
@@ -291,7 +298,16 @@ def measure(
         for name, pkg in OPTIONAL.items()
         if name not in extra
     }
-    for name in (*OPTIONS, *extra):
+    if earlier is not None:
+        for key in ("backbone", "weights"):
+            if earlier.get(key) != result[key]:
+                raise ValueError(f"--update: the earlier result has {key}={earlier.get(key)!r}, not {result[key]!r}")
+        result["tallrec"] = dict(earlier.get("tallrec", {}))
+        result["rerank"] = dict(earlier.get("rerank", {}))
+        if "rerank_first_stage" in earlier:
+            result["rerank_first_stage"] = earlier["rerank_first_stage"]
+        result["updated"] = {"options": list(options), "earlier_machine": earlier.get("machine")}
+    for name in [o for o in (*OPTIONS, *extra) if o in options]:
         n = slow_rows if name in SLOW and slow_rows is not None else rows
         result["tallrec"][name] = _in_child("child_tallrec", option=name, rows=n, weights=weights)
         print(f"precision tallrec {name}: {result['tallrec'][name]['seconds_per_row']} s/row", flush=True)
@@ -301,7 +317,7 @@ def measure(
         result["rerank_first_stage"] = (
             str(Path(stage).relative_to(REPO)) if Path(stage).is_relative_to(REPO) else stage
         )
-        for name in OPTIONS:
+        for name in [o for o in OPTIONS if o in options and o not in TALLREC_ONLY]:
             n = slow_users if name in SLOW and slow_users is not None else users
             if n <= 0:
                 continue
@@ -342,9 +358,21 @@ def main(
     weights: str | None = None,
     slow_rows: int | None = None,
     slow_users: int | None = None,
+    options: tuple[str, ...] = OPTIONS,
+    update: bool = False,
 ) -> dict[str, Any]:
-    """Measure and write ``<out_dir>/precision.json``; returns what was written."""
-    result = measure(rows, users, weights, slow_rows, slow_users)
+    """Measure and write ``<out_dir>/precision.json``; returns what was written.
+
+    ``update``: measure only ``options`` and keep the other options of the existing file.
+    """
+    path = Path(out_dir) / OUT_NAME
+    earlier = json.loads(path.read_text()) if update and path.exists() else None
+    unknown = sorted(set(options) - set(OPTIONS) - set(OPTIONAL))
+    if unknown:
+        raise SystemExit(f"--options: unknown option {unknown[0]} (one of {', '.join((*OPTIONS, *OPTIONAL))})")
+    if "fp32" not in options and not (earlier and "fp32" in earlier.get("tallrec", {})):
+        raise SystemExit("--options: fp32 is the reference; measure it or --update a file that has it")
+    result = measure(rows, users, weights, slow_rows, slow_users, options=options, earlier=earlier)
     write_result(Path(out_dir) / OUT_NAME, result)
     print(table(result))
     for name, c in result["tallrec_vs_fp32"].items():
@@ -371,5 +399,9 @@ if __name__ == "__main__":
     parser.add_argument(
         "--slow-users", type=int, default=None, help="users for options slower than fp32 (bf16)"
     )
+    parser.add_argument("--options", default=",".join(OPTIONS), help="comma-separated options to measure")
+    parser.add_argument(
+        "--update", action="store_true", help="keep the other options' entries of the existing precision.json"
+    )
     a = parser.parse_args()
-    main(a.out, a.rows, a.users, a.weights, a.slow_rows, a.slow_users)
+    main(a.out, a.rows, a.users, a.weights, a.slow_rows, a.slow_users, tuple(a.options.split(",")), a.update)

@@ -19,7 +19,8 @@ def draw_rows(n: int, count: int | str, seed: int, stream: int = 0) -> np.ndarra
         n: number of rows to draw from.
         count: how many (or ``all``).
         seed: the run seed.
-        stream: separates independent draws made with one seed (0: training shots, 1: in-context).
+        stream: separates independent draws made with one seed (0: training shots, 1: in-context,
+            2: calibration prompts of a precision option).
 
     Returns:
         [count] int64 positions, in draw order.

@@ -397,6 +397,21 @@ class TallRec(nn.Module):
             advance(len(idx))
         return out
 
+    def calibrate(self, rows: int) -> dict[str, Any]:
+        """Score ``rows`` train-part prompts (drawn by the run's seed) to calibrate a precision option.
+
+        Only train rows are read; the truncation counter of the evaluation is left as it was.
+
+        Returns:
+            the rows used: count, part and a digest of their positions.
+        """
+        items, hist, likes, _ = self._train
+        picked = draw_rows(len(items), min(rows, len(items)), self.seed, stream=2)
+        kept = self.truncated
+        self.p_yes([self._render(hist[r], likes[r], int(items[r])) for r in picked])
+        self.truncated = kept
+        return {"rows": len(picked), "part": "train", "digest": rows_digest(picked)}
+
     def score_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """[B] users, [B, C] items -> [B, C] P("Yes") of each pair's prompt."""
         b, c = items.shape

@@ -26,7 +26,7 @@ from tests.unit.test_tallrec import load_prompt, make_tiny_lm, template_words
 
 REPO = Path(__file__).resolve().parents[2]
 RUNS = REPO / "results" / "runs"
-CPU_OPTIONS = ("fp32", "bf16", "int8")
+CPU_OPTIONS = ("fp32", "bf16", "int8", "int8_smooth")
 GPU_OPTIONS = ("fp16", "bnb8", "bnb4", "vllm")
 
 
@@ -249,3 +249,40 @@ def test_bench_compares_every_option_with_fp32_on_the_rows_both_scored():
     assert r["int8"]["ndcg@10_change"] == -0.25 and r["int8"]["speedup_vs_fp32"] == 2.0
     text = table({"tallrec": res, "tallrec_vs_fp32": c, "rerank": rr, "rerank_vs_fp32": r})
     assert text.count("\n") == 4 and "| `int8` | 6 | 0.5 | 0.2 |" in text and "| `bf16` | 2 | 4.0 | - |" in text and "| 2 | 1.0 | -0.25 |" in text
+
+
+def test_bench_update_measures_only_the_named_options_and_keeps_the_rest(monkeypatch):
+    import benchmark.bench.precision as bench
+
+    labels = [1, 0, 1, 0]
+    row = {"prompt_tokens_mean": 10, "tokens_per_second": 1, "floor_seconds_per_row": 0.1, "peak_rss_mb": 1}
+    earlier = {
+        "backbone": bench.BACKBONE,
+        "weights": "w",
+        "machine": {"load_average_before": [3.0]},
+        "tallrec": {
+            "fp32": {**row, "rows": 4, "p_yes": [0.9, 0.1, 0.8, 0.2], "labels": labels, "seconds_per_row": 1.0},
+            "int8": {**row, "rows": 4, "p_yes": [0.9, 0.1, 0.05, 0.2], "labels": labels, "seconds_per_row": 0.5},  # AUC 0.5
+        },
+        "rerank": {
+            "fp32": {"ndcg@10_per_user": [1.0], "seconds_per_user": 2.0, "users": 1},
+            "int8": {"ndcg@10_per_user": [0.5], "seconds_per_user": 1.0, "users": 1},
+        },
+        "rerank_first_stage": "results/runs/x",
+    }
+    calls = []
+
+    def child(kind, **kw):
+        calls.append((kind, kw["option"]))
+        return {**row, "rows": 4, "p_yes": [0.8, 0.3, 0.7, 0.1], "labels": labels, "seconds_per_row": 0.25}
+
+    monkeypatch.setattr(bench, "_in_child", child)
+    monkeypatch.setattr(bench, "_first_stage", lambda spec: "results/runs/x")
+    out = bench.measure(4, 1, "w", options=("int8_smooth",), earlier=earlier)
+    assert calls == [("child_tallrec", "int8_smooth")]  # no rerank: smoothing is tallrec-only
+    assert list(out["tallrec"]) == ["fp32", "int8", "int8_smooth"] and list(out["rerank"]) == ["fp32", "int8"]
+    assert out["tallrec_vs_fp32"]["int8_smooth"]["auc_change"] == 0.0  # same ranking as fp32 on these rows
+    assert out["tallrec_vs_fp32"]["int8"]["auc_change"] == -0.5 and out["rerank_vs_fp32"]["int8"]["ndcg@10_change"] == -0.5
+    assert out["updated"]["options"] == ["int8_smooth"]
+    with pytest.raises(ValueError, match="weights"):
+        bench.measure(4, 1, "other", options=("int8_smooth",), earlier=earlier)

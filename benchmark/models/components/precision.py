@@ -11,6 +11,9 @@ weights under ``outputs/models/<training key>`` and only evaluates in int8.
 - ``int8``: torch dynamic quantization (``torch.ao``; int8 weights per output channel,
   activations quantized per batch, x86/fbgemm kernels) of the backbone's ``nn.Linear`` layers on
   CPU. LoRA's ``lora_A``/``lora_B`` and the LM head stay fp32.
+- ``int8_smooth``: ``int8`` after SmoothQuant-style smoothing (``smooth_alpha``, calibrated on
+  ``calibration_rows`` train prompts: :mod:`benchmark.models.components.smoothing`), with the
+  layers named in ``keep`` (``down_proj``, whose inputs carry the largest outliers) left in fp32.
 - ``bnb8`` / ``bnb4``: bitsandbytes LLM.int8() / NF4 linear layers on CUDA (same layers kept).
 - ``gguf``: TALLRec's P(yes) scored by llama.cpp on the quantized GGUF file itself, LoRA
   converted to a llama.cpp adapter (:mod:`benchmark.models.components.gguf_runtime`); refused
@@ -60,6 +63,9 @@ class PrecisionConfig:
         inference_only: applied at evaluation to the trained weights (training key unchanged).
         package: an extra package the option needs (imported only when it runs), or None.
         note: one line on what the option does, for the record.
+        smooth_alpha: SmoothQuant migration strength in [0, 1] before ``torch_dynamic``
+            quantization (None: no smoothing); calibration_rows: train prompts it is calibrated on.
+        keep: backbone layer names (a path component, e.g. ``down_proj``) left unquantized.
     """
 
     name: str
@@ -70,6 +76,9 @@ class PrecisionConfig:
     inference_only: bool = True
     package: str | None = None
     note: str = ""
+    smooth_alpha: float | None = None
+    calibration_rows: int = 64
+    keep: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.weights not in WEIGHTS:
@@ -78,6 +87,15 @@ class PrecisionConfig:
             raise ConfigError(f"precision.method: unknown '{self.method}' (one of {', '.join(METHODS)})")
         if self.device not in DEVICES:
             raise ConfigError(f"precision.device: unknown '{self.device}' (one of {', '.join(DEVICES)})")
+        if self.smooth_alpha is not None:
+            if self.method != "torch_dynamic":
+                raise ConfigError(f"precision.smooth_alpha: smoothing applies to method torch_dynamic, not {self.method}")
+            if not isinstance(self.smooth_alpha, (int, float)) or not 0.0 <= float(self.smooth_alpha) <= 1.0:
+                raise ConfigError(f"precision.smooth_alpha: {self.smooth_alpha!r} is not a number in [0, 1]")
+            if isinstance(self.calibration_rows, bool) or not isinstance(self.calibration_rows, int) or not 1 <= self.calibration_rows <= 4096:
+                raise ConfigError(f"precision.calibration_rows: {self.calibration_rows!r} is not a count in [1, 4096]")
+        if not all(isinstance(k, str) and k for k in self.keep):
+            raise ConfigError(f"precision.keep: layer names expected, got {list(self.keep)!r}")
         if not self.inference_only:
             raise ConfigError(
                 f"precision={self.name}: training in a quantized precision (QLoRA-style) is not "
@@ -99,6 +117,10 @@ def precision_config(node: Any) -> PrecisionConfig:
     missing = [k for k in ("name", "weights", "method") if k not in plain]
     if missing:
         raise ConfigError(f"precision.{missing[0]}: required")
+    if "keep" in plain:
+        if not isinstance(plain["keep"], (list, tuple)):
+            raise ConfigError(f"precision.keep: a list of layer names expected, got {plain['keep']!r}")
+        plain["keep"] = tuple(plain["keep"])
     return PrecisionConfig(**plain)
 
 
@@ -141,6 +163,11 @@ def check_precision(node: Any, model_cfg: Any, adapter: Any = None) -> Precision
         raise ConfigError(
             f"precision={spec.name}: package '{spec.package}' is not installed (pip install {spec.package})"
         )
+    if spec.smooth_alpha is not None and model_cfg.get("name") != "tallrec":
+        raise ConfigError(
+            f"precision={spec.name}: smoothing is calibrated on the model's train prompts, which "
+            f"only tallrec defines (model {model_cfg.get('name')}: use precision=int8)"
+        )
     if spec.method == "vllm":  # CUDA and vllm are here: refuse what vLLM cannot score
         from benchmark.models.components.adapter import is_active_node
         from benchmark.models.components.vllm_runtime import check_vllm
@@ -152,26 +179,28 @@ def check_precision(node: Any, model_cfg: Any, adapter: Any = None) -> Precision
 # ----------------------------------------------------------------------------- applying
 
 
-def _kept(name: str) -> bool:
-    return any(part.startswith(KEEP) for part in name.split("."))
+def _kept(name: str, keep: tuple[str, ...] = ()) -> bool:
+    parts = name.split(".")
+    return any(part.startswith(KEEP) for part in parts) or any(k in parts for k in keep)
 
 
-def _linear_layers(lm: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
-    """(parent, attribute, layer) of every plain ``nn.Linear`` of the backbone outside :data:`KEEP`."""
+def _linear_layers(lm: nn.Module, keep: tuple[str, ...] = ()) -> list[tuple[nn.Module, str, nn.Linear]]:
+    """(parent, attribute, layer) of every plain ``nn.Linear`` of the backbone outside :data:`KEEP` and ``keep``."""
     out = []
     for name, parent in lm.named_modules():
         for attr, child in parent.named_children():
             full = f"{name}.{attr}" if name else attr
-            if type(child) is nn.Linear and not _kept(full):
+            if type(child) is nn.Linear and not _kept(full, keep):
                 out.append((parent, attr, child))
     return out
 
 
-def quantize_int8(lm: nn.Module) -> int:
+def quantize_int8(lm: nn.Module, keep: tuple[str, ...] = ()) -> int:
     """Replace the backbone's linear layers by torch dynamic-quantized int8 layers, in place.
 
     Weights are quantized per output channel (symmetric int8), activations per batch at run
-    time; outputs stay fp32. LoRA matrices and the LM head are left as they are.
+    time; outputs stay fp32. LoRA matrices, the LM head and layers named in ``keep`` are left
+    as they are.
 
     Returns:
         the number of layers quantized.
@@ -179,11 +208,30 @@ def quantize_int8(lm: nn.Module) -> int:
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
     from torch.ao.quantization import per_channel_dynamic_qconfig
 
-    layers = _linear_layers(lm)
+    layers = _linear_layers(lm, keep)
     for parent, attr, layer in layers:
         layer.qconfig = per_channel_dynamic_qconfig
         setattr(parent, attr, DynamicLinear.from_float(layer))
     return len(layers)
+
+
+def smooth_backbone(model: nn.Module, lm: nn.Module, alpha: float, rows: int) -> dict[str, Any]:
+    """Calibrate on ``rows`` of the model's train prompts and fold smoothing factors into ``lm``.
+
+    The model provides ``calibrate(rows)``, which runs that many train-part prompts through its own
+    scoring path (never a valid or test row).
+
+    Returns:
+        the facts recorded: alpha, calibration rows and their digest, layers smoothed.
+    """
+    from benchmark.models.components.smoothing import activation_ranges, smooth
+
+    calibrate = getattr(model, "calibrate", None)
+    if not callable(calibrate):
+        raise ConfigError(f"precision: model {type(model).__name__} has no train prompts to calibrate smoothing on")
+    used: dict[str, Any] = {}
+    ranges = activation_ranges(lm, lambda: used.update(calibrate(rows)))
+    return {"alpha": alpha, "calibration": used, "layers_smoothed": smooth(lm, ranges, alpha)}
 
 
 def cast_backbone(lm: nn.Module, dtype: torch.dtype) -> int:
@@ -288,7 +336,11 @@ def apply_precision(model: nn.Module, node: Any, cache_dir: str | Path | None = 
         facts.update(attach_vllm_scorer(model, spec.weights, cache_dir))
     elif spec.method == "torch_dynamic":
         facts["engine"] = torch.backends.quantized.engine
-        facts["linear_quantized"] = quantize_int8(lm)
+        if spec.smooth_alpha is not None:
+            facts["smoothing"] = smooth_backbone(model, lm, float(spec.smooth_alpha), spec.calibration_rows)
+        facts["linear_quantized"] = quantize_int8(lm, spec.keep)
+        if spec.keep:
+            facts["kept_fp32"] = {"names": list(spec.keep), "layers": len(_linear_layers(lm))}  # the plain ones left
     elif spec.method == "cast":
         facts["params_cast"] = cast_backbone(lm, getattr(torch, spec.weights))
     elif spec.method == "bitsandbytes":
