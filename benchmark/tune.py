@@ -18,6 +18,10 @@ experiment config included, e.g. ``model: itemknn,ease``) and, per job:
    params, the trial seed and config hash), so its record and the leaderboard say "tuned (N trials)".
 
 A search already done with the same settings (``search.json`` in its folder) is not run again.
+A search that stopped part-way (killed, machine lost) resumes: its folder keeps ``settings.json``
+and the trials already logged; a rerun with the same settings replays them from the log (the same
+seeded sampler proposes the same configs, checked by config hash) and trains only the rest, so the
+trials and the choice equal those of an uninterrupted search.
 """
 
 from __future__ import annotations
@@ -313,6 +317,12 @@ def trial_task(cfg: DictConfig) -> float:
     num = int(hc.job.num)
     space = json.loads((folder / "space.json").read_text())
     base = without_search(cfg)
+    config_hash = config_hashes(base)[1]  # without the seed
+    done = _logged_trial(folder / REPLAY, num, config_hash)
+    if done is not None:  # a resumed search: this trial ran before it stopped
+        with open(folder / "trials.jsonl", "a") as f:
+            f.write(json.dumps({**done, "replayed": True}, sort_keys=True) + "\n")
+        return float(done["value"])
     try:
         out = trial_value(base, folder / "checkpoints" / str(num))
     except BenchmarkError as e:
@@ -325,11 +335,61 @@ def trial_task(cfg: DictConfig) -> float:
         "epochs": out["epochs"],
         "seconds": round(out["seconds"], 3),
         "seed": int(base.seed),
-        "config_hash": config_hashes(base)[1],  # without the seed
+        "config_hash": config_hash,
     }
     with open(folder / "trials.jsonl", "a") as f:
         f.write(json.dumps(line, sort_keys=True) + "\n")
     return float(out["value"])
+
+
+REPLAY = "trials.replay.jsonl"  # the trials a resumed search found logged
+
+
+def _logged_trial(path: Path, num: int, config_hash: str) -> dict[str, Any] | None:
+    """The logged trial ``num`` of a stopped search when it ran this same config, else None."""
+    if not path.is_file():
+        return None
+    for text in path.read_text().splitlines():
+        try:
+            line = json.loads(text)
+        except json.JSONDecodeError:  # a line cut short when the search stopped
+            continue
+        if isinstance(line, dict) and line.get("trial") == num:
+            if line.get("config_hash") != config_hash or not isinstance(line.get("value"), (int, float)):
+                return None  # another config under this number: train it
+            return {k: v for k, v in line.items() if k != "replayed"}
+    return None
+
+
+def _resume_or_reset(p: Plan, settings: dict[str, Any]) -> int:
+    """Prepare a search folder: keep a stopped search's logged trials for replay, else start clean.
+
+    Returns:
+        the number of logged trials kept for replay.
+    """
+    settings_file = p.folder / "settings.json"
+    log = p.folder / "trials.jsonl"
+    same = settings_file.is_file() and json.loads(settings_file.read_text()) == settings
+    if same and log.is_file():
+        replay = p.folder / REPLAY
+        by_trial: dict[Any, str] = {}  # a search stopped again while replaying: keep both logs
+        for source in (replay, log):
+            for text in source.read_text().splitlines() if source.is_file() else []:
+                try:
+                    by_trial[json.loads(text).get("trial")] = text
+                except (json.JSONDecodeError, AttributeError):
+                    continue  # a line cut short when the search stopped
+        kept = "".join(f"{by_trial[k]}\n" for k in sorted(by_trial, key=str))
+        for leftover in (p.folder / "error.txt", p.folder / "optimization_results.yaml"):
+            leftover.unlink(missing_ok=True)
+        shutil.rmtree(p.folder / "checkpoints", ignore_errors=True)
+        replay.write_text(kept)
+        log.write_text("")
+        return sum(1 for t in kept.splitlines() if t.strip())
+    shutil.rmtree(p.folder, ignore_errors=True)
+    p.folder.mkdir(parents=True)
+    settings_file.write_text(json.dumps(settings, indent=1, sort_keys=True))
+    return 0
 
 
 # ------------------------------------------------------------------------------------------ search
@@ -375,8 +435,9 @@ def run_search(p: Plan) -> dict[str, Any]:
         done = json.loads(summary_file.read_text())
         if done.get("settings") == settings:
             return done
-    shutil.rmtree(p.folder, ignore_errors=True)
-    p.folder.mkdir(parents=True)
+    replayed = _resume_or_reset(p, settings)
+    if replayed:
+        print(f"[tune {p.study}] resuming: {replayed} logged trial(s) are replayed, not trained again")
     (p.folder / "space.json").write_text(json.dumps(p.search.space, indent=1))
     try:
         hydra_main(trial_task, sweeper_overrides(p))
@@ -385,6 +446,7 @@ def run_search(p: Plan) -> dict[str, Any]:
         why = error.read_text() if error.is_file() else f"Hydra exited with status {e.code}"
         raise TrialFailed(f"search {p.study}: a trial failed: {why}") from None
     trials = [json.loads(line) for line in (p.folder / "trials.jsonl").read_text().splitlines()]
+    (p.folder / REPLAY).unlink(missing_ok=True)
     result = OmegaConf.to_container(OmegaConf.load(p.folder / "optimization_results.yaml"))
     best = max(trials, key=lambda t: t["value"])  # the first of equal values, as Optuna keeps it
     if abs(best["value"] - float(result["best_value"])) > 1e-12:

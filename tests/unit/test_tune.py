@@ -213,3 +213,35 @@ def test_every_search_config_fits_its_model(name):
     cfg = compose([f"model={name}", *ev, f"+search={name}", "++search.trials=1"])
     search = search_settings(cfg, name)
     assert search.space and search.objective == f"valid/{cfg.eval.valid_metric}"
+
+
+def test_a_stopped_search_resumes_without_training_its_logged_trials(planted, tmp_path, monkeypatch):
+    """Kill a search after 3 of 6 trials (the 4th cut mid-line): the rerun replays 3, trains 3,
+    and its trials and choice equal an uninterrupted search's."""
+    from benchmark import tune
+    from benchmark.compose import expand_overrides
+
+    plan = tune.plan(expand_overrides(planted), SEARCH)
+    whole = tune.run_search(plan)
+    uninterrupted = _trials(tmp_path)
+    log = plan.folder / "trials.jsonl"
+    (plan.folder / "search.json").unlink()  # as if the search had stopped in trial 3
+    log.write_text("".join(f"{line}\n" for line in log.read_text().splitlines()[:3]) + '{"trial": 3, "val')
+    trained = []
+    real = tune.trial_value
+    monkeypatch.setattr(tune, "trial_value", lambda cfg, d: trained.append(1) or real(cfg, d))
+    resumed = tune.run_search(plan)
+    assert len(trained) == 3  # trials 3, 4, 5 trained; 0, 1, 2 replayed from the log
+    again = _trials(tmp_path)
+    assert [t.get("replayed", False) for t in again] == [True] * 3 + [False] * 3
+    strip = lambda ts: [{k: v for k, v in t.items() if k not in ("replayed", "seconds")} for t in ts]  # noqa: E731
+    assert strip(again) == strip(uninterrupted)
+    assert resumed["best"]["params"] == whole["best"]["params"] and resumed["trials_run"] == 6
+    assert not (plan.folder / tune.REPLAY).exists()
+
+    other = tune.plan(expand_overrides(planted), [*SEARCH[:2], "search.sampler_seed=5", *SEARCH[3:]])
+    assert other.folder == plan.folder  # same study, other settings: a fresh search, nothing replayed
+    (plan.folder / "search.json").unlink()
+    trained.clear()
+    tune.run_search(other)
+    assert len(trained) == 6 and not any(t.get("replayed") for t in _trials(tmp_path))
