@@ -70,6 +70,8 @@ class SplitConfig:
     history: int = 10  # tallrec_movie: history length
     keep_last: int = 10000  # tallrec_movie: rows kept from the end
     like_threshold: float = 3.0  # tallrec_movie: like = rating > threshold
+    truncate_users: float = 0.0  # cold-user view: share of test users whose train history is cut
+    truncate_to: int = 3  # ... to their last N train interactions (0: none left)
 
     def __post_init__(self) -> None:
         if self.protocol not in SPLIT_PROTOCOLS:
@@ -82,6 +84,10 @@ class SplitConfig:
             )
         if not 0.0 <= self.holdout_items < 1.0:
             raise ConfigError(f"split.holdout_items: must be in [0, 1), got {self.holdout_items}")
+        if isinstance(self.truncate_users, bool) or not isinstance(self.truncate_users, (int, float)) or not 0.0 <= self.truncate_users <= 1.0:
+            raise ConfigError(f"split.truncate_users: a share of test users in [0, 1], got {self.truncate_users!r}")
+        if isinstance(self.truncate_to, bool) or not isinstance(self.truncate_to, int) or self.truncate_to < 0:
+            raise ConfigError(f"split.truncate_to: a number of train interactions >= 0, got {self.truncate_to!r}")
 
 
 @dataclass

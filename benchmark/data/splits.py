@@ -54,6 +54,8 @@ class Split:
             ``timestamp``, ``row`` (position in the filtered raw table), in file order.
         holdout_items: item indices kept out of train (strict cold-start), sorted.
         config: the split config as a plain dict.
+        truncated_users: user indices whose train history was cut to ``truncate_to`` (the
+            cold-user view), sorted.
     """
 
     protocol: str
@@ -62,6 +64,7 @@ class Split:
     parts: dict[str, pd.DataFrame]
     holdout_items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     config: dict = field(default_factory=dict)
+    truncated_users: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def train(self) -> pd.DataFrame:
@@ -103,6 +106,8 @@ class Split:
             lines.append(f"[{name}]\t{len(df)}")
             lines.extend(body.tolist())
         lines.append("[holdout_items]\t" + " ".join(self.item_ids[self.holdout_items].tolist()))
+        if len(self.truncated_users):  # only a cold-user view has the line: other fingerprints as before
+            lines.append("[truncated_users]\t" + " ".join(self.user_ids[self.truncated_users].tolist()))
         return "\n".join(lines) + "\n"
 
     @cached_property
@@ -122,6 +127,7 @@ class Split:
             "test_users_without_train": int((~np.isin(np.unique(test["user"]), train_users)).sum()),
             "test_items_unseen_in_train": int((~np.isin(np.unique(test["item"]), train_items)).sum()),
             "holdout_items": len(self.holdout_items),
+            **({"truncated_users": len(self.truncated_users)} if len(self.truncated_users) else {}),
         }
 
 
@@ -222,6 +228,10 @@ def build_split(data: Interactions, cfg: SplitConfig, inter: pd.DataFrame | None
         in_train_held = (part == 0) & np.isin(df["item"].to_numpy(), holdout)
         part = np.where(in_train_held, -1, part)  # dropped: never seen in training
 
+    truncated = np.zeros(0, dtype=np.int64)
+    if cfg.truncate_users > 0:
+        part, truncated = _truncate_users(df, part, cfg)
+
     parts = {name: df[part == i].reset_index(drop=True) for i, name in enumerate(PARTS)}
     for name in ("train", "test"):
         if len(parts[name]) == 0:
@@ -229,7 +239,33 @@ def build_split(data: Interactions, cfg: SplitConfig, inter: pd.DataFrame | None
                 f"split {cfg.protocol}: the {name} part is empty ({data.name}, {len(df)} interactions)"
             )
 
-    return Split(cfg.protocol, user_ids, item_ids, parts, holdout, asdict(cfg))
+    return Split(cfg.protocol, user_ids, item_ids, parts, holdout, asdict(cfg), truncated)
+
+
+def _truncate_users(df: pd.DataFrame, part: np.ndarray, cfg: SplitConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The cold-user view: a seeded share of the test users keep only their last ``truncate_to``
+    train interactions (by time); the others are dropped from the split (part -1).
+
+    Returns:
+        (the new part per row, the truncated users' indices, sorted).
+    """
+    users = np.unique(df["user"].to_numpy()[part == 2])
+    n_cut = int(round(cfg.truncate_users * len(users)))
+    rng = np.random.default_rng([cfg.seed, 4241])
+    cut = np.sort(users[rng.permutation(len(users))[:n_cut]]).astype(np.int64)
+    train = np.flatnonzero((part == 0) & np.isin(df["user"].to_numpy(), cut))
+    if len(train):
+        sub = df.iloc[train]
+        order = time_order(sub)  # per user by (timestamp, file order)
+        users_sorted = sub["user"].to_numpy()[order]
+        is_last = np.r_[users_sorted[1:] != users_sorted[:-1], True]
+        ends = np.flatnonzero(is_last)
+        run_end = np.repeat(ends, np.diff(np.r_[-1, ends]))
+        from_end = run_end - np.arange(len(order))  # 0 = the user's last train interaction
+        drop = train[order[from_end >= cfg.truncate_to]]
+        part = part.copy()
+        part[drop] = -1
+    return part, cut
 
 
 # ----------------------------------------------------------------------------- tallrec_movie
@@ -301,6 +337,10 @@ def build_tallrec_movie(data: Interactions, cfg: SplitConfig) -> Split:
     if cfg.holdout_items:
         raise ConfigError(
             f"split.holdout_items: not part of the {TALLREC_MOVIE} protocol (got {cfg.holdout_items})"
+        )
+    if cfg.truncate_users:
+        raise ConfigError(
+            f"split.truncate_users: not part of the {TALLREC_MOVIE} protocol (its rows carry their own histories)"
         )
     if inter["rating"].isna().any():
         raise DataError(f"split {TALLREC_MOVIE}: {data.name} has interactions without a rating")

@@ -51,6 +51,10 @@ def result_config(cfg: DictConfig) -> dict[str, Any]:
         c["data"] = {k: v for k, v in c["data"].items() if k != "cache_dir"}
         if c["data"].get("duplicates") == "error":  # the default rule: hashes as runs made before the option
             del c["data"]["duplicates"]
+    if isinstance(c.get("split"), dict) and not c["split"].get("truncate_users", 0):
+        # No cold-user truncation (the default): hashes as runs made before the option.
+        c["split"].pop("truncate_users", None)
+        c["split"].pop("truncate_to", None)
     if isinstance(c.get("eval"), dict) and c["eval"].get("test_users", 0) is None:
         del c["eval"]["test_users"]  # all test users (the default): hashes as runs made before the option
     if isinstance(c.get("eval"), dict) and not c["eval"].get("also_candidates", False):

@@ -115,3 +115,63 @@ def test_empty_train_is_an_error(tmp_path: Path):
     data = read_atomic(write_atomic(tmp_path / "d", "d", rows), "d")
     with pytest.raises(DataError, match="train part is empty"):
         build_split(data, SplitConfig(protocol="loo"))
+
+
+def test_cold_user_view_keeps_the_last_n_train_interactions_of_a_seeded_share(tiny_dir):
+    data = read_atomic(tiny_dir, "tiny")
+    full = build_split(data, SplitConfig(protocol="loo"))
+    s = build_split(data, SplitConfig(protocol="loo", truncate_users=0.5, truncate_to=2))
+    test_users = np.unique(full.test["user"])
+    assert len(s.truncated_users) == round(0.5 * len(test_users)) and np.isin(s.truncated_users, test_users).all()
+    assert s.stats()["truncated_users"] == len(s.truncated_users) and "truncated_users" not in full.stats()
+    for part in ("valid", "test"):  # only train rows are cut
+        assert _raw_rows(s, part) == _raw_rows(full, part)
+    for u in range(full.n_users):
+        # by definition: the user's train rows in (timestamp, file row) order, then the last 2
+        mine = full.train[full.train["user"] == u].sort_values(["timestamp", "row"], kind="stable")
+        expected = set(mine["row"].tolist()[-2:]) if u in s.truncated_users else set(mine["row"].tolist())
+        assert set(s.train[s.train["user"] == u]["row"].tolist()) == expected, u
+    again = build_split(data, SplitConfig(protocol="loo", truncate_users=0.5, truncate_to=2))
+    other = build_split(data, SplitConfig(protocol="loo", truncate_users=0.5, truncate_to=2, seed=1))
+    assert again.fingerprint == s.fingerprint != full.fingerprint
+    assert not np.array_equal(other.truncated_users, s.truncated_users) and other.fingerprint != s.fingerprint
+    none_left = build_split(data, SplitConfig(protocol="loo", truncate_users=0.5, truncate_to=0))
+    assert not np.isin(none_left.train["user"], none_left.truncated_users).any()  # no train row left
+    assert none_left.stats()["test_users_without_train"] == len(none_left.truncated_users)
+
+
+def test_cold_user_view_leaves_other_splits_and_hashes_as_before():
+    from omegaconf import OmegaConf
+
+    from benchmark.compose import compose
+    from benchmark.results.identity import config_hashes
+
+    # defaults (truncate_users 0) hash as before the option: the committed loo BPR run's hash
+    cfg = compose(["experiment=leaderboard_ml100k", "model=bpr", "seed=1"])
+    assert "truncate_users" in OmegaConf.to_container(cfg.split)
+    cut = compose(["experiment=leaderboard_ml100k", "model=bpr", "seed=1", "split=cold_user"])
+    assert cut.split.truncate_users == 0.2 and cut.split.truncate_to == 3
+    assert config_hashes(cut)[0] != config_hashes(cfg)[0]
+    changed = compose(["experiment=leaderboard_ml100k", "model=bpr", "seed=1", "split.truncate_to=4"])
+    assert config_hashes(changed)[0] == config_hashes(cfg)[0]  # truncate_to alone changes nothing
+
+
+@pytest.mark.parametrize(
+    "kw, needle",
+    [
+        ({"truncate_users": 1.5}, "split.truncate_users"),
+        ({"truncate_users": -0.1}, "split.truncate_users"),
+        ({"truncate_users": 0.2, "truncate_to": -1}, "split.truncate_to"),
+        ({"truncate_to": 2.5}, "split.truncate_to"),
+    ],
+)
+def test_bad_cold_user_settings_are_one_line(kw, needle):
+    with pytest.raises(ConfigError, match=needle) as e:
+        SplitConfig(protocol="loo", **kw)
+    assert "\n" not in str(e.value)
+
+
+def test_cold_user_view_is_not_part_of_tallrec_movie(tiny_dir):
+    data = read_atomic(tiny_dir, "tiny")
+    with pytest.raises(ConfigError, match="split.truncate_users: not part of the tallrec_movie"):
+        build_split(data, SplitConfig(protocol="tallrec_movie", truncate_users=0.2))
