@@ -245,3 +245,19 @@ def test_a_stopped_search_resumes_without_training_its_logged_trials(planted, tm
     trained.clear()
     tune.run_search(other)
     assert len(trained) == 6 and not any(t.get("replayed") for t in _trials(tmp_path))
+
+
+def test_a_search_config_can_set_its_models_epoch_budget():
+    """A model that trains in seconds per epoch keeps its own cap (configs/search/<model>.yaml)
+    over the table's 5-epoch cap, and the cap is in the trials' and final runs' configs."""
+    from benchmark import tune
+    from benchmark.compose import compose_expanded, expand_overrides
+    from benchmark.launch import sweep_jobs
+
+    caps = {}
+    for model in ("lightgcn", "gru4rec"):
+        (job,) = [j for j in sweep_jobs(expand_overrides(["experiment=tune_rank_ml100k", f"model={model}", "eval=full"]))]
+        p = tune.plan(job, [])
+        cfg = compose_expanded(p.job)
+        caps[model] = (p.search.max_epochs, cfg.model.train.max_epochs, p.search.patience, cfg.model.train.patience)
+    assert caps == {"lightgcn": (100, 100, 5, 5), "gru4rec": (5, 5, 2, 2)}
