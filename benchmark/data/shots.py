@@ -20,7 +20,7 @@ def draw_rows(n: int, count: int | str, seed: int, stream: int = 0) -> np.ndarra
         count: how many (or ``all``).
         seed: the run seed.
         stream: separates independent draws made with one seed (0: training shots, 1: in-context,
-            2: calibration prompts of a precision option).
+            2: calibration prompts of a precision option, 3 and 4: balanced in-context likes and dislikes).
 
     Returns:
         [count] int64 positions, in draw order.

@@ -38,6 +38,7 @@ from torch.utils.data import IterableDataset
 from benchmark.config import to_object
 from benchmark.data.histories import has_histories, row_histories, user_histories
 from benchmark.data.shots import draw_rows, rows_digest
+from benchmark.models.components.icl import PER_ROW, check_strategy, fixed_examples, history_vectors, per_row_examples
 from benchmark.data.splits import Split
 from benchmark.errors import ConfigError, DataError
 from benchmark.models.components.adapter import (
@@ -212,8 +213,11 @@ class TallRec(nn.Module):
         seed: int | None = None,
         cache_dir: str | None = None,
         adapter: AdapterConfig | Mapping[str, Any] | None = None,
+        icl_select: str = "random",
     ) -> None:
         super().__init__()
+        check_strategy(icl_select)
+        self.icl_select = icl_select
         if prompt is None:
             raise ConfigError("model.module.prompt: a prompt template is required (configs/prompt)")
         o = TallRecOptions(shots, icl_shots, history, like_threshold, max_length, score_batch_size, lora)
@@ -239,19 +243,19 @@ class TallRec(nn.Module):
 
         train_hist, train_likes = row_histories(split, "train", self.history, self.like_threshold)
         self._train = (split.train["item"].to_numpy(), train_hist, train_likes, part_labels(split, "train"))
-        icl = (
-            draw_rows(len(split.train), self.icl_shots, self.seed, stream=1)
-            if self.icl_shots
-            else np.zeros(0, int)
-        )
+        self._icl_vectors: np.ndarray | None = None  # [N, d] train history vectors (per-row selection)
+        self._icl_encoder: dict[str, Any] | None = None
+        self._train_pos: dict[tuple[int, int], list[int]] = {}
+        if self.icl_shots and self.icl_select in PER_ROW:
+            self._per_row_setup(split, data, train_hist)
+            icl = np.zeros(0, int)
+        elif self.icl_shots:
+            icl = fixed_examples(self.icl_select, self.icl_shots, self._train[3], self.seed)
+        else:
+            icl = np.zeros(0, int)
         self.icl_rows = icl
-        self.examples = [
-            (
-                self._fields(train_hist[r], train_likes[r], int(self._train[0][r])),
-                self.template.answers[1 - int(self._train[3][r])],
-            )
-            for r in icl
-        ]
+        self.examples = [self._example(r) for r in icl]
+        self._token_stats = [0, 0, 0]  # scored prompts, their tokens, the longest
         first = (
             self._render(train_hist[0], train_likes[0], int(self._train[0][0])) if len(split.train) else ""
         )
@@ -317,8 +321,37 @@ class TallRec(nn.Module):
             "target": t.item.format(text=self._item_text(target)),
         }
 
-    def _render(self, hist: Sequence[int], likes: Sequence[int], target: int) -> str:
-        return self.template.render(self._fields(hist, likes, target), self.examples, self.tokenizer)
+    def _example(self, r: int) -> tuple[dict[str, str], str]:
+        """Train row ``r`` as an in-context example: its fields and its answer text."""
+        _, hist, likes, labels = self._train
+        return self._fields(hist[r], likes[r], int(self._train[0][r])), self.template.answers[1 - int(labels[r])]
+
+    def _per_row_setup(self, split: Split, data: Any, train_hist: Sequence[Sequence[int]]) -> None:
+        """Train history vectors for ``similar``/``diverse`` examples (MiniLM item texts, feature store)."""
+        from benchmark.results.item_facts import text_embeddings
+
+        found = text_embeddings(data, [str(i) for i in split.item_ids])
+        if found is None:
+            raise ConfigError(
+                f"model.module.icl_select={self.icl_select}: items have no titles to embed; use random or balanced"
+            )
+        vectors, self._icl_encoder = found
+        self._icl_vectors = history_vectors(train_hist, vectors)
+        self._item_vectors = vectors
+        for r, (u, i) in enumerate(zip(split.train["user"], split.train["item"], strict=True)):
+            self._train_pos.setdefault((int(u), int(i)), []).append(r)
+
+    def _examples_for(self, hist: Sequence[int], exclude: Sequence[int]) -> list[tuple[dict[str, str], str]]:
+        """The in-context examples of a row with history ``hist`` (never the train rows ``exclude``)."""
+        if self._icl_vectors is None:
+            return self.examples
+        query = history_vectors([hist], self._item_vectors)[0]
+        rows = per_row_examples(self.icl_select, self.icl_shots, query, self._icl_vectors, np.asarray(exclude, dtype=np.int64))
+        return [self._example(int(r)) for r in rows]
+
+    def _render(self, hist: Sequence[int], likes: Sequence[int], target: int, exclude: Sequence[int] = ()) -> str:
+        fields = self._fields(hist, likes, target)
+        return self.template.render(fields, self._examples_for(hist, exclude), self.tokenizer)
 
     def _prompt(self, user: int, item: int) -> str:
         """The prompt of one evaluated (user, item) pair."""
@@ -326,9 +359,9 @@ class TallRec(nn.Module):
             row = self._pair_rows.get((user, item))
             if row is None:
                 raise DataError(f"model tallrec: (user {user}, item {item}) is not a row of this split")
-            return self._render(row[0], row[1], item)
+            return self._render(row[0], row[1], item, self._train_pos.get((user, item), ()))
         hist, likes = self._user_rows[user]
-        return self._render(hist, likes, item)
+        return self._render(hist, likes, item, self._train_pos.get((user, item), ()))
 
     def _tokens(self, prompts: list[str]) -> list[list[int]]:
         return self._tokenize(prompts)[0]
@@ -357,7 +390,7 @@ class TallRec(nn.Module):
             raise ConfigError("model tallrec: training needs model.module.lora (or use model.train=null)")
         items, hist, likes, labels = self._train
         rows = self.shot_rows(len(items), seed)
-        prompts = [self._render(hist[r], likes[r], int(items[r])) for r in rows]
+        prompts = [self._render(hist[r], likes[r], int(items[r]), (int(r),)) for r in rows]
         answers = np.where(labels[rows] == 1, self.answer_ids[0], self.answer_ids[1])
         seqs, mentions = self._tokenize(prompts)
         return PromptStream(
@@ -379,6 +412,10 @@ class TallRec(nn.Module):
         ``scorer`` set (``precision=gguf``) the same token ids go to llama.cpp instead.
         """
         seqs, mentions = self._tokenize(prompts)
+        lengths = [len(s) for s in seqs]
+        if lengths:
+            n, total, longest = self._token_stats
+            self._token_stats = [n + len(lengths), total + sum(lengths), max(longest, max(lengths))]
         advance = within_chunk(len(seqs))  # the evaluator's bar: prompts/s and ETA
         if self.scorer is not None:
             return self.scorer.p_yes(seqs, self.answer_ids, advance)
@@ -407,9 +444,9 @@ class TallRec(nn.Module):
         """
         items, hist, likes, _ = self._train
         picked = draw_rows(len(items), min(rows, len(items)), self.seed, stream=2)
-        kept = self.truncated
-        self.p_yes([self._render(hist[r], likes[r], int(items[r])) for r in picked])
-        self.truncated = kept
+        kept, stats = self.truncated, list(self._token_stats)
+        self.p_yes([self._render(hist[r], likes[r], int(items[r]), (int(r),)) for r in picked])
+        self.truncated, self._token_stats = kept, stats
         return {"rows": len(picked), "part": "train", "digest": rows_digest(picked)}
 
     def score_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -429,6 +466,20 @@ class TallRec(nn.Module):
 
     # ------------------------------------------------------------------ record
 
+    def _icl_facts(self) -> dict[str, Any]:
+        """How in-context examples were chosen and how long the scored prompts were."""
+        n, total, longest = self._token_stats
+        bare = self.template.render({f: "" for f in self.template.fields}, (), self.tokenizer)
+        out: dict[str, Any] = {
+            "prompt_tokens": {"prompts": n, "mean": round(total / n, 2) if n else None, "max": longest},
+            "template_tokens": len(self.tokenizer(bare, add_special_tokens=True)["input_ids"]),
+        }
+        if self.icl_shots:
+            out["icl_select"] = self.icl_select
+            if self._icl_encoder is not None:
+                out["icl_encoder"] = self._icl_encoder
+        return out
+
     def prediction_facts(self) -> dict[str, Any]:
         """Facts for ``record["model"]``: backbone, weights, prompt, shots, seed, LoRA."""
         n_train = len(self._train[0])
@@ -446,6 +497,7 @@ class TallRec(nn.Module):
                 "shot_positives": int(labels[shots].sum()) if trained else None,
                 "icl_shots": self.icl_shots,
                 "icl_rows": self.icl_rows.tolist(),
+                **self._icl_facts(),
                 "lora": self.lora_config,
                 "history": {
                     "source": "row" if self.sequence_split else "user_last_train_items",

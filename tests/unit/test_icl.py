@@ -1,0 +1,120 @@
+"""In-context example selection (model.module.icl_select) against hand-computed choices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark.data.shots import draw_rows
+from benchmark.errors import ConfigError
+from benchmark.models.components import icl
+from tests.unit.test_precision import tiny_data, tiny_lm, tiny_split  # noqa: F401
+
+
+def test_random_is_the_original_draw_and_balanced_alternates_likes_and_dislikes():
+    labels = np.array([1, 0, 1, 1, 0, 0, 1, 0, 1, 1])
+    assert icl.fixed_examples("random", 4, labels, 7).tolist() == draw_rows(10, 4, 7, stream=1).tolist()
+    rows = icl.fixed_examples("balanced", 5, labels, 7)
+    assert labels[rows].tolist() == [1, 0, 1, 0, 1] and len(set(rows.tolist())) == 5
+    assert icl.fixed_examples("balanced", 5, labels, 7).tolist() == rows.tolist()  # seeded
+    with pytest.raises(ConfigError, match="balanced examples need 3 liked and 2 disliked"):
+        icl.fixed_examples("balanced", 5, np.array([1, 1, 0, 1]), 0)
+    with pytest.raises(ConfigError, match="model.module.icl_select: unknown strategy 'best'"):
+        icl.check_strategy("best")
+
+
+def test_similar_takes_the_nearest_histories_nearest_last_and_never_the_row_itself():
+    s = 1 / np.sqrt(2)
+    train = np.array([[1, 0], [s, s], [0, 1], [1, 0], [-1, 0]], dtype=np.float32)
+    query = np.array([1, 0], dtype=np.float32)
+    # cosines: 1, .707, 0, 1, -1 -> order 0, 3 (tie: lower position first), 1, 2, 4
+    assert icl.per_row_examples("similar", 3, query, train, np.zeros(0, np.int64)).tolist() == [1, 3, 0]
+    assert icl.per_row_examples("similar", 2, query, train, np.array([0])).tolist() == [1, 3]
+
+
+def test_diverse_trades_similarity_for_redundancy_by_mmr():
+    # row 1 is closest to the query, row 0 nearly duplicates it, row 2 is less close but different
+    train = np.array([[1.0, 0.0], [0.99, 0.14], [0.5, 0.866]], dtype=np.float32)
+    train /= np.linalg.norm(train, axis=1, keepdims=True)
+    query = np.array([0.9, 0.44], dtype=np.float32)
+    query /= np.linalg.norm(query)
+    # by hand: sims ~ (0.898, 0.950, 0.829): MMR step 1 takes row 1; step 2, 0.5 * sim - 0.5 * sim(c, row 1):
+    # row 0: 0.449 - 0.495 = -0.046, row 2: 0.415 - 0.308 = 0.106 -> row 2; shown first-chosen last
+    assert icl.per_row_examples("diverse", 2, query, train, np.zeros(0, np.int64)).tolist() == [2, 1]
+    assert icl.per_row_examples("similar", 2, query, train, np.zeros(0, np.int64)).tolist() == [0, 1]
+
+
+def test_history_vectors_are_normalised_means():
+    items = np.array([[3.0, 0.0], [0.0, 4.0], [1.0, 1.0]], dtype=np.float32)
+    v = icl.history_vectors([[0, 1], [], [2]], items)
+    assert np.allclose(v[0], np.array([1.5, 2.0]) / 2.5) and np.allclose(v[1], 0) and np.allclose(v[2], [2**-0.5] * 2)
+
+
+def _tallrec(split, data, lm, select, monkeypatch):
+    import benchmark.results.item_facts as item_facts
+    from benchmark.models.tallrec import TallRec
+    from tests.unit.test_tallrec import load_prompt
+
+    g = np.random.default_rng(0)
+    vectors = g.normal(size=(split.n_items, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    monkeypatch.setattr(item_facts, "text_embeddings", lambda data, ids: (vectors, {"key": "test"}))
+    return TallRec(
+        split, data, backbone=str(lm), prompt=load_prompt("tallrec"), lora=None, shots=16,
+        icl_shots=2, icl_select=select, seed=0, dtype="float32",
+    ), vectors
+
+
+def test_tallrec_similar_examples_are_train_rows_chosen_per_row(tiny_split, tiny_data, tiny_lm, monkeypatch):
+    model, vectors = _tallrec(tiny_split, tiny_data, tiny_lm, "similar", monkeypatch)
+    _, hist, likes, labels = model._train
+    train_vecs = icl.history_vectors(hist, vectors)
+    test = tiny_split.test
+    prompts, chosen = [], set()
+    for u, i in zip(test["user"][:4], test["item"][:4], strict=True):
+        row_hist = model._user_rows[int(u)][0]
+        expected = icl.per_row_examples("similar", 2, icl.history_vectors([row_hist], vectors)[0], train_vecs, np.zeros(0, np.int64))
+        text = model._prompt(int(u), int(i))
+        shown = [model.template.render(*model._example(int(r))[:1]) + model._example(int(r))[1] for r in expected]
+        assert all(s in text for s in shown)  # both chosen train rows precede the row
+        prompts.append(text)
+        chosen.add(tuple(expected.tolist()))
+    assert len(chosen) > 1  # the examples differ from row to row
+    # a train row's own prompt (training, calibration) never shows itself
+    r = 0
+    own = model._render(hist[r], likes[r], int(model._train[0][r]), (r,))
+    assert model.template.render(*model._example(r)[:1]) + model._example(r)[1] not in own
+    p = model.p_yes(prompts)
+    facts = model.prediction_facts()["llm"]
+    assert torch.isfinite(p).all() and facts["icl_select"] == "similar" and facts["icl_rows"] == []
+    lengths = [len(s) for s in model._tokens(prompts)]
+    assert facts["prompt_tokens"] == {"prompts": 4, "mean": round(sum(lengths) / 4, 2), "max": max(lengths)}
+
+
+def test_tallrec_balanced_examples_are_shared_and_recorded(tiny_split, tiny_data, tiny_lm, monkeypatch):
+    model, _ = _tallrec(tiny_split, tiny_data, tiny_lm, "balanced", monkeypatch)
+    assert model._train[3][model.icl_rows].tolist() == [1, 0]
+    facts = model.prediction_facts()["llm"]
+    assert facts["icl_select"] == "balanced" and facts["icl_rows"] == model.icl_rows.tolist()
+    assert "icl_encoder" not in facts
+
+
+@pytest.mark.parametrize("name", ["tallrec", "tallrec_role", "tallrec_json", "tallrec_terse"])
+def test_template_pool_scores_and_records_its_id_and_length(name, tiny_split, tiny_data, tiny_lm):
+    from benchmark.models.tallrec import TallRec
+    from tests.unit.test_tallrec import load_prompt
+
+    template = load_prompt(name)
+    assert {"liked", "disliked", "target"} <= template.fields and template.answers == ["Yes.", "No."]
+    model = TallRec(tiny_split, tiny_data, backbone=str(tiny_lm), prompt=template, lora=None, shots=16, seed=0, dtype="float32")
+    test = tiny_split.test
+    texts = [model._prompt(int(u), int(i)) for u, i in zip(test["user"][:3], test["item"][:3], strict=True)]
+    assert all(model.texts[int(i)] in t for t, i in zip(texts, test["item"][:3], strict=True))  # the target is shown
+    p = model.p_yes(texts)
+    assert torch.isfinite(p).all()
+    facts = model.prediction_facts()["llm"]
+    assert facts["prompt"]["name"] == name and len(facts["prompt"]["sha256"]) == 64
+    bare = template.render({f: "" for f in template.fields})
+    assert facts["template_tokens"] == len(model.tokenizer(bare)["input_ids"]) > 0
+    assert facts["prompt_tokens"]["max"] >= facts["prompt_tokens"]["mean"] > facts["template_tokens"]
