@@ -112,4 +112,7 @@ def model_label(cfg: DictConfig) -> str:
 def run_id_for(cfg: DictConfig, config_hash: str) -> str:
     """Readable, deterministic id: dataset-protocol-eval-model-seed-hash."""
     label = model_label(cfg)
-    return f"{cfg.data.name}-{cfg.split.protocol}-{cfg.eval.protocol}-{label}-s{cfg.seed}-{config_hash[:8]}"
+    split = cfg.split.protocol
+    if cfg.split.get("truncate_users", 0):  # the cold-user view says so in its id
+        split += "-cold_user"
+    return f"{cfg.data.name}-{split}-{cfg.eval.protocol}-{label}-s{cfg.seed}-{config_hash[:8]}"

@@ -152,6 +152,10 @@ def test_cold_user_view_leaves_other_splits_and_hashes_as_before():
     cut = compose(["experiment=leaderboard_ml100k", "model=bpr", "seed=1", "split=cold_user"])
     assert cut.split.truncate_users == 0.2 and cut.split.truncate_to == 3
     assert config_hashes(cut)[0] != config_hashes(cfg)[0]
+    from benchmark.results.identity import run_id_for
+
+    assert run_id_for(cut, config_hashes(cut)[0]).startswith("ml-100k-loo-cold_user-full-bpr-s1-")
+    assert run_id_for(cfg, config_hashes(cfg)[0]).startswith("ml-100k-loo-full-bpr-s1-")
     changed = compose(["experiment=leaderboard_ml100k", "model=bpr", "seed=1", "split.truncate_to=4"])
     assert config_hashes(changed)[0] == config_hashes(cfg)[0]  # truncate_to alone changes nothing
 
