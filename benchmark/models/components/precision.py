@@ -163,10 +163,11 @@ def check_precision(node: Any, model_cfg: Any, adapter: Any = None) -> Precision
         raise ConfigError(
             f"precision={spec.name}: package '{spec.package}' is not installed (pip install {spec.package})"
         )
-    if spec.smooth_alpha is not None and model_cfg.get("name") != "tallrec":
+    target = str((model_cfg.get("module") or {}).get("_target_", ""))
+    if spec.smooth_alpha is not None and target != "benchmark.models.tallrec.TallRec":
         raise ConfigError(
             f"precision={spec.name}: smoothing is calibrated on the model's train prompts, which "
-            f"only tallrec defines (model {model_cfg.get('name')}: use precision=int8)"
+            f"only tallrec and tallrec_zeroshot define (model {model_cfg.get('name')}: use precision=int8)"
         )
     if spec.method == "vllm":  # CUDA and vllm are here: refuse what vLLM cannot score
         from benchmark.models.components.adapter import is_active_node
