@@ -26,6 +26,7 @@ frozen backbone is reloaded from its source.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -54,6 +55,7 @@ from benchmark.models.components.prompts import PromptTemplate, answer_token_ids
 from benchmark.progress import within_chunk
 
 SHOT_CHOICES = "a positive integer or 'all'"
+HISTORY_SELECT = ("recent", "relevant")  # which history items a prompt keeps first (history_select)
 MACHINE_FACTS = ("load_seconds", "dequantize_seconds", "cache")  # differ between machines: not recorded
 
 
@@ -214,10 +216,22 @@ class TallRec(nn.Module):
         cache_dir: str | None = None,
         adapter: AdapterConfig | Mapping[str, Any] | None = None,
         icl_select: str = "random",
+        history_select: str = "recent",
+        history_budget: int | None = None,
     ) -> None:
         super().__init__()
         check_strategy(icl_select)
         self.icl_select = icl_select
+        if history_select not in HISTORY_SELECT:
+            raise ConfigError(
+                f"model.module.history_select: unknown {history_select!r} (one of {', '.join(HISTORY_SELECT)})"
+            )
+        if history_budget is not None and (
+            isinstance(history_budget, bool) or not isinstance(history_budget, int) or history_budget < 8
+        ):
+            raise ConfigError(f"model.module.history_budget: a prompt length in tokens >= 8, got {history_budget!r}")
+        self.history_select, self.history_budget = history_select, history_budget
+        self._history_stats = [0, 0, 0, 0]  # rendered rows, history items offered, items kept, rows over budget
         if prompt is None:
             raise ConfigError("model.module.prompt: a prompt template is required (configs/prompt)")
         o = TallRecOptions(shots, icl_shots, history, like_threshold, max_length, score_batch_size, lora)
@@ -245,6 +259,9 @@ class TallRec(nn.Module):
         self._train = (split.train["item"].to_numpy(), train_hist, train_likes, part_labels(split, "train"))
         self._icl_vectors: np.ndarray | None = None  # [N, d] train history vectors (per-row selection)
         self._icl_encoder: dict[str, Any] | None = None
+        self._item_vectors: np.ndarray | None = None  # [n_items, d] MiniLM item texts (when needed)
+        if self.history_select == "relevant":
+            self._load_item_vectors(split, data, "history_select=relevant")
         self._train_pos: dict[tuple[int, int], list[int]] = {}
         if self.icl_shots and self.icl_select in PER_ROW:
             self._per_row_setup(split, data, train_hist)
@@ -268,6 +285,7 @@ class TallRec(nn.Module):
             else ""
         )
         self.truncated = 0
+        self._history_stats = [0, 0, 0, 0]  # the example prompt above is not an evaluated row
         self.lm.train()  # from_pretrained returns eval mode; Lightning keeps modes as they are
         track_trainable_state(self)
 
@@ -328,18 +346,56 @@ class TallRec(nn.Module):
 
     def _per_row_setup(self, split: Split, data: Any, train_hist: Sequence[Sequence[int]]) -> None:
         """Train history vectors for ``similar``/``diverse`` examples (MiniLM item texts, feature store)."""
-        from benchmark.results.item_facts import text_embeddings
-
-        found = text_embeddings(data, [str(i) for i in split.item_ids])
-        if found is None:
-            raise ConfigError(
-                f"model.module.icl_select={self.icl_select}: items have no titles to embed; use random or balanced"
-            )
-        vectors, self._icl_encoder = found
+        vectors = self._load_item_vectors(split, data, f"icl_select={self.icl_select}")
         self._icl_vectors = history_vectors(train_hist, vectors)
-        self._item_vectors = vectors
         for r, (u, i) in enumerate(zip(split.train["user"], split.train["item"], strict=True)):
             self._train_pos.setdefault((int(u), int(i)), []).append(r)
+
+    def _load_item_vectors(self, split: Split, data: Any, why: str) -> np.ndarray:
+        """[n_items, d] L2-normalised MiniLM embeddings of the item texts (feature store), loaded once."""
+        if self._item_vectors is None:
+            from benchmark.results.item_facts import text_embeddings
+
+            found = text_embeddings(data, [str(i) for i in split.item_ids])
+            if found is None:
+                raise ConfigError(f"model.module.{why}: items have no titles to embed")
+            self._item_vectors, self._icl_encoder = found
+        return self._item_vectors
+
+    def _history_order(self, hist: Sequence[int], target: int) -> list[int]:
+        """Positions of ``hist`` in the order they are kept: most recent first (``recent``), or most
+        similar to the target's text first (``relevant``, ties: more recent first)."""
+        n = len(hist)
+        if self.history_select == "recent" or n == 0:
+            return list(range(n - 1, -1, -1))
+        vecs = self._item_vectors
+        sims = vecs[np.asarray(hist, dtype=np.int64)] @ vecs[int(target)]
+        return [int(j) for j in np.lexsort((-np.arange(n), -sims))]
+
+    def _fit_history(
+        self, hist: Sequence[int], likes: Sequence[int], target: int, examples: list
+    ) -> tuple[list[int], list[int]]:
+        """The history shown: all of it, or (with ``history_budget``) the items kept in
+        :meth:`_history_order` while the whole prompt fits the budget, shown in time order."""
+        order = self._history_order(hist, target)
+        keep = len(order)
+        if self.history_budget is not None:
+            while keep > 0:
+                shown = sorted(order[:keep])
+                text = self.template.render(
+                    self._fields([hist[j] for j in shown], [likes[j] for j in shown], target), examples, self.tokenizer
+                )
+                if len(self.tokenizer(self._expand(text), add_special_tokens=True)["input_ids"]) <= self.history_budget:
+                    break
+                keep -= 1
+        shown = sorted(order[:keep])
+        stats = self._history_stats
+        over = 0
+        if self.history_budget is not None and keep == 0:
+            text = self.template.render(self._fields([], [], target), examples, self.tokenizer)
+            over = int(len(self.tokenizer(self._expand(text), add_special_tokens=True)["input_ids"]) > self.history_budget)
+        self._history_stats = [stats[0] + 1, stats[1] + len(hist), stats[2] + keep, stats[3] + over]
+        return [int(hist[j]) for j in shown], [int(likes[j]) for j in shown]
 
     def _examples_for(self, hist: Sequence[int], exclude: Sequence[int]) -> list[tuple[dict[str, str], str]]:
         """The in-context examples of a row with history ``hist`` (never the train rows ``exclude``)."""
@@ -350,8 +406,10 @@ class TallRec(nn.Module):
         return [self._example(int(r)) for r in rows]
 
     def _render(self, hist: Sequence[int], likes: Sequence[int], target: int, exclude: Sequence[int] = ()) -> str:
-        fields = self._fields(hist, likes, target)
-        return self.template.render(fields, self._examples_for(hist, exclude), self.tokenizer)
+        examples = self._examples_for(hist, exclude)
+        if self.history_select != "recent" or self.history_budget is not None:
+            hist, likes = self._fit_history(hist, likes, target, examples)
+        return self.template.render(self._fields(hist, likes, target), examples, self.tokenizer)
 
     def _prompt(self, user: int, item: int) -> str:
         """The prompt of one evaluated (user, item) pair."""
@@ -390,7 +448,8 @@ class TallRec(nn.Module):
             raise ConfigError("model tallrec: training needs model.module.lora (or use model.train=null)")
         items, hist, likes, labels = self._train
         rows = self.shot_rows(len(items), seed)
-        prompts = [self._render(hist[r], likes[r], int(items[r]), (int(r),)) for r in rows]
+        with self._eval_stats_kept():
+            prompts = [self._render(hist[r], likes[r], int(items[r]), (int(r),)) for r in rows]
         answers = np.where(labels[rows] == 1, self.answer_ids[0], self.answer_ids[1])
         seqs, mentions = self._tokenize(prompts)
         return PromptStream(
@@ -434,6 +493,15 @@ class TallRec(nn.Module):
             advance(len(idx))
         return out
 
+    @contextmanager
+    def _eval_stats_kept(self) -> Iterator[None]:
+        """Prompts rendered or scored inside (training, calibration) leave the evaluation's counts as they were."""
+        saved = (self.truncated, list(self._token_stats), list(self._history_stats))
+        try:
+            yield
+        finally:
+            self.truncated, self._token_stats, self._history_stats = saved[0], saved[1], saved[2]
+
     def calibrate(self, rows: int) -> dict[str, Any]:
         """Score ``rows`` train-part prompts (drawn by the run's seed) to calibrate a precision option.
 
@@ -444,9 +512,8 @@ class TallRec(nn.Module):
         """
         items, hist, likes, _ = self._train
         picked = draw_rows(len(items), min(rows, len(items)), self.seed, stream=2)
-        kept, stats = self.truncated, list(self._token_stats)
-        self.p_yes([self._render(hist[r], likes[r], int(items[r]), (int(r),)) for r in picked])
-        self.truncated, self._token_stats = kept, stats
+        with self._eval_stats_kept():
+            self.p_yes([self._render(hist[r], likes[r], int(items[r]), (int(r),)) for r in picked])
         return {"rows": len(picked), "part": "train", "digest": rows_digest(picked)}
 
     def score_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -476,8 +543,18 @@ class TallRec(nn.Module):
         }
         if self.icl_shots:
             out["icl_select"] = self.icl_select
-            if self._icl_encoder is not None:
-                out["icl_encoder"] = self._icl_encoder
+        if self._icl_encoder is not None:
+            out["text_encoder"] = self._icl_encoder
+        if self.history_select != "recent" or self.history_budget is not None:
+            rows, offered, kept, over = self._history_stats
+            out["history_fit"] = {
+                "select": self.history_select,
+                "budget_tokens": self.history_budget,
+                "rows": rows,
+                "items_offered_mean": round(offered / rows, 3) if rows else None,
+                "items_kept_mean": round(kept / rows, 3) if rows else None,
+                "rows_over_budget_without_history": over,
+            }
         return out
 
     def prediction_facts(self) -> dict[str, Any]:

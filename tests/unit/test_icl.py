@@ -118,3 +118,61 @@ def test_template_pool_scores_and_records_its_id_and_length(name, tiny_split, ti
     bare = template.render({f: "" for f in template.fields})
     assert facts["template_tokens"] == len(model.tokenizer(bare)["input_ids"]) > 0
     assert facts["prompt_tokens"]["max"] >= facts["prompt_tokens"]["mean"] > facts["template_tokens"]
+
+
+def _history_model(split, data, lm, monkeypatch, **kw):
+    import benchmark.results.item_facts as item_facts
+    from benchmark.models.tallrec import TallRec
+    from tests.unit.test_tallrec import load_prompt
+
+    g = np.random.default_rng(1)
+    vectors = g.normal(size=(split.n_items, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    monkeypatch.setattr(item_facts, "text_embeddings", lambda data, ids: (vectors, {"key": "test"}))
+    model = TallRec(split, data, backbone=str(lm), prompt=load_prompt("tallrec"), lora=None, shots=16, seed=0, dtype="float32", **kw)
+    return model, vectors
+
+
+def _length(model, text):
+    return len(model.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+
+def test_history_budget_keeps_the_most_recent_items_that_fit(tiny_split, tiny_data, tiny_lm, monkeypatch):
+    full, _ = _history_model(tiny_split, tiny_data, tiny_lm, monkeypatch)
+    u, i = int(tiny_split.test["user"].iloc[0]), int(tiny_split.test["item"].iloc[0])
+    hist, likes = full._user_rows[u]
+    assert len(hist) == 10
+    lengths = [_length(full, full.template.render(full._fields(hist[n:], likes[n:], i))) for n in range(11)]
+    budget = (lengths[6] + lengths[5]) // 2  # the last 4 items fit, the last 5 do not
+    assert lengths[6] <= budget < lengths[5]
+    model, _ = _history_model(tiny_split, tiny_data, tiny_lm, monkeypatch, history_budget=budget)
+    text = model._prompt(u, i)
+    assert text == full.template.render(full._fields(hist[6:], likes[6:], i)) and _length(model, text) <= budget
+    facts = model.prediction_facts()["llm"]["history_fit"]
+    assert facts == {"select": "recent", "budget_tokens": budget, "rows": 1, "items_offered_mean": 10.0,
+                     "items_kept_mean": 4.0, "rows_over_budget_without_history": 0}
+
+
+def test_relevant_history_keeps_the_items_nearest_the_target_in_time_order(tiny_split, tiny_data, tiny_lm, monkeypatch):
+    full, vectors = _history_model(tiny_split, tiny_data, tiny_lm, monkeypatch)
+    u, i = int(tiny_split.test["user"].iloc[0]), int(tiny_split.test["item"].iloc[0])
+    hist, likes = full._user_rows[u]
+    sims = vectors[np.asarray(hist)] @ vectors[i]
+    top2 = sorted(np.argsort(-sims, kind="stable")[:2].tolist())  # by hand: the two most similar, in time order
+    n2 = _length(full, full.template.render(full._fields([hist[j] for j in top2], [likes[j] for j in top2], i)))
+    model, _ = _history_model(tiny_split, tiny_data, tiny_lm, monkeypatch, history_select="relevant", history_budget=n2)
+    kept_hist, kept_likes = model._fit_history(hist, likes, i, [])
+    assert kept_hist == [int(hist[j]) for j in top2]
+    no_budget, _ = _history_model(tiny_split, tiny_data, tiny_lm, monkeypatch, history_select="relevant")
+    assert no_budget._prompt(u, i) == full._prompt(u, i)  # the whole history, in time order, either way
+
+
+@pytest.mark.parametrize("kw, needle", [
+    ({"history_select": "oldest"}, "model.module.history_select: unknown 'oldest'"),
+    ({"history_budget": 4}, "model.module.history_budget"),
+    ({"icl_select": "best", "icl_shots": 1}, "model.module.icl_select"),
+])
+def test_bad_prompt_settings_are_one_line(kw, needle, tiny_split, tiny_data, tiny_lm, monkeypatch):
+    with pytest.raises(ConfigError, match=needle) as e:
+        _history_model(tiny_split, tiny_data, tiny_lm, monkeypatch, **kw)
+    assert "\n" not in str(e.value)
