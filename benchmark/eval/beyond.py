@@ -35,6 +35,9 @@ readers make them; ``U`` = number of distinct users in the train part):
   nothing), smoothed ``q~ = (1 - alpha) q + alpha p`` with ``alpha`` = :data:`CALIBRATION_ALPHA`.
   0 when the list's genre distribution equals the history's; ``log(1/alpha)`` when the list has
   no genre at all.
+- ``heldout`` (strict cold-start splits only, ``split.holdout_items`` > 0): 1 when the first k
+  entries of the list hold at least one item held out of train, else 0; its mean is the share of
+  rows in which the model recommends a never-trained item at all.
 - ``gini`` (a set metric, like coverage): Gini coefficient of item exposure over the whole
   catalogue, exposure = how often an item occurs in the top-k lists of all rows. 0 when every
   item is shown equally often, ``(n - 1) / n`` when one item takes all exposure.
@@ -69,6 +72,8 @@ class ItemFacts:
             (rows sum to 1; all zeros when the history has no genre), or None without genres.
         embeddings: [n_items, d] float32 L2-normalised text embeddings, or None (no titles: no text ILD).
         notes: how the facts were made (popularity rule, genre count, text encoder and store key).
+        holdout: [n_items] bool, the items held out of train by the split's definition (strict
+            cold start), or None (no held-out items: no ``heldout`` metric).
     """
 
     item_ids: np.ndarray
@@ -80,6 +85,7 @@ class ItemFacts:
     user_genres: np.ndarray | None = None
     embeddings: np.ndarray | None = None
     notes: dict | None = None
+    holdout: np.ndarray | None = None
 
     @property
     def n_items(self) -> int:
@@ -258,6 +264,13 @@ def calibration_at_k(
     return np.where(p.sum(axis=1) > 0, kl, np.nan)
 
 
+def heldout_at_k(ranked: np.ndarray, holdout: np.ndarray, k: int) -> np.ndarray:
+    """[R] 1.0 when the first k entries hold an item held out of train (invalid entries: not), else 0.0."""
+    top = ranked[:, :k]
+    valid = top >= 0
+    return (valid & holdout[np.where(valid, top, 0)]).any(axis=1).astype(np.float64)
+
+
 def gini_at_k(ranked: np.ndarray, n_items: int, k: int) -> float:
     """Gini coefficient of top-k exposure over all ``n_items`` catalogue items (invalid ids ignored).
 
@@ -299,6 +312,8 @@ def beyond_per_row(
         out[f"longtail@{k}"] = longtail_at_k(ranked, facts.head, k)
         if facts.genres is not None and facts.user_genres is not None:
             out[f"calib@{k}"] = calibration_at_k(ranked, users, facts.genres, facts.user_genres, k)
+        if facts.holdout is not None:
+            out[f"heldout@{k}"] = heldout_at_k(ranked, facts.holdout, k)
     return out
 
 

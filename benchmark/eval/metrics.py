@@ -129,6 +129,7 @@ BEYOND_METRICS = {
     "arp": False,
     "longtail": True,
     "calib": False,
+    "heldout": True,
 }
 # CTR metrics over labeled rows: name -> higher is better.
 LABELED_METRICS = {"auc": True, "gauc": True, "logloss": False, "accuracy": True}

@@ -149,7 +149,18 @@ def build_item_facts(
         user_genres=user_genres,
         embeddings=embeddings,
         notes=notes,
+        holdout=_holdout_mask(split),
     )
+
+
+def _holdout_mask(split: Split) -> np.ndarray | None:
+    """[n_items] bool of the items the split holds out of train, or None when it holds none."""
+    held = np.asarray(split.holdout_items, dtype=np.int64)
+    if not len(held):
+        return None
+    mask = np.zeros(split.n_items, dtype=bool)
+    mask[held] = True
+    return mask
 
 
 @lru_cache(maxsize=4)

@@ -304,3 +304,62 @@ def test_paper_draws_accuracy_against_diversity_per_ranking_table(tmp_path):
     rows += [row("pop", "0.2", "", "", ev="sampled"), row("bpr", "0.3", "", "", ev="sampled")]  # no values: no figure
     made = fig_beyond(rows, tmp_path)
     assert sorted(p.name for p in made) == ["beyond-ml-100k-loo-full.pdf", "beyond-ml-100k-loo-full.png"]
+
+
+def test_heldout_share_by_hand_and_only_on_strict_cold_splits(tmp_path):
+    from benchmark.eval.beyond import heldout_at_k
+
+    holdout = np.array([False, True, False, True])
+    ranked = np.array([[0, 2, 1], [1, 0, 2], [-1, 0, 3], [0, 2, -1]])
+    # top-1: only row 1 starts with a held-out item; top-3: rows 0 (item 1), 1, 2 (item 3)
+    assert heldout_at_k(ranked, holdout, 1).tolist() == [0.0, 1.0, 0.0, 0.0]
+    assert heldout_at_k(ranked, holdout, 3).tolist() == [1.0, 1.0, 1.0, 0.0]
+
+    from benchmark.config import SplitConfig
+    from benchmark.data.atomic import read_atomic
+    from benchmark.data.splits import build_split
+    from benchmark.results.item_facts import build_item_facts
+    from tests.conftest import random_rows, write_atomic
+
+    data = read_atomic(write_atomic(tmp_path / "d", "tiny", random_rows()), "tiny")
+    strict = build_split(data, SplitConfig(protocol="loo", holdout_items=0.2))
+    f = build_item_facts(strict, data, text=False)
+    assert np.flatnonzero(f.holdout).tolist() == strict.holdout_items.tolist()
+    assert build_item_facts(build_split(data, SplitConfig(protocol="loo")), data, text=False).holdout is None
+
+
+def test_a_strict_cold_run_records_the_heldout_share_and_validates(tmp_path):
+    """The run's heldout@k equals the share recomputed by hand from its predictions, and `validate`
+    accepts it; a record made before the metric (heldout removed) is still accepted."""
+    from benchmark.compose import compose
+    from benchmark.run import run
+    from tests.conftest import random_rows, write_atomic
+    from tests.smoke.test_cli import llm4rec
+
+    d = write_atomic(tmp_path / "data", "tiny", random_rows())
+    cfg = compose(
+        [
+            "model=bpr", "split=strict_cold_item", "split.holdout_items=0.3", "data=atomic", f"data.path={d}",
+            "data.name=tiny", "logger=none", "trainer.enable_progress_bar=false", "model.train.max_epochs=1",
+            f"paths.results={tmp_path / 'res'}", f"paths.outputs={tmp_path / 'out'}",
+        ]
+    )  # fmt: skip
+    run_dir = tmp_path / "res" / "runs" / run(cfg)["run_id"]
+    record = json.loads((run_dir / "record.json").read_text())
+    preds = [
+        json.loads(ln)
+        for ln in gzip.decompress((run_dir / record["predictions"]["file"]).read_bytes()).splitlines()
+    ]
+    from benchmark.config import SplitConfig, to_object
+    from benchmark.data.atomic import read_atomic
+    from benchmark.data.splits import build_split
+
+    split = build_split(read_atomic(d, "tiny"), to_object(record["config"]["split"], SplitConfig))
+    held = {str(x) for x in split.item_ids[split.holdout_items]}
+    by_hand = np.mean([any(str(x) in held for x in p["ranked"][:10]) for p in preds])
+    assert record["metrics"]["test/heldout@10"] == pytest.approx(by_hand, abs=1e-12)
+    llm4rec("validate", str(run_dir), "--data", str(d))
+    for k in [k for k in record["metrics"] if "heldout@" in k]:
+        del record["metrics"][k]
+    (run_dir / "record.json").write_text(json.dumps(record))
+    llm4rec("validate", str(run_dir), "--data", str(d))
