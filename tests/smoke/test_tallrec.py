@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -192,3 +194,22 @@ def test_tallrec_movie_export_has_histories_and_labels(tmp_path):
     assert first[4] == "0" and len(first[5].split()) == 10 and first[6].split() == list("1111111011")
     assert sum(int(line.split("\t")[4]) for line in test[1:]) == 528
     assert len((out / "train.tsv").read_text().splitlines()) == 8001
+
+
+@pytest.mark.slow  # ~1-2 min: two LoRA trials and one final run of a tiny LM
+def test_tallrec_tunes_lora_rank_and_lr_on_valid_auc(tiny_dir, tmp_path, lm_dir):
+    """configs/search/tallrec.yaml: an LLM model's knobs go through the same search as the baselines."""
+    args = [
+        "model=tallrec", f"model.module.backbone={lm_dir}", "model.module.shots=16", "split=random",
+        "eval=labeled", "search.trials=2", "search.seeds=[1]", "search.max_epochs=1", "search.sampler=random",
+        *tiny_args(tiny_dir, tmp_path),
+    ]  # fmt: skip
+    llm4rec("tune", *args)
+    (study,) = (tmp_path / "out" / "tune").iterdir()
+    trials = [json.loads(line) for line in (study / "trials.jsonl").read_text().splitlines()]
+    assert len(trials) == 2 and all(0.0 <= t["value"] <= 1.0 for t in trials)
+    (run_dir,) = runs(tmp_path)
+    rec = json.loads((run_dir / "record.json").read_text())
+    best = max(trials, key=lambda t: t["value"])
+    assert rec["config"]["model"]["module"]["lora"]["r"] == best["params"]["model.module.lora.r"]
+    assert rec["config"]["tuning"]["search"] == "tallrec" and rec["model"]["llm"]["lora"]["r"] == best["params"]["model.module.lora.r"]
