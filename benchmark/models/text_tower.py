@@ -1,0 +1,200 @@
+"""An ID-free sequential recommender: items are their text, users a transformer over their history.
+
+``model=text_tower`` (UniSRec/Recformer-like, our own small implementation): every item is a
+trainable projection (two linear layers) of its frozen all-MiniLM-L6-v2 text embedding (``Title
+(Year); Genres``, from the feature store), so an item absent from train is scored through its
+text like any other. The user is a causal transformer encoder (pre-norm, learned positions) over
+the representations of the last ``max_len`` items of the history; the score of an item is the
+dot product of the last position's output with the item's representation, over the whole
+catalogue. Training is next-item prediction at every position of each user's train sequence,
+cross-entropy over the catalogue.
+
+``id_embedding: true`` adds a learned id vector to the items seen in train; items absent from
+train (``split=strict_cold_item``'s held-out items, and unseen ones) have none, and the record
+says how many. Histories follow the protocol of the other sequential models: train items when the
+valid part is scored, train + valid items for the test part (after the best weights are loaded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import IterableDataset
+
+from benchmark.data.histories import padded_user_histories
+from benchmark.data.splits import Split
+from benchmark.errors import ConfigError
+
+
+class SequenceStream(IterableDataset):
+    """Batches of users' train sequences (inputs, next-item targets), shuffled per epoch by (seed, epoch).
+
+    Rank r of world w takes every w-th batch, as the other streams do.
+    """
+
+    def __init__(self, sequences: np.ndarray, batch_size: int, seed: int) -> None:
+        self.sequences = torch.as_tensor(sequences)  # [U, max_len + 1], -1 padding after the last
+        self.batch_size, self.seed = batch_size, seed
+        self.epoch, self.rank, self.world = 0, 0, 1
+
+    def __len__(self) -> int:
+        n_batches = -(-len(self.sequences) // self.batch_size)
+        return -(-n_batches // self.world)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        self.epoch += 1
+        perm = torch.randperm(len(self.sequences), generator=g)
+        for b, start in enumerate(range(0, len(perm), self.batch_size)):
+            if b % self.world == self.rank:
+                seqs = self.sequences[perm[start : start + self.batch_size]]
+                yield {"inputs": seqs[:, :-1], "targets": seqs[:, 1:]}
+
+
+def train_sequences(split: Split, max_len: int) -> np.ndarray:
+    """[U', max_len + 1] each user's last ``max_len + 1`` train items, oldest first, -1 after the
+    last (users with at least two train items only: one input and one target)."""
+    hist, length = padded_user_histories(split, "valid", max_len + 1)  # "valid" sees train only
+    return hist[length >= 2]
+
+
+class TextTower(nn.Module):
+    """See the module docstring.
+
+    Args:
+        split: the split (train sequences, histories, the catalogue).
+        data: the dataset (item titles, years and genres for the text).
+        dim: size of item and user representations.
+        layers, heads: transformer encoder layers and attention heads.
+        max_len: history items read per user.
+        dropout: dropout in the encoder and on the input.
+        id_embedding: add a learned id vector to items seen in train.
+        store_dir: the feature store folder (None: ``<cache>/features``).
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        data: Any,
+        dim: int = 64,
+        layers: int = 2,
+        heads: int = 2,
+        max_len: int = 50,
+        dropout: float = 0.2,
+        id_embedding: bool = False,
+        store_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        from benchmark.results.item_facts import text_embeddings
+
+        if dim < 1 or layers < 1 or heads < 1 or dim % heads or max_len < 1 or not 0.0 <= dropout < 1.0:
+            raise ConfigError(
+                f"model text_tower: need dim % heads == 0, layers >= 1, max_len >= 1, 0 <= dropout < 1 "
+                f"(got dim={dim}, heads={heads}, layers={layers}, max_len={max_len}, dropout={dropout})"
+            )
+        with torch.random.fork_rng(devices=[]):  # loading the encoder never moves the run's random stream
+            found = text_embeddings(data, [str(i) for i in split.item_ids], store_dir)
+        if found is None:
+            raise ConfigError("model text_tower: the items have no titles to embed (it scores items by their text)")
+        features, self.encoder_facts = found
+        self.register_buffer("features", torch.from_numpy(np.array(features, dtype=np.float32)), persistent=False)
+        self.proj = nn.Sequential(nn.Linear(features.shape[1], dim), nn.GELU(), nn.Linear(dim, dim))
+        in_train = np.zeros(split.n_items, dtype=bool)
+        in_train[split.train["item"].to_numpy()] = True
+        self.id_embedding = bool(id_embedding)
+        self.register_buffer("in_train", torch.from_numpy(in_train), persistent=False)
+        self.ids = nn.Embedding(split.n_items, dim) if self.id_embedding else None
+        if self.ids is not None:
+            nn.init.normal_(self.ids.weight, std=0.02)
+        self.pos = nn.Embedding(max_len, dim)
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, 4 * dim, dropout, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.drop = nn.Dropout(dropout)
+        self.max_len = max_len
+        self.n_items = split.n_items
+        self._hist = {
+            part: tuple(torch.from_numpy(a) for a in padded_user_histories(split, part, max_len))
+            for part in ("valid", "test")
+        }
+        self._train_seqs = train_sequences(split, max_len)
+        self.eval_part = "valid"
+        self.register_load_state_dict_post_hook(_score_test_after_load)
+
+    # ------------------------------------------------------------------ representations
+
+    def item_vectors(self) -> torch.Tensor:
+        """[n_items, dim]: projected text (+ the id vector of items seen in train)."""
+        out = self.proj(self.features)
+        if self.ids is not None:
+            out = out + self.ids.weight * self.in_train.unsqueeze(1).to(out.dtype)
+        return out
+
+    def encode(self, seqs: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """[B, L] item indices (oldest first, -1 after the last) -> [B, L, dim] causal outputs."""
+        b, length = seqs.shape
+        pad = seqs < 0
+        x = items[seqs.clamp(min=0)] + self.pos.weight[:length].unsqueeze(0)
+        x = self.drop(x.masked_fill(pad.unsqueeze(-1), 0.0))
+        causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=seqs.device), diagonal=1)
+        out = self.encoder(x, mask=causal, src_key_padding_mask=pad)
+        return self.norm(out)
+
+    # ------------------------------------------------------------------ training
+
+    def train_dataset(self, split: Split, batch_size: int, seed: int) -> SequenceStream:
+        """Users' train sequences for next-item prediction at every position."""
+        if len(self._train_seqs) == 0:
+            raise ConfigError("model text_tower: no user has two train items; there is nothing to learn")
+        return SequenceStream(self._train_seqs, batch_size, seed)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Cross-entropy of the next item over the catalogue at every non-padding position."""
+        self.eval_part = "valid"
+        items = self.item_vectors()
+        inputs, targets = batch["inputs"], batch["targets"]
+        out = self.encode(inputs, items)  # [B, L, dim]
+        keep = targets >= 0
+        logits = out[keep] @ items.T  # [N, n_items]
+        return F.cross_entropy(logits, targets[keep])
+
+    # ------------------------------------------------------------------ scoring
+
+    def score(self, users: torch.Tensor) -> torch.Tensor:
+        """[B] users -> [B, n_items], from the history of the part being scored."""
+        hist, length = self._hist[self.eval_part]
+        idx = users.detach().cpu()
+        seqs, n = hist[idx].to(users.device), length[idx].to(users.device)
+        items = self.item_vectors()
+        if seqs.shape[1] == 0 or bool((n == 0).all()):
+            return torch.zeros(len(users), self.n_items, device=users.device)
+        out = self.encode(seqs, items)  # [B, L, dim]
+        last = out[torch.arange(len(users), device=users.device), (n - 1).clamp(min=0)]  # [B, dim]
+        scores = last @ items.T
+        return torch.where((n > 0).unsqueeze(1), scores, torch.zeros_like(scores))  # no history: all tie
+
+    def score_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.score(users).gather(1, items)
+
+    def prediction_facts(self) -> dict[str, Any]:
+        return {
+            "text_tower": {
+                "text_encoder": self.encoder_facts,
+                "id_embedding": self.id_embedding,
+                "items_without_id": int((~self.in_train).sum()) if self.id_embedding else None,
+                "max_len": self.max_len,
+                "train_sequences": int(len(self._train_seqs)),
+            }
+        }
+
+
+def _score_test_after_load(module: TextTower, incompatible: Any) -> None:
+    """The best (or reused) weights were loaded: the test part is scored next (train + valid history)."""
+    module.eval_part = "test"
