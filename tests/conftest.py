@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytest_plugins = ["tests.unit.yesno_fixtures"]
+
 
 def write_atomic(directory: Path, name: str, rows: list[tuple], items: dict[str, str] | None = None) -> Path:
     """Write ``name.inter`` (user, item, rating, timestamp) and optionally ``name.item``."""

@@ -38,8 +38,7 @@ from torch.utils.data import IterableDataset
 
 from benchmark.config import to_object
 from benchmark.data.histories import has_histories, row_histories, user_histories
-from benchmark.data.shots import draw_rows, rows_digest
-from benchmark.models.components.icl import PER_ROW, check_strategy, fixed_examples, history_vectors, per_row_examples
+from benchmark.data.shots import draw_rows, rows_digest, shuffled_batches
 from benchmark.data.splits import Split
 from benchmark.errors import ConfigError, DataError
 from benchmark.models.components.adapter import (
@@ -48,6 +47,13 @@ from benchmark.models.components.adapter import (
     adapter_facts,
     attach_item_adapter,
     tokenize_prompts,
+)
+from benchmark.models.components.icl import (
+    PER_ROW,
+    check_strategy,
+    fixed_examples,
+    history_vectors,
+    per_row_examples,
 )
 from benchmark.models.components.llm import left_pad, load_causal_lm, next_token_logits
 from benchmark.models.components.lora import lora_settings, track_trainable_state, wrap_lora
@@ -155,13 +161,8 @@ class PromptStream(IterableDataset):
         return -(-n_batches // self.world)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         self.epoch += 1
-        perm = torch.randperm(len(self.sequences), generator=g).tolist()
-        for b, start in enumerate(range(0, len(perm), self.batch_size)):
-            if b % self.world != self.rank:
-                continue
-            idx = perm[start : start + self.batch_size]
+        for idx in shuffled_batches(len(self.sequences), self.batch_size, self.seed, self.epoch - 1, self.rank, self.world):
             batch = left_pad([self.sequences[i] for i in idx], self.pad_id)
             if self.adapter is not None:
                 batch.update(self.adapter.slots(batch["input_ids"], [self.mentions[i] for i in idx]))

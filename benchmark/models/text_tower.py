@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import IterableDataset
 
 from benchmark.data.histories import padded_user_histories
+from benchmark.data.shots import shuffled_batches
 from benchmark.data.splits import Split
 from benchmark.errors import ConfigError
 
@@ -47,13 +48,10 @@ class SequenceStream(IterableDataset):
         return -(-n_batches // self.world)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         self.epoch += 1
-        perm = torch.randperm(len(self.sequences), generator=g)
-        for b, start in enumerate(range(0, len(perm), self.batch_size)):
-            if b % self.world == self.rank:
-                seqs = self.sequences[perm[start : start + self.batch_size]]
-                yield {"inputs": seqs[:, :-1], "targets": seqs[:, 1:]}
+        for idx in shuffled_batches(len(self.sequences), self.batch_size, self.seed, self.epoch - 1, self.rank, self.world):
+            seqs = self.sequences[idx]
+            yield {"inputs": seqs[:, :-1], "targets": seqs[:, 1:]}
 
 
 def train_sequences(split: Split, max_len: int) -> np.ndarray:

@@ -9,7 +9,6 @@ import torch
 from benchmark.data.shots import draw_rows
 from benchmark.errors import ConfigError
 from benchmark.models.components import icl
-from tests.unit.test_precision import tiny_data, tiny_lm, tiny_split  # noqa: F401
 
 
 def test_random_is_the_original_draw_and_balanced_alternates_likes_and_dislikes():
@@ -66,11 +65,11 @@ def _tallrec(split, data, lm, select, monkeypatch):
     ), vectors
 
 
-def test_tallrec_similar_examples_are_train_rows_chosen_per_row(tiny_split, tiny_data, tiny_lm, monkeypatch):
-    model, vectors = _tallrec(tiny_split, tiny_data, tiny_lm, "similar", monkeypatch)
+def test_tallrec_similar_examples_are_train_rows_chosen_per_row(yesno_split, yesno_data, yesno_lm, monkeypatch):
+    model, vectors = _tallrec(yesno_split, yesno_data, yesno_lm, "similar", monkeypatch)
     _, hist, likes, labels = model._train
     train_vecs = icl.history_vectors(hist, vectors)
-    test = tiny_split.test
+    test = yesno_split.test
     prompts, chosen = [], set()
     for u, i in zip(test["user"][:4], test["item"][:4], strict=True):
         row_hist = model._user_rows[int(u)][0]
@@ -92,8 +91,8 @@ def test_tallrec_similar_examples_are_train_rows_chosen_per_row(tiny_split, tiny
     assert facts["prompt_tokens"] == {"prompts": 4, "mean": round(sum(lengths) / 4, 2), "max": max(lengths)}
 
 
-def test_tallrec_balanced_examples_are_shared_and_recorded(tiny_split, tiny_data, tiny_lm, monkeypatch):
-    model, _ = _tallrec(tiny_split, tiny_data, tiny_lm, "balanced", monkeypatch)
+def test_tallrec_balanced_examples_are_shared_and_recorded(yesno_split, yesno_data, yesno_lm, monkeypatch):
+    model, _ = _tallrec(yesno_split, yesno_data, yesno_lm, "balanced", monkeypatch)
     assert model._train[3][model.icl_rows].tolist() == [1, 0]
     facts = model.prediction_facts()["llm"]
     assert facts["icl_select"] == "balanced" and facts["icl_rows"] == model.icl_rows.tolist()
@@ -101,14 +100,14 @@ def test_tallrec_balanced_examples_are_shared_and_recorded(tiny_split, tiny_data
 
 
 @pytest.mark.parametrize("name", ["tallrec", "tallrec_role", "tallrec_json", "tallrec_terse"])
-def test_template_pool_scores_and_records_its_id_and_length(name, tiny_split, tiny_data, tiny_lm):
+def test_template_pool_scores_and_records_its_id_and_length(name, yesno_split, yesno_data, yesno_lm):
     from benchmark.models.tallrec import TallRec
     from tests.unit.test_tallrec import load_prompt
 
     template = load_prompt(name)
     assert {"liked", "disliked", "target"} <= template.fields and template.answers == ["Yes.", "No."]
-    model = TallRec(tiny_split, tiny_data, backbone=str(tiny_lm), prompt=template, lora=None, shots=16, seed=0, dtype="float32")
-    test = tiny_split.test
+    model = TallRec(yesno_split, yesno_data, backbone=str(yesno_lm), prompt=template, lora=None, shots=16, seed=0, dtype="float32")
+    test = yesno_split.test
     texts = [model._prompt(int(u), int(i)) for u, i in zip(test["user"][:3], test["item"][:3], strict=True)]
     assert all(model.texts[int(i)] in t for t, i in zip(texts, test["item"][:3], strict=True))  # the target is shown
     p = model.p_yes(texts)
@@ -137,15 +136,15 @@ def _length(model, text):
     return len(model.tokenizer(text, add_special_tokens=True)["input_ids"])
 
 
-def test_history_budget_keeps_the_most_recent_items_that_fit(tiny_split, tiny_data, tiny_lm, monkeypatch):
-    full, _ = _history_model(tiny_split, tiny_data, tiny_lm, monkeypatch)
-    u, i = int(tiny_split.test["user"].iloc[0]), int(tiny_split.test["item"].iloc[0])
+def test_history_budget_keeps_the_most_recent_items_that_fit(yesno_split, yesno_data, yesno_lm, monkeypatch):
+    full, _ = _history_model(yesno_split, yesno_data, yesno_lm, monkeypatch)
+    u, i = int(yesno_split.test["user"].iloc[0]), int(yesno_split.test["item"].iloc[0])
     hist, likes = full._user_rows[u]
     assert len(hist) == 10
     lengths = [_length(full, full.template.render(full._fields(hist[n:], likes[n:], i))) for n in range(11)]
     budget = (lengths[6] + lengths[5]) // 2  # the last 4 items fit, the last 5 do not
     assert lengths[6] <= budget < lengths[5]
-    model, _ = _history_model(tiny_split, tiny_data, tiny_lm, monkeypatch, history_budget=budget)
+    model, _ = _history_model(yesno_split, yesno_data, yesno_lm, monkeypatch, history_budget=budget)
     text = model._prompt(u, i)
     assert text == full.template.render(full._fields(hist[6:], likes[6:], i)) and _length(model, text) <= budget
     facts = model.prediction_facts()["llm"]["history_fit"]
@@ -153,17 +152,17 @@ def test_history_budget_keeps_the_most_recent_items_that_fit(tiny_split, tiny_da
                      "items_kept_mean": 4.0, "rows_over_budget_without_history": 0}
 
 
-def test_relevant_history_keeps_the_items_nearest_the_target_in_time_order(tiny_split, tiny_data, tiny_lm, monkeypatch):
-    full, vectors = _history_model(tiny_split, tiny_data, tiny_lm, monkeypatch)
-    u, i = int(tiny_split.test["user"].iloc[0]), int(tiny_split.test["item"].iloc[0])
+def test_relevant_history_keeps_the_items_nearest_the_target_in_time_order(yesno_split, yesno_data, yesno_lm, monkeypatch):
+    full, vectors = _history_model(yesno_split, yesno_data, yesno_lm, monkeypatch)
+    u, i = int(yesno_split.test["user"].iloc[0]), int(yesno_split.test["item"].iloc[0])
     hist, likes = full._user_rows[u]
     sims = vectors[np.asarray(hist)] @ vectors[i]
     top2 = sorted(np.argsort(-sims, kind="stable")[:2].tolist())  # by hand: the two most similar, in time order
     n2 = _length(full, full.template.render(full._fields([hist[j] for j in top2], [likes[j] for j in top2], i)))
-    model, _ = _history_model(tiny_split, tiny_data, tiny_lm, monkeypatch, history_select="relevant", history_budget=n2)
+    model, _ = _history_model(yesno_split, yesno_data, yesno_lm, monkeypatch, history_select="relevant", history_budget=n2)
     kept_hist, kept_likes = model._fit_history(hist, likes, i, [])
     assert kept_hist == [int(hist[j]) for j in top2]
-    no_budget, _ = _history_model(tiny_split, tiny_data, tiny_lm, monkeypatch, history_select="relevant")
+    no_budget, _ = _history_model(yesno_split, yesno_data, yesno_lm, monkeypatch, history_select="relevant")
     assert no_budget._prompt(u, i) == full._prompt(u, i)  # the whole history, in time order, either way
 
 
@@ -172,7 +171,7 @@ def test_relevant_history_keeps_the_items_nearest_the_target_in_time_order(tiny_
     ({"history_budget": 4}, "model.module.history_budget"),
     ({"icl_select": "best", "icl_shots": 1}, "model.module.icl_select"),
 ])
-def test_bad_prompt_settings_are_one_line(kw, needle, tiny_split, tiny_data, tiny_lm, monkeypatch):
+def test_bad_prompt_settings_are_one_line(kw, needle, yesno_split, yesno_data, yesno_lm, monkeypatch):
     with pytest.raises(ConfigError, match=needle) as e:
-        _history_model(tiny_split, tiny_data, tiny_lm, monkeypatch, **kw)
+        _history_model(yesno_split, yesno_data, yesno_lm, monkeypatch, **kw)
     assert "\n" not in str(e.value)

@@ -15,14 +15,11 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from benchmark.config import CONFIG_DIR, SplitConfig
-from benchmark.data.atomic import read_atomic
-from benchmark.data.splits import build_split
+from benchmark.config import CONFIG_DIR
 from benchmark.errors import ConfigError
 from benchmark.models.components.precision import apply_precision, check_precision, precision_config
 from benchmark.models.tallrec import TallRec
-from tests.conftest import random_rows, write_atomic
-from tests.unit.test_tallrec import load_prompt, make_tiny_lm, template_words
+from tests.unit.test_tallrec import load_prompt
 
 REPO = Path(__file__).resolve().parents[2]
 RUNS = REPO / "results" / "runs"
@@ -32,29 +29,6 @@ GPU_OPTIONS = ("fp16", "bnb8", "bnb4", "vllm")
 
 def option(name: str):
     return OmegaConf.load(CONFIG_DIR / "precision" / f"{name}.yaml")
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    write_atomic(
-        d,
-        "tiny",
-        random_rows(n_users=12, n_items=30, per_user=14),
-        {f"i{i}": f"Title {i}" for i in range(30)},
-    )
-    return read_atomic(d, "tiny")
-
-
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory):
-    titles = [f"Title {i}" for i in range(30)]
-    return make_tiny_lm(tmp_path_factory.mktemp("lm"), template_words("tallrec") + titles, seed=3)
-
-
-@pytest.fixture(scope="module")
-def tiny_split(tiny_data):
-    return build_split(tiny_data, SplitConfig(protocol="temporal"))
 
 
 def tallrec(split, data, lm) -> TallRec:
@@ -83,16 +57,16 @@ def prompts(model: TallRec, split) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def fp32_scores(tiny_split, tiny_data, tiny_lm):
-    model = tallrec(tiny_split, tiny_data, tiny_lm)
-    return model.p_yes(prompts(model, tiny_split))
+def fp32_scores(yesno_split, yesno_data, yesno_lm):
+    model = tallrec(yesno_split, yesno_data, yesno_lm)
+    return model.p_yes(prompts(model, yesno_split))
 
 
 @pytest.mark.parametrize("name", CPU_OPTIONS)
-def test_cpu_option_loads_scores_and_records_itself(name, tiny_split, tiny_data, tiny_lm, fp32_scores):
-    model = tallrec(tiny_split, tiny_data, tiny_lm)
+def test_cpu_option_loads_scores_and_records_itself(name, yesno_split, yesno_data, yesno_lm, fp32_scores):
+    model = tallrec(yesno_split, yesno_data, yesno_lm)
     facts = apply_precision(model, option(name))
-    p = model.p_yes(prompts(model, tiny_split))
+    p = model.p_yes(prompts(model, yesno_split))
     assert torch.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
     assert (p - fp32_scores).abs().max() < 0.05  # close to fp32 on a tiny model
     recorded = model.prediction_facts()["llm"]["precision"]
@@ -101,10 +75,10 @@ def test_cpu_option_loads_scores_and_records_itself(name, tiny_split, tiny_data,
     assert facts["lora_layers_fp32"] == 2 * 2 * 2  # q/v x 2 layers x (A, B)
 
 
-def test_int8_quantizes_base_linears_only_and_changes_scores(tiny_split, tiny_data, tiny_lm, fp32_scores):
+def test_int8_quantizes_base_linears_only_and_changes_scores(yesno_split, yesno_data, yesno_lm, fp32_scores):
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
-    model = tallrec(tiny_split, tiny_data, tiny_lm)
+    model = tallrec(yesno_split, yesno_data, yesno_lm)
     before = sum(1 for m in model.lm.modules() if type(m) is nn.Linear)
     facts = apply_precision(model, option("int8"))
     named = dict(model.lm.named_modules())
@@ -115,16 +89,16 @@ def test_int8_quantizes_base_linears_only_and_changes_scores(tiny_split, tiny_da
     kept = [n for n, m in named.items() if type(m) is nn.Linear]
     assert len(kept) == before - 14 and all(named[n].weight.dtype == torch.float32 for n in kept)
     assert sum("lora_" in n for n in kept) == 8 and any(n.endswith("lm_head") for n in kept)
-    p = model.p_yes(prompts(model, tiny_split))
+    p = model.p_yes(prompts(model, yesno_split))
     diff = (p - fp32_scores).abs()
     assert diff.max() > 0  # quantization happened
     assert diff.max() < 0.05  # and stays close
     with model.lm.disable_adapter():  # the fp32 LoRA still acts on the int8 base
-        assert (model.p_yes(prompts(model, tiny_split)[:4]) - p[:4]).abs().max() > 1e-4
+        assert (model.p_yes(prompts(model, yesno_split)[:4]) - p[:4]).abs().max() > 1e-4
 
 
-def test_bf16_casts_the_backbone_and_keeps_lora_fp32(tiny_split, tiny_data, tiny_lm):
-    model = tallrec(tiny_split, tiny_data, tiny_lm)
+def test_bf16_casts_the_backbone_and_keeps_lora_fp32(yesno_split, yesno_data, yesno_lm):
+    model = tallrec(yesno_split, yesno_data, yesno_lm)
     apply_precision(model, option("bf16"))
     dtypes = {n: p.dtype for n, p in model.lm.named_parameters()}
     assert all(d == torch.float32 for n, d in dtypes.items() if "lora_" in n)

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from benchmark.errors import ConfigError
 from benchmark.models.components.precision import apply_precision, check_precision, precision_config
 from benchmark.models.components.smoothing import activation_ranges, decoder_blocks, factors, smooth
-from tests.unit.test_precision import option, prompts, tallrec, tiny_data, tiny_lm, tiny_split  # noqa: F401
+from tests.unit.test_precision import option, prompts, tallrec
 
 
 def test_factors_by_hand():
@@ -35,16 +35,16 @@ def _uneven(model) -> None:
                 norm.weight.copy_(torch.rand(norm.weight.shape, generator=g) * 3 + 0.1)
 
 
-def test_smoothing_is_exact_in_fp32(tiny_split, tiny_data, tiny_lm):
-    model = tallrec(tiny_split, tiny_data, tiny_lm)
+def test_smoothing_is_exact_in_fp32(yesno_split, yesno_data, yesno_lm):
+    model = tallrec(yesno_split, yesno_data, yesno_lm)
     _uneven(model)
-    texts = prompts(model, tiny_split)
+    texts = prompts(model, yesno_split)
     before = model.p_yes(texts)
     norms = [b.input_layernorm.weight.clone() for _, b in decoder_blocks(model.lm)]
     ranges = activation_ranges(model.lm, lambda: model.calibrate(16))
     assert len(ranges) == 2 * 4  # q (k, v share it), o, gate (up shares it), down per block
     assert smooth(model.lm, ranges, 0.8) == 14
-    moved = [(b.input_layernorm.weight / n).log().abs().max() for n, (_, b) in zip(norms, decoder_blocks(model.lm))]
+    moved = [(b.input_layernorm.weight / n).log().abs().max() for n, (_, b) in zip(norms, decoder_blocks(model.lm), strict=True)]
     assert min(moved) > 0.1  # the factors did move range into the weights
     assert (model.p_yes(texts) - before).abs().max() < 1e-5
 
@@ -61,13 +61,13 @@ def _plant_outlier(model, channel: int = 3, factor: float = 60.0) -> None:
                     a.weight[:, channel] /= factor
 
 
-def test_smoothing_shrinks_int8_error_on_an_outlier_channel(tiny_split, tiny_data, tiny_lm):
+def test_smoothing_shrinks_int8_error_on_an_outlier_channel(yesno_split, yesno_data, yesno_lm):
     errors = {}
     for name in ("int8", "int8_smooth"):
-        model = tallrec(tiny_split, tiny_data, tiny_lm)
+        model = tallrec(yesno_split, yesno_data, yesno_lm)
         _uneven(model)
         _plant_outlier(model)
-        texts = prompts(model, tiny_split)
+        texts = prompts(model, yesno_split)
         exact = model.p_yes(texts)
         spec = OmegaConf.merge(option(name), {"keep": []})  # every layer int8 in both
         apply_precision(model, spec)
@@ -75,10 +75,10 @@ def test_smoothing_shrinks_int8_error_on_an_outlier_channel(tiny_split, tiny_dat
     assert errors["int8"] > 0 and errors["int8_smooth"] < errors["int8"] / 2, errors
 
 
-def test_int8_smooth_records_calibration_on_train_rows_and_keeps_down_proj(tiny_split, tiny_data, tiny_lm):
+def test_int8_smooth_records_calibration_on_train_rows_and_keeps_down_proj(yesno_split, yesno_data, yesno_lm):
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
-    model = tallrec(tiny_split, tiny_data, tiny_lm)
+    model = tallrec(yesno_split, yesno_data, yesno_lm)
     train_prompts = {
         model._render(h, lk, int(i))
         for i, h, lk in zip(model._train[0], model._train[1], model._train[2], strict=True)
@@ -91,7 +91,7 @@ def test_int8_smooth_records_calibration_on_train_rows_and_keeps_down_proj(tiny_
     assert seen and set(seen) <= train_prompts  # calibration read train rows only
     assert model.truncated == truncated
     cal = facts["smoothing"]["calibration"]
-    assert cal["part"] == "train" and cal["rows"] == min(64, len(tiny_split.train)) == len(seen)
+    assert cal["part"] == "train" and cal["rows"] == min(64, len(yesno_split.train)) == len(seen)
     assert facts["smoothing"]["alpha"] == 0.8 and facts["smoothing"]["layers_smoothed"] == 14
     named = dict(model.lm.named_modules())
     assert facts["linear_quantized"] == sum(isinstance(m, DynamicLinear) for m in named.values()) == 12
@@ -99,7 +99,7 @@ def test_int8_smooth_records_calibration_on_train_rows_and_keeps_down_proj(tiny_
     assert all(type(m.base_layer if hasattr(m, "base_layer") else m) is torch.nn.Linear
                for n, m in named.items() if n.endswith("mlp.down_proj"))
     model.p_yes = p_yes  # type: ignore[method-assign]
-    p = model.p_yes(prompts(model, tiny_split))
+    p = model.p_yes(prompts(model, yesno_split))
     assert torch.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
     assert model.prediction_facts()["llm"]["precision"]["smoothing"]["calibration"]["part"] == "train"
 
