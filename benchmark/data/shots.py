@@ -6,8 +6,6 @@ very same rows, so few-shot comparisons differ in the model only.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 
 from benchmark.errors import ConfigError
@@ -42,14 +40,3 @@ def rows_digest(rows: np.ndarray) -> str:
     """sha256 of int64 row positions (which rows a model was trained on)."""
     return sha256_bytes(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
 
-
-def shuffled_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> Iterator[list[int]]:
-    """Index batches of one epoch: a permutation of ``range(n)`` seeded by (seed, epoch), cut into
-    batches of ``batch_size``; rank ``rank`` of ``world`` takes every ``world``-th batch."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    perm = torch.randperm(n, generator=g).tolist()
-    for b, start in enumerate(range(0, n, batch_size)):
-        if b % world == rank:
-            yield perm[start : start + batch_size]

@@ -34,12 +34,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import IterableDataset
 
 from benchmark.config import to_object
 from benchmark.data.histories import has_histories, row_histories, user_histories
-from benchmark.data.shots import draw_rows, rows_digest, shuffled_batches
+from benchmark.data.shots import draw_rows, rows_digest
 from benchmark.data.splits import Split
+from benchmark.data.streams import EpochStream
 from benchmark.errors import ConfigError, DataError
 from benchmark.models.components.adapter import (
     AdapterConfig,
@@ -129,7 +129,7 @@ def _pair_rows(split: Split) -> dict[tuple[int, int], tuple[tuple[int, ...], tup
     return out
 
 
-class PromptStream(IterableDataset):
+class PromptStream(EpochStream):
     """Shuffled, left-padded batches of (prompt tokens, answer token), one pass per epoch.
 
     The order of epoch e is a function of (seed, e) only; rank r of world w takes every
@@ -147,22 +147,14 @@ class PromptStream(IterableDataset):
         mentions: list[list[int]] | None = None,
         adapter: ItemAdapter | None = None,
     ) -> None:
+        super().__init__(len(sequences), batch_size, seed)
         self.sequences = sequences
         self.mentions, self.adapter = mentions, adapter
         self.answers = torch.as_tensor(answers, dtype=torch.long)
         self.pad_id = pad_id
-        self.batch_size = batch_size
-        self.seed = seed
-        self.epoch = 0
-        self.rank, self.world = 0, 1
-
-    def __len__(self) -> int:
-        n_batches = -(-len(self.sequences) // self.batch_size)
-        return -(-n_batches // self.world)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        self.epoch += 1
-        for idx in shuffled_batches(len(self.sequences), self.batch_size, self.seed, self.epoch - 1, self.rank, self.world):
+        for idx in self.batches():
             batch = left_pad([self.sequences[i] for i in idx], self.pad_id)
             if self.adapter is not None:
                 batch.update(self.adapter.slots(batch["input_ids"], [self.mentions[i] for i in idx]))

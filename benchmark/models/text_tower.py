@@ -24,32 +24,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import IterableDataset
 
 from benchmark.data.histories import padded_user_histories
-from benchmark.data.shots import shuffled_batches
 from benchmark.data.splits import Split
+from benchmark.data.streams import EpochStream
 from benchmark.errors import ConfigError
 
 
-class SequenceStream(IterableDataset):
-    """Batches of users' train sequences (inputs, next-item targets), shuffled per epoch by (seed, epoch).
-
-    Rank r of world w takes every w-th batch, as the other streams do.
-    """
+class SequenceStream(EpochStream):
+    """Batches of users' train sequences (inputs, next-item targets), shuffled per epoch by (seed, epoch)."""
 
     def __init__(self, sequences: np.ndarray, batch_size: int, seed: int) -> None:
+        super().__init__(len(sequences), batch_size, seed)
         self.sequences = torch.as_tensor(sequences)  # [U, max_len + 1], -1 padding after the last
-        self.batch_size, self.seed = batch_size, seed
-        self.epoch, self.rank, self.world = 0, 0, 1
-
-    def __len__(self) -> int:
-        n_batches = -(-len(self.sequences) // self.batch_size)
-        return -(-n_batches // self.world)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        self.epoch += 1
-        for idx in shuffled_batches(len(self.sequences), self.batch_size, self.seed, self.epoch - 1, self.rank, self.world):
+        for idx in self.batches():
             seqs = self.sequences[idx]
             yield {"inputs": seqs[:, :-1], "targets": seqs[:, 1:]}
 

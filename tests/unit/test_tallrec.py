@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from benchmark.config import DataConfig, SplitConfig
-from benchmark.data.atomic import read_atomic
 from benchmark.data.histories import row_histories
 from benchmark.data.loading import load_dataset
 from benchmark.data.splits import build_split, build_tallrec_movie
@@ -28,7 +27,6 @@ from benchmark.models.components.llm import (
 )
 from benchmark.models.components.prompts import PromptTemplate, answer_token_ids, item_texts
 from benchmark.models.tallrec import TallRec
-from tests.conftest import random_rows, write_atomic
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -85,15 +83,8 @@ def template_words(*names: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    write_atomic(
-        d,
-        "tiny",
-        random_rows(n_users=12, n_items=30, per_user=14),
-        {f"i{i}": f"Title {i}" for i in range(30)},
-    )
-    return read_atomic(d, "tiny")
+def tiny_data(yesno_data):
+    return yesno_data  # 12 users x 30 titled items (tests/unit/yesno_fixtures.py)
 
 
 @pytest.fixture(scope="module")
