@@ -282,13 +282,13 @@ def _evaluate(
     beyond-accuracy metrics from the train part's item facts, built before the clock starts)."""
     ranking = job.ev.protocol not in ("labeled", "candidates")  # candidate lists get no beyond-accuracy metrics
     item_facts = build_item_facts(split, data) if ranking and is_global_zero() else None
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     rows, facts = eval_rows(split, job.ev, to_object(job.cfg.slices, SliceConfig))
     progress = bool(job.cfg.trainer.get("enable_progress_bar", True))
     pred = predict(model, rows, job.ev, job.device, trainer_kwargs, progress, log=job.log)
     metrics, sizes, _ = evaluate(pred, job.ev.ks, split.n_items, facts=item_facts, protocol=job.ev.protocol)
     view = _candidates_view(job, model, split, rows, pred) if job.ev.also_candidates else None
-    return Evaluated(pred, metrics, sizes, facts, time.perf_counter() - t0, view)
+    return Evaluated(pred, metrics, sizes, facts, time.perf_counter() - t0, view, time.process_time() - c0)
 
 
 def _candidates_view(job: _Job, model: torch.nn.Module, split: Split, rows: Any, pred: Any) -> dict[str, Any]:

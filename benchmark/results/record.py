@@ -92,6 +92,8 @@ class Evaluated:
         seconds: wall time of row selection, prediction and metrics.
         candidates: a full run's candidates view (``eval.also_candidates``): ``metrics`` and
             ``facts`` (negatives, ks, slice rows); None without one.
+        cpu_seconds: CPU time of this process (all its threads) over the same span, or None; on a
+            shared machine it compares runs better than wall time.
     """
 
     pred: Predictions
@@ -100,6 +102,7 @@ class Evaluated:
     facts: dict[str, Any]
     seconds: float
     candidates: dict[str, Any] | None = None
+    cpu_seconds: float | None = None
 
 
 def clean_metrics(metrics: dict[str, float]) -> dict[str, float | None]:
@@ -174,7 +177,7 @@ def build_record(
         "labels": {"device": labels["device"], "seeds_in_run": 1, "processes": labels["processes"]},
         "training": training,
         "metrics": clean_metrics(evaluated.metrics),
-        "efficiency": _efficiency(training, evaluated.seconds),
+        "efficiency": _efficiency(training, evaluated.seconds, evaluated.cpu_seconds),
         "environment": environment(),
     }
     if view is not None:  # eval.also_candidates: the candidates view of the same scores, kept apart
@@ -183,7 +186,7 @@ def build_record(
     return record
 
 
-def _efficiency(training: dict[str, Any], eval_seconds: float) -> dict[str, Any]:
+def _efficiency(training: dict[str, Any], eval_seconds: float, eval_cpu_seconds: float | None = None) -> dict[str, Any]:
     """Times of this run (train 0 when weights were reused or loaded), peak memory of this process."""
     import torch
 
@@ -192,6 +195,7 @@ def _efficiency(training: dict[str, Any], eval_seconds: float) -> dict[str, Any]
         "train_seconds": round(training["seconds"], 3),
         **({"original_train_seconds": round(original, 3)} if "original_seconds" in training else {}),
         "eval_seconds": round(eval_seconds, 3),
+        **({"eval_cpu_seconds": round(eval_cpu_seconds, 3)} if eval_cpu_seconds is not None else {}),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)
         if torch.cuda.is_available()

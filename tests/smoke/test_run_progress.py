@@ -56,6 +56,8 @@ def test_reused_weights_are_recorded_with_zero_training_seconds(tiny_dir, tmp_pa
     t = rec["training"]
     assert t["seconds"] == 0.0 and rec["efficiency"]["train_seconds"] == 0.0
     assert rec["efficiency"]["original_train_seconds"] == first["efficiency"]["train_seconds"]
+    for r in (first, rec):  # evaluation CPU time of the process beside its wall time (shared machines)
+        assert 0.0 < r["efficiency"]["eval_cpu_seconds"] and r["efficiency"]["eval_seconds"] > 0.0
     assert round(t["original_seconds"], 3) == first["efficiency"]["train_seconds"]
     assert t["trained_by"] == first["run_id"] and len(t["reused_from"]) == 16
     assert not any(EPOCH.match(ln) for ln in lines)  # nothing trained
