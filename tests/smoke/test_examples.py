@@ -29,7 +29,9 @@ def committed_runs(tmp_path) -> tuple[Path, list[dict]]:
     records = []
     for folder in sorted(glob.glob(str(ROOT / "results/runs/ml-100k-loo-*-[pb][op][pr]-s[123]-*"))):
         rec = json.loads((Path(folder) / "record.json").read_text())
-        if rec["config"]["split"].get("holdout_items", 0) == 0 and rec["model"]["name"] in ("pop", "bpr"):
+        split = rec["config"]["split"]
+        plain = split.get("holdout_items", 0) == 0 and split.get("truncate_users", 0) == 0  # not the cold-start views
+        if plain and rec["model"]["name"] in ("pop", "bpr"):
             shutil.copytree(folder, dst / Path(folder).name)
             records.append(rec)
     assert len(records) >= 4, "committed pop/BPR runs on ml-100k loo are missing"
