@@ -347,7 +347,7 @@ class TallRec(nn.Module):
     def _load_item_vectors(self, split: Split, data: Any, why: str) -> np.ndarray:
         """[n_items, d] L2-normalised MiniLM embeddings of the item texts (feature store), loaded once."""
         if self._item_vectors is None:
-            from benchmark.results.item_facts import text_embeddings
+            from benchmark.models.components.item_text import text_embeddings
 
             found = text_embeddings(data, [str(i) for i in split.item_ids])
             if found is None:

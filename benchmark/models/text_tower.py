@@ -78,7 +78,7 @@ class TextTower(nn.Module):
         store_dir: str | None = None,
     ) -> None:
         super().__init__()
-        from benchmark.results.item_facts import text_embeddings
+        from benchmark.models.components.item_text import text_embeddings
 
         if dim < 1 or layers < 1 or heads < 1 or dim % heads or max_len < 1 or not 0.0 <= dropout < 1.0:
             raise ConfigError(

@@ -31,23 +31,8 @@ import numpy as np
 from benchmark.data.interactions import Interactions
 from benchmark.data.splits import Split
 from benchmark.eval.beyond import ItemFacts, head_mask, history_genres
-
-
-def _column(items: Any, item_fields: Mapping[str, str], role: str) -> str | None:
-    """The side-table column of ``role`` (its mapping, else a column named like the role)."""
-    columns = getattr(items, "columns", ())
-    col = item_fields.get(role, role)
-    return col if col in columns else None
-
-
-def _values(items: Any, column: str, item_ids: Sequence[str]) -> list[str]:
-    """[n_items] stripped string values of a side-table column ("" when an item has none)."""
-    col = items[column]
-    out = []
-    for raw in item_ids:
-        v = col.get(raw)
-        out.append("" if v is None or v != v else str(v).strip())  # v != v: NaN
-    return out
+from benchmark.models.components.item_text import text_embeddings
+from benchmark.models.components.text_encoder import column_values, side_column
 
 
 def genre_matrix(
@@ -63,10 +48,10 @@ def genre_matrix(
     Returns:
         ([n_items, G] bool, the G genre names sorted), or None without a genre column or genre.
     """
-    column = _column(items, item_fields, "genres")
+    column = side_column(items, item_fields, "genres")
     if column is None:
         return None
-    values = _values(items, column, item_ids)
+    values = column_values(items, column, item_ids)
     sep = "," if any("," in v for v in values) else None
     lists = [[g.strip() for g in v.split(sep) if g.strip()] for v in values]
     names = sorted({g for gs in lists for g in gs})
@@ -77,35 +62,6 @@ def genre_matrix(
     for i, gs in enumerate(lists):
         out[i, [pos[g] for g in gs]] = True
     return out, names
-
-
-def text_embeddings(
-    data: Interactions, item_ids: Sequence[str], store_dir: str | Path | None = None
-) -> tuple[np.ndarray, dict[str, Any]] | None:
-    """L2-normalised all-MiniLM-L6-v2 embeddings of the items' texts from the feature store.
-
-    Args:
-        data: the dataset (item side table and its roles).
-        item_ids: [n_items] raw ids in index order.
-        store_dir: the feature store (default ``<cache>/features``, shared with the adapters).
-
-    Returns:
-        ([n_items, d] float32, facts of the feature table), or None when no item has a title.
-    """
-    column = _column(data.items, data.item_fields, "title")
-    if column is None or not any(_values(data.items, column, item_ids)):
-        return None
-    import torch
-
-    from benchmark.models.components.encoders import HFTextEncoder
-    from benchmark.models.components.feature_store import encode_features
-    from benchmark.models.components.text_encoder import item_descriptions
-
-    texts = item_descriptions(data.items, data.item_fields, item_ids)
-    with torch.random.fork_rng(devices=[]):  # loading the encoder never moves the run's random stream
-        table = encode_features("text", HFTextEncoder(), list(item_ids), texts=texts, store_dir=store_dir)
-    emb = np.asarray(table.features, dtype=np.float32)  # [n_items, d], L2-normalised by the encoder
-    return emb, {"encoder": "sentence-transformers/all-MiniLM-L6-v2", "key": table.facts["key"][:20]}
 
 
 def build_item_facts(

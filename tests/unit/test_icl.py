@@ -51,7 +51,7 @@ def test_history_vectors_are_normalised_means():
 
 
 def _tallrec(split, data, lm, select, monkeypatch):
-    import benchmark.results.item_facts as item_facts
+    import benchmark.models.components.item_text as item_facts
     from benchmark.models.tallrec import TallRec
     from tests.unit.test_tallrec import load_prompt
 
@@ -120,7 +120,7 @@ def test_template_pool_scores_and_records_its_id_and_length(name, yesno_split, y
 
 
 def _history_model(split, data, lm, monkeypatch, **kw):
-    import benchmark.results.item_facts as item_facts
+    import benchmark.models.components.item_text as item_facts
     from benchmark.models.tallrec import TallRec
     from tests.unit.test_tallrec import load_prompt
 

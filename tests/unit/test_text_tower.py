@@ -20,7 +20,7 @@ from tests.smoke.test_cli import llm4rec, runs, tiny_args
 @pytest.fixture
 def vectors(monkeypatch):
     """Stand-in text embeddings (the real ones come from MiniLM in the feature store)."""
-    import benchmark.results.item_facts as item_facts
+    import benchmark.models.components.item_text as item_facts
 
     def fake(data, ids, store_dir=None):
         g = np.random.default_rng(5)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.errors import ConfigError, DataError
+from benchmark.models.components.text_encoder import column_values
 from benchmark.util import FILE_MODE, sha256_file, sha256_text
 
 URL_PREFIXES = ("http://", "https://")
@@ -64,12 +65,7 @@ def image_column_values(items: Any, item_ids: Sequence[str], column: str) -> lis
     if column not in getattr(items, "columns", ()):
         have = ", ".join(map(str, getattr(items, "columns", ()))) or "no item side table"
         raise ConfigError(f"adapter.image_column: the item table has no column '{column}' ({have})")
-    col = items[column]
-    out = []
-    for raw in item_ids:
-        v = col.get(raw)
-        out.append("" if v is None or v != v else str(v).strip())  # v != v: NaN
-    return out
+    return column_values(items, column, item_ids)
 
 
 def resolve_images(

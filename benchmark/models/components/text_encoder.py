@@ -161,3 +161,20 @@ def memoized() -> Iterator[None]:
         yield
     finally:
         _MEMO = outer
+
+
+def side_column(items: Any, item_fields: Mapping[str, str], role: str) -> str | None:
+    """The side-table column of ``role`` (its mapping, else a column named like the role)."""
+    columns = getattr(items, "columns", ())
+    col = item_fields.get(role, role)
+    return col if col in columns else None
+
+
+def column_values(items: Any, column: str, item_ids: Sequence[str]) -> list[str]:
+    """[n_items] stripped string values of a side-table column ("" when an item has none)."""
+    col = items[column]
+    out = []
+    for raw in item_ids:
+        v = col.get(raw)
+        out.append("" if v is None or v != v else str(v).strip())  # v != v: NaN
+    return out
