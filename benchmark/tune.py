@@ -369,7 +369,10 @@ def _resume_or_reset(p: Plan, settings: dict[str, Any]) -> int:
     """
     settings_file = p.folder / "settings.json"
     log = p.folder / "trials.jsonl"
-    same = settings_file.is_file() and json.loads(settings_file.read_text()) == settings
+    try:
+        same = settings_file.is_file() and json.loads(settings_file.read_text()) == settings
+    except (OSError, ValueError):  # a settings file cut short: start the search again
+        same = False
     if same and log.is_file():
         replay = p.folder / REPLAY
         by_trial: dict[Any, str] = {}  # a search stopped again while replaying: keep both logs

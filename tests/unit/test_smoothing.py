@@ -109,6 +109,7 @@ def test_int8_smooth_records_calibration_on_train_rows_and_keeps_down_proj(yesno
     [
         ({"smooth_alpha": 1.5}, "precision.smooth_alpha"),
         ({"smooth_alpha": "high"}, "precision.smooth_alpha"),
+        ({"smooth_alpha": True}, "precision.smooth_alpha"),
         ({"method": "cast", "weights": "bfloat16"}, "smoothing applies to method torch_dynamic"),
         ({"calibration_rows": 0}, "precision.calibration_rows"),
         ({"keep": "down_proj"}, "precision.keep"),

@@ -90,7 +90,7 @@ class PrecisionConfig:
         if self.smooth_alpha is not None:
             if self.method != "torch_dynamic":
                 raise ConfigError(f"precision.smooth_alpha: smoothing applies to method torch_dynamic, not {self.method}")
-            if not isinstance(self.smooth_alpha, (int, float)) or not 0.0 <= float(self.smooth_alpha) <= 1.0:
+            if isinstance(self.smooth_alpha, bool) or not isinstance(self.smooth_alpha, (int, float)) or not 0.0 <= float(self.smooth_alpha) <= 1.0:
                 raise ConfigError(f"precision.smooth_alpha: {self.smooth_alpha!r} is not a number in [0, 1]")
             if isinstance(self.calibration_rows, bool) or not isinstance(self.calibration_rows, int) or not 1 <= self.calibration_rows <= 4096:
                 raise ConfigError(f"precision.calibration_rows: {self.calibration_rows!r} is not a count in [1, 4096]")
