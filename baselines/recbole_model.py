@@ -354,6 +354,15 @@ class RecBoleModel(nn.Module):
         scores = self.recbole.full_sort_predict(self._inter(inter)).view(len(users), -1)  # [B, n_rb_items]
         return scores.to(self._item_rb.device)[:, self._item_rb]  # FITTED_MODELS score on the CPU
 
+    def item_embeddings(self) -> np.ndarray | None:
+        """[n_items, d] the RecBole model's item embedding table (``item_embedding``) in our item
+        order (RecBole's id order undone; its padding row dropped), None for a model without one."""
+        table = getattr(self.recbole, "item_embedding", None)
+        if not isinstance(table, nn.Embedding):
+            return None
+        weight = table.weight.detach().float().cpu()
+        return weight[self._item_rb.cpu()].numpy().copy()
+
     def score_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """[B] users, [B, C] items -> [B, C] scores (RecBole's ``predict``; probabilities for CTR models)."""
         b, c = items.shape

@@ -210,6 +210,23 @@ def check_model(model: Any) -> None:
     check_arguments(opt, opt_cls, "model.train.optimizer", given=("params",))
 
 
+def check_protocol_support(cfg: Any) -> None:
+    """A model class that answers only some eval protocols (``eval_protocols``) refuses the others
+    before anything is built (e.g. ``model=llara`` answers candidate lists only)."""
+    module = cfg.model.get("module")
+    ev = cfg.get("eval")
+    if module is None or not module.get("_target_") or ev is None:
+        return
+    cls = import_target(str(module._target_), "model.module._target_")
+    allowed = getattr(cls, "eval_protocols", None)
+    protocol = ev.get("protocol")
+    if allowed and protocol not in allowed:
+        raise ConfigError(
+            f"model {cfg.model.get('name')}: missing support for eval={protocol} "
+            f"(it answers eval={' or eval='.join(allowed)} only)"
+        )
+
+
 def check_trainer(trainer: Any) -> None:
     """The Lightning Trainer's keyword arguments against ``pytorch_lightning.Trainer``."""
     import pytorch_lightning as pl
@@ -346,6 +363,7 @@ def check_values(cfg: Any, read_data: bool = True) -> None:
     check_run_id_parts(cfg)
     check_paths(cfg)
     check_model(cfg.model)
+    check_protocol_support(cfg)
     if cfg.get("trainer") is not None:
         check_trainer(cfg.trainer)
     check_cutoffs(cfg, catalogue=read_data or cfg.data.get("source") != "recipe")

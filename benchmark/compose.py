@@ -236,10 +236,15 @@ def check_adapter(model_cfg: Any, adapter: Any) -> bool:
     if not is_active_node(adapter):
         return False
     adapter_config(adapter)  # unknown keys, modalities, k, encoder/projector nodes
+    encoder = adapter.get("encoder") or {}
+    if str(encoder.get("_target_", "")).endswith("cf_features.CFEncoder"):  # before any model loads
+        from benchmark.models.components.cf_features import check_run_files
+
+        check_run_files(encoder.get("run"))
     target = get_class(model_cfg.module._target_)
     if model_cfg.get("inputs", "ids") != "split" or "adapter" not in inspect.signature(target).parameters:
         raise ConfigError(
-            f"adapter={adapter.name}: model {model_cfg.name} takes no item adapter (p5 and tallrec do)"
+            f"adapter={adapter.name}: model {model_cfg.name} takes no item adapter (p5, llara and tallrec do)"
         )
     return True
 

@@ -124,7 +124,7 @@ def _run(cfg: DictConfig, log: RunLog, version: str) -> dict[str, Any]:
     record["audit"] = record_summary(split, getattr(model, "index", None))  # checked by validate
     if not is_global_zero():  # other processes of a distributed run write nothing
         return record
-    _write(job, record, evaluated, split, logger)
+    _write(job, record, evaluated, split, logger, model)
     return record
 
 
@@ -154,12 +154,22 @@ def _build(job: _Job, split: Split, data: Interactions) -> tuple[torch.nn.Module
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     trains = bool(n_train and cfg.model.get("train"))
     check_model(model, cfg.model.name, job.ev.protocol, trains=trains)
+    if cfg.get("save_item_embeddings") and _item_embeddings(model) is None:
+        raise ConfigError(
+            f"save_item_embeddings: model {cfg.model.name} has no item embedding table to save"
+        )
     if job.ev.also_candidates and ranks_rows(model):
         raise ConfigError(
             f"eval.also_candidates: model {cfg.model.name} generates ranked lists (no catalogue scores "
             "to rank a candidate list by); run it without the candidates view"
         )
     return model, (n_params, n_train), trains
+
+
+def _item_embeddings(model: torch.nn.Module) -> Any:
+    """[n_items, d] item embeddings of a model that has a table (``item_embeddings()``), else None."""
+    get = getattr(model, "item_embeddings", None)
+    return get() if callable(get) else None
 
 
 def build_model(
@@ -305,12 +315,27 @@ def _candidates_view(job: _Job, model: torch.nn.Module, split: Split, rows: Any,
     return {"metrics": metrics, "facts": {**facts, "ks": ks, "slice_rows": sizes}}
 
 
-def _write(job: _Job, record: dict[str, Any], evaluated: Evaluated, split: Split, logger: Any) -> Path:
-    """Write the run folder (record + predictions), hand the record to the logger, print the summary."""
+def _write(
+    job: _Job,
+    record: dict[str, Any],
+    evaluated: Evaluated,
+    split: Split,
+    logger: Any,
+    model: torch.nn.Module,
+) -> Path:
+    """Write the run folder (record + predictions, and the item embeddings with
+    ``save_item_embeddings``), hand the record to the logger, print the summary."""
     from benchmark.loggers import log_final
 
     predictions = encode_predictions(prediction_lines(evaluated.pred, split))
-    run_dir = write_run(Path(job.cfg.paths.results) / "runs", job.run_id, record, predictions)
+    extras = None
+    if job.cfg.get("save_item_embeddings"):  # checked when the model was built
+        from benchmark.models.components.cf_features import embedding_files
+
+        extras = embedding_files(
+            _item_embeddings(model), job.run_id, record["model"]["label"], split.fingerprint
+        )
+    run_dir = write_run(Path(job.cfg.paths.results) / "runs", job.run_id, record, predictions, extras)
     log_final(logger, record, run_dir)
     line = summary_line(record, run_dir)
     print(line)

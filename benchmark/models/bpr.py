@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,6 +40,10 @@ class BPR(nn.Module):
     def score(self, users: torch.Tensor) -> torch.Tensor:
         """[B] users -> [B, n_items] dot products."""
         return self.user(users) @ self.item.weight.T
+
+    def item_embeddings(self) -> np.ndarray:
+        """[n_items, d] the item embedding table (for ``save_item_embeddings``)."""
+        return self.item.weight.detach().float().cpu().numpy().copy()
 
     def score_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """[B] users, [B, C] items -> [B, C] dot products."""

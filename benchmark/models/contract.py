@@ -218,6 +218,9 @@ def missing(model: Any, protocol: str, trains: bool = False) -> list[str]:
                 "answer_candidates(rows, row_ids, k, device) required by eval=candidates (it generates ranked "
                 "lists over the catalogue; use eval=full, or model=llm_rerank or a scoring model under eval=candidates)"
             )
+    allowed = getattr(model, "eval_protocols", None)  # a model that answers only some protocols
+    if allowed and protocol not in allowed:
+        out.append(f"support for eval={protocol} (it answers eval={' or eval='.join(allowed)} only)")
     if trains and not _has(model, Trainable):
         out.append(
             "loss(batch) required by training (model.train is set and the model has trainable parameters)"

@@ -34,9 +34,10 @@ from torch import nn
 
 from benchmark.data.histories import user_histories
 from benchmark.data.splits import Split
-from benchmark.errors import ConfigError
 from benchmark.data.views import RankingRows
+from benchmark.errors import ConfigError
 from benchmark.eval.grounding import Catalogue, named_candidate
+from benchmark.models.components.cf_features import run_dir_of
 from benchmark.models.components.llm import left_pad, load_causal_lm, shared_prefix_logprobs
 from benchmark.models.components.prompts import PromptTemplate, continuation_ids, item_texts
 from benchmark.models.tallrec import MACHINE_FACTS, as_template
@@ -50,17 +51,7 @@ def first_stage_dir(spec: str | Path) -> Path:
     """The first-stage run directory: a path, or a pattern (``*``, ``?``) in its last part that must
     match exactly one directory, so a sweep can name its own first stage without its config hash
     (``outputs/quickstart/runs/ml-100k-loo-full-sasrec-recbole-1ep-s0-*``)."""
-    path = Path(spec)
-    if not any(c in path.name for c in "*?"):
-        return path
-    found = sorted(p for p in path.parent.glob(path.name) if p.is_dir()) if path.parent.is_dir() else []
-    if len(found) != 1:
-        names = ", ".join(p.name for p in found[:3]) + (" ..." if len(found) > 3 else "")
-        raise ConfigError(
-            f"model.module.first_stage: {len(found)} run directories match {spec}"
-            + (f" ({names}); name one" if found else "; run the first stage before the rerank")
-        )
-    return found[0]
+    return run_dir_of(spec, "model.module.first_stage")
 
 
 # Candidate slots of a user that the first-stage run did not rank (e.g. it was scored on a subset

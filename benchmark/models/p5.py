@@ -501,10 +501,18 @@ class P5(nn.Module):
         return []
 
     def _rank(
-        self, rows: RankingRows, row_ids: np.ndarray, excluded: list[np.ndarray], k: int, device: torch.device | str
+        self,
+        rows: RankingRows,
+        row_ids: np.ndarray,
+        excluded: list[np.ndarray],
+        k: int,
+        device: torch.device | str,
+        prompts: list[str] | None = None,
     ) -> np.ndarray:
-        """Beam search for ``rows`` at ``row_ids`` with the items of ``excluded`` [B] blocked."""
-        prompts = [self._eval_prompt(int(u), rows.part) for u in rows.users[row_ids]]
+        """Beam search for ``rows`` at ``row_ids`` with the items of ``excluded`` [B] blocked
+        (``prompts``: one per row, default the row's evaluation prompt)."""
+        if prompts is None:
+            prompts = [self._eval_prompt(int(u), rows.part) for u in rows.users[row_ids]]
         out = np.full((len(row_ids), k), -1, dtype=np.int64)
         codes = np.full((len(row_ids), k), UNFILLED, dtype=np.int8)
         advance = within_chunk(len(row_ids))  # the evaluator's bar: rows/s and ETA

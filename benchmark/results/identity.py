@@ -24,6 +24,7 @@ NOT_RESULT_KEYS = (
     "reproduce",
     "ckpt_path",
     "skip_existing",
+    "save_item_embeddings",
 )
 
 

@@ -255,13 +255,23 @@ def read_predictions(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f]
 
 
-def write_run(runs_dir: Path, run_id: str, record: dict[str, Any], predictions: bytes) -> Path:
-    """Write record + predictions into ``runs_dir/run_id`` atomically (temp dir + rename).
+def write_run(
+    runs_dir: Path,
+    run_id: str,
+    record: dict[str, Any],
+    predictions: bytes,
+    extras: dict[str, bytes] | None = None,
+) -> Path:
+    """Write record + predictions (+ ``extras``: file name -> bytes, e.g. the item embeddings of
+    ``save_item_embeddings``) into ``runs_dir/run_id`` atomically (temp dir + rename).
 
     The record gets the predictions file's name and sha256, is reduced to plain JSON types and
     checked against the schema before anything is renamed into place; an existing run folder is
     replaced as a whole (:func:`benchmark.util.staged_dir`).
     """
+    for name in extras or {}:
+        if name in (PREDICTIONS, RECORD) or Path(name).name != name or name in ("", ".", ".."):
+            raise ValueError(f"write_run: extra file name {name!r} is not a plain new file name")
     record = dict(record)
     record["predictions"] = {"file": PREDICTIONS, "sha256": sha256_bytes(predictions)}
     record = json.loads(json.dumps(record, default=_json_default))  # plain JSON types
@@ -269,6 +279,8 @@ def write_run(runs_dir: Path, run_id: str, record: dict[str, Any], predictions: 
     final = Path(runs_dir) / run_id
     with staged_dir(final) as tmp:
         (tmp / PREDICTIONS).write_bytes(predictions)
+        for name, data in (extras or {}).items():
+            (tmp / name).write_bytes(data)
         (tmp / RECORD).write_text(json.dumps(record, indent=1, sort_keys=True, default=_json_default) + "\n")
     return final
 

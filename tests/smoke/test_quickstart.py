@@ -83,7 +83,7 @@ def test_the_rerank_row_reads_this_sweeps_bpr_run_and_no_other(quickstart):
 def test_first_stage_pattern_must_name_exactly_one_run(tmp_path):
     runs_dir = tmp_path / "runs"
     runs_dir.mkdir()
-    with pytest.raises(ConfigError, match="0 run directories match .*run the first stage"):
+    with pytest.raises(ConfigError, match="0 run directories match .*run the first stage first"):
         first_stage_dir(runs_dir / "a-sasrec-*")
     (runs_dir / "a-sasrec-1111").mkdir()
     assert first_stage_dir(runs_dir / "a-sasrec-*") == runs_dir / "a-sasrec-1111"

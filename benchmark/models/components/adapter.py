@@ -38,6 +38,9 @@ from benchmark.models.components.projector import (
 )
 
 MENTIONS = ("alongside", "instead")
+# Feature sources of an adapter: the feature store's encoded modalities, and ``cf`` (a first-stage
+# run's item embeddings, :mod:`benchmark.models.components.cf_features`).
+ADAPTER_MODALITIES = (*MODALITIES, "cf")
 
 
 @dataclass
@@ -75,10 +78,10 @@ class AdapterConfig:
 
     def __post_init__(self) -> None:
         self.modalities = list(self.modalities or [])
-        bad = [m for m in self.modalities if m not in MODALITIES]
+        bad = [m for m in self.modalities if m not in ADAPTER_MODALITIES]
         if bad:
             raise ConfigError(
-                f"adapter.modalities: unknown modality {bad[0]!r} (one of {', '.join(MODALITIES)})"
+                f"adapter.modalities: unknown modality {bad[0]!r} (one of {', '.join(ADAPTER_MODALITIES)})"
             )
         if len(set(self.modalities)) != len(self.modalities):
             raise ConfigError(f"adapter.modalities: each modality at most once, got {self.modalities}")
@@ -130,6 +133,8 @@ def adapter_label(node: Any) -> str:
         )
     elif target.endswith("HFTextEncoder"):
         parts.append("minilm" if enc.get("path") is None else Path(str(enc["path"])).name)
+    elif target.endswith("CFEncoder"):  # the first stage's name (adapter.encoder.label)
+        parts.append(str(enc.get("label") or "cf"))
     if cfg.k != 2:
         parts.append(f"k{cfg.k}")
     if cfg.mention != "alongside":
@@ -343,6 +348,10 @@ def _feature_tables(
     item_ids = [str(i) for i in split.item_ids]
     tables, images_facts = [], {}
     for m in cfg.modalities:
+        if m == "cf":
+            features, missing, facts = encoder.table(split)
+            tables.append(FeatureTable("cf", features, missing, facts))
+            continue
         if m == "text":
             texts = item_descriptions(data.items, data.item_fields, item_ids)
             tables.append(

@@ -4,7 +4,8 @@ A template set (``configs/p5_prompt/*.yaml``) holds several phrasings of the tas
 ``seen`` templates (used in training; one is drawn per training example) and ``unseen`` ones
 (never trained on; evaluation only, P5's zero-shot prompt test). ``eval`` names the template
 used for validation and test. Fields: ``{history}`` (the user's history as item ids, oldest
-first, joined with ``history_sep``; required) and ``{user}`` (the raw user id).
+first, joined with ``history_sep``; required), ``{user}`` (the raw user id) and ``{candidates}``
+(a candidate list, joined with ``history_sep``; for models that show one, e.g. ``model=llara``).
 
 Optional few-shot examples (``few_shot``) are train windows (a history and the item that came
 next) of other users, drawn once by seed, rendered with the same template and followed by their
@@ -25,7 +26,7 @@ from benchmark.config import to_object
 from benchmark.errors import ConfigError
 from benchmark.util import sha256_text
 
-FIELDS = {"history", "user"}
+FIELDS = {"history", "user", "candidates"}
 
 
 def _fields(text: str) -> set[str]:
@@ -119,6 +120,7 @@ class SeqPromptSet:
         history: Sequence[str],
         user: str,
         examples: Sequence[tuple[Sequence[str], str, str]] = (),
+        candidates: Sequence[str] | None = None,
     ) -> str:
         """The prompt text of one row.
 
@@ -127,18 +129,24 @@ class SeqPromptSet:
             history: the row's history item ids, oldest first.
             user: the raw user id.
             examples: few-shot (history ids, user, answer id) shown before the row.
+            candidates: the row's candidate list, for a template with ``{candidates}``.
         """
+        if "candidates" in _fields(template.text) and candidates is None:
+            raise ConfigError(f"p5 prompt {template.name!r}: {{candidates}} needs a candidate list (model=llara)")
         shots = "".join(
             self.example.format(prompt=self._body(template, h, u), answer=a) for h, u, a in examples
         )
-        return shots + self._body(template, history, user)
+        return shots + self._body(template, history, user, candidates)
 
-    def _body(self, template: SeqTemplate, history: Sequence[str], user: str) -> str:
-        return template.text.format(history=self.history_sep.join(history), user=user) + self.suffix
+    def _body(
+        self, template: SeqTemplate, history: Sequence[str], user: str, candidates: Sequence[str] | None = None
+    ) -> str:
+        cands = self.history_sep.join(candidates or ())
+        return template.text.format(history=self.history_sep.join(history), user=user, candidates=cands) + self.suffix
 
     def corpus(self) -> list[str]:
         """Every fixed text of the set (for building a from-scratch vocabulary)."""
-        return [t.text.format(history="", user="") for t in self.templates] + [
+        return [t.text.format(history="", user="", candidates="") for t in self.templates] + [
             self.history_sep,
             self.suffix,
             self.example.format(prompt="", answer=""),
