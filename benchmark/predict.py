@@ -103,7 +103,11 @@ def predict(
         out = np.concatenate(parts) if parts else np.zeros((0, ev.max_k), dtype=np.int64)
     extra = prediction_facts(model)
     if ev.protocol == "labeled":
-        return Predictions(rows, scores=out, probabilities=outputs_probabilities(model), extra=extra)
+        # a model may say per row how it scored it (model=tallrec_pool: group, template, every template's score)
+        facts = model.row_facts(rows) if callable(getattr(model, "row_facts", None)) else None
+        return Predictions(
+            rows, scores=out, probabilities=outputs_probabilities(model), extra=extra, row_facts=facts or None
+        )
     row_facts = model.answer_facts(rows) if ev.protocol == "candidates" and answers_candidates(model) else None
     return Predictions(rows, ranked=out, extra=extra, row_facts=row_facts or None)
 

@@ -298,7 +298,19 @@ def _evaluate(
     pred = predict(model, rows, job.ev, job.device, trainer_kwargs, progress, log=job.log)
     metrics, sizes, _ = evaluate(pred, job.ev.ks, split.n_items, facts=item_facts, protocol=job.ev.protocol)
     view = _candidates_view(job, model, split, rows, pred) if job.ev.also_candidates else None
+    pool = (pred.extra or {}).get("prompt_pool")
+    if pool and pool.get("compare") and pred.row_facts:  # the bandit against its baselines, same rows
+        facts = {**facts, "prompt_pool": pool_comparison(pred, pool)}
     return Evaluated(pred, metrics, sizes, facts, time.perf_counter() - t0, view, time.process_time() - c0)
+
+
+def pool_comparison(pred: Any, pool: dict[str, Any]) -> dict[str, Any] | None:
+    """The prompt pool's policies on the test rows, from the per-row facts the model returned."""
+    from benchmark.eval.pool import comparison_from_lines
+
+    lines = [{"label": int(y), "prompt": f} for y, f in zip(pred.rows.labels, pred.row_facts, strict=True)]
+    arm_ids = [t["id"] for t in pool["templates"]]
+    return comparison_from_lines(lines, arm_ids, pool["feedback"]["best_on_valid"], pool["seed"])
 
 
 def _candidates_view(job: _Job, model: torch.nn.Module, split: Split, rows: Any, pred: Any) -> dict[str, Any]:

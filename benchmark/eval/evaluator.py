@@ -24,7 +24,8 @@ class Predictions:
         probabilities: whether ``scores`` are calibrated probabilities (enables LogLoss).
         extra: model-specific rates recorded with the metrics (e.g. validity).
         row_facts: per row, what a generative model's candidate answer was (raw answer, candidate
-            order, named candidate, valid), written into its predictions line; None for others.
+            order, named candidate, valid), or how a labeled row was scored (``model=tallrec_pool``:
+            group, template, every template's score); written into its predictions line; None for others.
         view: the candidates view of a full run (``eval.also_candidates``): its rows (with the
             view's negatives) and each row's candidates best first, scored by
             :func:`evaluate_candidates`; None without one.

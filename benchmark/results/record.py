@@ -238,6 +238,8 @@ def prediction_lines(pred: Predictions, split: Split) -> list[dict[str, Any]]:
                     "score": float(pred.scores[r]),
                 }
             )
+            if pred.row_facts is not None:  # how the row was scored (model=tallrec_pool)
+                lines[-1]["prompt"] = pred.row_facts[r]
     return lines
 
 

@@ -372,7 +372,37 @@ def _check_protocol(
     if ev.also_candidates:
         pred.view = _check_view(record, lines, split, ev, rows)
     report.add("protocol", True)
+    if isinstance(rec_ev.get("prompt_pool"), dict):
+        _check_pool(report, record, lines)
     return pred
+
+
+def _check_pool(report: Report, record: dict[str, Any], lines: list[Any]) -> None:
+    """prompt_pool: each line's score is its chosen template's, and the policy comparison of the
+    record is recomputed from the lines (canonical labels: checked line by line before)."""
+    from benchmark.eval.pool import comparison_from_lines
+
+    pool = (record.get("model") or {}).get("prompt_pool")
+    try:
+        arm_ids = [str(t["id"]) for t in pool["templates"]]
+        best, seed = str(pool["feedback"]["best_on_valid"]), int(pool["seed"])
+    except (KeyError, TypeError, ValueError):
+        raise Rejected("prompt_pool", "record.model.prompt_pool lacks templates, feedback.best_on_valid or seed") from None
+    for n, ln in enumerate(lines):
+        facts = ln.get("prompt") if isinstance(ln, dict) else None
+        try:
+            mine = float(facts["scores"][arm_ids.index(facts["template"])])
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise Rejected("prompt_pool", f"predictions line {n + 1}: no chosen template with a score") from None
+        if abs(mine - float(ln["score"])) > 1e-6:
+            raise Rejected("prompt_pool", f"predictions line {n + 1}: score is not the chosen template's")
+    try:
+        again = comparison_from_lines(lines, arm_ids, best, seed)
+    except ValueError as e:
+        raise Rejected("prompt_pool", str(e)) from None
+    if again != record["eval"]["prompt_pool"]:
+        raise Rejected("prompt_pool", "the policy comparison does not recompute from the predictions")
+    report.add("prompt_pool", True)
 
 
 def _check_view(record: dict[str, Any], lines: list[Any], split: Any, ev: Any, rows: Any) -> Any:

@@ -213,3 +213,39 @@ def test_tallrec_tunes_lora_rank_and_lr_on_valid_auc(tiny_dir, tmp_path, lm_dir)
     best = max(trials, key=lambda t: t["value"])
     assert rec["config"]["model"]["module"]["lora"]["r"] == best["params"]["model.module.lora.r"]
     assert rec["config"]["tuning"]["search"] == "tallrec" and rec["model"]["llm"]["lora"]["r"] == best["params"]["model.module.lora.r"]
+
+
+def test_prompt_pool_run_validates_and_its_comparison_cannot_be_forged(tiny_dir, tmp_path, lm_dir):
+    from benchmark.results.submission import validate
+    from tests.smoke.test_submission import _copy, _rewrite_predictions
+
+    args = [
+        "model=tallrec_pool",
+        f"model.module.backbone={lm_dir}",
+        "model.module.feedback_rows=16",
+        "model.module.n_groups=2",
+        "split=random",
+        "eval=labeled",
+        *tiny_args(tiny_dir, tmp_path),
+    ]
+    llm4rec("run", *args)
+    (run_dir,) = runs(tmp_path)
+    rec = assert_metrics_recompute(run_dir)
+    assert rec["model"]["label"] == "tallrec-pool-thompson-activity2"
+    pool, comparison = rec["model"]["prompt_pool"], rec["eval"]["prompt_pool"]
+    assert [t["id"] for t in pool["templates"]] == ["tallrec", "role", "json", "terse"]
+    assert pool["feedback"]["part"] == "valid" and pool["feedback"]["rows"] == 16
+    assert sum(pool["test_choices"].values()) == rec["eval"]["rows"] == comparison["rows"]
+    assert set(comparison["single"]) == {"tallrec", "role", "json", "terse"}
+    assert validate(run_dir, data_path=tiny_dir).ok
+    # a line whose score is not its chosen template's, and a forged comparison, are verdicts
+    forged = _copy(run_dir, tmp_path / "forged")
+    _rewrite_predictions(forged, lambda lines: [{**ln, "prompt": {**ln["prompt"], "template": "role" if ln["prompt"]["template"] != "role" else "json"}} if i == 0 else ln for i, ln in enumerate(lines)])
+    report = validate(forged, data_path=tiny_dir)
+    assert not report.ok and report.checks[-1].name == "prompt_pool", report.summary()
+    from tests.smoke.test_submission import _edit_record
+
+    lied = _copy(run_dir, tmp_path / "lied")
+    _edit_record(lied, lambda r: r["eval"]["prompt_pool"].update(bandit=1.0))
+    report = validate(lied, data_path=tiny_dir)
+    assert not report.ok and report.checks[-1].name == "prompt_pool", report.summary()
