@@ -85,6 +85,8 @@ class TallRecPool(TallRec):
         self.arm_ids = list(templates)
         self._arms: list[dict[str, Any]] = []
         for tid, t in templates.items():
+            if t.chain_of_thought:
+                raise ConfigError(f"model.module.pool.{tid}: chain-of-thought templates are not pooled")
             need = {"liked", "disliked", "target"}
             if not need <= t.fields:
                 raise ConfigError(f"model.module.pool.{tid}: a yes/no prompt needs the fields {sorted(need)}")

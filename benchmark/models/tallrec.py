@@ -270,7 +270,15 @@ class TallRec(nn.Module):
             self._render(train_hist[0], train_likes[0], int(self._train[0][0])) if len(split.train) else ""
         )
         first = self._expand(first)
+        if self.template.chain_of_thought:
+            if self.icl_shots or self.adapter is not None:
+                raise ConfigError(
+                    f"prompt {self.template.name}: a chain-of-thought template runs without in-context "
+                    "examples and without an item adapter (icl_shots=0, adapter=none)"
+                )
+            first += self.template.answer_cue  # the answer follows the reasoning and the cue
         self.answer_ids = answer_token_ids(self.tokenizer, first, self.template.answers)  # [yes, no]
+        self._reasoning: dict[tuple[int, int], str] = {}  # chain of thought: per scored pair
         test = split.test
         self.example_prompt = (
             self._expand(self._prompt(int(test["user"].iloc[0]), int(test["item"].iloc[0])))
@@ -463,6 +471,9 @@ class TallRec(nn.Module):
         Prompts are batched by token length (``score_batch_size`` per forward pass); with a
         ``scorer`` set (``precision=gguf``) the same token ids go to llama.cpp instead.
         """
+        if self.template.chain_of_thought:  # reason first, then score the answer after the cue
+            self.last_reasoning = self._reason(prompts)
+            prompts = [p + r + self.template.answer_cue for p, r in zip(prompts, self.last_reasoning, strict=True)]
         seqs, mentions = self._tokenize(prompts)
         lengths = [len(s) for s in seqs]
         if lengths:
@@ -485,6 +496,53 @@ class TallRec(nn.Module):
             out[torch.as_tensor(idx)] = pair.softmax(dim=-1)[:, 0].cpu()
             advance(len(idx))
         return out
+
+    @torch.no_grad()
+    def _reason(self, prompts: list[str]) -> list[str]:
+        """Chain of thought: each prompt's greedy continuation (at most ``reasoning_tokens``), cut
+        where the model writes the answer cue itself; batched by length, left-padded."""
+        from transformers import GenerationConfig
+
+        if self.scorer is not None:
+            raise ConfigError(
+                f"prompt {self.template.name}: chain of thought generates with the torch backbone; "
+                "this precision option only scores (use fp32, bf16 or int8)"
+            )
+        seqs = self._tokens(prompts)
+        out = [""] * len(seqs)
+        pad = self.tokenizer.pad_token_id
+        cfg = GenerationConfig(
+            max_new_tokens=self.template.reasoning_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+        order = np.argsort([len(s) for s in seqs], kind="stable")
+        was_training = self.lm.training
+        self.lm.eval()
+        try:
+            for start in range(0, len(order), self.score_batch_size):
+                idx = order[start : start + self.score_batch_size]
+                batch = left_pad([seqs[i] for i in idx], pad)
+                device = next(self.lm.parameters()).device
+                gen = self.lm.generate(
+                    input_ids=batch["input_ids"].to(device),
+                    attention_mask=batch["attention_mask"].to(device),
+                    generation_config=cfg,
+                )
+                new = gen[:, batch["input_ids"].shape[1] :].cpu()
+                for r, i in enumerate(idx):
+                    text = self.tokenizer.decode(new[r], skip_special_tokens=True)
+                    out[i] = self.template.cut_reasoning(text)
+        finally:
+            self.lm.train(was_training)
+        return out
+
+    def row_facts(self, rows: Any) -> list[dict[str, Any]] | None:
+        """Chain of thought: each labeled row's reasoning (kept in its predictions line); None otherwise."""
+        if not self.template.chain_of_thought:
+            return None
+        return [{"reasoning": self._reasoning.get((int(u), int(i)), "")} for u, i in zip(rows.users, rows.items, strict=True)]
 
     @contextmanager
     def _eval_stats_kept(self) -> Iterator[None]:
@@ -512,12 +570,11 @@ class TallRec(nn.Module):
     def score_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """[B] users, [B, C] items -> [B, C] P("Yes") of each pair's prompt."""
         b, c = items.shape
-        prompts = [
-            self._prompt(int(u), int(i))
-            for u, row in zip(users.tolist(), items.tolist(), strict=True)
-            for i in row
-        ]
-        return self.p_yes(prompts).view(b, c).to(users.device)
+        pairs = [(int(u), int(i)) for u, row in zip(users.tolist(), items.tolist(), strict=True) for i in row]
+        p = self.p_yes([self._prompt(u, i) for u, i in pairs])
+        if self.template.chain_of_thought:
+            self._reasoning.update(zip(pairs, self.last_reasoning, strict=True))
+        return p.view(b, c).to(users.device)
 
     def score(self, users: torch.Tensor) -> torch.Tensor:
         raise ConfigError(

@@ -249,3 +249,26 @@ def test_prompt_pool_run_validates_and_its_comparison_cannot_be_forged(tiny_dir,
     _edit_record(lied, lambda r: r["eval"]["prompt_pool"].update(bandit=1.0))
     report = validate(lied, data_path=tiny_dir)
     assert not report.ok and report.checks[-1].name == "prompt_pool", report.summary()
+
+
+def test_chain_of_thought_run_keeps_each_rows_reasoning_and_validates(tiny_dir, tmp_path, lm_dir):
+    from benchmark.results.submission import validate
+    from tests.smoke.test_submission import _lines
+
+    args = [
+        "model=tallrec_zeroshot",
+        f"model.module.backbone={lm_dir}",
+        "prompt@model.prompt=tallrec_cot",
+        "model.prompt.reasoning_tokens=8",
+        "split=random",
+        "eval=labeled",
+        *tiny_args(tiny_dir, tmp_path),
+    ]
+    llm4rec("run", *args)
+    (run_dir,) = runs(tmp_path)
+    rec = assert_metrics_recompute(run_dir)
+    assert rec["model"]["llm"]["prompt"]["chain_of_thought"] == {"answer_cue": "\nAnswer: ", "reasoning_tokens": 8}
+    lines = _lines(run_dir)
+    assert all(isinstance(ln["prompt"]["reasoning"], str) for ln in lines)
+    assert any(ln["prompt"]["reasoning"] for ln in lines)
+    assert validate(run_dir, data_path=tiny_dir).ok

@@ -243,6 +243,51 @@ def test_score_is_the_yes_no_softmax_at_the_answer_position(tiny_split, tiny_dat
     assert m.outputs_probabilities
 
 
+def test_chain_of_thought_scores_the_answer_after_the_reasoning_and_the_cue(tiny_split, tiny_data, tiny_lm):
+    cot = load_prompt("tallrec_cot")
+    m = tallrec(tiny_split, tiny_data, tiny_lm, prompt=cot, lora=None).eval()
+    test = tiny_split.test
+    pairs = [(int(u), int(i)) for u, i in zip(test["user"][:3], test["item"][:3], strict=True)]
+    got = m.score_pairs(torch.tensor([u for u, _ in pairs]), torch.tensor([[i] for _, i in pairs]))
+    yes, no = m.answer_ids
+    for k, (u, i) in enumerate(pairs):
+        prompt = m._prompt(u, i)
+        assert prompt.endswith("Reasoning:")
+        ids = torch.as_tensor([m.tokenizer(prompt)["input_ids"]])
+        with torch.no_grad():  # the greedy reasoning, written by hand
+            gen = m.lm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=cot.reasoning_tokens, do_sample=False, pad_token_id=m.tokenizer.pad_token_id)
+        reasoning = cot.cut_reasoning(m.tokenizer.decode(gen[0, ids.shape[1] :], skip_special_tokens=True))
+        assert m._reasoning[(u, i)] == reasoning
+        full = torch.as_tensor([m.tokenizer(prompt + reasoning + cot.answer_cue)["input_ids"]])
+        with torch.no_grad():
+            logits = m.lm(input_ids=full).logits[0, -1]
+        manual = torch.softmax(torch.stack([logits[yes], logits[no]]), dim=0)[0]
+        assert got[k, 0].item() == pytest.approx(manual.item(), abs=1e-5)
+    from benchmark.data.views import labeled_rows
+
+    rows = labeled_rows(tiny_split, "test", 4.0)
+    facts = m.row_facts(rows)
+    assert len(facts) == len(rows) and facts[0]["reasoning"] == m._reasoning[pairs[0]]
+    assert m.prediction_facts()["llm"]["prompt"]["chain_of_thought"]["reasoning_tokens"] == 48
+    assert tallrec(tiny_split, tiny_data, tiny_lm).row_facts(rows) is None  # no reasoning, no facts
+
+
+def test_reasoning_is_cut_at_the_models_own_cue_and_cot_refusals():
+    cot = load_prompt("tallrec_cot")
+    assert cot.cut_reasoning(" He likes thrillers.\nAnswer: Yes. More") == " He likes thrillers."
+    assert cot.cut_reasoning(" no cue here  ") == " no cue here"
+    with pytest.raises(ConfigError, match="reasoning_tokens must be 1..512"):
+        PromptTemplate(**{**{k: getattr(cot, k) for k in ("name", "instruction", "input", "layout")}, "answer_cue": "A:", "reasoning_tokens": 0})
+    with pytest.raises(ConfigError, match="answer_cue must be a non-empty text"):
+        PromptTemplate(name="x", instruction="i", input="{target}", answer_cue="  ")
+
+
+def test_templates_without_chain_of_thought_hash_as_recorded():
+    run = next(iter(sorted((REPO / "results" / "runs").glob("*tallrec-64shot-s1-*"))))
+    recorded = json.loads((run / "record.json").read_text())["model"]["llm"]["prompt"]
+    assert load_prompt("tallrec").describe()["sha256"] == recorded["sha256"]
+
+
 def test_left_padding_scores_like_single_rows(tiny_split, tiny_data, tiny_lm):
     m = tallrec(tiny_split, tiny_data, tiny_lm, score_batch_size=8, history=14).eval()
     users = torch.arange(tiny_split.n_users)  # users with different numbers of train items

@@ -50,6 +50,10 @@ class PromptTemplate:
         chat: wrap the layout as a user message with the tokenizer's chat template.
         system: optional system message (chat only).
         example_sep: separator between in-context examples (non-chat).
+        answer_cue: chain of thought: when set, the model first writes a reasoning after the
+            prompt (greedy, at most ``reasoning_tokens`` tokens, cut where it writes the cue
+            itself), then ``answer_cue`` is appended and the answer is scored after it.
+        reasoning_tokens: longest reasoning in tokens (chain of thought only).
     """
 
     name: str
@@ -64,9 +68,15 @@ class PromptTemplate:
     chat: bool = False
     system: str | None = None
     example_sep: str = "\n\n"
+    answer_cue: str | None = None
+    reasoning_tokens: int = 48
 
     def __post_init__(self) -> None:
         self.answers = list(self.answers)
+        if self.answer_cue is not None and (not str(self.answer_cue).strip() or self.chat):
+            raise ConfigError(f"prompt {self.name}: answer_cue must be a non-empty text, on a non-chat layout")
+        if isinstance(self.reasoning_tokens, bool) or not isinstance(self.reasoning_tokens, int) or not 1 <= self.reasoning_tokens <= 512:
+            raise ConfigError(f"prompt {self.name}: reasoning_tokens must be 1..512, got {self.reasoning_tokens!r}")
         if not self.name:
             raise ConfigError("prompt.name: must not be empty")
         got = placeholders(self.layout)
@@ -132,10 +142,30 @@ class PromptTemplate:
         shots = [self._user_text(f) + a + self.example_sep for f, a in examples]
         return "".join(shots) + self._user_text(fields)
 
+    @property
+    def chain_of_thought(self) -> bool:
+        """Whether the model reasons before it answers (``answer_cue`` set)."""
+        return self.answer_cue is not None
+
+    def cut_reasoning(self, text: str) -> str:
+        """A generated reasoning up to where the model starts its own answer cue (or the end)."""
+        cue = str(self.answer_cue or "").strip()
+        if cue and cue in text:
+            text = text[: text.index(cue)]
+        return text.rstrip()
+
     def describe(self) -> dict[str, Any]:
-        """Name and sha256 of the template (its canonical JSON), for the run record."""
-        body = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
-        return {"name": self.name, "sha256": sha256_text(body), "chat": self.chat}
+        """Name and sha256 of the template (its canonical JSON), for the run record. Templates
+        without chain of thought hash as before the option existed."""
+        body_obj = asdict(self)
+        if self.answer_cue is None:
+            body_obj.pop("answer_cue")
+            body_obj.pop("reasoning_tokens")
+        body = json.dumps(body_obj, sort_keys=True, separators=(",", ":"))
+        out = {"name": self.name, "sha256": sha256_text(body), "chat": self.chat}
+        if self.chain_of_thought:
+            out["chain_of_thought"] = {"answer_cue": self.answer_cue, "reasoning_tokens": self.reasoning_tokens}
+        return out
 
 
 def item_texts(items: Any, item_fields: Mapping[str, str], item_ids: Sequence[str], fmt: str) -> list[str]:
