@@ -288,4 +288,8 @@ def check_config(cfg: Any, read_data: bool = True) -> None:
         from benchmark.align.stage import check_align
 
         check_align(cfg)
+    if cfg.get("describe") is not None:  # generated item descriptions: fields of the prompt, sizes
+        from benchmark.models.components.describe import DescribeConfig
+
+        to_object(cfg.describe, DescribeConfig, "describe")
     check_values(cfg, read_data=read_data)

@@ -101,6 +101,13 @@ def _run(cfg: DictConfig, log: RunLog, version: str) -> dict[str, Any]:
     resume = resume_checkpoint(cfg, job.outputs / "checkpoints" / run_id)
 
     data_cfg, data, split = _load(cfg)
+    described = None
+    if cfg.get("describe") is not None:  # generated item descriptions join the item side table
+        from benchmark.models.components.describe import add_descriptions
+        from benchmark.models.components.llm import default_cache_dir
+
+        root = Path(cfg.describe.cache_dir) if cfg.describe.get("cache_dir") else default_cache_dir()
+        data, described = add_descriptions(cfg.describe, data, [str(i) for i in split.item_ids], root)
     model, params, trains = _build(job, split, data)
     logger = make_logger(cfg, run_id, version)
     trainer_kwargs = trainer_arguments(cfg)
@@ -122,6 +129,8 @@ def _run(cfg: DictConfig, log: RunLog, version: str) -> dict[str, Any]:
     labels = {"device": job.device.type, "processes": world_size(trainer_kwargs)}
     record = build_record(cfg, data, data_cfg.source, split, job.ev, evaluated, params, training, labels)
     record["audit"] = record_summary(split, getattr(model, "index", None))  # checked by validate
+    if described is not None:
+        record["model"]["item_descriptions"] = described
     if not is_global_zero():  # other processes of a distributed run write nothing
         return record
     _write(job, record, evaluated, split, logger, model)

@@ -68,6 +68,8 @@ def result_config(cfg: DictConfig) -> dict[str, Any]:
         c["adapter"] = {k: v for k, v in c["adapter"].items() if k != "cache_dir"}
         if isinstance(c["adapter"].get("encoder"), dict):
             c["adapter"]["encoder"] = {k: v for k, v in c["adapter"]["encoder"].items() if k != "cache_dir"}
+    if isinstance(c.get("describe"), dict):  # where descriptions are cached does not change them
+        c["describe"] = {k: v for k, v in c["describe"].items() if k != "cache_dir"}
     if isinstance(c.get("trainer"), dict):
         c["trainer"] = {k: v for k, v in c["trainer"].items() if k not in ("enable_progress_bar",)}
     return c
@@ -103,6 +105,8 @@ def model_label(cfg: DictConfig) -> str:
     aligned = f"+{cfg.align.method}" if cfg.get("align") is not None else ""
     # A backbone precision (``precision=<option>``) ends it with ``@<option>``, e.g. ``tallrec-64shot@int8``.
     aligned += f"@{cfg.precision.name}" if cfg.get("precision") is not None else ""
+    # Generated item descriptions (``describe=<generator>``) add ``+desc-<generator>``.
+    aligned += f"+desc-{cfg.describe.name}" if cfg.get("describe") is not None else ""
     if not adapter_on(cfg.get("adapter")):
         return label + aligned
     from benchmark.models.components.adapter import adapter_label

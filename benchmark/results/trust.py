@@ -29,13 +29,13 @@ SPECIAL_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
 # Top-level keys the reproducer sets itself (never taken from the record).
 OWN_KEYS = ("paths", "logger", "hydra", "reuse_trained", "skip_existing", "ckpt_path", "reproduce", "run_name")
 # Leaf keys that name files or folders: a recorded value must be relative and stay inside the cwd.
-PATH_KEY = re.compile(r"^(path|raw_dir|first_stage|parent|load_weights|text_encoder|backbone|pretrained|image_root|.*_(path|dir|file|root))$")
+PATH_KEY = re.compile(r"^(path|raw_dir|first_stage|parent|load_weights|text_encoder|backbone|generator|run|pretrained|image_root|.*_(path|dir|file|root))$")
 # Config groups whose option is inferred from the record (others keep the project default).
-GROUPS = ("data", "split", "eval", "slices", "model", "adapter", "trainer", "precision")
+GROUPS = ("data", "split", "eval", "slices", "model", "adapter", "trainer", "precision", "describe")
 MAX_DEPTH = 32
 # Leaves that identify a config-group option: an option whose value differs is not the recorded one
 # (a dataset's name is not one: data=atomic takes any name).
-IDENTITY_KEYS = {"data": ("source",), "split": ("protocol",), "eval": ("protocol",), "model": ("name", "_target_"), "adapter": ("name", "_target_"), "precision": ("name",)}
+IDENTITY_KEYS = {"data": ("source",), "split": ("protocol",), "eval": ("protocol",), "model": ("name", "_target_"), "adapter": ("name", "_target_"), "precision": ("name",), "describe": ("name",)}
 
 
 def _walk(node: Any, path: str = "", depth: int = 0) -> Iterator[tuple[str, str, Any]]:

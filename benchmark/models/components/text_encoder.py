@@ -44,7 +44,8 @@ def default_encoder_path() -> Path:
 
 
 def item_descriptions(items: Any, item_fields: Mapping[str, str], item_ids: Sequence[str]) -> list[str]:
-    """One text per item index: ``Title (Year); Genres`` from the item side table.
+    """One text per item index: ``Title (Year); Genres`` from the item side table (followed by
+    ``. Description`` when the table has a generated ``description`` role, ``describe=``).
 
     Args:
         items: ``Interactions.items`` (indexed by raw item id; may lack items or be empty).
@@ -58,7 +59,7 @@ def item_descriptions(items: Any, item_fields: Mapping[str, str], item_ids: Sequ
     roles = dict(item_fields)
     if "title" not in roles and "title" in getattr(items, "columns", ()):
         roles["title"] = "title"
-    cols = {r: items[c] for r, c in roles.items() if r in ("title", "year", "genres") and c in items.columns}
+    cols = {r: items[c] for r, c in roles.items() if r in ("title", "year", "genres", "description") and c in items.columns}
     out = []
     for raw in item_ids:
         vals = {}
@@ -70,6 +71,8 @@ def item_descriptions(items: Any, item_fields: Mapping[str, str], item_ids: Sequ
             text += f" ({vals['year']})"
         if vals.get("genres"):
             text += f"; {vals['genres']}"
+        if vals.get("description"):  # describe=<generator>: a generated description follows
+            text += f". {vals['description']}"
         out.append(text)
     return out
 
