@@ -27,7 +27,7 @@ valid rows, with candidates drawn once by seed from items outside the user's tra
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -43,23 +43,14 @@ MODES = ("text", "hybrid", "curriculum")
 
 
 class CandidateWindowStream(WindowStream):
-    """P5's windows, with the epoch and the batch's position in it passed to ``collate`` (for the
-    per-epoch negatives and the curriculum's schedule); the order is :class:`WindowStream`'s."""
+    """P5's windows (same order), with the epoch and the batch's position in it passed to
+    ``collate`` (for the per-epoch negatives and the curriculum's schedule)."""
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        g = np.random.default_rng([int(self.seed) % (2**63), 4_243, self.epoch])
-        order = g.permutation(len(self.users))
-        templates = g.integers(self.n_templates, size=len(self.users))
-        if self.sample is not None:
-            order = order[: self.sample]
-        n_batches = max(1, -(-len(order) // self.batch_size))
-        for b, start in enumerate(range(0, len(order), self.batch_size)):
-            idx = order[start : start + self.batch_size]
-            if len(idx) < self.world:
-                continue
-            idx = idx[self.rank :: self.world]
-            progress = self.epoch + b / n_batches  # epochs done when this batch starts
-            yield self.collate(self.users[idx], self.ends[idx], templates[idx], self.epoch, b, progress)
+    def batch(
+        self, users: np.ndarray, ends: np.ndarray, templates: np.ndarray, b: int, n_batches: int
+    ) -> dict[str, torch.Tensor]:
+        progress = self.epoch + b / n_batches  # epochs done when this batch starts
+        return self.collate(users, ends, templates, self.epoch, b, progress)
 
 
 class LLaRA(P5):

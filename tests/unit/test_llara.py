@@ -314,3 +314,17 @@ def test_bad_settings_are_one_line_errors(films, lm):
     data, split = films
     with pytest.raises(ConfigError, match="title"):
         LLaRA(split, data, mode="text", backbone=str(lm), indexing={"scheme": "sequential"}, prompts=prompts(), lora=LORA)
+
+
+def test_candidate_stream_passes_the_epoch_progress_and_keeps_p5s_order():
+    from benchmark.models.components.windows import WindowStream
+    from benchmark.models.llara import CandidateWindowStream
+
+    users, ends = np.arange(10), np.ones(10, int)
+    seen, plain = [], []
+    stream = CandidateWindowStream(users, ends, 2, lambda u, e, t, ep, b, p: seen.append((u.tolist(), ep, b, p)), 4, 7)
+    base = WindowStream(users, ends, 2, lambda u, e, t: plain.append(u.tolist()), 4, 7)
+    stream.epoch = base.epoch = 1
+    list(stream), list(base)
+    assert [s[0] for s in seen] == plain  # the same windows in the same order
+    assert [(ep, b, p) for _, ep, b, p in seen] == [(1, 0, 1.0), (1, 1, 1 + 1 / 3), (1, 2, 1 + 2 / 3)]

@@ -71,9 +71,16 @@ class WindowStream(IterableDataset):
         templates = g.integers(self.n_templates, size=len(self.users))
         if self.sample is not None:
             order = order[: self.sample]
-        for start in range(0, len(order), self.batch_size):
+        n_batches = max(1, -(-len(order) // self.batch_size))
+        for b, start in enumerate(range(0, len(order), self.batch_size)):
             idx = order[start : start + self.batch_size]
             if len(idx) < self.world:
                 continue
             idx = idx[self.rank :: self.world]
-            yield self.collate(self.users[idx], self.ends[idx], templates[idx])
+            yield self.batch(self.users[idx], self.ends[idx], templates[idx], b, n_batches)
+
+    def batch(
+        self, users: np.ndarray, ends: np.ndarray, templates: np.ndarray, b: int, n_batches: int
+    ) -> dict[str, torch.Tensor]:
+        """The ``b``-th of ``n_batches`` batches of this epoch (a subclass may pass more to ``collate``)."""
+        return self.collate(users, ends, templates)
