@@ -47,6 +47,7 @@ from benchmark.results.record import RECORD
 from benchmark.results.schema import schema_errors
 from benchmark.results.tables import (
     BEYOND,
+    FULL_COLUMNS,
     HEADLINE,
     SIGNIFICANCE_METRIC,
     SLICES,
@@ -537,7 +538,24 @@ def aggregate(runs: list[tuple[dict[str, Any], Path]], warn: Warn | None = None)
     rows.sort(key=lambda r: (r["dataset"], r["split"], r["eval"], natural_key(r["model"])))
     _significance(rows)
     _versus_parents(rows)
+    _link_full_rows(rows)
     return rows
+
+
+def _link_full_rows(rows: list[dict[str, Any]]) -> None:
+    """A candidates row gets the full-ranking metrics (``full_ranking``) of the one ``eval=full`` row
+    with the same dataset, split fingerprint and model label: the same model under the other
+    protocol, shown beside it (empty when there is none, or more than one)."""
+    full: dict[tuple, list] = defaultdict(list)
+    for r in rows:
+        if r["eval"] == "full":
+            full[(r["dataset"], r["split_fingerprint"], r["model"])].append(r)
+    for r in rows:
+        if kind_of(r["eval"]) != "candidates":
+            continue
+        match = full.get((r["dataset"], r["split_fingerprint"], r["model"]), [])
+        metrics = match[0]["metrics"] if len(match) == 1 else {}
+        r["full_ranking"] = {f"test/{m}": metrics[f"test/{m}"] for m in FULL_COLUMNS if f"test/{m}" in metrics}
 
 
 def _parent_id(rec: dict[str, Any]) -> str | None:
@@ -653,11 +671,18 @@ def table_columns(trs: list[dict[str, Any]]) -> list[str]:
     return cols
 
 
-def view_columns(trs: list[dict[str, Any]]) -> list[str]:
-    """The candidates-view columns of a full-ranking table where some row has that view."""
-    if kind_of(trs[0]["eval"]) != "ranking":
-        return []
-    return [f"test/{m}" for m in VIEW_COLUMNS if any(f"test/{m}" in (r.get("candidates_view") or {}) for r in trs)]
+def view_columns(trs: list[dict[str, Any]]) -> tuple[str, list[str], str]:
+    """The other protocol's columns of a table where some row has them: (row key, columns, header
+    prefix). A full-ranking table shows its rows' candidates view (``eval.also_candidates``), a
+    candidates table the same models' full-ranking rows."""
+    kind = kind_of(trs[0]["eval"])
+    if kind == "ranking":
+        key, names, prefix = "candidates_view", VIEW_COLUMNS, "candidates view: "
+    elif kind == "candidates":
+        key, names, prefix = "full_ranking", FULL_COLUMNS, "full ranking: "
+    else:
+        return "", [], ""
+    return key, [f"test/{m}" for m in names if any(f"test/{m}" in (r.get(key) or {}) for r in trs)], prefix
 
 
 def beyond_columns(trs: list[dict[str, Any]]) -> list[str]:
@@ -690,14 +715,19 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     for key, trs in tables(rows).items():
         cols = table_columns(trs)
         best = best_values(trs, cols)
-        view = view_columns(trs)
+        vkey, view, prefix = view_columns(trs)
         out.append(f"### {_md_cell(table_title(key, trs[0]['setting']))}\n")
-        if view:
+        if view and vkey == "candidates_view":
             out.append(
                 "Columns `candidates view: …` rank each row's target among fixed negatives with the same "
                 "scores (eval.also_candidates): a candidate list, not comparable with the full-ranking columns.\n"
             )
-        heads = [c.removeprefix("test/") for c in cols] + [f"candidates view: {c.removeprefix('test/')}" for c in view]
+        elif view:
+            out.append(
+                "Columns `full ranking: …` are the same model's eval=full row (same split, same label): "
+                "the whole catalogue ranked, not comparable with the candidate-list columns.\n"
+            )
+        heads = [c.removeprefix("test/") for c in cols] + [f"{prefix}{c.removeprefix('test/')}" for c in view]
         out.append("| model | seeds | device | " + " | ".join(heads) + " | sig. | train s |")
         out.append("|---|---|---|" + "---|" * len(heads) + "---|---|")
         for r in trs:
@@ -707,7 +737,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                 if c in r["metrics"] and len(trs) > 1 and math.isclose(r["metrics"][c][0], best[c]):
                     s = f"**{s}**"
                 cells.append(s)
-            cells += [fmt((r.get("candidates_view") or {}).get(c)) for c in view]
+            cells += [fmt((r.get(vkey) or {}).get(c)) for c in view]
             sig = "base" if r["sig_vs"] == "(best baseline)" else (r["sig"] or ("n.s." if r["sig_vs"] else ""))
             if r.get("vs_parent"):
                 sig += f"; vs SFT {r['vs_parent']}"
@@ -756,14 +786,17 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     metrics = sorted({m for r in rows for m in r["metrics"]})
     # A full run's candidates view (eval.also_candidates): its own columns, ``candidates_view:<metric>``.
     views = sorted({m for r in rows for m in r.get("candidates_view") or {}})
+    # A candidates row's own model under eval=full: ``full_ranking:<metric>``.
+    fulls = sorted({m for r in rows for m in r.get("full_ranking") or {}})
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    names = metrics + [f"candidates_view:{m}" for m in views]
+    names = metrics + [f"candidates_view:{m}" for m in views] + [f"full_ranking:{m}" for m in fulls]
     w.writerow(CSV_HEAD + [c for m in names for c in (m, f"{m}_std")])
     for r in rows:
         vals = []
         cells = [r["metrics"].get(m, (None, None)) for m in metrics]
         cells += [(r.get("candidates_view") or {}).get(m, (None, None)) for m in views]
+        cells += [(r.get("full_ranking") or {}).get(m, (None, None)) for m in fulls]
         for mean, std in cells:
             # Full precision (shortest round-trip repr): a reader rounding to 4 decimals rounds once.
             vals += ["" if mean is None else repr(float(mean)), "" if std is None else repr(float(std))]

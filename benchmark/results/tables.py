@@ -18,6 +18,8 @@ HEADLINE = {
 SIGNIFICANCE_METRIC = {"ranking": "ndcg@10", "labeled": "auc", "candidates": "ndcg@10"}
 # The candidates view of full runs (eval.also_candidates) shown beside their full-ranking columns.
 VIEW_COLUMNS = ["hit@1", "ndcg@10"]
+# The same model's eval=full row (same dataset, split and label), shown beside a candidates row.
+FULL_COLUMNS = ["hr@10", "ndcg@10"]
 # Beyond-accuracy columns of ranking tables (benchmark.eval.beyond), shown when some row has them.
 BEYOND = ["ild@10", "ildgenre@10", "novelty@10", "arp@10", "longtail@10", "gini@10", "calib@10"]
 SLICES = ("cold_user", "cold_item", "strict_cold_item")

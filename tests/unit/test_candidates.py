@@ -239,6 +239,11 @@ def test_leaderboard_keeps_candidate_rows_apart_and_shows_a_full_runs_view_besid
     assert "not comparable with full ranking" in cand_table
     assert "| hit@1 | hit@5 | hit@10 | ndcg@5 | ndcg@10 | valid_ratio |" in cand_table
     assert "bpr" not in cand_table and "pop" in cand_table
+    # the same model's eval=full row beside its candidates row (same split, same label)
+    assert by[("pop", "full")]["test/ndcg@10"] != ""
+    assert by[("pop", "candidates")]["full_ranking:test/ndcg@10"] == by[("pop", "full")]["test/ndcg@10"]
+    assert "full ranking: ndcg@10" in cand_table and "same model's eval=full row" in cand_table
+    assert "full ranking" not in full_table
 
 
 # ----------------------------------------------------------------------------- generative answers
