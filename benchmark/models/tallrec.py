@@ -61,7 +61,10 @@ from benchmark.models.components.prompts import PromptTemplate, answer_token_ids
 from benchmark.progress import within_chunk
 
 SHOT_CHOICES = "a positive integer or 'all'"
-HISTORY_SELECT = ("recent", "relevant")  # which history items a prompt keeps first (history_select)
+HISTORY_SELECT = ("recent", "relevant", "summary")  # which history items a prompt keeps (history_select)
+SUMMARY_PROMPT = (
+    "Summarize in one sentence the taste of a movie viewer.\nLiked: {liked}\nDisliked: {disliked}\nSummary:"
+)
 MACHINE_FACTS = ("load_seconds", "dequantize_seconds", "cache")  # differ between machines: not recorded
 
 
@@ -211,6 +214,8 @@ class TallRec(nn.Module):
         icl_select: str = "random",
         history_select: str = "recent",
         history_budget: int | None = None,
+        summary_tokens: int = 32,
+        summary_prompt: str = SUMMARY_PROMPT,
     ) -> None:
         super().__init__()
         check_strategy(icl_select)
@@ -224,6 +229,14 @@ class TallRec(nn.Module):
         ):
             raise ConfigError(f"model.module.history_budget: a prompt length in tokens >= 8, got {history_budget!r}")
         self.history_select, self.history_budget = history_select, history_budget
+        if isinstance(summary_tokens, bool) or not isinstance(summary_tokens, int) or not 1 <= summary_tokens <= 256:
+            raise ConfigError(f"model.module.summary_tokens: an integer in 1..256, got {summary_tokens!r}")
+        if {n for _, n, _, _ in __import__("string").Formatter().parse(summary_prompt) if n} != {"liked", "disliked"}:
+            raise ConfigError("model.module.summary_prompt: must use exactly {liked} and {disliked}")
+        self.summary_tokens, self.summary_prompt = summary_tokens, summary_prompt
+        self._summaries: dict[str, str] = {}  # history summaries of this run, by content key
+        self._summary_stats = [0, 0, 0]  # summaries asked, generated, read from the disk cache
+        self._summary_text: str | None = None  # the summary of the prompt being rendered
         self._history_stats = [0, 0, 0, 0]  # rendered rows, history items offered, items kept, rows over budget
         if prompt is None:
             raise ConfigError("model.module.prompt: a prompt template is required (configs/prompt)")
@@ -232,6 +245,11 @@ class TallRec(nn.Module):
         need = {"liked", "disliked", "target"}
         if not need <= self.template.fields:
             raise ConfigError(f"prompt {self.template.name}: a yes/no prompt needs the fields {sorted(need)}")
+        if history_select == "summary" and (history_budget is None or "summary" not in self.template.fields):
+            raise ConfigError(
+                "model.module.history_select=summary: needs model.module.history_budget and a template with "
+                "a {summary} field (prompt@model.prompt=tallrec_summary)"
+            )
         self.seed = int(torch.initial_seed() if seed is None else seed) % (2**63)
         self.shots, self.icl_shots = o.shots, o.icl_shots
         self.history, self.like_threshold = o.history, o.like_threshold
@@ -287,6 +305,7 @@ class TallRec(nn.Module):
         )
         self.truncated = 0
         self._history_stats = [0, 0, 0, 0]  # the example prompt above is not an evaluated row
+        self._summary_stats = [0, 0, 0]
         self.lm.train()  # from_pretrained returns eval mode; Lightning keeps modes as they are
         track_trainable_state(self)
 
@@ -334,11 +353,68 @@ class TallRec(nn.Module):
 
     def _fields(self, hist: Sequence[int], likes: Sequence[int], target: int) -> dict[str, str]:
         t = self.template
-        return {
+        out = {
             "liked": t.items([self._item_text(i) for i, lk in zip(hist, likes, strict=True) if lk]),
             "disliked": t.items([self._item_text(i) for i, lk in zip(hist, likes, strict=True) if not lk]),
             "target": t.item.format(text=self._item_text(target)),
         }
+        if "summary" in t.fields:  # the summary of the items left out (history_select=summary)
+            out["summary"] = self._summary_text or t.empty_list or "(none)"
+        return out
+
+    @torch.no_grad()
+    def _summary(self, hist: Sequence[int], likes: Sequence[int]) -> str:
+        """An LLM-written one-sentence summary of the history items ``hist`` (greedy, at most
+        ``summary_tokens``), cached by (backbone, prompt, length, the items' texts): in this run and
+        on disk under ``<cache>/summaries/``."""
+        import hashlib
+        import json
+
+        from transformers import GenerationConfig
+
+        from benchmark.models.components.llm import default_cache_dir
+        from benchmark.util import atomic_write
+
+        t = self.template
+        liked = t.items([self.texts[int(i)] for i, lk in zip(hist, likes, strict=True) if lk])
+        disliked = t.items([self.texts[int(i)] for i, lk in zip(hist, likes, strict=True) if not lk])
+        prompt = self.summary_prompt.format(liked=liked or "(none)", disliked=disliked or "(none)")
+        backbone = {k: self.lm_facts.get(k) for k in ("backbone", "file_sha256", "source")}
+        key = hashlib.sha256(
+            json.dumps([backbone, self.lora_config, prompt, self.summary_tokens], sort_keys=True, default=str).encode()
+        ).hexdigest()
+        self._summary_stats[0] += 1
+        if key in self._summaries:
+            return self._summaries[key]
+        path = default_cache_dir() / "summaries" / key[:2] / f"{key}.txt"
+        if self.lora_config is None and path.is_file():  # trained adapters: never across runs
+            text = path.read_text(encoding="utf-8")[:4000]
+            self._summary_stats[2] += 1
+        else:
+            ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"][-self.max_length :]
+            device = next(self.lm.parameters()).device
+            inp = torch.as_tensor([ids], device=device)
+            was_training = self.lm.training
+            self.lm.eval()
+            try:
+                gen = self.lm.generate(
+                    input_ids=inp,
+                    attention_mask=torch.ones_like(inp),
+                    generation_config=GenerationConfig(
+                        max_new_tokens=self.summary_tokens,
+                        do_sample=False,
+                        pad_token_id=self.tokenizer.pad_token_id,
+                        eos_token_id=self.tokenizer.eos_token_id,
+                    ),
+                )
+            finally:
+                self.lm.train(was_training)
+            text = " ".join(self.tokenizer.decode(gen[0, len(ids) :], skip_special_tokens=True).split("\n\n")[0].split())
+            self._summary_stats[1] += 1
+            if self.lora_config is None:
+                atomic_write(path, text)
+        self._summaries[key] = text
+        return text
 
     def _example(self, r: int) -> tuple[dict[str, str], str]:
         """Train row ``r`` as an in-context example: its fields and its answer text."""
@@ -364,10 +440,10 @@ class TallRec(nn.Module):
         return self._item_vectors
 
     def _history_order(self, hist: Sequence[int], target: int) -> list[int]:
-        """Positions of ``hist`` in the order they are kept: most recent first (``recent``), or most
-        similar to the target's text first (``relevant``, ties: more recent first)."""
+        """Positions of ``hist`` in the order they are kept: most recent first (``recent``,
+        ``summary``), or most similar to the target's text first (``relevant``, ties: more recent first)."""
         n = len(hist)
-        if self.history_select == "recent" or n == 0:
+        if self.history_select != "relevant" or n == 0:  # recent, summary: the most recent first
             return list(range(n - 1, -1, -1))
         vecs = self._item_vectors
         sims = vecs[np.asarray(hist, dtype=np.int64)] @ vecs[int(target)]
@@ -380,19 +456,26 @@ class TallRec(nn.Module):
         :meth:`_history_order` while the whole prompt fits the budget, shown in time order."""
         order = self._history_order(hist, target)
         keep = len(order)
-        if self.history_budget is not None:
+        summarize = self.history_select == "summary"
+        # summary: the kept items leave room for the summary of the others (at most summary_tokens)
+        budget = None if self.history_budget is None else self.history_budget - (self.summary_tokens if summarize else 0)
+        self._summary_text = None
+        if budget is not None:
             while keep > 0:
                 shown = sorted(order[:keep])
                 text = self.template.render(
                     self._fields([hist[j] for j in shown], [likes[j] for j in shown], target), examples, self.tokenizer
                 )
-                if len(self.tokenizer(self._expand(text), add_special_tokens=True)["input_ids"]) <= self.history_budget:
+                if len(self.tokenizer(self._expand(text), add_special_tokens=True)["input_ids"]) <= budget:
                     break
                 keep -= 1
         shown = sorted(order[:keep])
+        if summarize and keep < len(order):  # the items left out, oldest first, become one sentence
+            left = sorted(order[keep:])
+            self._summary_text = self._summary([hist[j] for j in left], [likes[j] for j in left])
         stats = self._history_stats
         over = 0
-        if self.history_budget is not None and keep == 0:
+        if budget is not None and keep == 0:
             text = self.template.render(self._fields([], [], target), examples, self.tokenizer)
             over = int(len(self.tokenizer(self._expand(text), add_special_tokens=True)["input_ids"]) > self.history_budget)
         self._history_stats = [stats[0] + 1, stats[1] + len(hist), stats[2] + keep, stats[3] + over]
@@ -407,10 +490,13 @@ class TallRec(nn.Module):
         return [self._example(int(r)) for r in rows]
 
     def _render(self, hist: Sequence[int], likes: Sequence[int], target: int, exclude: Sequence[int] = ()) -> str:
+        self._summary_text = None  # examples never show another row's summary
         examples = self._examples_for(hist, exclude)
         if self.history_select != "recent" or self.history_budget is not None:
-            hist, likes = self._fit_history(hist, likes, target, examples)
-        return self.template.render(self._fields(hist, likes, target), examples, self.tokenizer)
+            hist, likes = self._fit_history(hist, likes, target, examples)  # sets this row's summary
+        text = self.template.render(self._fields(hist, likes, target), examples, self.tokenizer)
+        self._summary_text = None
+        return text
 
     def _prompt(self, user: int, item: int) -> str:
         """The prompt of one evaluated (user, item) pair."""
@@ -547,11 +633,11 @@ class TallRec(nn.Module):
     @contextmanager
     def _eval_stats_kept(self) -> Iterator[None]:
         """Prompts rendered or scored inside (training, calibration) leave the evaluation's counts as they were."""
-        saved = (self.truncated, list(self._token_stats), list(self._history_stats))
+        saved = (self.truncated, list(self._token_stats), list(self._history_stats), list(self._summary_stats))
         try:
             yield
         finally:
-            self.truncated, self._token_stats, self._history_stats = saved[0], saved[1], saved[2]
+            self.truncated, self._token_stats, self._history_stats, self._summary_stats = saved
 
     def calibrate(self, rows: int) -> dict[str, Any]:
         """Score ``rows`` train-part prompts (drawn by the run's seed) to calibrate a precision option.
@@ -605,6 +691,16 @@ class TallRec(nn.Module):
                 "items_kept_mean": round(kept / rows, 3) if rows else None,
                 "rows_over_budget_without_history": over,
             }
+            if self.history_select == "summary":
+                asked, made, disk = self._summary_stats
+                out["history_fit"]["summaries"] = {
+                    "asked": asked,
+                    "generated": made,
+                    "from_disk_cache": disk,
+                    "max_tokens": self.summary_tokens,
+                    "prompt": self.summary_prompt,
+                    "decoding": "greedy, by the scoring LM (with its adapters), cut at the first blank line",
+                }
         return out
 
     def prediction_facts(self) -> dict[str, Any]:

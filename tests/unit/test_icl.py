@@ -128,7 +128,8 @@ def _history_model(split, data, lm, monkeypatch, **kw):
     vectors = g.normal(size=(split.n_items, 8)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     monkeypatch.setattr(item_facts, "text_embeddings", lambda data, ids: (vectors, {"key": "test"}))
-    model = TallRec(split, data, backbone=str(lm), prompt=load_prompt("tallrec"), lora=None, shots=16, seed=0, dtype="float32", **kw)
+    prompt = kw.pop("prompt", None) or load_prompt("tallrec")
+    model = TallRec(split, data, backbone=str(lm), prompt=prompt, lora=None, shots=16, seed=0, dtype="float32", **kw)
     return model, vectors
 
 
@@ -164,6 +165,39 @@ def test_relevant_history_keeps_the_items_nearest_the_target_in_time_order(yesno
     assert kept_hist == [int(hist[j]) for j in top2]
     no_budget, _ = _history_model(yesno_split, yesno_data, yesno_lm, monkeypatch, history_select="relevant")
     assert no_budget._prompt(u, i) == full._prompt(u, i)  # the whole history, in time order, either way
+
+
+def test_summary_history_keeps_recent_items_and_summarizes_the_rest(yesno_split, yesno_data, yesno_lm, monkeypatch, tmp_path):
+    from tests.unit.test_tallrec import load_prompt
+
+    monkeypatch.setenv("LLM4REC_CACHE", str(tmp_path))
+    template = load_prompt("tallrec_summary")
+    full, _ = _history_model(yesno_split, yesno_data, yesno_lm, monkeypatch)
+    u, i = int(yesno_split.test["user"].iloc[0]), int(yesno_split.test["item"].iloc[0])
+    hist, likes = full._user_rows[u]
+    model, _ = _history_model(yesno_split, yesno_data, yesno_lm, monkeypatch, history_select="summary", history_budget=400, prompt=template)
+    lengths = [_length(model, template.render({**model._fields(hist[n:], likes[n:], i), "summary": "(none)"})) for n in range(11)]
+    budget = lengths[6] + model.summary_tokens  # the last 4 items fit beside a summary, 5 do not
+    assert lengths[5] > lengths[6]
+    model.history_budget = budget
+    text = model._prompt(u, i)
+    # by hand: the 6 oldest items summarized by greedy generation, the 4 most recent shown
+    left_liked = template.items([model.texts[int(x)] for x, lk in zip(hist[:6], likes[:6], strict=True) if lk])
+    left_disliked = template.items([model.texts[int(x)] for x, lk in zip(hist[:6], likes[:6], strict=True) if not lk])
+    prompt = model.summary_prompt.format(liked=left_liked or "(none)", disliked=left_disliked or "(none)")
+    ids = torch.as_tensor([model.tokenizer(prompt)["input_ids"]])
+    gen = model.lm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=model.summary_tokens, do_sample=False, pad_token_id=model.tokenizer.pad_token_id)
+    summary = " ".join(model.tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True).split("\n\n")[0].split())
+    assert text == template.render({**model._fields(hist[6:], likes[6:], i), "summary": summary})
+    facts = model.prediction_facts()["llm"]["history_fit"]["summaries"]
+    assert (facts["asked"], facts["generated"], facts["from_disk_cache"]) == (1, 1, 0)
+    # a second model reads the same summary from the disk cache
+    other, _ = _history_model(yesno_split, yesno_data, yesno_lm, monkeypatch, history_select="summary", history_budget=budget, prompt=template)
+    again = other._prompt(u, i)
+    assert again == text, (again, text)
+    assert other._summary_stats == [1, 0, 0]  # its own example prompt read the disk; this row, its memory
+    with pytest.raises(ConfigError, match="needs model.module.history_budget and a template with a {summary} field"):
+        _history_model(yesno_split, yesno_data, yesno_lm, monkeypatch, history_select="summary")
 
 
 @pytest.mark.parametrize("kw, needle", [
