@@ -88,6 +88,7 @@ run records.</p>
 <label>Slice <select id="slice"></select></label>
 <label>Family <select id="family"></select></label>
 <label>Backbone <select id="backbone"></select></label>
+<label>Prompt <select id="prompt"></select></label>
 <label>Trade-off axis <select id="beyond"></select></label>
 </div>
 <ol class="toc" id="toc"></ol>
@@ -111,7 +112,9 @@ function options(sel, values) {
 options($('slice'), ['overall'].concat(DATA.slices));
 options($('family'), ['all'].concat([...new Set(DATA.rows.map(r => r.family))].sort()));
 options($('backbone'), ['all'].concat([...new Set(DATA.rows.map(r => r.backbone || '-'))].sort()));
-options($('beyond'), DATA.beyond.filter(m => DATA.rows.some(r => r.metrics['test/' + m])));
+options($('prompt'), ['all'].concat([...new Set(DATA.rows.map(r => r.prompt || '-'))].sort()));
+options($('beyond'), DATA.beyond.filter(m => DATA.rows.some(r => r.metrics['test/' + m]))
+  .concat(DATA.rows.some(r => r.prompt_tokens != null) ? ['prompt tokens'] : []));
 $('toc').innerHTML = DATA.tables.map((t, i) => `<li><a href="#table-${i}">${t.title}</a></li>`).join('');
 const sortState = {};
 function fmt(s) { return s == null ? '' : (s[1] == null ? s[0].toFixed(4) : s[0].toFixed(4) + ' ± ' + s[1].toFixed(4)); }
@@ -130,12 +133,13 @@ function sortValue(r, col) {
   return r.metrics[col] ? r.metrics[col][0] : null;
 }
 function render() {
-  const slice = $('slice').value, fam = $('family').value, bb = $('backbone').value;
+  const slice = $('slice').value, fam = $('family').value, bb = $('backbone').value, pr = $('prompt').value;
   const out = [];
   DATA.tables.forEach((t, ti) => {
     let rows = DATA.rows.filter(r => r.table === ti)
       .filter(r => fam === 'all' || r.family === fam)
-      .filter(r => bb === 'all' || (r.backbone || '-') === bb);
+      .filter(r => bb === 'all' || (r.backbone || '-') === bb)
+      .filter(r => pr === 'all' || (r.prompt || '-') === pr);
     const cs = cols(t, slice, DATA.rows.filter(r => r.table === ti));
     const st = sortState[ti];
     if (st) rows.sort((a, b) => {
@@ -208,6 +212,13 @@ function plot(t, rows, slice) {
 // ---- accuracy versus a beyond-accuracy metric (diversity, novelty, ...) of ranking tables ----
 function tradeoff(t, rows, slice) {
   const m = $('beyond').value;
+  if (m === 'prompt tokens') {  // accuracy against the mean prompt length of LLM rows (any table)
+    return scatter(rows, 'test/' + (slice === 'overall' ? '' : slice + '/') + DATA.significance[t.kind], {
+      cls: 'tradeoff', get: r => r.prompt_tokens, log: false, what: 'or prompt length',
+      title: 'mean prompt tokens (mean over seeds)', aria: 'against mean prompt tokens',
+      tip: v => `${v.toFixed(0)} tokens`,
+      caption: 'against the mean prompt length in tokens: one point per prompted model (template, examples, history budget).'});
+  }
   if (t.kind !== 'ranking' || !m || (slice !== 'overall' && m.startsWith('gini'))) return '';
   const xm = 'test/' + (slice === 'overall' ? '' : slice + '/') + m, xname = xm.replace('test/', '');
   return scatter(rows, 'test/' + (slice === 'overall' ? '' : slice + '/') + DATA.significance[t.kind], {
@@ -309,7 +320,7 @@ function scatter(rows, metric, x) {
   if (unlabelled.length) s += '<ol class="unlabelled">' + unlabelled.map(m => `<li>${m}</li>`).join('') + '</ol>';
   return s + '</figure>';
 }
-['slice', 'family', 'backbone', 'beyond'].forEach(id => $(id).onchange = render);
+['slice', 'family', 'backbone', 'prompt', 'beyond'].forEach(id => $(id).onchange = render);
 render();
 </script></main></body></html>
 """
@@ -376,6 +387,10 @@ def render_html(
                 "model": esc(r["model"]),
                 "family": esc(r["family"]),
                 "backbone": esc(r["backbone"]),
+                "prompt": esc(r.get("prompt", "")),
+                "icl": esc(r.get("icl", "")),
+                "history": esc(r.get("history", "")),
+                "prompt_tokens": r.get("prompt_tokens"),
                 "device": esc(r.get("device", "")),
                 "seeds": r["seeds"],
                 "train_seconds": r["train_seconds"],

@@ -500,6 +500,7 @@ def aggregate(runs: list[tuple[dict[str, Any], Path]], warn: Warn | None = None)
         evals = _mean([r["efficiency"].get("eval_seconds") for r in recs])
         trained = _mean([_training_cost(r["efficiency"]) for r in recs])
         params = first["model"].get("params_total")
+        prompt = _prompt_facts(first, recs)
         rows.append(
             {
                 "dataset": tkey[0],
@@ -521,6 +522,7 @@ def aggregate(runs: list[tuple[dict[str, Any], Path]], warn: Warn | None = None)
                 "eval_seconds": evals,
                 "cost_seconds": None if trained is None or evals is None else trained + evals,
                 "params": params if isinstance(params, int) and not isinstance(params, bool) else None,
+                **prompt,
                 "metrics": stats,
                 "candidates_view": view,
                 "run_dirs": [d for _, d, _ in members],
@@ -540,6 +542,28 @@ def aggregate(runs: list[tuple[dict[str, Any], Path]], warn: Warn | None = None)
     _versus_parents(rows)
     _link_full_rows(rows)
     return rows
+
+
+def _prompt_facts(first: dict[str, Any], recs: list[dict[str, Any]]) -> dict[str, Any]:
+    """How an LLM row prompted (from ``model.llm`` of its records): the template name, the
+    in-context selection (``similar:4``), the history rule under a budget (``summary@256``) and the
+    mean prompt length in tokens over seeds; empty for rows without a prompt."""
+    llm = first["model"].get("llm") if isinstance(first["model"].get("llm"), dict) else {}
+    prompt = llm.get("prompt") if isinstance(llm.get("prompt"), dict) else {}
+    shots = llm.get("icl_shots") if isinstance(llm.get("icl_shots"), int) else 0
+    fit = llm.get("history_fit") if isinstance(llm.get("history_fit"), dict) else {}
+    pool = first["model"].get("prompt_pool") if isinstance(first["model"].get("prompt_pool"), dict) else None
+    template = "pool" if pool else _clean_text(str(prompt.get("name") or ""), 60)
+    tokens = []
+    for r in recs:
+        pt = ((r["model"].get("llm") or {}).get("prompt_tokens") or {}) if isinstance(r["model"].get("llm"), dict) else {}
+        tokens.append(_finite(pt.get("mean")) if isinstance(pt, dict) else None)
+    return {
+        "prompt": template,
+        "icl": f"{_clean_text(str(llm.get('icl_select') or 'random'), 20)}:{shots}" if shots else "",
+        "history": f"{_clean_text(str(fit.get('select')), 20)}@{fit.get('budget_tokens')}" if fit else "",
+        "prompt_tokens": _mean(tokens),
+    }
 
 
 def _link_full_rows(rows: list[dict[str, Any]]) -> None:
@@ -778,6 +802,7 @@ def _md_beyond(trs: list[dict[str, Any]]) -> list[str]:
 CSV_HEAD = [
     "dataset", "split", "eval", "model", "family", "backbone", "seeds", "device", "split_fingerprint",
     "group_key", "params", "train_seconds", "sig_vs", "p_holm", "sig", "vs_parent", "p_parent",
+    "prompt", "icl", "history", "prompt_tokens",
 ]
 
 

@@ -91,6 +91,11 @@ def test_page_loads_sorts_filters_and_matches_csv(board, driver, tmp_path):
     # Filter by family and by slice.
     Select(driver.find_element(By.ID, "family")).select_by_value("classic")
     assert len(driver.find_elements(By.CSS_SELECTOR, 'table[data-table="0"] tbody tr')) == 2
+    # The prompt filter: these rows have no prompt ("-"), so "-" keeps both.
+    prompts = Select(driver.find_element(By.ID, "prompt"))
+    assert [o.get_attribute("value") for o in prompts.options] == ["all", "-"]
+    prompts.select_by_value("-")
+    assert len(driver.find_elements(By.CSS_SELECTOR, 'table[data-table="0"] tbody tr')) == 2
     Select(driver.find_element(By.ID, "slice")).select_by_value("cold_item")
     assert driver.find_elements(By.CSS_SELECTOR, 'td[data-metric="test/cold_item/ndcg@10"]')
     assert not driver.find_elements(By.CSS_SELECTOR, 'td[data-metric="test/ndcg@10"]')

@@ -338,3 +338,26 @@ def test_cost_counts_the_training_behind_reused_weights(tmp_path):
     # bpr: 0 s of its own + 40 s behind its weights + 1.5 s evaluation; pop trains nothing.
     assert by_model["bpr"]["train_seconds"] == 0.0 and by_model["bpr"]["cost_seconds"] == pytest.approx(41.5)
     assert by_model["pop"]["cost_seconds"] == pytest.approx(0.5)
+
+
+def test_llm_rows_name_their_prompt_examples_history_and_length(tmp_path):
+    runs = tmp_path / "runs"
+    llm = {
+        "prompt": {"name": "tallrec_role", "sha256": "0" * 64},
+        "icl_shots": 4,
+        "icl_select": "similar",
+        "history_fit": {"select": "summary", "budget_tokens": 256},
+    }
+    for seed, mean in ((1, 300.0), (2, 320.0)):
+        d = make_run(runs, model="tallrec", seed=seed, family="llm")
+        rec = json.loads((d / "record.json").read_text())
+        rec["model"]["llm"] = {**llm, "prompt_tokens": {"prompts": 4, "mean": mean, "max": 400}}
+        (d / "record.json").write_text(json.dumps(rec))
+    make_run(runs, model="pop")
+    rows, _, _ = board(runs, tmp_path / "lb")
+    by = {r["model"]: r for r in rows}
+    assert (by["tallrec"]["prompt"], by["tallrec"]["icl"], by["tallrec"]["history"]) == ("tallrec_role", "similar:4", "summary@256")
+    assert float(by["tallrec"]["prompt_tokens"]) == 310.0  # mean over the seeds
+    assert (by["pop"]["prompt"], by["pop"]["icl"], by["pop"]["history"], by["pop"]["prompt_tokens"]) == ("", "", "", "")
+    page = (tmp_path / "lb" / "leaderboard.html").read_text()
+    assert '"prompt": "tallrec_role"' in page and '"prompt_tokens": 310.0' in page
