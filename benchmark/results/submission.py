@@ -398,8 +398,8 @@ def _check_pool(report: Report, record: dict[str, Any], lines: list[Any]) -> Non
             raise Rejected("prompt_pool", f"predictions line {n + 1}: score is not the chosen template's")
     try:
         again = comparison_from_lines(lines, arm_ids, best, seed)
-    except ValueError as e:
-        raise Rejected("prompt_pool", str(e)) from None
+    except (ValueError, TypeError) as e:  # ragged or non-numeric per-template scores
+        raise Rejected("prompt_pool", str(e)[:200]) from None
     if again != record["eval"]["prompt_pool"]:
         raise Rejected("prompt_pool", "the policy comparison does not recompute from the predictions")
     report.add("prompt_pool", True)
