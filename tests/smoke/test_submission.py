@@ -379,3 +379,19 @@ def test_an_archive_inflating_to_1_gib_is_rejected_in_bounded_memory(tmp_path):
     rss, verdict = _peak_rss_mb("validate", str(one_line))
     assert verdict == "REJECTED limits: predictions line 1 is longer than 1048576 bytes"
     assert rss < 300, rss
+
+
+@pytest.mark.parametrize(
+    "key, node",
+    [
+        ("describe.generator", {"describe": {"name": "x", "generator": "/tmp/evil-model"}}),
+        ("adapter.encoder.run", {"adapter": {"name": "cf_proj", "encoder": {"_target_": "benchmark.models.components.cf_features.CFEncoder", "run": "../../elsewhere/run"}}}),
+    ],
+)
+def test_reproduce_refuses_generator_and_first_stage_paths_from_the_record(tiny, tmp_path, capsys, key, node):
+    d = _copy(tiny["bpr"], tmp_path / "runs")
+    _edit_record(d, lambda r: r["config"].update(node))
+    with pytest.raises(SystemExit) as e:
+        main(["reproduce", str(d), f"data.path={tiny['data']}"])
+    assert e.value.code == 2
+    assert f"{key}=" in (err := capsys.readouterr().err) and "a path from the record must be relative" in err, err
