@@ -31,7 +31,7 @@ def committed_runs(tmp_path) -> tuple[Path, list[dict]]:
         rec = json.loads((Path(folder) / "record.json").read_text())
         split = rec["config"]["split"]
         plain = split.get("holdout_items", 0) == 0 and split.get("truncate_users", 0) == 0  # not the cold-start views
-        if plain and rec["model"]["name"] in ("pop", "bpr"):
+        if plain and rec["model"]["name"] in ("pop", "bpr") and rec["eval"]["protocol"] in ("full", "sampled"):
             shutil.copytree(folder, dst / Path(folder).name)
             records.append(rec)
     assert len(records) >= 4, "committed pop/BPR runs on ml-100k loo are missing"
