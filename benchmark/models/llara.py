@@ -19,9 +19,11 @@ prefix trie holds every title): training is cross-entropy of the target title af
 (LoRA on the LM, the projector trains too), one window per (user, train position) as P5, each with
 ``negatives`` fresh negatives per epoch drawn from the items outside the user's train sequence.
 Evaluation is ``eval=candidates`` only: the row's candidates (its target and the protocol's
-fixed negatives) are listed in the prompt and decoding is restricted to them (``constrained``)
-or free, in which case an answer that names no candidate is a miss and counts against
-``valid_ratio`` (LLaRA's ValidRatio). Validation during training asks the same question on the
+fixed negatives) are listed in the prompt and the answer is restricted to them (``constrained``:
+every candidate's title scored by its log-likelihood after the prompt, which is the ranking a
+beam search over the candidates gives, at a fraction of its cost) or free (beam search over the
+whole catalogue's titles), in which case an answer that names no candidate is a miss and counts
+against ``valid_ratio`` (LLaRA's ValidRatio). Validation during training asks the same question on the
 valid rows, with candidates drawn once by seed from items outside the user's train and valid items.
 """
 
@@ -247,8 +249,56 @@ class LLaRA(P5):
         part_key = 1 if rows.part == "test" else 0
         ordered = [self._order(c, [6_011, part_key, int(u)]) for c, u in zip(cands, users, strict=True)]
         prompts = [self._candidate_prompt(int(u), rows.part, c) for u, c in zip(users, ordered, strict=True)]
+        if self.constrained:  # every candidate scored: the ranking beam search over them would give
+            return self._score_candidates(rows, row_ids, prompts, ordered, k, device)
         excluded = [np.setdiff1d(every, c) for c in ordered]
         return self._rank(rows, row_ids, excluded, k, device, prompts)
+
+    def _score_candidates(
+        self,
+        rows: RankingRows,
+        row_ids: np.ndarray,
+        prompts: list[str],
+        ordered: list[np.ndarray],
+        k: int,
+        device: torch.device | str,
+    ) -> np.ndarray:
+        """Constrained answers, exhaustively: each candidate's title (+ EOS) scored by its summed
+        log-probability after the prompt (the prompt computed once, its cache shared by the
+        candidates), candidates sorted best first (ties: listed order). Beam search restricted to
+        the candidates with at least as many beams as candidates and length penalty 0 ranks them
+        the same way, at a multiple of the cost (every step copies the beams' caches)."""
+        from benchmark.models.components.llm import shared_prefix_logprobs
+        from benchmark.models.p5 import UNFILLED, VALID
+        from benchmark.progress import within_chunk
+
+        ids, mentions = self._tokenize(prompts)
+        out = np.full((len(prompts), k), -1, dtype=np.int64)
+        codes = np.full((len(prompts), k), UNFILLED, dtype=np.int8)
+        advance = within_chunk(len(prompts))
+        was_training = self.lm.training
+        self.lm.eval()
+        try:
+            for s in range(0, len(prompts), self.decode_batch_size):
+                e = min(s + self.decode_batch_size, len(prompts))
+                embed = None
+                if self.adapter is not None:
+                    m = mentions[s:e]
+                    embed = lambda b, m=m: self.adapter.embed(self.lm, {**b, **self.adapter.slots(b["input_ids"], m)})  # noqa: E731
+                conts = [[self.item_tokens[int(i)] for i in c] for c in ordered[s:e]]
+                scores = shared_prefix_logprobs(self.lm, ids[s:e], conts, self.pad_id, embed=embed)
+                for r, (c, sc) in enumerate(zip(ordered[s:e], scores, strict=True)):
+                    top = c[np.argsort(-sc.numpy(), kind="stable")][:k]
+                    out[s + r, : len(top)] = top
+                    codes[s + r, : len(top)] = VALID
+                advance(e - s)
+        finally:
+            self.lm.train(was_training)
+        stats = self._stats.setdefault(rows.part, {})
+        for r, c in zip(np.asarray(row_ids).tolist(), codes, strict=True):
+            stats[r] = c
+        self._last_part = rows.part
+        return out
 
     def prediction_facts(self) -> dict[str, Any]:
         facts = super().prediction_facts()

@@ -105,7 +105,7 @@ def llara(films, lm, **kw) -> LLaRA:
         prompts=prompts(),
         history=3,
         lora=LORA,
-        num_beams=5,
+        num_beams=kw.pop("num_beams", 5),
         negatives=kw.pop("negatives", 4),
         seed=0,
         **kw,
@@ -328,3 +328,21 @@ def test_candidate_stream_passes_the_epoch_progress_and_keeps_p5s_order():
     list(stream), list(base)
     assert [s[0] for s in seen] == plain  # the same windows in the same order
     assert [(ep, b, p) for _, ep, b, p in seen] == [(1, 0, 1.0), (1, 1, 1 + 1 / 3), (1, 2, 1 + 2 / 3)]
+
+
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_scoring_every_candidate_ranks_them_as_beam_search_over_them(films, lm, tmp_path, hybrid):
+    data, split = films
+    kw = {"mode": "hybrid", "adapter": _cf_adapter(first_stage(tmp_path, split))} if hybrid else {}
+    model = llara(films, lm, num_beams=8, **kw).eval()
+    rows = ranking_rows(split, "test")
+    rows.negatives = sample_negatives(split, rows, 4, 0)
+    ids = np.arange(6)
+    cands = [np.r_[rows.targets_of(r), rows.negatives[r]] for r in ids]
+    ordered = [model._order(c, [6_011, 1, int(u)]) for c, u in zip(cands, rows.users[ids], strict=True)]
+    prompts = [model._candidate_prompt(int(u), "test", c) for u, c in zip(rows.users[ids], ordered, strict=True)]
+    fast = model._score_candidates(rows, ids, prompts, ordered, 5, "cpu")
+    every = np.arange(split.n_items)
+    beams = model._rank(rows, ids, [np.setdiff1d(every, c) for c in ordered], 5, "cpu", prompts)
+    assert np.array_equal(fast, beams)
+    assert np.array_equal(model.answer_candidates(rows, ids, 5, "cpu"), fast)  # the constrained answer path

@@ -21,6 +21,7 @@ import importlib.util
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -333,7 +334,11 @@ def continuation_logprobs(
 
 @torch.no_grad()
 def shared_prefix_logprobs(
-    model: Any, prompts: list[list[int]], continuations: list[list[list[int]]], pad_id: int
+    model: Any,
+    prompts: list[list[int]],
+    continuations: list[list[list[int]]],
+    pad_id: int,
+    embed: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
     """:func:`continuation_logprobs` for several prompts, each with its own continuations,
     computing every prompt once.
@@ -349,13 +354,19 @@ def shared_prefix_logprobs(
         prompts: B lists of prompt token ids.
         continuations: B lists of non-empty token id lists (C_b continuations of prompt b).
         pad_id: pad token id.
+        embed: maps the prompts' padded batch to ``inputs_embeds`` (e.g. an item adapter's soft
+            tokens in place of placeholders); None reads the token embeddings.
 
     Returns:
         B float32 tensors [C_b]: sums of log p(token | prompt, earlier continuation tokens).
     """
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in left_pad(prompts, pad_id).items()}
-    out = model(**batch, use_cache=True, logits_to_keep=1)
+    if embed is not None:
+        inputs = {"inputs_embeds": embed(batch), "attention_mask": batch["attention_mask"], "position_ids": batch["position_ids"]}
+    else:
+        inputs = batch
+    out = model(**inputs, use_cache=True, logits_to_keep=1)
     first = out.logits[:, -1].float().log_softmax(dim=-1)  # [B, V]: predicts each first token
     owner = torch.as_tensor([b for b, cs in enumerate(continuations) for _ in cs], device=device)  # [N]
     flat = [c for cs in continuations for c in cs]
