@@ -54,7 +54,7 @@ def table_title(key: tuple[str, str, str], setting: list[str] | None = None) -> 
     ds, sp, ev = (_base(k) for k in key)
     title = f"{ds} · split={sp} · eval=" + ("sampled (100 negatives)" if key[2] == "sampled" else ev)
     if ev == "candidates":
-        n = "19 negatives" if key[2] == "candidates" else "negatives as set"
+        n = "negatives as set" if "num_negatives=" in key[2] else "19 negatives"  # e.g. [test_users=200]: still 19
         title += f" (1 target + {n}; a candidate list, not comparable with full ranking)"
     if setting:
         title += " · not the default: " + ", ".join(setting)
