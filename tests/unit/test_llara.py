@@ -346,3 +346,20 @@ def test_scoring_every_candidate_ranks_them_as_beam_search_over_them(films, lm, 
     beams = model._rank(rows, ids, [np.setdiff1d(every, c) for c in ordered], 5, "cpu", prompts)
     assert np.array_equal(fast, beams)
     assert np.array_equal(model.answer_candidates(rows, ids, 5, "cpu"), fast)  # the constrained answer path
+
+
+def test_non_finite_saved_embeddings_are_refused_when_read(films, tmp_path):
+    import io
+
+    _, split = films
+    folder = first_stage(tmp_path, split)
+    bad = np.zeros((split.n_items, 3), dtype=np.float32)
+    bad[2, 0] = np.nan
+    buf = io.BytesIO()
+    np.save(buf, bad, allow_pickle=False)
+    facts = json.loads((folder / FACTS).read_text())
+    facts["sha256"] = hashlib.sha256(buf.getvalue()).hexdigest()  # a careful forger updates the hash
+    (folder / EMBEDDINGS).write_bytes(buf.getvalue())
+    (folder / FACTS).write_text(json.dumps(facts))
+    with pytest.raises(ConfigError, match="non-finite values"):
+        read_item_embeddings(folder, split.n_items, split.fingerprint)
