@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, str] = {
     "llm_cost": "benchmark.bench.llm_cost",
     "recbole_throughput": "benchmark.bench.recbole_throughput",
     "features": "benchmark.bench.feature_cache",
+    "descriptions": "benchmark.bench.descriptions",
     "audit_scale": "benchmark.bench.audit_scale",
     "align": "benchmark.bench.align_cost",
     "precision": "benchmark.bench.precision",

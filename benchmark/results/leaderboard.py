@@ -48,6 +48,7 @@ from benchmark.results.schema import schema_errors
 from benchmark.results.tables import (
     BEYOND,
     FULL_COLUMNS,
+    HELDOUT,
     HEADLINE,
     SIGNIFICANCE_METRIC,
     SLICES,
@@ -692,6 +693,8 @@ def table_columns(trs: list[dict[str, Any]]) -> list[str]:
     cols = [f"test/{m}" for m in HEADLINE[kind]]
     head = SIGNIFICANCE_METRIC[kind]
     cols += [f"test/{s}/{head}" for s in SLICES if any(f"test/{s}/{head}" in r["metrics"] for r in trs)]
+    if kind == "ranking" and any(f"test/{HELDOUT}" in r["metrics"] for r in trs):
+        cols.append(f"test/{HELDOUT}")  # strict cold start: how often a held-out item is in the list at all
     return cols
 
 

@@ -23,6 +23,8 @@ FULL_COLUMNS = ["hr@10", "ndcg@10"]
 # Beyond-accuracy columns of ranking tables (benchmark.eval.beyond), shown when some row has them.
 BEYOND = ["ild@10", "ildgenre@10", "novelty@10", "arp@10", "longtail@10", "gini@10", "calib@10"]
 SLICES = ("cold_user", "cold_item", "strict_cold_item")
+# Strict cold start (split.holdout_items): the share of lists that hold a never-trained item at all.
+HELDOUT = "heldout@10"
 
 
 def kind_of(protocol: str) -> str:

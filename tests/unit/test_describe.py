@@ -53,6 +53,30 @@ def test_descriptions_are_greedy_cached_and_keyed_by_prompt(yesno_data, yesno_lm
     assert single == texts
 
 
+def test_description_key_follows_generator_weights_and_item_content(yesno_data, yesno_lm, tmp_path):
+    from tests.unit.test_tallrec import make_tiny_lm, template_words
+
+    ids = [str(i) for i in yesno_data.items.index[:4]]
+    meta = item_metadata(yesno_data.items, yesno_data.item_fields, ids)
+    cfg = DescribeConfig(name="tiny", generator=str(yesno_lm), max_new_tokens=4)
+    _, base = describe_items(cfg, ids, meta, tmp_path)
+    # another generator: same vocabulary, other weights (another seed), so only the weights differ in kind
+    other_lm = make_tiny_lm(tmp_path / "other", template_words("tallrec") + [f"Title {i}" for i in range(30)], seed=4)
+    _, by_weights = describe_items(DescribeConfig(name="tiny", generator=str(other_lm), max_new_tokens=4), ids, meta, tmp_path)
+    assert by_weights["weights_sha256"] != base["weights_sha256"] and by_weights["key"] != base["key"]
+    assert by_weights["cache"] == "created"
+    # one item's title changes: a new key, nothing read from the old entry
+    edited = [dict(m) for m in meta]
+    edited[2]["title"] = edited[2]["title"] + " II"
+    _, by_content = describe_items(cfg, ids, edited, tmp_path)
+    assert by_content["key"] != base["key"] and by_content["cache"] == "created"
+    # its genres or year alone change the key too; the unchanged metadata hits the first entry
+    edited = [dict(m) for m in meta]
+    edited[0]["year"] = "1901"
+    assert describe_items(cfg, ids, edited, tmp_path)[1]["key"] != base["key"]
+    assert describe_items(cfg, ids, meta, tmp_path)[1]["cache"] == "hit"
+
+
 def test_descriptions_join_every_item_text_and_leave_the_dataset_fingerprint(yesno_data, yesno_lm, yesno_split, tmp_path):
     node = {"name": "tiny", "generator": str(yesno_lm), "max_new_tokens": 5}
     ids = [str(i) for i in yesno_split.item_ids]
@@ -72,3 +96,15 @@ def test_bad_settings_are_one_line_errors():
         to_object({"name": "x", "prompt": "Describe {plot}"}, DescribeConfig, "describe")
     with pytest.raises(ConfigError, match="describe.max_new_tokens"):
         to_object({"name": "x", "max_new_tokens": 0}, DescribeConfig, "describe")
+
+
+def test_description_bench_times_a_miss_then_a_hit_and_refuses_a_filled_store(yesno_data, yesno_lm, tmp_path, monkeypatch):
+    from benchmark.bench import descriptions as bench
+
+    monkeypatch.setattr(bench, "_config", lambda: DescribeConfig(name="tiny", generator=str(yesno_lm), max_new_tokens=4, batch_size=2))
+    ids = [str(i) for i in yesno_data.items.index[:6]]
+    texts, gen = bench.measure_generation(yesno_data, ids, tmp_path)
+    assert gen["caches"] == ["created", "hit"] and gen["items"] == len(texts) == 6
+    assert gen["miss_seconds"] > 0 and gen["hit_seconds"] > 0
+    with pytest.raises(ConfigError, match="already holds these descriptions"):
+        bench.measure_generation(yesno_data, ids, tmp_path)

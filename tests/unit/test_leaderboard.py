@@ -361,3 +361,13 @@ def test_llm_rows_name_their_prompt_examples_history_and_length(tmp_path):
     assert (by["pop"]["prompt"], by["pop"]["icl"], by["pop"]["history"], by["pop"]["prompt_tokens"]) == ("", "", "", "")
     page = (tmp_path / "lb" / "leaderboard.html").read_text()
     assert '"prompt": "tallrec_role"' in page and '"prompt_tokens": 310.0' in page
+
+
+def test_ranking_tables_show_the_heldout_share_only_where_a_row_has_it():
+    from benchmark.results.leaderboard import table_columns
+
+    cold = [{"eval": "full", "metrics": {"test/ndcg@10": (0.1, None)}}, {"eval": "full", "metrics": {"test/heldout@10": (0.2, None)}}]
+    assert table_columns(cold)[-1] == "test/heldout@10"
+    assert "test/heldout@10" not in table_columns([{"eval": "full", "metrics": {"test/ndcg@10": (0.1, None)}}])
+    labeled = [{"eval": "labeled", "metrics": {"test/heldout@10": (0.2, None)}}]
+    assert "test/heldout@10" not in table_columns(labeled)
