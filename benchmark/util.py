@@ -60,7 +60,7 @@ def package_version(dist: str) -> str | None:
 # ----------------------------------------------------------------------------- device
 
 
-def torch_device(accelerator: str | None = "cpu") -> "torch.device":
+def torch_device(accelerator: str | None = "cpu") -> torch.device:
     """The torch device of a trainer accelerator or a device string.
 
     ``gpu``/``cuda``/``auto`` give CUDA when it is available and the CPU otherwise; ``cpu`` the

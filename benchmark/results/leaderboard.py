@@ -48,8 +48,8 @@ from benchmark.results.schema import schema_errors
 from benchmark.results.tables import (
     BEYOND,
     FULL_COLUMNS,
-    HELDOUT,
     HEADLINE,
+    HELDOUT,
     SIGNIFICANCE_METRIC,
     SLICES,
     VIEW_COLUMNS,

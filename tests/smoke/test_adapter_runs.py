@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from benchmark.compose import check_config, compose, expand_sweeps, nested_group_overrides
-from benchmark.results.record import load_record
 from benchmark.results.identity import config_hashes, model_label
+from benchmark.results.record import load_record
 from tests.conftest import random_rows
 from tests.smoke.test_cli import assert_metrics_recompute, llm4rec, runs, tiny_args
 from tests.smoke.test_p5 import TINY

@@ -70,8 +70,9 @@ def test_other_negatives_are_rejected(tiny, tmp_path):
     d = _copy(tiny["candidates-pop"], tmp_path / "neg")
     rec = _record(d)
     rec["config"]["eval"]["negatives_seed"] = 1
-    from benchmark.results.identity import config_hashes
     from omegaconf import OmegaConf
+
+    from benchmark.results.identity import config_hashes
 
     rec["config_hash"], rec["group_key"] = config_hashes(OmegaConf.create(rec["config"]))
     (d / "record.json").write_text(json.dumps(rec))

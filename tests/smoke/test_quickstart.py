@@ -16,10 +16,10 @@ from benchmark.compose import check_config, compose
 from benchmark.config import EvalConfig
 from benchmark.data.views import RankingRows
 from benchmark.errors import ConfigError
-from benchmark.models.llm_rerank import first_stage_dir
-from benchmark.results.submission import validate
 from benchmark.eval.rows import pick_test_users, take_rows
+from benchmark.models.llm_rerank import first_stage_dir
 from benchmark.results.identity import config_hashes, run_id_for
+from benchmark.results.submission import validate
 from tests.smoke.test_cli import runs, tiny_args
 
 ROWS = ["bpr", "llm_rerank", "pop", "sasrec", "p5"]

@@ -357,8 +357,8 @@ def test_default_duplicates_rule_leaves_config_hashes_unchanged():
     from omegaconf import OmegaConf
 
     from benchmark.compose import compose
-    from benchmark.results.submission import recorded_config_hashes
     from benchmark.results.identity import config_hashes, result_config
+    from benchmark.results.submission import recorded_config_hashes
 
     root = Path(__file__).resolve().parents[2] / "results" / "runs"
     records = sorted(root.glob("ml-100k-loo-full-bpr-s1-*/record.json"))

@@ -19,6 +19,8 @@ from benchmark.data.views import LabeledRows, RankingRows
 from benchmark.errors import BenchmarkError, ConfigError
 from benchmark.results.archive import read_archive
 from benchmark.results.protocol import labeled_predictions, ranking_predictions
+from benchmark.results.schema import schema_errors
+from benchmark.results.submission import submit, validate
 from benchmark.results.trust import (
     check_record_config,
     check_record_path,
@@ -26,8 +28,6 @@ from benchmark.results.trust import (
     defined_targets,
     infer_choices,
 )
-from benchmark.results.schema import schema_errors
-from benchmark.results.submission import submit, validate
 from benchmark.untrusted import DEFAULT_LIMITS, Limits, Rejected
 
 H = "a" * 64

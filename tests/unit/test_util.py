@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.util import atomic_write, atomic_write_all, package_version, sha256_file, sha256_text, staged_dir, torch_device
+from benchmark.util import (
+    atomic_write,
+    atomic_write_all,
+    package_version,
+    sha256_file,
+    sha256_text,
+    staged_dir,
+    torch_device,
+)
 
 
 def test_sha256_of_known_inputs(tmp_path: Path) -> None:
