@@ -11,7 +11,8 @@ experiment config included, e.g. ``model: itemknn,ease``) and, per job:
    trial at a time). A trial (:func:`trial_task`) trains on the train part with early stopping
    on the valid part, or fits a model that trains nothing, and returns the validation value:
    no test row is built, scored or read. Each trial's params, value and config hash go to
-   ``<paths.outputs>/tune/<study>/trials.jsonl``;
+   ``<paths.outputs>/tune/<study>/trials.jsonl`` and to the committed trial archive
+   ``<paths.results>/tune/<study>/trials.jsonl`` (with its ``settings.json``);
 3. re-runs the best trial's config with every seed of ``search.seeds`` through
    :func:`benchmark.run.run`; each run's config carries a ``tuning`` node naming the search
    (space, sampler and its seed, budget, trials run, objective, best validation value and
@@ -21,7 +22,11 @@ A search already done with the same settings (``search.json`` in its folder) is 
 A search that stopped part-way (killed, machine lost) resumes: its folder keeps ``settings.json``
 and the trials already logged; a rerun with the same settings replays them from the log (the same
 seeded sampler proposes the same configs, checked by config hash) and trains only the rest, so the
-trials and the choice equal those of an uninterrupted search.
+trials and the choice equal those of an uninterrupted search. The trials logged in the archive
+under ``paths.results`` are replayed the same way, so a search survives the loss of its outputs
+folder (a fresh checkout, another machine) when its archive is kept with the results. A replayed
+trial's value is taken from the log as written (its config hash must match the trial the seeded
+sampler proposes); an archive over :data:`ARCHIVE_MAX_BYTES` is refused with one line.
 """
 
 from __future__ import annotations
@@ -164,6 +169,7 @@ class Plan:
     study: str
     folder: Path
     group: list[str] = field(default_factory=list)  # ``+search=NAME`` when the space comes from a search config
+    archive: Path | None = None  # ``<paths.results>/tune/<study>``: the trials kept with the results
 
 
 def _is_search(override: str) -> bool:
@@ -204,7 +210,7 @@ def plan(job: list[str], search_args: list[str]) -> Plan:
     # training key (which leaves the eval protocol out), so loo full and loo sampled share it.
     study = f"{base.model.name}-{training_key(base)[:10]}"
     folder = Path(cfg.paths.outputs) / "tune" / study
-    return Plan([*job, *values], search, study, folder, group)
+    return Plan([*job, *values], search, study, folder, group, Path(cfg.paths.results) / "tune" / study)
 
 
 def _compose_search(overrides: list[str], values: list[str]) -> DictConfig:
@@ -339,10 +345,47 @@ def trial_task(cfg: DictConfig) -> float:
     }
     with open(folder / "trials.jsonl", "a") as f:
         f.write(json.dumps(line, sort_keys=True) + "\n")
+    archive = folder / ARCHIVE_POINTER
+    if archive.is_file():  # kept with the results, so the search resumes from a fresh checkout
+        with open(Path(archive.read_text().strip()) / "trials.jsonl", "a") as f:
+            f.write(json.dumps(line, sort_keys=True) + "\n")
     return float(out["value"])
 
 
 REPLAY = "trials.replay.jsonl"  # the trials a resumed search found logged
+ARCHIVE_POINTER = "archive.txt"  # the search folder's note of its archive folder (written by run_search)
+ARCHIVE_MAX_BYTES = 4 * 2**20  # a trial log line is ~300 bytes: thousands of trials
+
+
+def _archived_lines(p: Plan, settings: dict[str, Any]) -> list[str]:
+    """The trial lines of the plan's archive when it was written for these settings, else []."""
+    if p.archive is None:
+        return []
+    files = {name: p.archive / name for name in ("settings.json", "trials.jsonl")}
+    for path in files.values():
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise ConfigError(f"{path}: not a plain file; a trial archive holds plain files only")
+        if path.is_file() and path.stat().st_size > ARCHIVE_MAX_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size} bytes, over {ARCHIVE_MAX_BYTES}; not a trial log")
+    try:
+        same = json.loads(files["settings.json"].read_text()) == settings
+        text = files["trials.jsonl"].read_text() if same else ""
+    except (OSError, ValueError, UnicodeDecodeError):  # absent, cut short or not text: nothing to replay
+        return []
+    return text.splitlines()
+
+
+def _write_archive(p: Plan, settings: dict[str, Any], kept: str) -> None:
+    """The archive of a starting search: its settings and the trials it replays (each new trial is
+    appended by :func:`trial_task`); the search folder notes where it is."""
+    if p.archive is None:
+        return
+    from benchmark.util import atomic_write
+
+    p.archive.mkdir(parents=True, exist_ok=True)
+    atomic_write(p.archive / "settings.json", json.dumps(settings, indent=1, sort_keys=True) + "\n")
+    atomic_write(p.archive / "trials.jsonl", kept)
+    (p.folder / ARCHIVE_POINTER).write_text(str(p.archive.resolve()))
 
 
 def _logged_trial(path: Path, num: int, config_hash: str) -> dict[str, Any] | None:
@@ -362,7 +405,8 @@ def _logged_trial(path: Path, num: int, config_hash: str) -> dict[str, Any] | No
 
 
 def _resume_or_reset(p: Plan, settings: dict[str, Any]) -> int:
-    """Prepare a search folder: keep a stopped search's logged trials for replay, else start clean.
+    """Prepare a search folder: keep a stopped search's logged trials (its own log and its archive
+    under ``paths.results``) for replay, else start clean; write the archive either way.
 
     Returns:
         the number of logged trials kept for replay.
@@ -373,26 +417,33 @@ def _resume_or_reset(p: Plan, settings: dict[str, Any]) -> int:
         same = settings_file.is_file() and json.loads(settings_file.read_text()) == settings
     except (OSError, ValueError):  # a settings file cut short: start the search again
         same = False
-    if same and log.is_file():
-        replay = p.folder / REPLAY
-        by_trial: dict[Any, str] = {}  # a search stopped again while replaying: keep both logs
-        for source in (replay, log):
-            for text in source.read_text().splitlines() if source.is_file() else []:
-                try:
-                    by_trial[json.loads(text).get("trial")] = text
-                except (json.JSONDecodeError, AttributeError):
-                    continue  # a line cut short when the search stopped
-        kept = "".join(f"{by_trial[k]}\n" for k in sorted(by_trial, key=str))
+    local = same and log.is_file()
+    archived = _archived_lines(p, settings)
+    replay = p.folder / REPLAY
+    by_trial: dict[Any, str] = {}  # a search stopped again while replaying: keep every log
+    sources = [archived, *([replay, log] if local else [])]
+    for source in sources:
+        lines = source if isinstance(source, list) else source.read_text().splitlines() if source.is_file() else []
+        for text in lines:
+            try:
+                line = json.loads(text)
+            except json.JSONDecodeError:
+                continue  # a line cut short when the search stopped
+            if isinstance(line, dict) and isinstance(line.get("trial"), int) and not isinstance(line["trial"], bool):
+                by_trial[line["trial"]] = json.dumps({k: v for k, v in line.items() if k != "replayed"}, sort_keys=True)
+    kept = "".join(f"{by_trial[k]}\n" for k in sorted(by_trial))
+    if local:
         for leftover in (p.folder / "error.txt", p.folder / "optimization_results.yaml"):
             leftover.unlink(missing_ok=True)
         shutil.rmtree(p.folder / "checkpoints", ignore_errors=True)
-        replay.write_text(kept)
-        log.write_text("")
-        return sum(1 for t in kept.splitlines() if t.strip())
-    shutil.rmtree(p.folder, ignore_errors=True)
-    p.folder.mkdir(parents=True)
-    settings_file.write_text(json.dumps(settings, indent=1, sort_keys=True))
-    return 0
+    else:
+        shutil.rmtree(p.folder, ignore_errors=True)
+        p.folder.mkdir(parents=True)
+        settings_file.write_text(json.dumps(settings, indent=1, sort_keys=True))
+    replay.write_text(kept)
+    log.write_text("")
+    _write_archive(p, settings, kept)
+    return len(by_trial)
 
 
 # ------------------------------------------------------------------------------------------ search

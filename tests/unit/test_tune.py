@@ -227,6 +227,8 @@ def test_a_stopped_search_resumes_without_training_its_logged_trials(planted, tm
     log = plan.folder / "trials.jsonl"
     (plan.folder / "search.json").unlink()  # as if the search had stopped in trial 3
     log.write_text("".join(f"{line}\n" for line in log.read_text().splitlines()[:3]) + '{"trial": 3, "val')
+    archive = plan.archive / "trials.jsonl"  # appended with the log: it stopped at the same trial
+    archive.write_text("".join(f"{line}\n" for line in archive.read_text().splitlines()[:3]))
     trained = []
     real = tune.trial_value
     monkeypatch.setattr(tune, "trial_value", lambda cfg, d: trained.append(1) or real(cfg, d))
@@ -245,6 +247,44 @@ def test_a_stopped_search_resumes_without_training_its_logged_trials(planted, tm
     trained.clear()
     tune.run_search(other)
     assert len(trained) == 6 and not any(t.get("replayed") for t in _trials(tmp_path))
+
+
+def test_a_search_resumes_from_its_archive_with_the_results_when_its_outputs_are_gone(planted, tmp_path, monkeypatch):
+    """The trials are also logged under paths.results/tune/<study>: after a fresh checkout (no
+    outputs folder) a rerun replays the archived trials and trains only the others."""
+    import shutil
+
+    from benchmark import tune
+    from benchmark.compose import expand_overrides
+    from benchmark.errors import ConfigError
+
+    plan = tune.plan(expand_overrides(planted), SEARCH)
+    assert plan.archive == tmp_path / "res" / "tune" / plan.study
+    whole = tune.run_search(plan)
+    archived = (plan.archive / "trials.jsonl").read_text().splitlines()
+    assert [json.loads(t)["trial"] for t in archived] == list(range(6))
+    assert [json.loads(t)["value"] for t in archived] == [t["value"] for t in _trials(tmp_path)]
+    # stopped after trial 2: the archive keeps trials 0-2 (the 4th line cut short), outputs are lost
+    (plan.archive / "trials.jsonl").write_text("".join(f"{t}\n" for t in archived[:3]) + '{"trial": 3, "va')
+    shutil.rmtree(tmp_path / "out")
+    trained = []
+    real = tune.trial_value
+    monkeypatch.setattr(tune, "trial_value", lambda cfg, d: trained.append(1) or real(cfg, d))
+    resumed = tune.run_search(plan)
+    assert len(trained) == 3 and resumed["best"]["params"] == whole["best"]["params"]
+    assert [t.get("replayed", False) for t in _trials(tmp_path)] == [True] * 3 + [False] * 3
+    assert [json.loads(t)["trial"] for t in (plan.archive / "trials.jsonl").read_text().splitlines()] == list(range(6))
+    # an archive written for other settings is not replayed; an oversized one is refused with one line
+    other = tune.plan(expand_overrides(planted), [*SEARCH[:2], "search.sampler_seed=5", *SEARCH[3:]])
+    shutil.rmtree(tmp_path / "out")
+    trained.clear()
+    tune.run_search(other)
+    assert len(trained) == 6
+    shutil.rmtree(tmp_path / "out")
+    with open(plan.archive / "trials.jsonl", "a") as f:
+        f.write(" " * (tune.ARCHIVE_MAX_BYTES + 1))
+    with pytest.raises(ConfigError, match="trials.jsonl: .* bytes, over"):
+        tune.run_search(other)
 
 
 def test_a_search_config_can_set_its_models_epoch_budget():
