@@ -9,6 +9,12 @@ dot product of the last position's output with the item's representation, over t
 catalogue. Training is next-item prediction at every position of each user's train sequence,
 cross-entropy over the catalogue.
 
+``features`` (``model=text_tower_clip``) reads other frozen item features through the adapters'
+feature store instead: ``encoder`` (any ``configs/adapter/encoder`` node: open_clip, another
+Hugging Face text encoder) and ``modalities`` (``text``, ``image``), concatenated; an item without
+an image gets a learned missing-image vector (initialised to the mean of the present ones), as in
+the item adapters. The record names the encoder and whether its weights were random-init.
+
 ``id_embedding: true`` adds a learned id vector to the items seen in train; items absent from
 train (``split=strict_cold_item``'s held-out items, and unseen ones) have none, and the record
 says how many. Histories follow the protocol of the other sequential models: train items when the
@@ -17,7 +23,7 @@ valid part is scored, train + valid items for the test part (after the best weig
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -63,6 +69,8 @@ class TextTower(nn.Module):
         dropout: dropout in the encoder and on the input.
         id_embedding: add a learned id vector to items seen in train.
         store_dir: the feature store folder (None: ``<cache>/features``).
+        features: None (MiniLM item text) or ``{encoder: <_target_ node>, modalities: [text,
+            image], image_column, image_root, strict_images, download_images, cache_dir}``.
     """
 
     def __init__(
@@ -76,6 +84,7 @@ class TextTower(nn.Module):
         dropout: float = 0.2,
         id_embedding: bool = False,
         store_dir: str | None = None,
+        features: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         from benchmark.models.components.item_text import text_embeddings
@@ -85,13 +94,31 @@ class TextTower(nn.Module):
                 f"model text_tower: need dim % heads == 0, layers >= 1, max_len >= 1, 0 <= dropout < 1 "
                 f"(got dim={dim}, heads={heads}, layers={layers}, max_len={max_len}, dropout={dropout})"
             )
-        with torch.random.fork_rng(devices=[]):  # loading the encoder never moves the run's random stream
-            found = text_embeddings(data, [str(i) for i in split.item_ids], store_dir)
-        if found is None:
-            raise ConfigError("model text_tower: the items have no titles to embed (it scores items by their text)")
-        features, self.encoder_facts = found
-        self.register_buffer("features", torch.from_numpy(np.array(features, dtype=np.float32)), persistent=False)
-        self.proj = nn.Sequential(nn.Linear(features.shape[1], dim), nn.GELU(), nn.Linear(dim, dim))
+        self.blocks: list[tuple[int, int]] = []  # (start, end) columns of each modality with missing rows
+        self.missing = nn.ParameterList()  # one learned vector per such modality
+        gaps: list[np.ndarray] = []  # [n_items] missing flags of each such modality
+        if features is None:
+            with torch.random.fork_rng(devices=[]):  # loading the encoder never moves the run's random stream
+                found = text_embeddings(data, [str(i) for i in split.item_ids], store_dir)
+            if found is None:
+                raise ConfigError("model text_tower: the items have no titles to embed (it scores items by their text)")
+            table, self.encoder_facts = found
+        else:
+            table, missing_rows, self.encoder_facts = _encoded_features(features, split, data)
+            start = 0
+            for j, width in enumerate(self.encoder_facts["dims"]):
+                gap = missing_rows[:, j]
+                if gap.any():
+                    block = table[:, start : start + width]
+                    mean = block[~gap].mean(axis=0) if (~gap).any() else np.zeros(width, np.float32)
+                    self.blocks.append((start, start + width))
+                    self.missing.append(nn.Parameter(torch.from_numpy(mean.astype(np.float32))))
+                    gaps.append(gap)
+                start += width
+        self.register_buffer("features", torch.from_numpy(np.array(table, dtype=np.float32)), persistent=False)
+        flags = np.stack(gaps, axis=1) if gaps else np.zeros((len(table), 0), dtype=bool)
+        self.register_buffer("missing_rows", torch.from_numpy(flags), persistent=False)  # [n_items, blocks]
+        self.proj = nn.Sequential(nn.Linear(table.shape[1], dim), nn.GELU(), nn.Linear(dim, dim))
         in_train = np.zeros(split.n_items, dtype=bool)
         in_train[split.train["item"].to_numpy()] = True
         self.id_embedding = bool(id_embedding)
@@ -118,9 +145,19 @@ class TextTower(nn.Module):
 
     # ------------------------------------------------------------------ representations
 
+    def item_inputs(self) -> torch.Tensor:
+        """[n_items, D]: the frozen features, a missing image replaced by the learned vector."""
+        if not self.blocks:
+            return self.features
+        parts, last = [], 0
+        for (start, end), miss, emb in zip(self.blocks, self.missing_rows.T, self.missing, strict=True):
+            parts += [self.features[:, last:start], torch.where(miss.unsqueeze(1), emb.unsqueeze(0), self.features[:, start:end])]
+            last = end
+        return torch.cat([*parts, self.features[:, last:]], dim=1)
+
     def item_vectors(self) -> torch.Tensor:
-        """[n_items, dim]: projected text (+ the id vector of items seen in train)."""
-        out = self.proj(self.features)
+        """[n_items, dim]: projected features (+ the id vector of items seen in train)."""
+        out = self.proj(self.item_inputs())
         if self.ids is not None:
             out = out + self.ids.weight * self.in_train.unsqueeze(1).to(out.dtype)
         return out
@@ -181,6 +218,64 @@ class TextTower(nn.Module):
                 "train_sequences": int(len(self._train_seqs)),
             }
         }
+
+
+def _encoded_features(node: Any, split: Split, data: Any) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """([n_items, D] concatenated features, [n_items, M] missing flags per modality, facts) of the
+    ``features`` node, through the adapters' encoders and feature store."""
+    from types import SimpleNamespace
+
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from benchmark.models.components.adapter import _feature_tables
+    from benchmark.models.components.feature_store import MODALITIES
+
+    node = dict(node)
+    unknown = set(node) - {"encoder", "modalities", "image_column", "image_root", "strict_images", "download_images", "cache_dir"}
+    if unknown:
+        raise ConfigError(f"model.module.features: unknown key {sorted(unknown)[0]!r}")
+    modalities = list(node.get("modalities") or ["text"])
+    if any(m not in MODALITIES for m in modalities) or len(set(modalities)) != len(modalities):
+        raise ConfigError(f"model.module.features.modalities: each of {', '.join(MODALITIES)} at most once, got {modalities}")
+    enc_node = node.get("encoder")
+    if not isinstance(enc_node, Mapping) or "_target_" not in enc_node:
+        raise ConfigError(f"model.module.features.encoder: expected a config with _target_, got {enc_node!r}")
+    try:
+        encoder = instantiate(dict(enc_node))
+    except InstantiationException as e:
+        if isinstance(e.__cause__, ConfigError):
+            raise e.__cause__ from None
+        raise ConfigError(f"model.module.features.encoder: {' '.join(str(e).split())[:300]}") from None
+    lacking = [m for m in modalities if m not in encoder.modalities]
+    if lacking:
+        raise ConfigError(
+            f"model.module.features.modalities: encoder '{encoder.kind}' has no {lacking[0]} tower "
+            f"(it encodes {', '.join(encoder.modalities)})"
+        )
+    cfg = SimpleNamespace(
+        modalities=modalities,
+        cache_dir=node.get("cache_dir"),
+        image_column=node.get("image_column", "image"),
+        image_root=node.get("image_root"),
+        strict_images=bool(node.get("strict_images", False)),
+        download_images=bool(node.get("download_images", True)),
+    )
+    with torch.random.fork_rng(devices=[]):  # encoding never moves the run's random stream
+        tables, images = _feature_tables(cfg, encoder, split, data)
+    feats = np.concatenate([np.asarray(t.features, dtype=np.float32) for t in tables], axis=1)
+    missing = np.stack([np.asarray(t.missing, dtype=bool) for t in tables], axis=1)
+    identity = dict(encoder.identity())
+    facts = {
+        "encoder": identity,
+        "random_init": bool(identity.get("random_init")),
+        "modalities": modalities,
+        "dims": [int(t.features.shape[1]) for t in tables],
+        "keys": {t.modality: str(t.facts.get("key", ""))[:20] for t in tables},
+        "missing_share": {t.modality: round(float(np.mean(t.missing)), 4) for t in tables},
+        "images": images or None,
+    }
+    return feats, missing, facts
 
 
 def _score_test_after_load(module: TextTower, incompatible: Any) -> None:

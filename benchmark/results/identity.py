@@ -68,6 +68,11 @@ def result_config(cfg: DictConfig) -> dict[str, Any]:
         c["adapter"] = {k: v for k, v in c["adapter"].items() if k != "cache_dir"}
         if isinstance(c["adapter"].get("encoder"), dict):
             c["adapter"]["encoder"] = {k: v for k, v in c["adapter"]["encoder"].items() if k != "cache_dir"}
+    module = (c.get("model") or {}).get("module") if isinstance(c.get("model"), dict) else None
+    if isinstance(module, dict) and isinstance(module.get("features"), dict):  # the text tower's feature store
+        feats = module["features"] = {k: v for k, v in module["features"].items() if k != "cache_dir"}
+        if isinstance(feats.get("encoder"), dict):
+            feats["encoder"] = {k: v for k, v in feats["encoder"].items() if k != "cache_dir"}
     if isinstance(c.get("describe"), dict):  # where descriptions are cached does not change them
         c["describe"] = {k: v for k, v in c["describe"].items() if k != "cache_dir"}
     if isinstance(c.get("trainer"), dict):
@@ -107,6 +112,13 @@ def model_label(cfg: DictConfig) -> str:
     aligned += f"@{cfg.precision.name}" if cfg.get("precision") is not None else ""
     # Generated item descriptions (``describe=<generator>``) add ``+desc-<generator>``.
     aligned += f"+desc-{cfg.describe.name}" if cfg.get("describe") is not None else ""
+    module = cfg.model.get("module") if hasattr(cfg.model, "get") else None
+    features = module.get("features") if hasattr(module, "get") else None
+    if features is not None:  # the text tower on other frozen features, e.g. ``text_tower+text-ViT-B-32-rand``
+        from benchmark.models.components.adapter import encoder_label
+
+        mods = "-".join(features.get("modalities") or ["text"])
+        label += f"+{mods}-{encoder_label(features.get('encoder')) or 'features'}"
     if not adapter_on(cfg.get("adapter")):
         return label + aligned
     from benchmark.models.components.adapter import adapter_label

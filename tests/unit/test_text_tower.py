@@ -119,3 +119,63 @@ def test_text_tower_runs_and_validates_on_strict_cold_items(tiny_dir, tmp_path):
     assert rec["model"]["label"] == "text_tower+id" and rec["model"]["text_tower"]["id_embedding"] is True
     assert 0.0 <= rec["metrics"]["test/heldout@20"] <= 1.0
     llm4rec("validate", str(run_dir), "--data", str(tiny_dir))
+
+
+def test_open_clip_features_concatenate_with_a_learned_missing_image_vector(tmp_path):
+    """features=: open_clip text + image towers (a tiny random-init CLIP) through the feature store;
+    items without an image read a learned vector in the image columns, text columns untouched."""
+    from benchmark.models.text_tower import TextTower
+    from tests.unit.test_adapter_features import draw_images, register_tiny_clip
+
+    clip = register_tiny_clip(tmp_path / "clip")
+    d = write_atomic(tmp_path / "d", "tiny", random_rows())
+    names = draw_images(d / "img", 30)
+    lines = ["item_id:token\ttitle:token_seq\timage:token"]
+    lines += [f"i{i}\tTitle {i}\t" + (f"img/{names[i]}" if i < 30 else "") for i in range(60)]
+    (d / "tiny.item").write_text("\n".join(lines) + "\n")
+    data = read_atomic(d, "tiny")
+    split = build_split(data, SplitConfig(protocol="loo", holdout_items=0.2))
+    encoder = {"_target_": "benchmark.models.components.features.OpenCLIPEncoder", "model": clip, "pretrained": None, "init_seed": 0}
+    node = {"encoder": encoder, "modalities": ["text", "image"], "image_root": str(d), "cache_dir": str(tmp_path / "cache"), "download_images": False}
+    torch.manual_seed(0)
+    model = TextTower(split, data, dim=8, layers=1, heads=2, max_len=6, dropout=0.0, features=node)
+    facts = model.encoder_facts
+    assert facts["dims"] == [16, 16] and facts["random_init"] is True and facts["modalities"] == ["text", "image"]
+    assert model.features.shape == (split.n_items, 32) and model.missing_rows.shape == (split.n_items, 1)
+    raw = np.asarray([str(i) for i in split.item_ids])
+    without_image = torch.as_tensor([int(r[1:]) >= 30 for r in raw])
+    assert torch.equal(model.missing_rows[:, 0], without_image)
+    with torch.no_grad():
+        model.missing[0].fill_(7.0)
+        x = model.item_inputs()
+    assert torch.all(x[without_image][:, 16:] == 7.0)
+    assert torch.equal(x[~without_image][:, 16:], model.features[~without_image][:, 16:])
+    assert torch.equal(x[:, :16], model.features[:, :16])
+    batch = next(iter(model.train_dataset(split, 4, seed=0)))
+    model.loss(batch).backward()
+    assert model.missing[0].grad is not None and model.missing[0].grad.abs().sum() > 0
+    # the same features again come from the store, not the encoder
+    again = TextTower(split, data, dim=8, layers=1, heads=2, max_len=6, dropout=0.0, features=node)
+    assert torch.equal(again.features, model.features)
+    # text only: nothing is missing, no learned vector
+    text_only = TextTower(split, data, dim=8, layers=1, heads=2, max_len=6, dropout=0.0, features={**node, "modalities": ["text"]})
+    assert len(text_only.missing) == 0 and torch.equal(text_only.item_inputs(), text_only.features)
+    with pytest.raises(ConfigError, match="model.module.features: unknown key 'encodr'") as e:
+        TextTower(split, data, features={"encodr": encoder})
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="has no image tower"):
+        minilm = {"_target_": "benchmark.models.components.features.HFTextEncoder"}
+        TextTower(split, data, features={"encoder": minilm, "modalities": ["image"]})
+
+
+def test_the_label_and_hash_name_the_feature_encoder():
+    from benchmark.compose import compose_expanded
+    from benchmark.results.identity import config_hashes, model_label
+
+    cfg = compose_expanded(["model=text_tower_clip"])
+    assert model_label(cfg) == "text_tower+text-ViT-B-32-rand"
+    assert model_label(compose_expanded(["model=text_tower"])) == "text_tower"
+    moved = compose_expanded(["model=text_tower_clip", "model.module.features.cache_dir=/elsewhere"])
+    assert config_hashes(moved) == config_hashes(cfg)  # where features are cached is not a result
+    other = compose_expanded(["model=text_tower_clip", "model.module.features.encoder.init_seed=1"])
+    assert config_hashes(other) != config_hashes(cfg)

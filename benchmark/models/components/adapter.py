@@ -125,21 +125,28 @@ def adapter_label(node: Any) -> str:
         return ""
     cfg = adapter_config(node)
     parts = [cfg.name, *(cfg.modalities or ["nomod"])]
-    enc = dict(cfg.encoder or {})
-    target = str(enc.get("_target_", ""))
-    if target.endswith("OpenCLIPEncoder"):
-        parts.append(
-            str(enc.get("model", "clip")).split("/")[-1] + ("" if enc.get("pretrained") else "-rand")
-        )
-    elif target.endswith("HFTextEncoder"):
-        parts.append("minilm" if enc.get("path") is None else Path(str(enc["path"])).name)
-    elif target.endswith("CFEncoder"):  # the first stage's name (adapter.encoder.label)
-        parts.append(str(enc.get("label") or "cf"))
+    name = encoder_label(cfg.encoder)
+    if name:
+        parts.append(name)
     if cfg.k != 2:
         parts.append(f"k{cfg.k}")
     if cfg.mention != "alongside":
         parts.append(cfg.mention)
     return "+" + "-".join(parts)
+
+
+def encoder_label(node: Any) -> str:
+    """A feature encoder's short name in labels: ``minilm``, ``ViT-B-32-rand`` (open_clip with
+    random-init weights), the first stage's name for CF embeddings; ``""`` when unknown."""
+    enc = dict(node or {})
+    target = str(enc.get("_target_", ""))
+    if target.endswith("OpenCLIPEncoder"):
+        return str(enc.get("model", "clip")).split("/")[-1] + ("" if enc.get("pretrained") else "-rand")
+    if target.endswith("HFTextEncoder"):
+        return "minilm" if enc.get("path") is None else Path(str(enc["path"])).name
+    if target.endswith("CFEncoder"):  # the first stage's name (adapter.encoder.label)
+        return str(enc.get("label") or "cf")
+    return ""
 
 
 class ItemAdapter(nn.Module):
