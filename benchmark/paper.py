@@ -271,6 +271,7 @@ def record_values(rows: list[dict[str, str]], runs_dir: Path) -> dict[str, str]:
     ``config.model.module.{shots,sample_windows,top_n}``, ``config.eval.num_negatives``,
     ``config.split.{history,keep_last}``, ``config.slices.{cold_item,cold_user}_max``,
     ``training.epochs``, ``model.params_{total,trainable}``,
+    ``model.item_descriptions.check.{items,unsupported_any}`` (as ``desc_items``, ``desc_unsupported``),
     ``split.stats.*`` and ``dataset.stats.*``. A fact that differs between the seeds of a row is
     left out (so the paper cannot state it as one number).
     """
@@ -307,6 +308,9 @@ def record_values(rows: list[dict[str, str]], runs_dir: Path) -> dict[str, str]:
                 ("epochs_run", _int(rec, "training", "epochs")),
                 ("params_total", _int(rec, "model", "params_total")),
                 ("params_trainable", _int(rec, "model", "params_trainable")),
+                # generated item descriptions: how many name a genre or year absent from the metadata
+                ("desc_items", _int(rec, "model", "item_descriptions", "check", "items")),
+                ("desc_unsupported", _int(rec, "model", "item_descriptions", "check", "unsupported_any")),
             ):
                 facts[name].add(v)
             for part in ("split", "dataset"):

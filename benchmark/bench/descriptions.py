@@ -87,29 +87,16 @@ def measure_features(data: Any, item_ids: list[str], texts: list[str], store: Pa
 
     import pandas as pd
 
+    from benchmark.bench.feature_cache import store_costs
     from benchmark.models.components.describe import COLUMN
-    from benchmark.models.components.encoders import HFTextEncoder
-    from benchmark.models.components.feature_store import encode_features
     from benchmark.models.components.text_encoder import item_descriptions
 
     items = data.items.copy()
     items[COLUMN] = pd.Series(dict(zip(item_ids, texts, strict=True)), dtype=object).reindex(items.index)
     described = dataclasses.replace(data, items=items, item_fields={**dict(data.item_fields), COLUMN: COLUMN})
     full = item_descriptions(described.items, described.item_fields, item_ids)
-    t0 = time.perf_counter()
-    miss = encode_features("text", HFTextEncoder(), item_ids, texts=full, store_dir=store)
-    miss_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    hit = encode_features("text", HFTextEncoder(), item_ids, texts=full, store_dir=store)
-    hit_s = time.perf_counter() - t0
-    return {
-        "encoder": "sentence-transformers/all-MiniLM-L6-v2 (offline package), max_length 64",
-        "text": "Title (Year); Genres. Description",
-        "mean_chars": round(sum(len(t) for t in full) / max(len(full), 1), 1),
-        "miss_seconds": round(miss_s, 3),
-        "hit_seconds": round(hit_s, 3),
-        "caches": [miss.facts["cache"], hit.facts["cache"]],
-    }
+    mean_chars = round(sum(len(t) for t in full) / max(len(full), 1), 1)
+    return {"text": "Title (Year); Genres. Description", "mean_chars": mean_chars, **store_costs(item_ids, full, store)}
 
 
 def main(out_dir: Path, store: Path | None = None, threads: int = 1) -> dict[str, Any]:

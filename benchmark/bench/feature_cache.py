@@ -84,12 +84,17 @@ def _p5(data: Any, split: Any, adapter: dict[str, Any] | None) -> Any:
 
 def measure_store(data: Any, split: Any, store: Path) -> dict[str, Any]:
     """Seconds of a miss (encode + write) and of a hit (digest + memory map) for the text table."""
-    from benchmark.models.components.encoders import HFTextEncoder
-    from benchmark.models.components.feature_store import encode_features
     from benchmark.models.components.text_encoder import item_descriptions
 
     ids = [str(i) for i in split.item_ids]
-    texts = item_descriptions(data.items, data.item_fields, ids)
+    return store_costs(ids, item_descriptions(data.items, data.item_fields, ids), store)
+
+
+def store_costs(ids: list[str], texts: list[str], store: Path) -> dict[str, Any]:
+    """MiniLM text features of ``texts`` into an empty feature store (a miss), then again (a hit)."""
+    from benchmark.models.components.encoders import HFTextEncoder
+    from benchmark.models.components.feature_store import encode_features
+
     enc = HFTextEncoder()
     t0 = time.perf_counter()
     enc.identity()  # model load + weight digest, paid by hits and misses alike
