@@ -693,8 +693,8 @@ def table_columns(trs: list[dict[str, Any]]) -> list[str]:
     cols = [f"test/{m}" for m in HEADLINE[kind]]
     head = SIGNIFICANCE_METRIC[kind]
     cols += [f"test/{s}/{head}" for s in SLICES if any(f"test/{s}/{head}" in r["metrics"] for r in trs)]
-    if kind == "ranking" and any(f"test/{HELDOUT}" in r["metrics"] for r in trs):
-        cols.append(f"test/{HELDOUT}")  # strict cold start: how often a held-out item is in the list at all
+    if kind == "ranking":  # strict cold start: how often a held-out item is in the list at all
+        cols += [f"test/{m}" for m in HELDOUT if any(f"test/{m}" in r["metrics"] for r in trs)]
     return cols
 
 

@@ -24,7 +24,7 @@ FULL_COLUMNS = ["hr@10", "ndcg@10"]
 BEYOND = ["ild@10", "ildgenre@10", "novelty@10", "arp@10", "longtail@10", "gini@10", "calib@10"]
 SLICES = ("cold_user", "cold_item", "strict_cold_item")
 # Strict cold start (split.holdout_items): the share of lists that hold a never-trained item at all.
-HELDOUT = "heldout@10"
+HELDOUT = ("heldout@10", "heldout@20")
 
 
 def kind_of(protocol: str) -> str:

@@ -366,8 +366,8 @@ def test_llm_rows_name_their_prompt_examples_history_and_length(tmp_path):
 def test_ranking_tables_show_the_heldout_share_only_where_a_row_has_it():
     from benchmark.results.leaderboard import table_columns
 
-    cold = [{"eval": "full", "metrics": {"test/ndcg@10": (0.1, None)}}, {"eval": "full", "metrics": {"test/heldout@10": (0.2, None)}}]
-    assert table_columns(cold)[-1] == "test/heldout@10"
+    cold = [{"eval": "full", "metrics": {"test/ndcg@10": (0.1, None)}}, {"eval": "full", "metrics": {"test/heldout@10": (0.2, None), "test/heldout@20": (0.3, None)}}]
+    assert table_columns(cold)[-2:] == ["test/heldout@10", "test/heldout@20"]
     assert "test/heldout@10" not in table_columns([{"eval": "full", "metrics": {"test/ndcg@10": (0.1, None)}}])
     labeled = [{"eval": "labeled", "metrics": {"test/heldout@10": (0.2, None)}}]
     assert "test/heldout@10" not in table_columns(labeled)
