@@ -101,6 +101,7 @@ def _run(cfg: DictConfig, log: RunLog, version: str) -> dict[str, Any]:
     resume = resume_checkpoint(cfg, job.outputs / "checkpoints" / run_id)
 
     data_cfg, data, split = _load(cfg)
+    source = data  # the item side table as the dataset has it: the beyond-accuracy facts read it
     described = None
     if cfg.get("describe") is not None:  # generated item descriptions join the item side table
         from benchmark.models.components.describe import add_descriptions
@@ -125,7 +126,9 @@ def _run(cfg: DictConfig, log: RunLog, version: str) -> dict[str, Any]:
         from benchmark.models.components.precision import apply_precision
 
         apply_precision(model, cfg.precision, job.outputs)
-    evaluated = _evaluate(job, model, split, data, trainer_kwargs)
+    # Text ILD and the other list facts use the dataset's own item text, never generated
+    # descriptions, so they compare across runs and ``validate`` recomputes them from the dataset.
+    evaluated = _evaluate(job, model, split, source, trainer_kwargs)
     labels = {"device": job.device.type, "processes": world_size(trainer_kwargs)}
     record = build_record(cfg, data, data_cfg.source, split, job.ev, evaluated, params, training, labels)
     record["audit"] = record_summary(split, getattr(model, "index", None))  # checked by validate
