@@ -32,6 +32,7 @@ sampler proposes); an archive over :data:`ARCHIVE_MAX_BYTES` is refused with one
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -398,8 +399,9 @@ def _logged_trial(path: Path, num: int, config_hash: str) -> dict[str, Any] | No
         except json.JSONDecodeError:  # a line cut short when the search stopped
             continue
         if isinstance(line, dict) and line.get("trial") == num:
-            if line.get("config_hash") != config_hash or not isinstance(line.get("value"), (int, float)):
-                return None  # another config under this number: train it
+            value = line.get("value")
+            if line.get("config_hash") != config_hash or not isinstance(value, (int, float)) or not math.isfinite(value):
+                return None  # another config under this number, or no usable value: train it
             return {k: v for k, v in line.items() if k != "replayed"}
     return None
 

@@ -274,6 +274,14 @@ def test_a_search_resumes_from_its_archive_with_the_results_when_its_outputs_are
     assert len(trained) == 3 and resumed["best"]["params"] == whole["best"]["params"]
     assert [t.get("replayed", False) for t in _trials(tmp_path)] == [True] * 3 + [False] * 3
     assert [json.loads(t)["trial"] for t in (plan.archive / "trials.jsonl").read_text().splitlines()] == list(range(6))
+    # a forged archive line (NaN value, a link) is not replayed or read
+    lines = (plan.archive / "trials.jsonl").read_text().splitlines()
+    forged = json.loads(lines[0]) | {"value": float("nan")}
+    (plan.archive / "trials.jsonl").write_text("\n".join([json.dumps(forged), *lines[1:]]) + "\n")
+    shutil.rmtree(tmp_path / "out")
+    trained.clear()
+    tune.run_search(plan)
+    assert len(trained) == 1  # trial 0 retrained, the other 5 replayed
     # an archive written for other settings is not replayed; an oversized one is refused with one line
     other = tune.plan(expand_overrides(planted), [*SEARCH[:2], "search.sampler_seed=5", *SEARCH[3:]])
     shutil.rmtree(tmp_path / "out")
