@@ -55,7 +55,7 @@ from benchmark.models.components.icl import (
     history_vectors,
     per_row_examples,
 )
-from benchmark.models.components.llm import left_pad, load_causal_lm, next_token_logits
+from benchmark.models.components.llm import checkpoint_activations, left_pad, load_causal_lm, next_token_logits
 from benchmark.models.components.lora import lora_settings, track_trainable_state, wrap_lora
 from benchmark.models.components.prompts import PromptTemplate, answer_token_ids, item_texts
 from benchmark.progress import within_chunk
@@ -189,6 +189,8 @@ class TallRec(nn.Module):
         cache_dir: cache root for dequantized GGUF backbones (None: ``$LLM4REC_CACHE`` or
             ``.cache/llm4rec``).
         adapter: the run's ``adapter`` config (soft tokens from frozen item features), or None.
+        gradient_checkpointing: recompute layer activations in the backward pass (the same loss and
+            gradients, about a third more training compute, a fraction of the activation memory).
     """
 
     outputs_probabilities = True
@@ -216,8 +218,12 @@ class TallRec(nn.Module):
         history_budget: int | None = None,
         summary_tokens: int = 32,
         summary_prompt: str = SUMMARY_PROMPT,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        if not isinstance(gradient_checkpointing, bool):
+            raise ConfigError(f"model.module.gradient_checkpointing: true or false, got {gradient_checkpointing!r}")
+        self.gradient_checkpointing = gradient_checkpointing
         check_strategy(icl_select)
         self.icl_select = icl_select
         if history_select not in HISTORY_SELECT:
@@ -340,6 +346,8 @@ class TallRec(nn.Module):
         if self.adapter is not None and not self.adapter_config.train_llm:
             for p in self.lm.parameters():
                 p.requires_grad_(False)
+        if self.gradient_checkpointing:
+            checkpoint_activations(lm.model)
 
     # ------------------------------------------------------------------ prompts
 

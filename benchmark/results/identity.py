@@ -69,6 +69,8 @@ def result_config(cfg: DictConfig) -> dict[str, Any]:
         if isinstance(c["adapter"].get("encoder"), dict):
             c["adapter"]["encoder"] = {k: v for k, v in c["adapter"]["encoder"].items() if k != "cache_dir"}
     module = (c.get("model") or {}).get("module") if isinstance(c.get("model"), dict) else None
+    if isinstance(module, dict) and module.get("gradient_checkpointing") is False:
+        del module["gradient_checkpointing"]  # the default: hashes as runs made before the option
     if isinstance(module, dict) and isinstance(module.get("features"), dict):  # the text tower's feature store
         feats = module["features"] = {k: v for k, v in module["features"].items() if k != "cache_dir"}
         if isinstance(feats.get("encoder"), dict):

@@ -411,3 +411,19 @@ def test_committed_experiments_compose_to_their_recorded_config_hashes(pattern, 
     assert (rec["config_hash"], rec["group_key"]) in recorded_config_hashes(rec["config"])
     cfg.eval.test_users = 60  # a subset of users changes the result, so the hash
     assert config_hashes(cfg)[0] != config_hashes(OmegaConf.create(rec["config"]))[0]
+
+
+@pytest.mark.parametrize("overrides", [["experiment=llara_ml100k", "seed=1"], ["experiment=tallrec_movie_64", "seed=1"]])
+def test_gradient_checkpointing_off_hashes_as_before_and_on_is_named(overrides):
+    """``model.module.gradient_checkpointing=false`` (the default) leaves the result config as it
+    was before the option; ``true`` is part of the config hash and the training key, so the
+    records of such runs say so."""
+    from benchmark.compose import compose
+    from benchmark.results.identity import config_hashes, result_config, training_key
+
+    off = compose(overrides)
+    assert off.model.module.gradient_checkpointing is False
+    assert "gradient_checkpointing" not in result_config(off)["model"]["module"]
+    on = compose([*overrides, "model.module.gradient_checkpointing=true"])
+    assert result_config(on)["model"]["module"]["gradient_checkpointing"] is True
+    assert config_hashes(on)[0] != config_hashes(off)[0] and training_key(on) != training_key(off)

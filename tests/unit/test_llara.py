@@ -104,7 +104,7 @@ def llara(films, lm, **kw) -> LLaRA:
         indexing={"scheme": "title"},
         prompts=prompts(),
         history=3,
-        lora=LORA,
+        lora=kw.pop("lora", LORA),
         num_beams=kw.pop("num_beams", 5),
         negatives=kw.pop("negatives", 4),
         seed=0,
@@ -363,3 +363,45 @@ def test_non_finite_saved_embeddings_are_refused_when_read(films, tmp_path):
     (folder / FACTS).write_text(json.dumps(facts))
     with pytest.raises(ConfigError, match="non-finite values"):
         read_item_embeddings(folder, split.n_items, split.fingerprint)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients_and_saves_less(films, lm, tmp_path):
+    """``gradient_checkpointing=true`` recomputes activations in backward: the loss and every
+    trainable gradient (LoRA with dropout, the soft-token projector) equal those of a plain
+    backward, while the forward pass keeps fewer bytes for backward. Eval mode is unaffected."""
+    _, split = films
+    adapter = _cf_adapter(first_stage(tmp_path, split))
+    out = []
+    for on in (False, True):
+        torch.manual_seed(3)  # LoRA and projector initialisation
+        model = llara(films, lm, mode="hybrid", adapter=adapter, lora={**LORA, "dropout": 0.3}, gradient_checkpointing=on)
+        model.train()
+        users, ends = model._windows()
+        pick = np.arange(min(6, len(users)))
+        batch = model.collate(users[pick], ends[pick], np.zeros(len(pick), int), epoch=0, batch=0, progress=1.0)
+        saved = [0]
+
+        def pack(t, saved=saved):
+            saved[0] += t.numel() * t.element_size()
+            return t
+
+        torch.manual_seed(11)  # dropout masks
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = model.loss(batch)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        out.append((loss.detach(), grads, saved[0]))
+        model.eval()
+        with torch.no_grad():
+            out[-1] += (model.loss(batch),)
+    (loss0, g0, s0, e0), (loss1, g1, s1, e1) = out
+    assert torch.equal(loss0, loss1) and torch.equal(e0, e1)
+    assert g0.keys() == g1.keys() and any("lora" in n for n in g0) and any("adapter" in n or "proj" in n for n in g0)
+    for n in g0:
+        assert torch.equal(g0[n], g1[n]), n
+    assert s1 < s0
+
+
+def test_gradient_checkpointing_must_be_a_bool(films, lm):
+    with pytest.raises(ConfigError, match="model.module.gradient_checkpointing: true or false"):
+        llara(films, lm, gradient_checkpointing="yes")

@@ -369,6 +369,23 @@ def test_loss_is_cross_entropy_of_the_answer_token(tiny_split, tiny_data, tiny_l
         assert m.loss(batch).item() == pytest.approx(manual.item(), abs=1e-5)
 
 
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_split, tiny_data, tiny_lm):
+    out = []
+    for on in (False, True):
+        torch.manual_seed(2)  # LoRA initialisation
+        lora = {"r": 4, "alpha": 8, "dropout": 0.2, "target_modules": ["q_proj", "v_proj"]}
+        m = tallrec(tiny_split, tiny_data, tiny_lm, lora=lora, gradient_checkpointing=on).train()
+        assert m.lm.get_base_model().is_activation_checkpointing == on
+        batch = next(iter(m.train_dataset(tiny_split, 4, 0)))
+        torch.manual_seed(5)  # dropout masks
+        loss = m.loss(batch)
+        loss.backward()
+        out.append((loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad}))
+    (l0, g0), (l1, g1) = out
+    assert torch.equal(l0, l1) and g0.keys() == g1.keys()
+    assert all(torch.equal(g0[n], g1[n]) for n in g0)
+
+
 def test_shots_are_drawn_from_train_by_seed(tiny_split, tiny_data, tiny_lm):
     m = tallrec(tiny_split, tiny_data, tiny_lm, shots=16)
     n = len(tiny_split.train)

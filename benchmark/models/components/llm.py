@@ -246,6 +246,25 @@ def load_causal_lm(
     return LoadedLM(model, tokenizer, facts)
 
 
+def checkpoint_activations(model: Any) -> None:
+    """Gradient checkpointing of a Hugging Face model's layers (``model.module.gradient_checkpointing``).
+
+    Training keeps only each layer's inputs and recomputes its activations in the backward pass
+    (torch's non-reentrant checkpoint, which restores the random state, so dropout draws the same
+    masks): the same loss and gradients for about a third more compute, with activation memory
+    cut from every layer's to one layer's. Inactive in eval mode (scoring, decoding).
+    """
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError(
+            f"model.module.gradient_checkpointing: {type(model).__name__} does not support gradient checkpointing"
+        )
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 (the older name is deprecated)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def left_pad(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     """Left-pad token id lists into a batch for a causal LM.
 
