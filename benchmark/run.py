@@ -30,12 +30,12 @@ from benchmark.config import DataConfig, EvalConfig, SliceConfig, SplitConfig, t
 from benchmark.data.interactions import Interactions
 from benchmark.data.loading import load_dataset
 from benchmark.data.splits import Split, build_split
-from benchmark.data.views import labeled_rows, ranking_rows
+from benchmark.data.views import labeled_rows, ranking_rows, sample_negatives
 from benchmark.distributed import is_global_zero, world_size
 from benchmark.errors import ConfigError
 from benchmark.eval.evaluator import evaluate
 from benchmark.eval.rows import eval_rows
-from benchmark.models.contract import check_model, has_own_train_data, ranks_rows, reads_train
+from benchmark.models.contract import check_model, has_own_train_data, ranks_rows, reads_train, valid_protocol
 from benchmark.predict import predict
 from benchmark.progress import RunLog, run_version
 from benchmark.results.identity import config_hashes, run_id_for, training_key
@@ -265,10 +265,15 @@ def _fit(
     from benchmark.training import PairwiseStream, fit
 
     cfg, ev, run_id = job.cfg, job.ev, job.run_id
-    if ev.protocol == "labeled":
+    protocol = valid_protocol(ev.protocol, model)
+    if protocol == "labeled":
         valid = labeled_rows(split, "valid", to_object(cfg.split, SplitConfig).label_threshold)
     else:
         valid = ranking_rows(split, "valid")
+        if protocol == "sampled":  # a pair scorer ranks each valid target among negatives (test never read)
+            valid.negatives = sample_negatives(
+                split, valid, ev.num_negatives, ev.negatives_seed, parts=("train", "valid")
+            )
     if len(valid) == 0:
         raise ConfigError(f"split {split.protocol}: the valid part is empty; early stopping needs it")
     batch_size, seed = int(cfg.model.train.batch_size), int(cfg.seed)

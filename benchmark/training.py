@@ -72,8 +72,10 @@ class RecTask(pl.LightningModule):
 
     Validation answers the valid rows with the evaluation's prediction path
     (:func:`benchmark.predict.row_predictor`): ranking validation ranks the full catalogue per
-    valid row (``ndcg@10`` etc.), or asks ``model.rank_rows`` for models that generate their
-    ranked lists; labeled validation (``auc``) scores every valid interaction. Values are kept
+    valid row (``ndcg@10`` etc.), or only the row's fixed negatives when the valid rows carry
+    them (a pair scorer under ``eval=sampled``/``candidates``, see
+    :func:`benchmark.models.contract.valid_protocol`), or asks ``model.rank_rows`` for models that
+    generate their ranked lists; labeled validation (``auc``) scores every valid interaction. Values are kept
     per row id and gathered from all ranks, so padding added by a distributed
     sampler is dropped and the metric is computed over rows, not averaged over ranks.
 
@@ -99,6 +101,8 @@ class RecTask(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.valid_metric = valid_metric
         self.labeled = isinstance(valid_rows, LabeledRows)
+        # ranking rows with fixed negatives (a pair scorer's valid candidates) rank just those
+        self.protocol = "labeled" if self.labeled else ("sampled" if valid_rows.negatives is not None else "full")
         if self.labeled != (valid_metric == "auc"):
             raise ValueError(f"valid_metric {valid_metric} does not fit {type(valid_rows).__name__}")
         self.k = 0 if self.labeled else int(valid_metric.split("@")[1])
@@ -125,7 +129,7 @@ class RecTask(pl.LightningModule):
         # The evaluation's own prediction path, built per batch (the task holds no closure, so it
         # pickles); the batch (at most chunk_users rows) is scored in one block.
         predict = row_predictor(
-            self.valid_rows, "labeled" if self.labeled else "full", self.k, max(len(ids), 1)
+            self.valid_rows, self.protocol, self.k, max(len(ids), 1)
         )
         out = predict(self.model, ids, self.device)  # scores [B] or ranked lists [B, k]
         if self.labeled:

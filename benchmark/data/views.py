@@ -127,18 +127,23 @@ def attach_slices(rows: RankingRows, split: Split, cfg: SliceConfig) -> RankingR
     return rows
 
 
-def sample_negatives(split: Split, rows: RankingRows, n: int, seed: int) -> np.ndarray:
+def sample_negatives(
+    split: Split, rows: RankingRows, n: int, seed: int, parts: tuple[str, ...] = ("train", "valid", "test")
+) -> np.ndarray:
     """[R, n] negatives per row, uniform without replacement over items the user never
-    interacted with in any part. Drawn once per split by ``seed``.
+    interacted with in any of ``parts`` (every part for test rows). Drawn once per split by
+    ``seed``; validation draws with ``parts=("train", "valid")`` and its own stream, so the test
+    part is never read while training.
     """
     n_items = split.n_items
-    every = np.concatenate([split.parts[p][["user", "item"]].to_numpy() for p in ("train", "valid", "test")])
+    every = np.concatenate([split.parts[p][["user", "item"]].to_numpy() for p in parts])
     row_of_user = np.full(split.n_users, -1, dtype=np.int64)
     row_of_user[rows.users] = np.arange(len(rows.users))
     r = row_of_user[every[:, 0]]
     ok = r >= 0
     ptr, seen = csr_from_pairs(r[ok], every[ok, 1], len(rows.users))
-    rng = np.random.default_rng([seed, 104729])
+    stream = 104729 if "test" in parts else 104723
+    rng = np.random.default_rng([seed, stream])
     out = np.empty((len(rows.users), n), dtype=np.int64)
     for i in range(len(rows.users)):
         excl = np.unique(seen[ptr[i] : ptr[i + 1]])

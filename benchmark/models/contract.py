@@ -192,9 +192,26 @@ def outputs_probabilities(model: Any) -> bool:
     return bool(getattr(model, "outputs_probabilities", False))
 
 
-def valid_protocol(eval_protocol: str) -> str:
-    """The protocol validation ranks or scores the valid part with during training."""
-    return "labeled" if eval_protocol == "labeled" else "full"
+def valid_protocol(eval_protocol: str, model: Any = None) -> str:
+    """The protocol validation ranks or scores the valid part with during training.
+
+    ``labeled`` under ``eval=labeled``; otherwise ``full`` (the whole catalogue ranked), except
+    for a pair scorer that neither answers ``eval=full`` (its ``eval_protocols`` leave it out,
+    e.g. TALLRec) nor ranks rows itself, under ``eval=sampled``/``candidates``: it ranks each valid row's target among
+    ``eval.num_negatives`` negatives outside the user's train and valid items (``sampled``).
+    """
+    if eval_protocol == "labeled":
+        return "labeled"
+    allowed = getattr(model, "eval_protocols", None)
+    if (
+        eval_protocol in ("sampled", "candidates")
+        and allowed
+        and "full" not in allowed
+        and _has(model, PairScorer)
+        and not _has(model, RowRanker)  # a model that ranks rows answers its valid rows itself (LLaRA)
+    ):
+        return "sampled"
+    return "full"
 
 
 def missing(model: Any, protocol: str, trains: bool = False) -> list[str]:
@@ -205,7 +222,7 @@ def missing(model: Any, protocol: str, trains: bool = False) -> list[str]:
     """
     needs = [(protocol, f"eval={protocol}")]
     if trains:
-        needs.append((valid_protocol(protocol), "validation during training"))
+        needs.append((valid_protocol(protocol, model), "validation during training"))
     out: list[str] = []
     for proto, why in needs:
         alternatives = _EVAL_NEEDS.get(proto)

@@ -191,9 +191,13 @@ class TallRec(nn.Module):
         adapter: the run's ``adapter`` config (soft tokens from frozen item features), or None.
         gradient_checkpointing: recompute layer activations in the backward pass (the same loss and
             gradients, about a third more training compute, a fraction of the activation memory).
+        prefix_reuse: a user's candidate pairs (``eval=sampled``/``candidates``) share the prompt up
+            to the target: its key/value cache is computed once per user and reused for every
+            candidate (the same P("Yes") to float rounding; see :meth:`score_pairs`).
     """
 
     outputs_probabilities = True
+    eval_protocols = ("labeled", "sampled", "candidates")  # pairs only: no catalogue-wide ranking
 
     def __init__(
         self,
@@ -219,8 +223,10 @@ class TallRec(nn.Module):
         summary_tokens: int = 32,
         summary_prompt: str = SUMMARY_PROMPT,
         gradient_checkpointing: bool = False,
+        prefix_reuse: bool = True,
     ) -> None:
         super().__init__()
+        self.prefix_reuse = bool(prefix_reuse)
         if not isinstance(gradient_checkpointing, bool):
             raise ConfigError(f"model.module.gradient_checkpointing: true or false, got {gradient_checkpointing!r}")
         self.gradient_checkpointing = gradient_checkpointing
@@ -569,10 +575,7 @@ class TallRec(nn.Module):
             self.last_reasoning = self._reason(prompts)
             prompts = [p + r + self.template.answer_cue for p, r in zip(prompts, self.last_reasoning, strict=True)]
         seqs, mentions = self._tokenize(prompts)
-        lengths = [len(s) for s in seqs]
-        if lengths:
-            n, total, longest = self._token_stats
-            self._token_stats = [n + len(lengths), total + sum(lengths), max(longest, max(lengths))]
+        self._count_tokens(seqs)
         advance = within_chunk(len(seqs))  # the evaluator's bar: prompts/s and ETA
         if self.scorer is not None:
             return self.scorer.p_yes(seqs, self.answer_ids, advance)
@@ -589,6 +592,42 @@ class TallRec(nn.Module):
             pair = logits[:, ids.to(logits.device)]  # [b, 2] (yes, no)
             out[torch.as_tensor(idx)] = pair.softmax(dim=-1)[:, 0].cpu()
             advance(len(idx))
+        return out
+
+    def _count_tokens(self, seqs: list[list[int]]) -> None:
+        lengths = [len(q) for q in seqs]
+        if lengths:
+            n, total, longest = self._token_stats
+            self._token_stats = [n + len(lengths), total + sum(lengths), max(longest, max(lengths))]
+
+    def _shares_prefixes(self) -> bool:
+        """Whether pair scoring may reuse a user's prompt prefix: plain torch scoring of text
+        prompts (no chain of thought, no external scorer, no soft tokens)."""
+        return self.prefix_reuse and not self.template.chain_of_thought and self.scorer is None and self.adapter is None
+
+    @torch.no_grad()
+    def p_yes_grouped(self, prompts: list[str], groups: int) -> torch.Tensor:
+        """:meth:`p_yes` of prompts in ``groups`` consecutive groups of equal size (a user's
+        candidates), each group's shared token prefix computed once
+        (:func:`~benchmark.models.components.llm.shared_prefix_next_logits`)."""
+        from benchmark.models.components.llm import common_prefix_length, shared_prefix_next_logits
+
+        seqs, _ = self._tokenize(prompts)
+        self._count_tokens(seqs)
+        advance = within_chunk(len(seqs))
+        size = len(seqs) // groups
+        out = torch.empty(len(seqs), dtype=torch.float32)
+        ids = torch.as_tensor(self.answer_ids)
+        pad = self.tokenizer.pad_token_id
+        for g in range(groups):
+            group = seqs[g * size : (g + 1) * size]
+            cut = common_prefix_length(group)
+            if cut == 0:  # nothing shared: score the group's prompts as they are
+                logits = next_token_logits(self.lm, left_pad(group, pad)).float().cpu()
+            else:
+                (logits,) = shared_prefix_next_logits(self.lm, [group[0][:cut]], [[q[cut:] for q in group]], pad)
+            out[g * size : (g + 1) * size] = logits[:, ids].softmax(dim=-1)[:, 0]
+            advance(len(group))
         return out
 
     @torch.no_grad()
@@ -662,10 +701,19 @@ class TallRec(nn.Module):
         return {"rows": len(picked), "part": "train", "digest": rows_digest(picked)}
 
     def score_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """[B] users, [B, C] items -> [B, C] P("Yes") of each pair's prompt."""
+        """[B] users, [B, C] items -> [B, C] P("Yes") of each pair's prompt.
+
+        With C > 1 (a user's candidate list) and ``prefix_reuse``, the prompt tokens the C prompts
+        share (instruction, in-context examples, history) run once per user and only the rest
+        (the target's mention and the question) per candidate.
+        """
         b, c = items.shape
         pairs = [(int(u), int(i)) for u, row in zip(users.tolist(), items.tolist(), strict=True) for i in row]
-        p = self.p_yes([self._prompt(u, i) for u, i in pairs])
+        prompts = [self._prompt(u, i) for u, i in pairs]
+        if c > 1 and self._shares_prefixes():  # a user's candidates: the history part computed once
+            p = self.p_yes_grouped(prompts, b)
+        else:
+            p = self.p_yes(prompts)
         if self.template.chain_of_thought:
             self._reasoning.update(zip(pairs, self.last_reasoning, strict=True))
         return p.view(b, c).to(users.device)

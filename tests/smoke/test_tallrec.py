@@ -69,6 +69,31 @@ def test_tallrec_run_through_the_cli(tiny_dir, tmp_path, lm_dir):
     assert llm["prompt"]["name"] == "tallrec" and llm["prompt"]["example"].endswith("### Response:\n")
 
 
+def test_tallrec_trains_and_answers_candidate_lists(tiny_dir, tmp_path, lm_dir):
+    """Under eval=candidates a pair scorer validates on each valid target among negatives drawn
+    outside the user's train and valid items (never the catalogue, never the test part), and
+    ranks each test row's 1 + N candidates by P("Yes"), the history computed once per user."""
+    args = [
+        "model=tallrec",
+        f"model.module.backbone={lm_dir}",
+        "model.module.shots=16",
+        "model.train.max_epochs=1",
+        "split=loo",
+        "eval=candidates",
+        "eval.num_negatives=9",
+        *tiny_args(tiny_dir, tmp_path),
+    ]
+    llm4rec("run", *args)
+    (run_dir,) = runs(tmp_path)
+    rec = assert_metrics_recompute(run_dir)
+    assert rec["eval"]["protocol"] == "candidates" and rec["training"]["valid_metric"] == "ndcg@10"
+    assert rec["training"]["epochs"] == 1 and np.isfinite(rec["training"]["best_valid"])
+    assert rec["metrics"]["test/valid_ratio"] == 1.0
+    for line in read_predictions(run_dir / rec["predictions"]["file"]):
+        listed = [i for i in line["ranked"] if i is not None]
+        assert len(listed) == len(set(listed)) == 10 and line["targets"][0] in listed
+
+
 def test_llm_rerank_reorders_a_first_stage_run(tiny_dir, tmp_path, lm_dir, capsys):
     llm4rec("run", "model=pop", *tiny_args(tiny_dir, tmp_path))
     (first,) = runs(tmp_path)

@@ -338,3 +338,35 @@ def test_split_export_writes_the_candidate_negatives(split, tmp_path, ev):
     meta = json.loads((tmp_path / "meta.json").read_text())
     _, facts = eval_rows(split, EvalConfig(protocol="candidates", num_negatives=19), SliceConfig())
     assert meta["negatives"]["fingerprint"] == facts["negatives_fingerprint"]
+
+
+def test_valid_negatives_of_a_pair_scorer_never_read_the_test_part(rerank_setup):
+    """Validation candidates (``parts=("train", "valid")``) avoid the user's train and valid items
+    and are the same whatever the test part holds; test candidates avoid every part."""
+    split = rerank_setup[0]
+    valid = ranking_rows(split, "valid")
+    neg = sample_negatives(split, valid, 9, 7, parts=("train", "valid"))
+    assert neg.shape == (len(valid), 9)
+    for r, u in enumerate(valid.users):
+        seen = set(split.train.loc[split.train["user"] == u, "item"]) | set(split.valid.loc[split.valid["user"] == u, "item"])
+        assert not seen & set(neg[r].tolist()) and len(set(neg[r].tolist())) == 9
+    moved = split.test.copy()
+    moved["item"] = (moved["item"] + 1) % split.n_items  # another test part
+    other = type(split)(split.protocol, split.user_ids, split.item_ids, {**split.parts, "test": moved})
+    assert np.array_equal(sample_negatives(other, ranking_rows(other, "valid"), 9, 7, parts=("train", "valid")), neg)
+    # the test draw excludes test items and uses its own stream
+    assert not np.array_equal(sample_negatives(split, valid, 9, 7), neg)
+
+
+def test_validation_protocol_follows_what_the_model_answers():
+    from benchmark.models.bpr import BPR
+    from benchmark.models.contract import missing, valid_protocol
+    from benchmark.models.llara import LLaRA
+    from benchmark.models.tallrec import TallRec
+
+    assert valid_protocol("labeled", TallRec) == "labeled"
+    assert valid_protocol("candidates", TallRec) == valid_protocol("sampled", TallRec) == "sampled"
+    assert valid_protocol("candidates", BPR) == valid_protocol("sampled", BPR) == "full"  # as before
+    assert valid_protocol("candidates", LLaRA) == "full"  # it answers its own valid candidate lists
+    assert missing(TallRec, "candidates", trains=True) == []
+    assert any("eval=full" in m for m in missing(TallRec, "full"))

@@ -23,6 +23,7 @@ from benchmark.models.components.llm import (
     continuation_logprobs,
     left_pad,
     load_causal_lm,
+    next_token_logits,
     shared_prefix_logprobs,
 )
 from benchmark.models.components.prompts import PromptTemplate, answer_token_ids, item_texts
@@ -517,3 +518,42 @@ def test_smollm2_dequantized_once_and_reloaded(tmp_path):
     prompt = tmpl.render({"liked": '"Heat (1995)"', "disliked": "", "target": '"Toy Story (1995)"'})
     yes, no = answer_token_ids(second.tokenizer, prompt, tmpl.answers)
     assert second.tokenizer.convert_ids_to_tokens([yes, no]) == ["Yes", "No"]
+
+
+def test_shared_prefix_next_logits_equal_separate_sequences(tiny_lm):
+    from benchmark.models.components.llm import common_prefix_length, shared_prefix_next_logits
+
+    lm = load_causal_lm(str(tiny_lm))
+    tok = lm.tokenizer
+    prefixes = [tok("Below is an instruction Candidates :")["input_ids"], tok("Title 3")["input_ids"]]
+    suffixes = [
+        [tok(t, add_special_tokens=False)["input_ids"] for t in ("Title 1 , Title 2", "Title", "")],
+        [tok(" Title 22 .", add_special_tokens=False)["input_ids"]],
+    ]
+    got = shared_prefix_next_logits(lm.model, prefixes, suffixes, tok.pad_token_id)
+    with torch.no_grad():
+        for g, prefix, ss in zip(got, prefixes, suffixes, strict=True):
+            want = next_token_logits(lm.model, left_pad([prefix + q for q in ss], tok.pad_token_id))
+            assert g.shape == want.shape and torch.allclose(g, want.float(), atol=1e-5)
+    assert common_prefix_length([[1, 2, 3], [1, 2, 4], [1, 2]]) == 2
+    assert common_prefix_length([[1], [2]]) == 0 and common_prefix_length([]) == 0
+
+
+def test_candidate_pairs_score_the_same_with_and_without_prefix_reuse(tiny_split, tiny_data, tiny_lm, monkeypatch):
+    """A user's candidate prompts share their history; computing it once per user changes no
+    P("Yes") by more than 1e-5, and the prompt-length counts are those of the full prompts."""
+    import benchmark.models.components.llm as llm
+
+    calls = []
+    real = llm.shared_prefix_next_logits
+    monkeypatch.setattr(llm, "shared_prefix_next_logits", lambda m, p, q, pad: calls.append(len(p[0])) or real(m, p, q, pad))
+    users = torch.as_tensor(tiny_split.test["user"].to_numpy()[:3])
+    items = torch.as_tensor(np.stack([np.arange(5) + k for k in range(3)]))
+    shared = tallrec(tiny_split, tiny_data, tiny_lm).eval()
+    plain = tallrec(tiny_split, tiny_data, tiny_lm, prefix_reuse=False).eval()
+    plain.load_state_dict(shared.state_dict())
+    a, b = shared.score_pairs(users, items), plain.score_pairs(users, items)
+    assert a.shape == (3, 5) and torch.allclose(a, b, atol=1e-5)
+    assert not torch.equal(a[:, 0], a[:, 1])  # the target part differs, so do the scores
+    assert shared._token_stats == plain._token_stats
+    assert len(calls) == 3 and min(calls) > 10  # once per user, with a real shared prefix

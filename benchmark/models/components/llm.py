@@ -418,6 +418,69 @@ def shared_prefix_logprobs(
     return list(total.cpu().split([len(cs) for cs in continuations]))
 
 
+def common_prefix_length(seqs: list[list[int]]) -> int:
+    """Length of the longest token prefix shared by every sequence (0 for none or no sequences)."""
+    if not seqs:
+        return 0
+    first, n = seqs[0], min(len(s) for s in seqs)
+    for s in seqs[1:]:
+        j = 0
+        while j < n and s[j] == first[j]:
+            j += 1
+        n = j
+    return n
+
+
+@torch.no_grad()
+def shared_prefix_next_logits(
+    model: Any, prefixes: list[list[int]], suffixes: list[list[list[int]]], pad_id: int
+) -> list[torch.Tensor]:
+    """Logits of the token after each ``prefix + suffix``, computing every prefix once.
+
+    The prefixes run as one left-padded batch with a key/value cache; each prefix's cache rows
+    are repeated for its suffixes, which run as one right-padded batch continuing the prefix's
+    positions (a real token never attends to a later pad). Equal, to float rounding, to
+    :func:`next_token_logits` of every ``prefix + suffix`` on its own, at about
+    (sum P + sum C * S) instead of sum C * (P + S) tokens: a user's candidates share the history
+    part of a TALLRec prompt.
+
+    Args:
+        model: a causal LM whose cache supports ``batch_select_indices`` (transformers caches).
+        prefixes: B non-empty lists of prompt token ids.
+        suffixes: B lists of token id lists (C_b suffixes of prefix b; an empty suffix reads the
+            prefix's own last position).
+        pad_id: pad token id.
+
+    Returns:
+        B float32 tensors [C_b, V].
+    """
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in left_pad(prefixes, pad_id).items()}
+    out = model(**batch, use_cache=True, logits_to_keep=1)
+    last = out.logits[:, -1].float()  # [B, V]
+    owner = torch.as_tensor([b for b, ss in enumerate(suffixes) for _ in ss], device=device)  # [N]
+    flat = [s for ss in suffixes for s in ss]
+    result = last[owner].clone()  # [N, V]: right for the empty suffixes
+    longest = max((len(s) for s in flat), default=0)
+    if longest:
+        cache = getattr(out, "cache", None) or out.past_key_values
+        cache.batch_select_indices(owner)  # [N, ...]: each suffix gets its prefix's keys/values
+        feed = torch.full((len(flat), longest), pad_id, dtype=torch.long)
+        for r, s in enumerate(flat):
+            feed[r, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+        feed = feed.to(device)
+        mask = torch.cat([batch["attention_mask"][owner], torch.ones_like(feed)], dim=1)  # [N, P + S]
+        start = batch["attention_mask"].sum(dim=1)[owner]  # [N] real prefix length = next position
+        position_ids = start[:, None] + torch.arange(longest, device=device)[None, :]
+        logits = model(
+            input_ids=feed, attention_mask=mask, position_ids=position_ids, use_cache=True, **cache_kwarg(model, cache)
+        ).logits  # [N, S, V]
+        lens = torch.as_tensor([len(s) for s in flat], device=device)
+        rows = torch.nonzero(lens > 0).squeeze(1)
+        result[rows] = logits[rows, lens[rows] - 1].float()
+    return list(result.cpu().split([len(ss) for ss in suffixes]))
+
+
 def cache_kwarg(model: Any, cache: Any) -> dict[str, Any]:
     """The key/value cache argument of ``forward``/``generate`` under the name this transformers
     version uses (read from the wrapped model when ``model`` is a peft model).
