@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, str] = {
     "audit_scale": "benchmark.bench.audit_scale",
     "align": "benchmark.bench.align_cost",
     "precision": "benchmark.bench.precision",
+    "prefix_reuse": "benchmark.bench.prefix_reuse",
 }
 DEFAULT_OUT = Path("results/perf")
 

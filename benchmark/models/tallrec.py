@@ -55,7 +55,12 @@ from benchmark.models.components.icl import (
     history_vectors,
     per_row_examples,
 )
-from benchmark.models.components.llm import checkpoint_activations, left_pad, load_causal_lm, next_token_logits
+from benchmark.models.components.llm import (
+    checkpoint_activations,
+    left_pad,
+    load_causal_lm,
+    next_token_logits,
+)
 from benchmark.models.components.lora import lora_settings, track_trainable_state, wrap_lora
 from benchmark.models.components.prompts import PromptTemplate, answer_token_ids, item_texts
 from benchmark.progress import within_chunk

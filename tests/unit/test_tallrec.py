@@ -557,3 +557,17 @@ def test_candidate_pairs_score_the_same_with_and_without_prefix_reuse(tiny_split
     assert not torch.equal(a[:, 0], a[:, 1])  # the target part differs, so do the scores
     assert shared._token_stats == plain._token_stats
     assert len(calls) == 3 and min(calls) > 10  # once per user, with a real shared prefix
+
+
+def test_prefix_reuse_bench_measures_both_modes_on_the_same_pairs(tiny_split, tiny_data, tiny_lm):
+    from benchmark.bench.prefix_reuse import measure
+
+    m = tallrec(tiny_split, tiny_data, tiny_lm).eval()
+    users = torch.as_tensor(tiny_split.test["user"].to_numpy()[:2])
+    items = torch.as_tensor(np.stack([np.arange(4), np.arange(4) + 3]))
+    out = measure(m, users, items)
+    assert out["pairs"] == 8 and out["users"] == 2 and m.prefix_reuse is True
+    assert out["reuse"]["tokens_run"] < out["plain"]["tokens_run"]
+    assert abs(out["plain"]["tokens_run"] / 8 - out["prompt_tokens_mean"]) <= 0.05
+    assert out["max_abs_p_yes_diff"] <= 1e-5
+    assert out["speedup"] == round(out["plain"]["seconds"] / out["reuse"]["seconds"], 2)
