@@ -438,8 +438,9 @@ def shared_prefix_next_logits(
     """Logits of the token after each ``prefix + suffix``, computing every prefix once.
 
     The prefixes run as one left-padded batch with a key/value cache; each prefix's cache rows
-    are repeated for its suffixes, which run as one right-padded batch continuing the prefix's
-    positions (a real token never attends to a later pad). Equal, to float rounding, to
+    are repeated for its suffixes, which run as one left-padded batch continuing the prefix's
+    positions (the pads between a prefix and its suffix are masked out), so only the last
+    position goes through the LM head. Equal, to float rounding, to
     :func:`next_token_logits` of every ``prefix + suffix`` on its own, at about
     (sum P + sum C * S) instead of sum C * (P + S) tokens: a user's candidates share the history
     part of a TALLRec prompt.
@@ -464,20 +465,21 @@ def shared_prefix_next_logits(
     longest = max((len(s) for s in flat), default=0)
     if longest:
         cache = getattr(out, "cache", None) or out.past_key_values
-        cache.batch_select_indices(owner)  # [N, ...]: each suffix gets its prefix's keys/values
-        feed = torch.full((len(flat), longest), pad_id, dtype=torch.long)
-        for r, s in enumerate(flat):
-            feed[r, : len(s)] = torch.as_tensor(s, dtype=torch.long)
-        feed = feed.to(device)
-        mask = torch.cat([batch["attention_mask"][owner], torch.ones_like(feed)], dim=1)  # [N, P + S]
-        start = batch["attention_mask"].sum(dim=1)[owner]  # [N] real prefix length = next position
-        position_ids = start[:, None] + torch.arange(longest, device=device)[None, :]
+        rows = [r for r, s in enumerate(flat) if s]
+        tail = left_pad([flat[r] for r in rows], pad_id)  # [M, S], positions count real tokens from 0
+        index = torch.as_tensor(rows, device=device)
+        start = batch["attention_mask"].sum(dim=1)[owner][index]  # [M] real prefix length = next position
+        cache.batch_select_indices(owner[index])  # [M, ...]: each suffix gets its prefix's keys/values
+        mask = torch.cat([batch["attention_mask"][owner][index], tail["attention_mask"].to(device)], dim=1)
         logits = model(
-            input_ids=feed, attention_mask=mask, position_ids=position_ids, use_cache=True, **cache_kwarg(model, cache)
-        ).logits  # [N, S, V]
-        lens = torch.as_tensor([len(s) for s in flat], device=device)
-        rows = torch.nonzero(lens > 0).squeeze(1)
-        result[rows] = logits[rows, lens[rows] - 1].float()
+            input_ids=tail["input_ids"].to(device),
+            attention_mask=mask,
+            position_ids=start[:, None] + tail["position_ids"].to(device),
+            use_cache=True,
+            logits_to_keep=1,
+            **cache_kwarg(model, cache),
+        ).logits  # [M, 1, V]
+        result[index] = logits[:, -1].float()
     return list(result.cpu().split([len(ss) for ss in suffixes]))
 
 
