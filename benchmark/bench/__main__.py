@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, str] = {
     "align": "benchmark.bench.align_cost",
     "precision": "benchmark.bench.precision",
     "prefix_reuse": "benchmark.bench.prefix_reuse",
+    "checkpointing": "benchmark.bench.checkpointing",
 }
 DEFAULT_OUT = Path("results/perf")
 

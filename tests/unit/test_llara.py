@@ -405,3 +405,12 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients_and_saves_less
 def test_gradient_checkpointing_must_be_a_bool(films, lm):
     with pytest.raises(ConfigError, match="model.module.gradient_checkpointing: true or false"):
         llara(films, lm, gradient_checkpointing="yes")
+
+
+def test_checkpointing_bench_ratios_by_hand():
+    from benchmark.bench.checkpointing import summarize
+
+    off = {"cpu_s_per_step": [40.0, 60.0], "peak_rss_mb": 10000}
+    on = {"cpu_s_per_step": [60.0, 70.0], "peak_rss_mb": 4000}
+    out = summarize(off, on)
+    assert out["cpu_time_ratio"] == 1.3 and out["peak_rss_ratio"] == 0.4 and out["off"] is off
