@@ -149,7 +149,8 @@ class P5(nn.Module):
             (:func:`~benchmark.models.components.beam_cache.row_prefilled_cache`).
         adapter: the run's ``adapter`` config (soft tokens from frozen item features), or None.
         gradient_checkpointing: recompute layer activations in the backward pass (the same loss and
-            gradients, about a third more training compute, a fraction of the activation memory).
+            gradients, more CPU time per step, a fraction of the activation memory; measured by
+            ``python -m benchmark.bench checkpointing``).
     """
 
     def __init__(

@@ -195,7 +195,8 @@ class TallRec(nn.Module):
             ``.cache/llm4rec``).
         adapter: the run's ``adapter`` config (soft tokens from frozen item features), or None.
         gradient_checkpointing: recompute layer activations in the backward pass (the same loss and
-            gradients, about a third more training compute, a fraction of the activation memory).
+            gradients, more CPU time per step, a fraction of the activation memory; measured by
+            ``python -m benchmark.bench checkpointing``).
         prefix_reuse: a user's candidate pairs (``eval=sampled``/``candidates``) share the prompt up
             to the target: its key/value cache is computed once per user and reused for every
             candidate (the same P("Yes") to float rounding; see :meth:`score_pairs`).

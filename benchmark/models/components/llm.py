@@ -251,8 +251,9 @@ def checkpoint_activations(model: Any) -> None:
 
     Training keeps only each layer's inputs and recomputes its activations in the backward pass
     (torch's non-reentrant checkpoint, which restores the random state, so dropout draws the same
-    masks): the same loss and gradients for about a third more compute, with activation memory
-    cut from every layer's to one layer's. Inactive in eval mode (scoring, decoding).
+    masks): the same loss and gradients for more compute per step, with activation memory cut
+    from every layer's to about one layer's (``python -m benchmark.bench checkpointing``).
+    Inactive in eval mode (scoring, decoding).
     """
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise ConfigError(
