@@ -40,7 +40,7 @@ def test_p5_generation_advances_the_counter_per_decode_batch(tiny):  # noqa: F81
 
 
 def test_tallrec_scoring_advances_the_counter_per_prompt_batch(tiny_split, tiny_data, tiny_lm, monkeypatch):  # noqa: F811
-    model = tallrec(tiny_split, tiny_data, tiny_lm, score_batch_size=4).eval()
+    model = tallrec(tiny_split, tiny_data, tiny_lm, score_batch_size=4, prefix_reuse=False).eval()
     users = torch.arange(6)
     items = torch.stack([torch.arange(2), torch.arange(2, 4)] * 3)  # [6, 2]: 12 prompts for 6 rows
     bar, seen = counter(6), []
@@ -55,3 +55,18 @@ def test_tallrec_scoring_advances_the_counter_per_prompt_batch(tiny_split, tiny_
         model.score_pairs(users, items)
     # 12 prompts in batches of 4: each batch is a third of the 6 rows
     assert seen == [0.0, 2.0, 4.0] and bar.done == 6
+    # With prefix reuse a user's candidates run as one group: the counter moves once per user.
+    import benchmark.models.components.llm as llm
+
+    model.prefix_reuse, seen[:] = True, []
+    grouped = llm.shared_prefix_next_logits
+
+    def spy_group(*args, **kwargs):
+        seen.append(bar.done)
+        return grouped(*args, **kwargs)
+
+    monkeypatch.setattr(llm, "shared_prefix_next_logits", spy_group)
+    bar = counter(6)
+    with bar.chunk(6):
+        model.score_pairs(users, items)
+    assert seen == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0] and bar.done == 6
