@@ -17,12 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from benchmark.bench import write_result
+from benchmark.bench import in_child, write_result
 
 OUT_NAME = "checkpointing.json"
 BATCH = 8
@@ -85,23 +83,10 @@ def summarize(off: dict[str, Any], on: dict[str, Any]) -> dict[str, Any]:
 
 def main(out_dir: Path, steps: int = 3) -> dict[str, Any]:
     """Run both modes in one-thread child processes, one after the other; write the result."""
-    results = {}
-    for on in (False, True):
-        code = (
-            "import json, sys, torch\n"
-            "torch.set_num_threads(1)\n"
-            "from benchmark.bench.checkpointing import child\n"
-            "print('@@RESULT ' + json.dumps(child(sys.argv[1] == 'on', int(sys.argv[2]))), flush=True)\n"
-        )
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        proc = subprocess.run(
-            [sys.executable, "-c", code, "on" if on else "off", str(steps)], capture_output=True, text=True, env=env
-        )
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("@@RESULT ")]
-        if proc.returncode != 0 or not lines:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise RuntimeError(f"checkpointing {'on' if on else 'off'} failed (exit {proc.returncode}): {tail[0]}")
-        results[on] = json.loads(lines[-1][len("@@RESULT ") :])
+    results = {
+        on: in_child("benchmark.bench.checkpointing", "child", f"checkpointing {'on' if on else 'off'}", on=on, steps=steps)
+        for on in (False, True)
+    }
     result = {
         "what": "LLaRA text-mode training steps (SmolLM2-135M fp32 + LoRA, batch 8, ml-100k loo), "
         "gradient checkpointing off vs on, same batches",

@@ -22,13 +22,11 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmark.bench import write_result
+from benchmark.bench import in_child, write_result
 
 OUT_NAME = "prefix_reuse.json"
 BACKBONE = "smollm2-135m-instruct"
@@ -113,25 +111,14 @@ def measure(model: Any, users: Any, items: Any) -> dict[str, Any]:
 
 def main(out_dir: Path, users: int = 10) -> dict[str, Any]:
     """Run :func:`child` in a one-thread child process and write ``prefix_reuse.json``."""
-    code = (
-        "import json, sys, torch\n"
-        "torch.set_num_threads(1)\n"
-        "from benchmark.bench.prefix_reuse import child\n"
-        "print('@@RESULT ' + json.dumps(child(int(sys.argv[1]))), flush=True)\n"
-    )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     load = os.getloadavg()[0]
-    proc = subprocess.run([sys.executable, "-c", code, str(users)], capture_output=True, text=True, env=env)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("@@RESULT ")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"prefix_reuse failed (exit {proc.returncode}): {tail[0]}")
+    measured = in_child("benchmark.bench.prefix_reuse", "child", "prefix_reuse", users=users)
     result = {
         "what": "TALLRec-style P(yes) of ml-100k loo candidate lists (1 + 19), with and without prefix reuse",
         "backbone": f"{BACKBONE} (dequantized Q4_1 GGUF, fp32, zero-shot)",
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": 1, "load_average_start": round(load, 2),
                     "load_average_end": round(os.getloadavg()[0], 2)},
-        **json.loads(lines[-1][len("@@RESULT ") :]),
+        **measured,
     }
     write_result(Path(out_dir) / OUT_NAME, result)
     print(json.dumps({k: result[k] for k in ("users", "pairs", "speedup", "max_abs_p_yes_diff")}))
