@@ -39,7 +39,13 @@ from benchmark.conversation.recommenders import (
     check_schedule,
 )
 from benchmark.conversation.simulators import LLMSimulator, RuleSimulator
-from benchmark.conversation.storage import SCHEMA_VERSION, read_conversation, recompute, write_conversation
+from benchmark.conversation.storage import (
+    SCHEMA_VERSION,
+    SessionLog,
+    read_conversation,
+    recompute,
+    write_conversation,
+)
 from benchmark.errors import ConfigError
 from benchmark.util import sha256_text
 
@@ -286,12 +292,14 @@ def labels(cfg: DictConfig, first: dict[str, Any] | None) -> tuple[str, str]:
 
 
 def hashed_config(cfg: DictConfig, main: DictConfig) -> dict[str, Any]:
-    """What the config hash covers: the conversation config (without ``out``) and the parts of the
+    """What the config hash covers: the conversation config (without ``out`` and without the
+    ``paths.*`` main-config overrides: where files go is not what a run is) and the parts of the
     main config the sessions depend on (data, split, seed; model and trainer with a first stage)."""
     from benchmark.results.identity import result_config
 
     conv = OmegaConf.to_container(cfg, resolve=True)
     conv.pop("out", None)
+    conv["run_overrides"] = [o for o in conv.get("run_overrides", []) if not str(o).lstrip("+~").startswith("paths.")]
     for node in (conv["recommender"], conv["simulator"]):
         node.pop("cache_dir", None)
     full = result_config(main)
@@ -307,14 +315,28 @@ def run_sessions(
     sessions: Sessions,
     split: Any,
     batch_size: int,
-) -> list[dict[str, Any]]:
+    log: SessionLog | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Every session in row order, ``batch_size`` sessions in lockstep (a bar on a terminal, else a
-    status line every 30 s)."""
+    status line every 30 s). With a ``log``, the batches it holds are read back instead of run
+    and every new batch is appended to it as it ends.
+
+    Returns:
+        (the sessions; the seconds they took, counting batches of earlier processes, and how many
+        sessions were read back from the log).
+    """
+    import os
+
     from benchmark.progress import Progress
 
-    out: list[dict[str, Any]] = []
-    with Progress(len(sessions.rows), "sessions", unit="session") as bar:
-        for s in range(0, len(sessions.rows), batch_size):
+    out, seconds, parts = log.resume() if log is not None else ([], 0.0, 0)
+    resumed = len(out)
+    if resumed:
+        print(f"conversation: {resumed} of {len(sessions.rows)} sessions read back from {log.path}", flush=True)
+    process = f"{os.getpid()}@{time.time():.0f}"
+    with Progress(len(sessions.rows) - resumed, "sessions", unit="session") as bar:
+        for s in range(resumed, len(sessions.rows), batch_size):
+            t0 = time.perf_counter()
             part = range(s, min(s + batch_size, len(sessions.rows)))
             ctxs = [
                 Context(
@@ -324,9 +346,14 @@ def run_sessions(
             ]
             targets = [int(sessions.targets[j]) for j in part]
             users = [str(split.user_ids[sessions.users[j]]) for j in part]
-            out += converse(recommender, simulator, catalogue, proto, ctxs, targets, users)
+            done = converse(recommender, simulator, catalogue, proto, ctxs, targets, users)
+            took = time.perf_counter() - t0
+            if log is not None:
+                log.append(s, done, took, process)
+            out += done
+            seconds += took
             bar.update(len(part))
-    return out
+    return out, {"seconds": seconds, "resumed_sessions": resumed, "earlier_processes": parts}
 
 
 def leakage(sessions: list[dict[str, Any]], catalogue: Catalogue) -> dict[str, int]:
@@ -372,9 +399,6 @@ def conversation_run(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     recommender = build_recommender(cfg, proto, first, catalogue, split, lms)
     simulator = build_simulator(cfg, proto, catalogue, lms)
     t2 = time.perf_counter()
-    dialogues = run_sessions(recommender, simulator, catalogue, proto, sessions, split, cfg.batch_size)
-    t3 = time.perf_counter()
-    metrics, support = session_metrics(dialogues, proto.turns, proto.k, catalogue.item_ids.tolist())
     rec_label, sim_label = labels(cfg, first[1] if first else None)
     hashed = hashed_config(cfg, main)
     config_hash = sha256_text(json.dumps(hashed, sort_keys=True, separators=(",", ":"), default=str))
@@ -382,6 +406,18 @@ def conversation_run(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     run_id = (
         f"{main.data.name}-{split.protocol}-conv-{rec_label}-{sim_label}-{n}-s{cfg.seed}-{config_hash[:8]}"
     )
+    log = SessionLog(
+        Path(main.paths.outputs) / "conversation" / "partial" / f"{run_id}.jsonl",
+        config_hash,
+        sessions.rows.tolist(),
+        [str(catalogue.item_ids[t]) for t in sessions.targets],
+        int(cfg.batch_size),
+        proto.k,
+        proto.turns,
+    )
+    dialogues, ran = run_sessions(recommender, simulator, catalogue, proto, sessions, split, cfg.batch_size, log)
+    t3 = time.perf_counter()
+    metrics, support = session_metrics(dialogues, proto.turns, proto.k, catalogue.item_ids.tolist())
     record = _record(
         cfg,
         main,
@@ -397,8 +433,11 @@ def conversation_run(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
         (run_id, config_hash, hashed),
         (t0, t1, t2, t3),
         lms,
+        ran,
     )
-    return write_conversation(Path(cfg.out), run_id, record, dialogues)
+    written = write_conversation(Path(cfg.out), run_id, record, dialogues)
+    log.remove()
+    return written
 
 
 def _record(
@@ -416,6 +455,7 @@ def _record(
     identity: tuple[str, str, dict[str, Any]],
     times: tuple[float, float, float, float],
     lms: LMs,
+    ran: dict[str, Any],
 ) -> dict[str, Any]:
     """The run record (see :mod:`benchmark.conversation.storage`)."""
     import torch
@@ -450,8 +490,12 @@ def _record(
             "prepare_seconds": round(t1 - t0, 2),
             "setup_seconds": round(t2 - t1, 2),
             "llm_load_seconds": lms.load_seconds(),
-            "sessions_seconds": round(t3 - t2, 2),
-            "seconds_per_session": round((t3 - t2) / max(len(dialogues), 1), 4),
+            "sessions_seconds": round(ran["seconds"], 2),
+            "seconds_per_session": round(ran["seconds"] / max(len(dialogues), 1), 4),
+            # sessions read back from the session log of earlier, stopped processes (their seconds
+            # are counted above; their setup and load times are not)
+            "resumed_sessions": ran["resumed_sessions"],
+            "earlier_processes": ran["earlier_processes"],
         },
         "device": {
             "type": "cuda" if str(cfg.accelerator) == "gpu" else "cpu",

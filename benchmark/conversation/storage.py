@@ -195,3 +195,93 @@ def recompute(
     n = (record.get("sessions") or {}).get("count")
     rows.append(("sessions", n, support["sessions"], n == support["sessions"]))
     return rows
+
+
+PARTIAL_LIMIT = 256 * 1024 * 1024  # bytes of a session log (943 LLM sessions take a few MB)
+
+
+class SessionLog:
+    """The finished batches of a conversation run, so that a stopped run resumes where it stopped.
+
+    ``path`` (``<paths.outputs>/conversation/partial/<run_id>.jsonl``) holds a header line (the
+    config hash, the batch size and the planned rows) and then one line per finished batch of
+    sessions (its first position, its sessions, its seconds), appended and flushed as each batch
+    ends. Sessions run in fixed batches and every random draw depends on the run seed, the row and
+    the turn only, so a resumed run's dialogues equal an uninterrupted run's. A last line cut short
+    by a kill is dropped; anything else that does not match the plan is a one-line error naming
+    the file (delete it to start over). The file is removed once the run folder is written.
+    """
+
+    def __init__(self, path: Path, config_hash: str, rows: list[int], targets: list[str], batch_size: int, k: int, turns: int) -> None:
+        self.path = Path(path)
+        self.rows, self.targets = [int(r) for r in rows], [str(t) for t in targets]
+        self.batch_size, self.k, self.turns = int(batch_size), int(k), int(turns)
+        self.header = {"config_hash": config_hash, "batch_size": self.batch_size, "rows": self.rows}
+
+    def resume(self) -> tuple[list[dict[str, Any]], float, int]:
+        """(the sessions already finished, in row order; their seconds; how many earlier processes
+        wrote them). Starts a new log when there is none."""
+        from benchmark.untrusted import Rejected, loads_strict
+
+        if not self.path.exists() and not self.path.is_symlink():
+            self._write_header()
+            return [], 0.0, 0
+        name = str(self.path)
+        if self.path.is_symlink() or not self.path.is_file():
+            raise ConfigError(f"{name}: a session log must be a regular file; delete it to start over")
+        size = self.path.stat().st_size
+        if size > PARTIAL_LIMIT:
+            raise ConfigError(f"{name}: {size} bytes, over the session-log limit of {PARTIAL_LIMIT}")
+        data = self.path.read_bytes()[:PARTIAL_LIMIT]
+        lines = data.split(b"\n")
+        complete = lines[:-1]  # the part after the last newline was cut short (or is empty)
+        sessions: list[dict[str, Any]] = []
+        seconds, parts, kept = 0.0, set(), 0
+        try:
+            if not complete or loads_strict(complete[0], "header") != self.header:
+                raise ConfigError(f"{name}: written for another config, batch size or sample of rows; delete it to start over")
+            kept = len(complete[0]) + 1
+            for n, line in enumerate(complete[1:], 2):
+                entry = loads_strict(line, f"line {n}")
+                start = len(sessions)
+                want = self.rows[start : start + self.batch_size]
+                got = entry.get("sessions") if isinstance(entry, dict) else None
+                if not isinstance(got, list) or entry.get("start") != start or [s.get("row") if isinstance(s, dict) else None for s in got] != want:
+                    raise ConfigError(f"{name} line {n}: not the batch of rows {start}..{start + len(want) - 1} of this run; delete it to start over")
+                if [s.get("target") for s in got] != self.targets[start : start + len(want)]:
+                    raise ConfigError(f"{name} line {n}: a session's target is not its row's; delete it to start over")
+                check_sessions(got, self.turns, self.k)
+                took = entry.get("seconds")
+                if isinstance(took, bool) or not isinstance(took, int | float) or not 0 <= took < 1e7:
+                    raise ConfigError(f"{name} line {n}: seconds must be a duration")
+                seconds += float(took)
+                parts.add(str(entry.get("process", "")))
+                sessions += got
+                kept += len(line) + 1
+        except Rejected as e:
+            raise ConfigError(f"{name}: {e}") from None
+        if kept < len(data):  # drop a batch line cut short by a kill before appending after it
+            with open(self.path, "r+b") as f:
+                f.truncate(kept)
+        return sessions, seconds, len(parts)
+
+    def _write_header(self) -> None:
+        from benchmark.util import atomic_write
+
+        atomic_write(self.path, json.dumps(self.header, separators=(",", ":")) + "\n")
+
+    def append(self, start: int, sessions: list[dict[str, Any]], seconds: float, process: str) -> None:
+        """Add one finished batch (flushed to disk before returning)."""
+        import os
+
+        line = json.dumps(
+            {"start": int(start), "seconds": round(float(seconds), 3), "process": process, "sessions": sessions},
+            separators=(",", ":"),
+        )
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)

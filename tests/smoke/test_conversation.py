@@ -142,3 +142,63 @@ def test_llm_recommender_with_llm_simulator_on_a_subset(tmp_path, one_torch_thre
     assert record["metrics"]["conv/hallucination"] == 0.0  # constrained to catalogue titles
     assert "-llm-lm-llmsim-lm-u3-s1-" in run.name
     assert all(ok for *_, ok in check_run(run))
+
+
+def test_a_stopped_run_resumes_from_its_session_log_with_the_same_dialogues(tmp_path, monkeypatch):
+    """A run killed after two batches leaves a session log; the rerun reads those batches back,
+    runs only the rest and writes dialogues equal, byte for byte, to an uninterrupted run's; a
+    log cut short, written for another config, or naming other rows is handled as documented."""
+    import benchmark.conversation.runner as runner
+    from benchmark.errors import ConfigError
+
+    d = movies_dir(tmp_path)
+    args = ["recommender.model=pop", "turns=3", "k=5", "batch_size=8"]
+    whole, _ = conversation_run(compose_conversation([*args, *data_args(d, tmp_path / "whole")]))
+
+    real, calls = runner.converse, []
+
+    def stop_after_two(*a, **kw):
+        calls.append(len(a[4]))
+        if len(calls) > 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(runner, "converse", stop_after_two)
+    cfg = compose_conversation([*args, *data_args(d, tmp_path)])
+    with pytest.raises(KeyboardInterrupt):
+        conversation_run(cfg)
+    (log,) = (tmp_path / "outputs" / "conversation" / "partial").iterdir()
+    lines = log.read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[0])["config_hash"] == whole["config_hash"]
+    assert [json.loads(ln)["start"] for ln in lines[1:]] == [0, 8] and runs(tmp_path) == []
+    with log.open("a") as f:  # a batch line cut short by the kill
+        f.write('{"start":16,"sessions":[{"row"')
+
+    calls.clear()
+    monkeypatch.setattr(runner, "converse", lambda *a, **kw: calls.append(len(a[4])) or real(*a, **kw))
+    record, run = conversation_run(cfg)
+    assert calls == [8, 8, 8]  # 40 sessions: two batches read back, three run
+    assert record["dialogues"] == whole["dialogues"] and record["metrics"] == whole["metrics"]
+    assert record["config_hash"] == whole["config_hash"]  # paths.outputs and out are not hashed
+    assert record["timings"]["resumed_sessions"] == 16 and record["timings"]["earlier_processes"] == 1
+    assert not log.exists() and all(ok for *_, ok in check_run(run))
+
+    # a log of another config, or with a batch of other rows, is refused with one line
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(lines[0].replace(whole["config_hash"], "0" * 64) + "\n")
+    with pytest.raises(ConfigError, match=r"partial/.*\.jsonl: written for another config"):
+        conversation_run(cfg)
+    forged = json.loads(lines[2])
+    forged["start"] = 0
+    log.write_text(lines[0] + "\n" + json.dumps(forged) + "\n")
+    with pytest.raises(ConfigError, match=r"line 2: not the batch of rows 0\.\.7"):
+        conversation_run(cfg)
+    bad = json.loads(lines[1])
+    bad["sessions"][0]["success_turn"] = 2  # disagrees with its dialogue
+    log.write_text(lines[0] + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(ConfigError, match="success_turn"):
+        conversation_run(cfg)
+    log.unlink()
+    log.symlink_to(tmp_path / "elsewhere.jsonl")
+    with pytest.raises(ConfigError, match="must be a regular file"):
+        conversation_run(cfg)
