@@ -7,7 +7,8 @@ Each measurement runs in a fresh child process, which reports its own wall times
   folder in a temporary cache (what the first run on a machine pays once);
 - ``load``: loading that folder (every later run);
 - ``score``: P("Yes") of real TALLRec prompts (``split=tallrec_movie`` test rows, prompt
-  ``tallrec``) in batches of 16, left-padded; seconds per row and tokens per second;
+  ``tallrec``) in batches of 16, left-padded, every prompt run in full (``prefix_reuse`` off,
+  measured on its own by ``prefix_reuse``); seconds per row and tokens per second;
 - ``train``: LoRA (r=8, alpha=16, q_proj/v_proj) training steps of batch 8 on train rows:
   forward, cross-entropy of the answer token, backward, AdamW step.
 
@@ -120,6 +121,7 @@ def child_score(device: str, batches: int, cache_dir: str | None) -> dict[str, A
 
     model, split = _model(device, cache_dir)
     model.eval()
+    model.prefix_reuse = False  # the cost of every prompt in full; reuse is the prefix_reuse bench
     test = split.test
     n = SCORE_BATCH * batches
     prompts = [

@@ -102,6 +102,7 @@ def child_tallrec(option: str, rows: int, weights: str | None) -> dict[str, Any]
     if weights:
         model.load_state_dict(torch.load(Path(weights) / "model.pt", map_location="cpu", weights_only=True))
     model.eval()
+    model.prefix_reuse = False  # every prompt in full, as the floor: precision alone is compared
     facts = apply_precision(model, _option(option))
     test = split.test.iloc[:rows]
     texts = [model._prompt(int(u), int(i)) for u, i in zip(test["user"], test["item"], strict=True)]

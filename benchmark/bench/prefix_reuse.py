@@ -1,19 +1,28 @@
-"""TALLRec pair scoring of candidate lists with and without the shared key/value prefix.
+"""TALLRec pair scoring with and without a shared key/value prefix, on the same rows.
 
-On ml-100k ``loo``, the first ``users`` test users each get their ``eval=candidates`` list (the
-target and 19 negatives, ``sample_negatives`` with the default seed), and the TALLRec-style scorer
-(SmolLM2-135M-Instruct, dequantized Q4_1, fp32, zero-shot, prompt ``tallrec``) gives P("Yes") of
-every (user, candidate) pair twice on the same rows: ``model.module.prefix_reuse`` on (each user's
-shared prompt part computed once, :func:`~benchmark.models.components.llm.shared_prefix_next_logits`)
-and off (every prompt on its own, batches of 16). Reported per mode: pairs per second, full-prompt
-tokens per second, tokens the LM actually ran, CPU share; the largest |P(yes)| difference between
-the two; and the floor: a plain forward pass (last position only) of the same full prompts in
-the same batches, without prompt building or answer reading.
+Two workloads, the TALLRec-style scorer (SmolLM2-135M-Instruct, dequantized Q4_1, fp32,
+zero-shot, prompt ``tallrec``, batches of 16):
+
+- ``candidates``: the first ``users`` ml-100k ``loo`` test users each get their ``eval=candidates``
+  list (the target and 19 negatives, ``sample_negatives`` with the default seed); a user's 20
+  prompts share everything up to the target, computed once per user.
+- ``labeled``: the first ``rows`` ``split=tallrec_movie`` test rows (``eval=labeled``, one pair a
+  row) with ``icl_shots`` in-context examples drawn once per run (``icl_select=random``); the
+  rows of a scoring batch share the instruction and the examples, computed once per batch.
+
+Each workload gives P("Yes") of every pair with ``model.module.prefix_reuse`` on
+(:func:`~benchmark.models.components.llm.shared_prefix_next_logits`) and off (every prompt on its
+own). Reported per mode: pairs per second, full-prompt tokens per second, tokens the LM actually
+ran (the model's own count), CPU share; the largest |P(yes)| difference between the two; and the
+floor: a plain forward pass (last position only) of the same full prompts in the same batches,
+without prompt building or answer reading.
 
 One torch thread in a child process. Results go to ``<out_dir>/prefix_reuse.json``.
 
 Run: ``python -m benchmark.bench prefix_reuse`` or
-``python -m benchmark.bench.prefix_reuse --users 10``.
+``python -m benchmark.bench.prefix_reuse --users 10 --rows 64``; ``--readme README.md`` (without
+running anything) writes the measured sentences from ``prefix_reuse.json`` between the README's
+``prefix-reuse`` markers.
 """
 
 from __future__ import annotations
@@ -27,16 +36,19 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.bench import in_child, write_result
+from benchmark.util import write_marked_block
 
 OUT_NAME = "prefix_reuse.json"
+START, END = "<!-- prefix-reuse:start -->", "<!-- prefix-reuse:end -->"
 BACKBONE = "smollm2-135m-instruct"
 NEGATIVES = 19
 BATCH = 16
+ICL_SHOTS = 2
 REPO = Path(__file__).resolve().parents[2]
 
 
-def child(users: int) -> dict[str, Any]:
-    """Both modes and the floor on the first ``users`` ml-100k loo test users' candidate lists."""
+def child(users: int, rows: int, icl_shots: int = ICL_SHOTS) -> dict[str, Any]:
+    """Both workloads, each in both modes with its floor (see the module docstring)."""
     import numpy as np
     import torch
     from hydra.utils import instantiate
@@ -44,20 +56,32 @@ def child(users: int) -> dict[str, Any]:
 
     from benchmark.bench.precision import _movielens
     from benchmark.config import EvalConfig, SplitConfig
-    from benchmark.data.splits import build_split
+    from benchmark.data.splits import build_split, build_tallrec_movie
     from benchmark.data.views import ranking_rows, sample_negatives
     from benchmark.models.tallrec import TallRec
 
     data = _movielens()
-    split = build_split(data, SplitConfig(protocol="loo"))
-    rows = ranking_rows(split, "test")
-    negatives = sample_negatives(split, rows, NEGATIVES, EvalConfig().negatives_seed)[:users]
-    u = torch.as_tensor(rows.users[:users])
-    items = torch.as_tensor(np.c_[rows.targets[:users], negatives])
     prompt = instantiate(OmegaConf.load(REPO / "configs" / "prompt" / "tallrec.yaml"))
+    out: dict[str, Any] = {}
+    split = build_split(data, SplitConfig(protocol="loo"))
+    test = ranking_rows(split, "test")
+    negatives = sample_negatives(split, test, NEGATIVES, EvalConfig().negatives_seed)[:users]
+    u = torch.as_tensor(test.users[:users])
+    items = torch.as_tensor(np.c_[test.targets[:users], negatives])
     model = TallRec(split, data, BACKBONE, prompt, lora=None, seed=1, dtype="float32", score_batch_size=BATCH).eval()
     model.score_pairs(u[:1], items[:1, :2])  # warm-up
-    return measure(model, u, items)
+    out["candidates"] = {"users": users, **measure(model, u, items)}
+    split = build_tallrec_movie(data, SplitConfig())
+    labeled = split.test.iloc[:rows]
+    model = TallRec(
+        split, data, BACKBONE, prompt, lora=None, seed=1, dtype="float32", score_batch_size=BATCH, icl_shots=icl_shots
+    ).eval()
+    u = torch.as_tensor(labeled["user"].to_numpy(copy=True))
+    items = torch.as_tensor(labeled["item"].to_numpy(copy=True))[:, None]
+    model.score_pairs(u[:2], items[:2])  # warm-up
+    out["labeled"] = {"split": "tallrec_movie", "rows": len(labeled), "icl_shots": icl_shots, "icl_select": "random",
+                      **measure(model, u, items)}
+    return out
 
 
 def measure(model: Any, users: Any, items: Any) -> dict[str, Any]:
@@ -65,25 +89,20 @@ def measure(model: Any, users: Any, items: Any) -> dict[str, Any]:
 
     Args:
         model: a :class:`~benchmark.models.tallrec.TallRec` in eval mode.
-        users: [U] user indices; items: [U, C] candidate item indices per user.
+        users: [U] user indices; items: [U, C] candidate item indices per user (C = 1: labeled rows).
     """
     import torch
 
-    from benchmark.models.components.llm import common_prefix_length, left_pad, next_token_logits
+    from benchmark.models.components.llm import left_pad, next_token_logits
 
     texts = [model._prompt(int(a), int(b)) for a, row in zip(users.tolist(), items.tolist(), strict=True) for b in row]
     seqs = model._tokens(texts)
     tokens = sum(len(s) for s in seqs)
-    size = items.shape[1]
-    ran = 0
-    for g in range(len(users)):
-        group = seqs[g * size : (g + 1) * size]
-        cut = common_prefix_length(group)
-        ran += cut + sum(len(s) - cut for s in group)
-    out: dict[str, Any] = {"users": len(users), "pairs": len(seqs), "prompt_tokens_mean": round(tokens / len(seqs), 1)}
+    out: dict[str, Any] = {"pairs": len(seqs), "prompt_tokens_mean": round(tokens / len(seqs), 1)}
     scores = {}
     for mode, reuse in (("reuse", True), ("plain", False)):
         model.prefix_reuse = reuse
+        before = model.tokens_run
         c0, t0 = time.process_time(), time.perf_counter()
         scores[mode] = model.score_pairs(users, items)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -91,7 +110,7 @@ def measure(model: Any, users: Any, items: Any) -> dict[str, Any]:
             "seconds": round(wall, 3),
             "pairs_per_second": round(len(seqs) / wall, 3),
             "prompt_tokens_per_second": round(tokens / wall, 1),
-            "tokens_run": ran if reuse else tokens,
+            "tokens_run": model.tokens_run - before,
             "cpu_per_wall": round(cpu / wall, 2),
         }
     model.prefix_reuse = True
@@ -109,25 +128,51 @@ def measure(model: Any, users: Any, items: Any) -> dict[str, Any]:
     return out
 
 
-def main(out_dir: Path, users: int = 10) -> dict[str, Any]:
+def main(out_dir: Path, users: int = 10, rows: int = 64) -> dict[str, Any]:
     """Run :func:`child` in a one-thread child process and write ``prefix_reuse.json``."""
     load = os.getloadavg()[0]
-    measured = in_child("benchmark.bench.prefix_reuse", "child", "prefix_reuse", users=users)
+    measured = in_child("benchmark.bench.prefix_reuse", "child", "prefix_reuse", users=users, rows=rows)
     result = {
-        "what": "TALLRec-style P(yes) of ml-100k loo candidate lists (1 + 19), with and without prefix reuse",
+        "what": "TALLRec-style P(yes) with and without prefix reuse: ml-100k loo candidate lists (1 + 19) "
+                "and tallrec_movie labeled rows with fixed in-context examples",
         "backbone": f"{BACKBONE} (dequantized Q4_1 GGUF, fp32, zero-shot)",
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": 1, "load_average_start": round(load, 2),
                     "load_average_end": round(os.getloadavg()[0], 2)},
         **measured,
     }
     write_result(Path(out_dir) / OUT_NAME, result)
-    print(json.dumps({k: result[k] for k in ("users", "pairs", "speedup", "max_abs_p_yes_diff")}))
+    print(json.dumps({w: {k: result[w][k] for k in ("pairs", "speedup", "max_abs_p_yes_diff")} for w in ("candidates", "labeled")}))
     return result
+
+
+def summary(result: dict[str, Any]) -> str:
+    """The README's sentences on a ``prefix_reuse.json`` result: one per workload."""
+    m = result["machine"]
+    out = [f"Prefix reuse, measured with one thread (load average {m['load_average_start']}-{m['load_average_end']} "
+           f"on the shared machine; {result['backbone']}):"]
+    names = {"candidates": "candidate lists ({users} users, 1 + 19 each)",
+             "labeled": "labeled rows ({rows} {split} test rows, {icl_shots} fixed in-context examples)"}
+    for key, name in names.items():
+        w = result[key]
+        out.append(
+            f"- {name.format(**w)}, {w['pairs']} pairs of {w['prompt_tokens_mean']} prompt tokens on average: "
+            f"{w['reuse']['pairs_per_second']} pairs/s with the shared prefix against {w['plain']['pairs_per_second']} "
+            f"without ({w['speedup']}x; the LM ran {w['reuse']['tokens_run']:,} instead of {w['plain']['tokens_run']:,} "
+            f"tokens), {w['speedup_vs_floor']}x a plain forward pass of the full prompts "
+            f"({w['floor']['prompt_tokens_per_second']} prompt tokens/s); P(\"Yes\") differs by "
+            f"{w['max_abs_p_yes_diff']:.1e} at most."
+        )
+    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--users", type=int, default=10)
+    ap.add_argument("--rows", type=int, default=64)
     ap.add_argument("--out", type=Path, default=Path("results/perf"))
+    ap.add_argument("--readme", type=Path, help=f"write the sentences of <out>/{OUT_NAME} between {START} and {END}")
     a = ap.parse_args()
-    main(a.out, a.users)
+    if a.readme is None:
+        main(a.out, a.users, a.rows)
+    else:
+        write_marked_block(a.readme, START, END, summary(json.loads((a.out / OUT_NAME).read_text())))

@@ -197,9 +197,11 @@ class TallRec(nn.Module):
         gradient_checkpointing: recompute layer activations in the backward pass (the same loss and
             gradients, more CPU time per step, a fraction of the activation memory; measured by
             ``python -m benchmark.bench checkpointing``).
-        prefix_reuse: a user's candidate pairs (``eval=sampled``/``candidates``) share the prompt up
-            to the target: its key/value cache is computed once per user and reused for every
-            candidate (the same P("Yes") to float rounding; see :meth:`score_pairs`).
+        prefix_reuse: prompts that start with the same tokens share their key/value cache: a
+            user's candidate pairs (``eval=sampled``/``candidates``) share the prompt up to the
+            target (computed once per user, :meth:`score_pairs`), and a batch of labeled rows shares
+            the instruction and fixed in-context examples (computed once per batch, :meth:`p_yes`);
+            the same P("Yes") to float rounding.
     """
 
     outputs_probabilities = True
@@ -302,6 +304,7 @@ class TallRec(nn.Module):
         self.icl_rows = icl
         self.examples = [self._example(r) for r in icl]
         self._token_stats = [0, 0, 0]  # scored prompts, their tokens, the longest
+        self.tokens_run = 0  # prompt tokens the torch LM actually ran while scoring (a shared prefix once)
         first = (
             self._render(train_hist[0], train_likes[0], int(self._train[0][0])) if len(split.train) else ""
         )
@@ -574,8 +577,11 @@ class TallRec(nn.Module):
     def p_yes(self, prompts: list[str]) -> torch.Tensor:
         """[N] P(yes) = softmax over the (yes, no) answer-token logits, in prompt order.
 
-        Prompts are batched by token length (``score_batch_size`` per forward pass); with a
-        ``scorer`` set (``precision=gguf``) the same token ids go to llama.cpp instead.
+        Prompts are batched by token length (``score_batch_size`` per forward pass). With
+        ``prefix_reuse`` the tokens every prompt of a batch starts with (the instruction and, with
+        fixed in-context examples, the examples) run once per batch and are reused by its rows
+        (:meth:`_p_yes_shared`); with a ``scorer`` set (``precision=gguf``) the same token ids go to
+        llama.cpp instead.
         """
         if self.template.chain_of_thought:  # reason first, then score the answer after the cue
             self.last_reasoning = self._reason(prompts)
@@ -586,10 +592,12 @@ class TallRec(nn.Module):
         if self.scorer is not None:
             return self.scorer.p_yes(seqs, self.answer_ids, advance)
         order = np.argsort([len(s) for s in seqs], kind="stable")
+        batches = [order[start : start + self.score_batch_size] for start in range(0, len(order), self.score_batch_size)]
+        if self._shares_prefixes():
+            return self._p_yes_shared(seqs, batches, advance)
         out = torch.empty(len(seqs), dtype=torch.float32)
         ids = torch.as_tensor(self.answer_ids)
-        for start in range(0, len(order), self.score_batch_size):
-            idx = order[start : start + self.score_batch_size]
+        for idx in batches:
             batch = left_pad([seqs[i] for i in idx], self.tokenizer.pad_token_id)
             if self.adapter is not None:
                 slots = self.adapter.slots(batch["input_ids"], [mentions[i] for i in idx])
@@ -597,6 +605,7 @@ class TallRec(nn.Module):
             logits = next_token_logits(self.lm, batch).float()  # [b, V]
             pair = logits[:, ids.to(logits.device)]  # [b, 2] (yes, no)
             out[torch.as_tensor(idx)] = pair.softmax(dim=-1)[:, 0].cpu()
+            self.tokens_run += sum(len(seqs[i]) for i in idx)
             advance(len(idx))
         return out
 
@@ -607,34 +616,40 @@ class TallRec(nn.Module):
             self._token_stats = [n + len(lengths), total + sum(lengths), max(longest, max(lengths))]
 
     def _shares_prefixes(self) -> bool:
-        """Whether pair scoring may reuse a user's prompt prefix: plain torch scoring of text
-        prompts (no chain of thought, no external scorer, no soft tokens)."""
+        """Whether scoring may reuse a shared prompt prefix: plain torch scoring of text prompts
+        (no chain of thought, no external scorer, no soft tokens)."""
         return self.prefix_reuse and not self.template.chain_of_thought and self.scorer is None and self.adapter is None
 
-    @torch.no_grad()
-    def p_yes_grouped(self, prompts: list[str], groups: int) -> torch.Tensor:
-        """:meth:`p_yes` of prompts in ``groups`` consecutive groups of equal size (a user's
-        candidates), each group's shared token prefix computed once
-        (:func:`~benchmark.models.components.llm.shared_prefix_next_logits`)."""
+    def _p_yes_shared(self, seqs: list[list[int]], groups: Sequence[Sequence[int]], advance: Any) -> torch.Tensor:
+        """P(yes) of token sequences scored group by group, the tokens all of a group's sequences
+        start with computed once per group
+        (:func:`~benchmark.models.components.llm.shared_prefix_next_logits`); a group sharing no
+        token runs as one plain batch."""
         from benchmark.models.components.llm import common_prefix_length, shared_prefix_next_logits
 
-        seqs, _ = self._tokenize(prompts)
-        self._count_tokens(seqs)
-        advance = within_chunk(len(seqs))
-        size = len(seqs) // groups
         out = torch.empty(len(seqs), dtype=torch.float32)
         ids = torch.as_tensor(self.answer_ids)
         pad = self.tokenizer.pad_token_id
-        for g in range(groups):
-            group = seqs[g * size : (g + 1) * size]
+        for idx in groups:
+            group = [seqs[i] for i in idx]
             cut = common_prefix_length(group)
             if cut == 0:  # nothing shared: score the group's prompts as they are
                 logits = next_token_logits(self.lm, left_pad(group, pad)).float().cpu()
             else:
                 (logits,) = shared_prefix_next_logits(self.lm, [group[0][:cut]], [[q[cut:] for q in group]], pad)
-            out[g * size : (g + 1) * size] = logits[:, ids].softmax(dim=-1)[:, 0]
+            out[torch.as_tensor(np.asarray(idx, dtype=np.int64))] = logits[:, ids].softmax(dim=-1)[:, 0]
+            self.tokens_run += cut + sum(len(q) - cut for q in group)
             advance(len(group))
         return out
+
+    @torch.no_grad()
+    def p_yes_grouped(self, prompts: list[str], groups: int) -> torch.Tensor:
+        """:meth:`p_yes` of prompts in ``groups`` consecutive groups of equal size (a user's
+        candidates), each group's shared token prefix (instruction, examples, history) computed once."""
+        seqs, _ = self._tokenize(prompts)
+        self._count_tokens(seqs)
+        size = len(seqs) // groups
+        return self._p_yes_shared(seqs, [range(g * size, (g + 1) * size) for g in range(groups)], within_chunk(len(seqs)))
 
     @torch.no_grad()
     def _reason(self, prompts: list[str]) -> list[str]:

@@ -559,15 +559,79 @@ def test_candidate_pairs_score_the_same_with_and_without_prefix_reuse(tiny_split
     assert len(calls) == 3 and min(calls) > 10  # once per user, with a real shared prefix
 
 
+def test_labeled_rows_share_the_instruction_and_fixed_examples_once_per_batch(tiny_split, tiny_data, tiny_lm, monkeypatch):
+    """Labeled rows (one pair each) in a batch share the instruction and the run's fixed in-context
+    examples: that prefix runs once per scoring batch, P("Yes") moves by at most 1e-5, and with two
+    examples the shared prefix is longer than without them by at least the examples' tokens."""
+    import benchmark.models.components.llm as llm
+
+    calls = []
+    real = llm.shared_prefix_next_logits
+    monkeypatch.setattr(llm, "shared_prefix_next_logits", lambda m, p, q, pad: calls.append(len(p[0])) or real(m, p, q, pad))
+    test = tiny_split.test.iloc[:10]
+    users = torch.as_tensor(test["user"].to_numpy())
+    items = torch.as_tensor(test["item"].to_numpy())[:, None]  # [B, 1]: one pair per row, eval=labeled
+    prefix, lengths = {}, {}
+    for shots in (0, 2):
+        shared = tallrec(tiny_split, tiny_data, tiny_lm, lora=None, icl_shots=shots, score_batch_size=4).eval()
+        plain = tallrec(tiny_split, tiny_data, tiny_lm, lora=None, icl_shots=shots, score_batch_size=4, prefix_reuse=False).eval()
+        plain.load_state_dict(shared.state_dict())
+        calls.clear()
+        a = shared.score_pairs(users, items)
+        assert calls and len(calls) == 3  # 10 rows in batches of 4: once per batch
+        b = plain.score_pairs(users, items)
+        assert len(calls) == 3  # reuse off: never called
+        assert a.shape == (10, 1) and torch.allclose(a, b, atol=1e-5) and a.std() > 0
+        assert shared._token_stats == plain._token_stats
+        prefix[shots] = min(calls)
+        lengths[shots] = len(shared._tokens([shared._prompt(int(users[0]), int(items[0, 0]))])[0])
+    # the examples' tokens (the same row's prompt with and without them) all lie in the shared part
+    assert prefix[0] > 5 and abs((prefix[2] - prefix[0]) - (lengths[2] - lengths[0])) <= 2
+
+
 def test_prefix_reuse_bench_measures_both_modes_on_the_same_pairs(tiny_split, tiny_data, tiny_lm):
+    """Both workloads of the bench: a user's candidates (C > 1) and labeled rows (C = 1) with fixed
+    examples; tokens the LM ran come from the model and equal the shared prefix once + the rest."""
     from benchmark.bench.prefix_reuse import measure
+    from benchmark.models.components.llm import common_prefix_length
 
     m = tallrec(tiny_split, tiny_data, tiny_lm).eval()
     users = torch.as_tensor(tiny_split.test["user"].to_numpy()[:2])
     items = torch.as_tensor(np.stack([np.arange(4), np.arange(4) + 3]))
     out = measure(m, users, items)
-    assert out["pairs"] == 8 and out["users"] == 2 and m.prefix_reuse is True
-    assert out["reuse"]["tokens_run"] < out["plain"]["tokens_run"]
+    assert out["pairs"] == 8 and m.prefix_reuse is True
+    seqs = m._tokens([m._prompt(int(u), int(i)) for u, row in zip(users.tolist(), items.tolist(), strict=True) for i in row])
+    cuts = [common_prefix_length(seqs[g * 4 : (g + 1) * 4]) for g in range(2)]
+    assert out["plain"]["tokens_run"] == sum(len(q) for q in seqs)
+    assert out["reuse"]["tokens_run"] == sum(len(q) for q in seqs) - 3 * sum(cuts)  # each prefix once, not 4 times
     assert abs(out["plain"]["tokens_run"] / 8 - out["prompt_tokens_mean"]) <= 0.05
     assert out["max_abs_p_yes_diff"] <= 1e-5
     assert out["speedup"] == round(out["plain"]["seconds"] / out["reuse"]["seconds"], 2)
+    labeled = tallrec(tiny_split, tiny_data, tiny_lm, lora=None, icl_shots=2, score_batch_size=16).eval()
+    test = tiny_split.test.iloc[:6]
+    out = measure(labeled, torch.as_tensor(test["user"].to_numpy(copy=True)), torch.as_tensor(test["item"].to_numpy(copy=True))[:, None])
+    assert out["pairs"] == 6 and out["max_abs_p_yes_diff"] <= 1e-5
+    assert out["reuse"]["tokens_run"] < out["plain"]["tokens_run"] - 5 * 200  # two examples' tokens run once, not 6 times
+
+
+def test_prefix_reuse_readme_sentences_come_from_the_result(tmp_path):
+    from benchmark.bench.prefix_reuse import END, START, summary
+    from benchmark.util import write_marked_block
+
+    def workload(pps, plain, run, full):
+        return {"pairs": 100, "prompt_tokens_mean": 228.6, "speedup": round(pps / plain, 2), "speedup_vs_floor": 5.9,
+                "reuse": {"pairs_per_second": pps, "tokens_run": run}, "plain": {"pairs_per_second": plain, "tokens_run": full},
+                "floor": {"prompt_tokens_per_second": 122.7}, "max_abs_p_yes_diff": 5.066e-06}
+
+    result = {"machine": {"load_average_start": 1.96, "load_average_end": 3.82}, "backbone": "b",
+              "candidates": {"users": 5, **workload(3.162, 0.565, 2848, 22855)},
+              "labeled": {"rows": 32, "split": "tallrec_movie", "icl_shots": 2, **workload(2.0, 0.5, 9000, 20000)}}
+    text = summary(result)
+    assert "candidate lists (5 users, 1 + 19 each), 100 pairs of 228.6 prompt tokens" in text
+    assert "3.162 pairs/s with the shared prefix against 0.565 without (5.6x; the LM ran 2,848 instead of 22,855 tokens)" in text
+    assert "(122.7 prompt tokens/s)" in text and "load average 1.96-3.82" in text and "5.1e-06 at most" in text
+    assert "32 tallrec_movie test rows, 2 fixed in-context examples" in text and "(4.0x;" in text
+    readme = tmp_path / "README.md"
+    readme.write_text(f"a\n{START}\nold\n{END}\nb\n")
+    write_marked_block(readme, START, END, text)
+    assert readme.read_text() == f"a\n{START}\n{text}{END}\nb\n"
