@@ -202,6 +202,10 @@ class TallRec(nn.Module):
             target (computed once per user, :meth:`score_pairs`), and a batch of labeled rows shares
             the instruction and fixed in-context examples (computed once per batch, :meth:`p_yes`);
             the same P("Yes") to float rounding.
+        score_cache: read and write P("Yes") per prompt in a disk cache
+            (:mod:`~benchmark.models.components.score_cache`), for scorers that are never trained
+            (``lora: null``, no item adapter, no chain of thought, torch backbone); the record
+            counts the scores read and computed. Not part of the config hash.
     """
 
     outputs_probabilities = True
@@ -232,9 +236,14 @@ class TallRec(nn.Module):
         summary_prompt: str = SUMMARY_PROMPT,
         gradient_checkpointing: bool = False,
         prefix_reuse: bool = True,
+        score_cache: bool = False,
     ) -> None:
         super().__init__()
         self.prefix_reuse = bool(prefix_reuse)
+        if not isinstance(score_cache, bool):
+            raise ConfigError(f"model.module.score_cache: true or false, got {score_cache!r}")
+        self.score_cache = score_cache
+        self._score_store: Any = None  # the ScoreCache of the last p_yes call (its counts go in the record)
         if not isinstance(gradient_checkpointing, bool):
             raise ConfigError(f"model.module.gradient_checkpointing: true or false, got {gradient_checkpointing!r}")
         self.gradient_checkpointing = gradient_checkpointing
@@ -591,6 +600,43 @@ class TallRec(nn.Module):
         advance = within_chunk(len(seqs))  # the evaluator's bar: prompts/s and ETA
         if self.scorer is not None:
             return self.scorer.p_yes(seqs, self.answer_ids, advance)
+        store = self._scores_cached()
+        if store is None:
+            return self._p_yes_tokens(seqs, mentions, advance)
+        known = store.get(seqs)
+        todo = [i for i, v in enumerate(known) if v is None]
+        advance(len(seqs) - len(todo))
+        out = torch.tensor([0.0 if v is None else v for v in known], dtype=torch.float32)
+        if todo:
+            fresh = self._p_yes_tokens([seqs[i] for i in todo], [mentions[i] for i in todo] if mentions else mentions, advance)
+            store.put([seqs[i] for i in todo], fresh.tolist())
+            out[torch.as_tensor(todo)] = fresh
+        return out
+
+    def _scores_cached(self) -> Any:
+        """The P("Yes") disk cache for this backbone as it is now, or None when scores may not be
+        cached (``score_cache`` off, trainable adapters or an item adapter, chain of thought). The
+        identity hashes the weights on every call, so a precision option applied later, or any
+        change of weights, gets its own entries."""
+        if not self.score_cache or self.lora_config is not None or self.adapter is not None or self.template.chain_of_thought:
+            return None
+        from benchmark.models.components.llm import default_cache_dir
+        from benchmark.models.components.score_cache import ScoreCache, weights_digest
+
+        identity = {
+            "scorer": type(self).__name__,
+            "weights": weights_digest(self.lm),
+            "precision": self.lm_facts.get("precision"),
+            "answer_ids": list(self.answer_ids),
+        }
+        store = ScoreCache(default_cache_dir(), identity)
+        if self._score_store is not None and self._score_store.identity == store.identity:
+            store.read, store.computed = self._score_store.read, self._score_store.computed
+        self._score_store = store
+        return store
+
+    def _p_yes_tokens(self, seqs: list[list[int]], mentions: list[list[int]], advance: Any) -> torch.Tensor:
+        """P(yes) of tokenized prompts with the torch backbone (see :meth:`p_yes`)."""
         order = np.argsort([len(s) for s in seqs], kind="stable")
         batches = [order[start : start + self.score_batch_size] for start in range(0, len(order), self.score_batch_size)]
         if self._shares_prefixes():
@@ -806,6 +852,7 @@ class TallRec(nn.Module):
                 },
                 "max_length": self.max_length,
                 "truncated_prompts": self.truncated,
+                **({"score_cache": self._score_store.facts()} if self._score_store is not None else {}),
             },
             **adapter_facts(self.adapter, self.adapter_config),
         }

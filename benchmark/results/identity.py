@@ -71,6 +71,8 @@ def result_config(cfg: DictConfig) -> dict[str, Any]:
     module = (c.get("model") or {}).get("module") if isinstance(c.get("model"), dict) else None
     if isinstance(module, dict) and module.get("gradient_checkpointing") is False:
         del module["gradient_checkpointing"]  # the default: hashes as runs made before the option
+    if isinstance(module, dict):  # reading P("Yes") from the score cache does not change it (to float rounding)
+        module.pop("score_cache", None)
     if isinstance(module, dict) and isinstance(module.get("features"), dict):  # the text tower's feature store
         feats = module["features"] = {k: v for k, v in module["features"].items() if k != "cache_dir"}
         if isinstance(feats.get("encoder"), dict):

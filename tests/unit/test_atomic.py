@@ -427,3 +427,22 @@ def test_gradient_checkpointing_off_hashes_as_before_and_on_is_named(overrides):
     on = compose([*overrides, "model.module.gradient_checkpointing=true"])
     assert result_config(on)["model"]["module"]["gradient_checkpointing"] is True
     assert config_hashes(on)[0] != config_hashes(off)[0] and training_key(on) != training_key(off)
+
+
+def test_score_cache_is_not_part_of_the_config_hash():
+    """Reading P("Yes") from the score cache does not change a result (to float rounding), so a
+    committed zero-shot record's config hash is the same with ``+model.module.score_cache=true``."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from benchmark.compose import compose
+    from benchmark.results.identity import config_hashes
+
+    root = Path(__file__).resolve().parents[2] / "results" / "runs"
+    (path,) = sorted(root.glob("ml-100k-tallrec_movie-labeled-tallrec-icl0-s1-*/record.json"))
+    rec = json.loads(path.read_text())
+    plain = compose(["experiment=tallrec_movie_zeroshot"])
+    cached = compose(["experiment=tallrec_movie_zeroshot", "+model.module.score_cache=true"])
+    assert cached.model.module.score_cache is True
+    assert config_hashes(cached) == config_hashes(plain) == config_hashes(OmegaConf.create(rec["config"]))

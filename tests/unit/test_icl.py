@@ -209,3 +209,46 @@ def test_bad_prompt_settings_are_one_line(kw, needle, yesno_split, yesno_data, y
     with pytest.raises(ConfigError, match=needle) as e:
         _history_model(yesno_split, yesno_data, yesno_lm, monkeypatch, **kw)
     assert "\n" not in str(e.value)
+
+
+def test_prompt_ablation_experiments_launch_the_documented_grid():
+    """The template axis (four templates, random examples, seed 1) and the selection axis (random and
+    balanced with seeds 1-3; similar and diverse on the command line) compose to the jobs their
+    files describe, each a zero-shot TALLRec-style scorer with two examples on tallrec_movie."""
+    from benchmark.compose import compose_expanded, expand_overrides
+    from benchmark.launch import sweep_jobs
+
+    def grid(*overrides):
+        out = []
+        for job in sweep_jobs(expand_overrides(list(overrides))):
+            cfg = compose_expanded(job)
+            assert (cfg.split.protocol, cfg.eval.protocol, cfg.model.name) == ("tallrec_movie", "labeled", "tallrec_zeroshot")
+            assert cfg.model.module.icl_shots == 2 and cfg.model.module.lora is None and cfg.skip_existing
+            out.append((cfg.model.prompt.name, cfg.model.module.icl_select, cfg.seed))
+        return out
+
+    assert grid("experiment=prompt_templates_tallrec_movie") == [
+        (name, "random", 1) for name in ("tallrec", "tallrec_role", "tallrec_json", "tallrec_terse")
+    ]
+    assert sorted(grid("experiment=prompt_selection_tallrec_movie")) == [
+        ("tallrec", s, seed) for s in ("balanced", "random") for seed in (1, 2, 3)
+    ]
+    assert grid("experiment=prompt_selection_tallrec_movie", "model.module.icl_select=similar,diverse", "seed=1") == [
+        ("tallrec", "similar", 1), ("tallrec", "diverse", 1)
+    ]
+
+
+def test_history_and_pool_experiments_launch_the_documented_runs():
+    from benchmark.compose import compose_expanded, expand_overrides
+    from benchmark.launch import sweep_jobs
+
+    jobs = [compose_expanded(j) for j in sweep_jobs(expand_overrides(["experiment=prompt_history_tallrec_movie"]))]
+    assert [(c.model.module.history_select, c.model.module.history_budget, c.model.prompt.name) for c in jobs] == [
+        ("recent", 176, "tallrec"), ("relevant", 176, "tallrec")
+    ]
+    (summary,) = [compose_expanded(j) for j in sweep_jobs(expand_overrides([
+        "experiment=prompt_history_tallrec_movie", "model.module.history_select=summary", "prompt@model.prompt=tallrec_summary"]))]
+    assert (summary.model.module.history_select, summary.model.prompt.name) == ("summary", "tallrec_summary")
+    pool = [compose_expanded(j) for j in sweep_jobs(expand_overrides(["experiment=prompt_pool_tallrec_movie"]))]
+    assert sorted((c.model.module.bandit, c.seed) for c in pool) == [(b, s) for b in ("linucb", "thompson") for s in (1, 2, 3)]
+    assert all(c.model.module.score_cache and c.model.module.compare and c.split.protocol == "tallrec_movie" for c in pool)

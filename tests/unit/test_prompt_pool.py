@@ -160,3 +160,24 @@ def test_pool_refuses_bad_settings(yesno_split, yesno_data, yesno_lm):
         _pool_model(yesno_split, yesno_data, yesno_lm, feedback_rows=0)
     with pytest.raises(ConfigError, match="lora"):
         _pool_model(yesno_split, yesno_data, yesno_lm, lora={"r": 2})
+
+
+def test_a_second_pool_run_reads_every_template_score_from_the_cache(yesno_split, yesno_data, yesno_lm, tmp_path, monkeypatch):
+    """Another bandit seed over the same pool scores nothing again: the feedback and test scores of
+    every template come from the score cache, and the per-template scores equal the first run's."""
+    monkeypatch.setenv("LLM4REC_CACHE", str(tmp_path))
+    users = torch.as_tensor(yesno_split.test["user"].to_numpy(copy=True)[:6])
+    items = torch.as_tensor(yesno_split.test["item"].to_numpy(copy=True)[:6]).unsqueeze(1)
+    first = _pool_model(yesno_split, yesno_data, yesno_lm, score_cache=True)
+    first.score_pairs(users, items)
+    made = first.prediction_facts()["llm"]["score_cache"]
+    assert made["read"] == 0 and made["computed"] == 2 * (8 + 6)  # two templates x (8 feedback + 6 test rows)
+    from benchmark.models.prompt_pool import TallRecPool
+
+    monkeypatch.setattr(TallRecPool, "_p_yes_tokens", lambda *a, **k: pytest.fail("the LM ran on cached prompts"))
+    again = _pool_model(yesno_split, yesno_data, yesno_lm, score_cache=True, bandit="linucb")
+    again.score_pairs(users, items)
+    read = again.prediction_facts()["llm"]["score_cache"]
+    assert read["read"] == 2 * (8 + 6) and read["computed"] == 0
+    for key, facts in first._choices.items():
+        assert again._choices[key]["scores"] == facts["scores"]

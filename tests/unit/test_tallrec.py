@@ -635,3 +635,56 @@ def test_prefix_reuse_readme_sentences_come_from_the_result(tmp_path):
     readme.write_text(f"a\n{START}\nold\n{END}\nb\n")
     write_marked_block(readme, START, END, text)
     assert readme.read_text() == f"a\n{START}\n{text}{END}\nb\n"
+
+
+def test_score_cache_reads_back_what_an_untrained_scorer_computed(tiny_split, tiny_data, tiny_lm, tmp_path, monkeypatch):
+    """With score_cache on, a second zero-shot scorer on the same weights reads every P("Yes") from
+    disk without running the LM; other weights, a trained (LoRA) scorer, or score_cache off never
+    read it; the record counts what was read and computed."""
+    monkeypatch.setenv("LLM4REC_CACHE", str(tmp_path))
+    test = tiny_split.test.iloc[:6]
+    users = torch.as_tensor(test["user"].to_numpy(copy=True))
+    items = torch.as_tensor(test["item"].to_numpy(copy=True))[:, None]
+    first = tallrec(tiny_split, tiny_data, tiny_lm, lora=None, score_cache=True).eval()
+    a = first.score_pairs(users, items)
+    assert first.prediction_facts()["llm"]["score_cache"]["computed"] == 6
+    second = tallrec(tiny_split, tiny_data, tiny_lm, lora=None, score_cache=True).eval()
+    second.load_state_dict(first.state_dict())
+    monkeypatch.setattr(second, "_p_yes_tokens", lambda *a, **k: pytest.fail("the LM ran on cached prompts"))
+    b = second.score_pairs(users, items)
+    assert torch.equal(a, b)
+    assert {k: v for k, v in second.prediction_facts()["llm"]["score_cache"].items() if k != "identity"} == {"read": 6, "computed": 0}
+    with torch.no_grad():  # other weights: a new identity, scored again
+        next(second.lm.parameters()).add_(0.01)
+    monkeypatch.undo()
+    monkeypatch.setenv("LLM4REC_CACHE", str(tmp_path))
+    c = second.score_pairs(users, items)
+    facts = second.prediction_facts()["llm"]["score_cache"]
+    assert facts["read"] == 0 and facts["computed"] == 6 and not torch.equal(a, c)
+    assert len(list((tmp_path / "scores").iterdir())) == 2
+    trained = tallrec(tiny_split, tiny_data, tiny_lm, score_cache=True).eval()  # LoRA: never cached
+    off = tallrec(tiny_split, tiny_data, tiny_lm, lora=None).eval()
+    for m in (trained, off):
+        m.score_pairs(users, items)
+        assert m._scores_cached() is None and "score_cache" not in m.prediction_facts()["llm"]
+
+
+def test_score_cache_file_is_bounded_and_skips_bad_lines(tmp_path, monkeypatch):
+    import benchmark.models.components.score_cache as sc
+
+    store = sc.ScoreCache(tmp_path, {"w": 1})
+    store.put([[1, 2, 3], [4, 5]], [0.25, 0.75])
+    assert store.get([[1, 2, 3], [4, 5], [6]]) == [0.25, 0.75, None]
+    with store.path.open("a") as f:  # a foreign value, out-of-range and non-finite values, a cut line
+        f.write(json.dumps({"k": sc.prompt_key([6]), "p": 1.5}) + "\n" + '{"k": "' + sc.prompt_key([7]) + '", "p": NaN}\n')
+        f.write('{"k": "' + sc.prompt_key([8]) + '", "p": 0.5')
+    again = sc.ScoreCache(tmp_path, {"w": 1})
+    assert again.get([[1, 2, 3], [4, 5], [6], [7], [8]]) == [0.25, 0.75, None, None, None]
+    assert sc.ScoreCache(tmp_path, {"w": 2}).get([[1, 2, 3]]) == [None]  # another identity
+    monkeypatch.setattr(sc, "LIMIT", 10)
+    with pytest.raises(ConfigError, match=r"scores\.jsonl: \d+ bytes, over the score-cache limit"):
+        sc.ScoreCache(tmp_path, {"w": 1})
+    store.path.unlink()
+    store.path.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ConfigError, match="must be a regular file"):
+        sc.ScoreCache(tmp_path, {"w": 1})
