@@ -56,9 +56,11 @@ audit: $(STAMP)
 results: $(STAMP)
 	$(BIN)/llm4rec run -m experiment=leaderboard_ml100k
 	$(BIN)/llm4rec leaderboard
+	$(BIN)/python -m benchmark.results.protocols --doc docs/candidates.md
 
 leaderboard: $(STAMP)
 	$(BIN)/llm4rec leaderboard
+	$(BIN)/python -m benchmark.results.protocols --doc docs/candidates.md
 
 ## Regenerate the committed conversation runs in results/conversation and their summary.md (README,
 ## "Conversational recommendation": rankers on all 943 ml-100k loo test users; LLM runs on a seeded

@@ -371,3 +371,42 @@ def test_ranking_tables_show_the_heldout_share_only_where_a_row_has_it():
     assert "test/heldout@10" not in table_columns([{"eval": "full", "metrics": {"test/ndcg@10": (0.1, None)}}])
     labeled = [{"eval": "labeled", "metrics": {"test/heldout@10": (0.2, None)}}]
     assert "test/heldout@10" not in table_columns(labeled)
+
+
+def test_candidates_next_to_full_ranking_places_by_hand(tmp_path):
+    """Places: 1 = best, hit@1 on the candidate lists and NDCG@10 in full ranking; a model without a
+    full-ranking row has no place there; the table is written between the document's markers."""
+    from benchmark.results.protocols import END, START, main, tables
+
+    head = "dataset,split,eval,model,seeds,test/hit@1,test/hit@1_std,test/ndcg@10,test/valid_ratio,full_ranking:test/hr@10,full_ranking:test/ndcg@10\n"
+    body = (
+        "d,loo,candidates,a,3,0.30,0.01,0.6,1.0,0.10,0.05\n"
+        "d,loo,candidates,b,3,0.40,0.02,0.7,1.0,0.08,0.04\n"
+        "d,loo,candidates,llm,1,0.05,,0.2,0.9,,\n"
+        "d,loo,full,a,3,,,,,,\n"
+        "d,loo,candidates[test_users=9],a,1,0.5,,0.8,1.0,0.1,0.05\n"
+    )
+    text = tables(head + body)
+    lines = [ln for ln in text.splitlines() if ln.startswith("| ") and not ln.startswith("| model")]
+    assert lines[:3] == [
+        "| b | 3 | 0.4000 ± 0.0200 | 0.7000 | 1.0000 | 1 | 0.0800 | 0.0400 | 2 |",
+        "| a | 3 | 0.3000 ± 0.0100 | 0.6000 | 1.0000 | 2 | 0.1000 | 0.0500 | 1 |",
+        "| llm | 1 | 0.0500 | 0.2000 | 0.9000 | 3 | - | - | - |",
+    ]
+    assert "**d · loo · candidates[test_users=9]**" in text and len(lines) == 4
+    (tmp_path / "lb.csv").write_text(head + body)
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"x\n{START}\nold\n{END}\n")
+    assert main([str(tmp_path / "lb.csv"), "--doc", str(doc)]) == 0
+    assert doc.read_text() == f"x\n{START}\n{text}{END}\n"
+    assert main([str(tmp_path / "missing.csv")]) == 2
+
+
+def test_the_committed_candidates_document_matches_the_committed_leaderboard():
+    """docs/candidates.md's generated tables are those of results/leaderboard.csv (``make leaderboard``)."""
+    from benchmark.results.protocols import END, START, tables
+
+    repo = Path(__file__).resolve().parents[2]
+    doc = (repo / "docs" / "candidates.md").read_text()
+    block = doc.split(START, 1)[1].split(END, 1)[0]
+    assert block == "\n" + tables((repo / "results" / "leaderboard.csv").read_text())
