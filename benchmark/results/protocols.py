@@ -20,7 +20,6 @@ import io
 import math
 import sys
 from pathlib import Path
-from typing import Any
 
 from benchmark.util import write_marked_block
 
