@@ -450,12 +450,19 @@ def _view_stats(recs: list[dict[str, Any]]) -> dict[str, tuple[float, float | No
     return out
 
 
+# Config paths naming a run of the same seed (read by the run as an input); see :func:`seed_group`.
+PER_SEED_INPUTS = ("adapter.encoder.run", "model.module.first_stage")
+
+
 def seed_group(rec: dict[str, Any]) -> str:
     """The seed group of a record under today's hashing rule (:func:`~benchmark.results.identity.config_hashes`
     of its recorded config), so that seeds of one config recorded under an earlier rule (e.g. with
     ``data.cache_dir`` in the hash) and seeds recorded today form one row, and the seeds of one
     aligned setting, each of which names its own seed's parent (``align.parent``), too; the
-    record's own ``group_key`` when its config cannot be hashed."""
+    record's own ``group_key`` when its config cannot be hashed. Likewise the seeds of a setting
+    whose first stage is its own seed's run (``adapter.encoder.run``, ``model.module.first_stage``
+    naming ``...-s<seed>-...``, e.g. LLaRA's SASRec soft tokens) form one row; another first stage
+    (another model or folder) stays another row."""
     from omegaconf import DictConfig, OmegaConf
 
     from benchmark.results.identity import config_hashes
@@ -464,6 +471,11 @@ def seed_group(rec: dict[str, Any]) -> str:
         cfg = OmegaConf.create(rec["config"])
         if isinstance(cfg.get("align"), DictConfig) and "parent" in cfg.align:
             cfg.align.parent = None  # each seed aligns its own seed's parent: one row per aligned setting
+        seed = cfg.get("seed")
+        for key in PER_SEED_INPUTS:
+            value = OmegaConf.select(cfg, key, default=None)
+            if isinstance(value, str) and isinstance(seed, int) and not isinstance(seed, bool):
+                OmegaConf.update(cfg, key, value.replace(f"-s{seed}-", "-s<seed>-"))
         return config_hashes(cfg)[1]
     except Exception:  # noqa: BLE001 - a stranger's config (e.g. a broken interpolation): keep its own key
         return str(rec["group_key"])

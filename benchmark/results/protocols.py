@@ -38,9 +38,10 @@ def _num(text: str | None) -> float | None:
 
 
 def _ranks(values: dict[str, float | None]) -> dict[str, int]:
-    """1-based competition ranks of the models with a value, highest first."""
-    known = sorted((v for v in values.values() if v is not None), reverse=True)
-    return {m: 1 + sum(1 for w in known if w > v) for m, v in values.items() if v is not None}
+    """1-based competition ranks of the models with a value, highest first; values equal to 9
+    decimals (means of seeds, e.g. (0.07 + 0.04) / 2 and (0.05 + 0.06) / 2) share a rank."""
+    kept = {m: round(v, 9) for m, v in values.items() if v is not None}
+    return {m: 1 + sum(1 for w in kept.values() if w > v) for m, v in kept.items()}
 
 
 def _cell(row: dict[str, str], key: str) -> str:

@@ -385,6 +385,8 @@ def test_candidates_next_to_full_ranking_places_by_hand(tmp_path):
         "d,loo,candidates,llm,1,0.05,,0.2,0.9,,\n"
         "d,loo,full,a,3,,,,,,\n"
         "d,loo,candidates[test_users=9],a,1,0.5,,0.8,1.0,0.1,0.05\n"
+        f"d,loo,candidates[test_users=9],x,2,{(0.07 + 0.04) / 2!r},,0.2,1.0,,\n"
+        f"d,loo,candidates[test_users=9],y,2,{(0.05 + 0.06) / 2!r},,0.2,1.0,,\n"
     )
     text = tables(head + body)
     lines = [ln for ln in text.splitlines() if ln.startswith("| ") and not ln.startswith("| model")]
@@ -393,7 +395,8 @@ def test_candidates_next_to_full_ranking_places_by_hand(tmp_path):
         "| a | 3 | 0.3000 ± 0.0100 | 0.6000 | 1.0000 | 2 | 0.1000 | 0.0500 | 1 |",
         "| llm | 1 | 0.0500 | 0.2000 | 0.9000 | 3 | - | - | - |",
     ]
-    assert "**d · loo · candidates[test_users=9]**" in text and len(lines) == 4
+    assert "**d · loo · candidates[test_users=9]**" in text and len(lines) == 6
+    assert [ln.split(" | ")[5] for ln in lines[4:]] == ["2", "2"]  # equal means share a place
     (tmp_path / "lb.csv").write_text(head + body)
     doc = tmp_path / "doc.md"
     doc.write_text(f"x\n{START}\nold\n{END}\n")

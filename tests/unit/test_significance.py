@@ -118,3 +118,30 @@ def test_seeds_of_one_aligned_setting_share_a_row_though_their_parents_differ():
 
     assert seed_group(rec(1, "runs/p-s1")) == seed_group(rec(2, "runs/p-s2"))
     assert seed_group(rec(1, "runs/p-s1")) != seed_group(rec(2, "runs/p-s2", beta=0.5))
+
+
+def test_seeds_reading_their_own_seeds_first_stage_share_a_row():
+    """The committed LLaRA hybrid seeds read the SASRec run of their own seed (adapter.encoder.run
+    ...-s<seed>-*): one row; another first-stage model, or seed 2 reading seed 1's run, is another
+    row; the same holds for a reranker's model.module.first_stage."""
+    import copy
+    import json
+    from pathlib import Path
+
+    from benchmark.results.leaderboard import seed_group
+
+    runs = Path(__file__).resolve().parents[2] / "results" / "runs"
+    recs = [json.loads(p.read_text()) for p in sorted(runs.glob("ml-100k-loo-candidates-llara-hybrid+cf_proj-cf-sasrec-k1-s*/record.json"))]
+    assert [r["seed"] for r in recs] == [1, 2] and recs[0]["group_key"] != recs[1]["group_key"]
+    assert seed_group(recs[0]) == seed_group(recs[1])
+    other = copy.deepcopy(recs[1])
+    other["config"]["adapter"]["encoder"]["run"] = other["config"]["adapter"]["encoder"]["run"].replace("sasrec", "gru4rec")
+    assert seed_group(other) != seed_group(recs[0])
+    crossed = copy.deepcopy(recs[1])
+    crossed["config"]["adapter"]["encoder"]["run"] = recs[0]["config"]["adapter"]["encoder"]["run"]
+    assert seed_group(crossed) != seed_group(recs[0])
+
+    def rerank(seed, first):
+        return {"config": {"model": {"name": "llm_rerank", "module": {"first_stage": first}}, "seed": seed}, "group_key": "k"}
+
+    assert seed_group(rerank(1, "runs/x-s1-a")) == seed_group(rerank(3, "runs/x-s3-a")) != seed_group(rerank(3, "runs/x-s1-a"))
