@@ -451,7 +451,7 @@ def _view_stats(recs: list[dict[str, Any]]) -> dict[str, tuple[float, float | No
 
 
 # Config paths naming a run of the same seed (read by the run as an input); see :func:`seed_group`.
-PER_SEED_INPUTS = ("adapter.encoder.run", "model.module.first_stage")
+PER_SEED_INPUTS = ("adapter.encoder.run",)
 
 
 def seed_group(rec: dict[str, Any]) -> str:
@@ -459,10 +459,12 @@ def seed_group(rec: dict[str, Any]) -> str:
     of its recorded config), so that seeds of one config recorded under an earlier rule (e.g. with
     ``data.cache_dir`` in the hash) and seeds recorded today form one row, and the seeds of one
     aligned setting, each of which names its own seed's parent (``align.parent``), too; the
-    record's own ``group_key`` when its config cannot be hashed. Likewise the seeds of a setting
-    whose first stage is its own seed's run (``adapter.encoder.run``, ``model.module.first_stage``
-    naming ``...-s<seed>-...``, e.g. LLaRA's SASRec soft tokens) form one row; another first stage
-    (another model or folder) stays another row."""
+    record's own ``group_key`` when its config cannot be hashed. Likewise the seeds of an item
+    adapter that reads its own seed's first stage (``adapter.encoder.run`` naming ``...-s<seed>-...``,
+    the documented convention of LLaRA's SASRec soft tokens) form one row; another first stage
+    (another model or folder) stays another row. (Seeds that all read one fixed ``-s1-`` run would
+    put seed 1 in a row of its own; a reranker's ``model.module.first_stage`` is left as it is,
+    since its committed runs name one fixed first stage.)"""
     from omegaconf import DictConfig, OmegaConf
 
     from benchmark.results.identity import config_hashes

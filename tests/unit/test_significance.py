@@ -123,7 +123,7 @@ def test_seeds_of_one_aligned_setting_share_a_row_though_their_parents_differ():
 def test_seeds_reading_their_own_seeds_first_stage_share_a_row():
     """The committed LLaRA hybrid seeds read the SASRec run of their own seed (adapter.encoder.run
     ...-s<seed>-*): one row; another first-stage model, or seed 2 reading seed 1's run, is another
-    row; the same holds for a reranker's model.module.first_stage."""
+    row; a reranker's seeds reading one fixed first stage share a row."""
     import copy
     import json
     from pathlib import Path
@@ -144,4 +144,5 @@ def test_seeds_reading_their_own_seeds_first_stage_share_a_row():
     def rerank(seed, first):
         return {"config": {"model": {"name": "llm_rerank", "module": {"first_stage": first}}, "seed": seed}, "group_key": "k"}
 
-    assert seed_group(rerank(1, "runs/x-s1-a")) == seed_group(rerank(3, "runs/x-s3-a")) != seed_group(rerank(3, "runs/x-s1-a"))
+    # a reranker's first stage is one fixed run for all its seeds: they share a row
+    assert seed_group(rerank(1, "runs/x-s1-a")) == seed_group(rerank(3, "runs/x-s1-a")) != seed_group(rerank(3, "runs/x-s3-a"))
