@@ -243,7 +243,7 @@ class TallRec(nn.Module):
         if not isinstance(score_cache, bool):
             raise ConfigError(f"model.module.score_cache: true or false, got {score_cache!r}")
         self.score_cache = score_cache
-        self._score_store: Any = None  # the ScoreCache of the last p_yes call (its counts go in the record)
+        self._score_store: Any = None  # the ScoreCache of the current weights (its counts go in the record)
         if not isinstance(gradient_checkpointing, bool):
             raise ConfigError(f"model.module.gradient_checkpointing: true or false, got {gradient_checkpointing!r}")
         self.gradient_checkpointing = gradient_checkpointing
@@ -621,7 +621,7 @@ class TallRec(nn.Module):
         if not self.score_cache or self.lora_config is not None or self.adapter is not None or self.template.chain_of_thought:
             return None
         from benchmark.models.components.llm import default_cache_dir
-        from benchmark.models.components.score_cache import ScoreCache, weights_digest
+        from benchmark.models.components.score_cache import ScoreCache, identity_key, weights_digest
 
         identity = {
             "scorer": type(self).__name__,
@@ -629,11 +629,9 @@ class TallRec(nn.Module):
             "precision": self.lm_facts.get("precision"),
             "answer_ids": list(self.answer_ids),
         }
-        store = ScoreCache(default_cache_dir(), identity)
-        if self._score_store is not None and self._score_store.identity == store.identity:
-            store.read, store.computed = self._score_store.read, self._score_store.computed
-        self._score_store = store
-        return store
+        if self._score_store is None or self._score_store.identity != identity_key(identity):
+            self._score_store = ScoreCache(default_cache_dir(), identity)  # read from disk once per identity
+        return self._score_store
 
     def _p_yes_tokens(self, seqs: list[list[int]], mentions: list[list[int]], advance: Any) -> torch.Tensor:
         """P(yes) of tokenized prompts with the torch backbone (see :meth:`p_yes`)."""

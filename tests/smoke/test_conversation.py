@@ -198,6 +198,16 @@ def test_a_stopped_run_resumes_from_its_session_log_with_the_same_dialogues(tmp_
     log.write_text(lines[0] + "\n" + json.dumps(bad) + "\n")
     with pytest.raises(ConfigError, match="success_turn"):
         conversation_run(cfg)
+    log.write_text(lines[0] + "\n" + lines[1].replace('"seconds":', '"seconds":NaN,"x":', 1) + "\n")
+    with pytest.raises(ConfigError, match="line 2: not valid JSON"):  # NaN is not JSON
+        conversation_run(cfg)
+    import benchmark.conversation.storage as storage
+
+    log.write_text(lines[0] + "\n")
+    monkeypatch.setattr(storage, "PARTIAL_LIMIT", 10)
+    with pytest.raises(ConfigError, match="over the session-log limit of 10"):
+        conversation_run(cfg)
+    monkeypatch.undo()
     log.unlink()
     log.symlink_to(tmp_path / "elsewhere.jsonl")
     with pytest.raises(ConfigError, match="must be a regular file"):

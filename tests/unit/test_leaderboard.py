@@ -403,6 +403,9 @@ def test_candidates_next_to_full_ranking_places_by_hand(tmp_path):
     assert main([str(tmp_path / "lb.csv"), "--doc", str(doc)]) == 0
     assert doc.read_text() == f"x\n{START}\n{text}{END}\n"
     assert main([str(tmp_path / "missing.csv")]) == 2
+    (tmp_path / "link.csv").symlink_to(tmp_path / "lb.csv")
+    assert main([str(tmp_path / "link.csv"), "--doc", str(doc)]) == 2  # a link is refused, nothing written
+    assert doc.read_text() == f"x\n{START}\n{text}{END}\n"
 
 
 def test_the_committed_candidates_document_matches_the_committed_leaderboard():

@@ -43,6 +43,11 @@ def weights_digest(module: nn.Module) -> str:
     return h.hexdigest()
 
 
+def identity_key(identity: dict[str, Any]) -> str:
+    """sha256 (hex) of a scorer identity, as :class:`ScoreCache` names its folder."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def prompt_key(ids: Sequence[int]) -> str:
     """sha256 of a prompt's token ids (little-endian int64), hex."""
     return hashlib.sha256(torch.as_tensor(list(ids), dtype=torch.int64).numpy().tobytes()).hexdigest()
@@ -57,7 +62,7 @@ class ScoreCache:
     """
 
     def __init__(self, root: Path, identity: dict[str, Any]) -> None:
-        self.identity = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+        self.identity = identity_key(identity)
         self.folder = Path(root) / "scores" / self.identity[:32]
         self.path = self.folder / FILE
         self.values: dict[str, float] = {}
