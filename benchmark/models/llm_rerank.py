@@ -24,7 +24,7 @@ shared by its N candidates.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +38,14 @@ from benchmark.data.views import RankingRows
 from benchmark.errors import ConfigError
 from benchmark.eval.grounding import Catalogue, named_candidate
 from benchmark.models.components.cf_features import run_dir_of
+from benchmark.models.components.history_fit import kept_count, recency_order, relevance_order
 from benchmark.models.components.llm import left_pad, load_causal_lm, shared_prefix_logprobs
 from benchmark.models.components.prompts import PromptTemplate, continuation_ids, item_texts
 from benchmark.models.tallrec import MACHINE_FACTS, as_template
 from benchmark.progress import within_chunk
 
 ORDERS = ("first_stage", "reverse", "random")
+HISTORY_SELECT = ("recent", "relevant")  # which history items fit history_budget
 ANSWER_CHARS = 300  # the raw answer kept per row in the predictions file
 
 
@@ -140,6 +142,11 @@ class LLMRerank(nn.Module):
         seed: seed of ``order=random``; None = the run seed (``torch.initial_seed()``).
         cache_dir: cache root for dequantized GGUF backbones.
         answer_tokens: new tokens generated per answer under ``eval=candidates``.
+        history_select: which of the user's last ``history`` train items a prompt keeps under
+            ``history_budget``: ``recent`` (the most recent first) or ``relevant`` (the items whose
+            MiniLM title embedding is nearest any of the user's candidates first; needs a budget).
+        history_budget: the prompt's length in tokens (the candidate list included) that the kept
+            history must fit; None: the whole history is shown.
     """
 
     def __init__(
@@ -160,8 +167,23 @@ class LLMRerank(nn.Module):
         seed: int | None = None,
         cache_dir: str | None = None,
         answer_tokens: int = 32,
+        history_select: str = "recent",
+        history_budget: int | None = None,
     ) -> None:
         super().__init__()
+        if history_select not in HISTORY_SELECT:
+            raise ConfigError(
+                f"model.module.history_select: unknown {history_select!r} (one of {', '.join(HISTORY_SELECT)})"
+            )
+        if history_budget is not None and (
+            isinstance(history_budget, bool) or not isinstance(history_budget, int) or history_budget < 8
+        ):
+            raise ConfigError(f"model.module.history_budget: a prompt length in tokens >= 8, got {history_budget!r}")
+        if history_select == "relevant" and history_budget is None:
+            raise ConfigError(
+                "model.module.history_select=relevant: chooses which items fit a budget; set "
+                "model.module.history_budget (tokens), or use history_select=recent"
+            )
         if order not in ORDERS:
             raise ConfigError(f"model.module.order: unknown '{order}' (one of {ORDERS})")
         if top_n < 1 or user_batch_size < 1 or answer_tokens < 1:
@@ -195,6 +217,18 @@ class LLMRerank(nn.Module):
         self.histories = user_histories(split, int(history), float(like_threshold))
         self.history, self.like_threshold = int(history), float(like_threshold)
         self.answer_tokens = int(answer_tokens)
+        self.history_select, self.history_budget = history_select, history_budget
+        self._item_vectors: np.ndarray | None = None
+        self._text_encoder: dict[str, Any] | None = None
+        if history_select == "relevant":
+            from benchmark.models.components.item_text import text_embeddings
+
+            found = text_embeddings(data, [str(i) for i in split.item_ids])
+            if found is None:
+                raise ConfigError("model.module.history_select=relevant: items have no titles to embed")
+            self._item_vectors, self._text_encoder = found
+        self._token_stats = [0, 0, 0]  # scored prompts, their tokens, the longest
+        self._history_stats = [0, 0, 0, 0]  # prompts, history items offered, items kept, over budget
         self.catalogue = Catalogue.from_items(data.items, data.item_fields, split.item_ids)
         self.item_ids = split.item_ids
         self._answers: dict[int, dict[str, Any]] = {}  # candidates row -> its answer facts
@@ -217,8 +251,14 @@ class LLMRerank(nn.Module):
         return self._render(user, cands[np.argsort(pos)])
 
     def _render(self, user: int, shown: np.ndarray) -> str:
-        """The prompt of ``user`` listing the candidates ``shown`` in that order."""
+        """The prompt of ``user`` listing the candidates ``shown`` in that order (with
+        ``history_budget``: the history items kept by :meth:`_fit_history`)."""
         hist, likes = self.histories[user]
+        if self.history_budget is not None:
+            hist, likes = self._fit_history(hist, likes, shown)
+        return self._text(hist, likes, shown)
+
+    def _text(self, hist: Sequence[int], likes: Sequence[int], shown: Sequence[int]) -> str:
         t = self.template
         fields = {
             "liked": t.items([self.texts[i] for i, lk in zip(hist, likes, strict=True) if lk]),
@@ -226,6 +266,27 @@ class LLMRerank(nn.Module):
             "candidates": t.items([self.texts[i] for i in shown]),
         }
         return t.render(fields, (), self.tokenizer)
+
+    def _fit_history(
+        self, hist: Sequence[int], likes: Sequence[int], shown: Sequence[int]
+    ) -> tuple[list[int], list[int]]:
+        """The history items (time order) kept so that the prompt listing ``shown`` fits the
+        budget: the most recent (``recent``) or those nearest the candidates (``relevant``) first."""
+        if self.history_select == "relevant":
+            order = relevance_order(self._item_vectors, hist, [int(i) for i in shown])
+        else:
+            order = recency_order(len(hist))
+
+        def length_of(kept: list[int]) -> int:
+            text = self._text([hist[j] for j in kept], [likes[j] for j in kept], shown)
+            return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+        keep = kept_count(order, length_of, self.history_budget)
+        over = int(keep == 0 and length_of([]) > self.history_budget)
+        n, offered, kept, overs = self._history_stats
+        self._history_stats = [n + 1, offered + len(hist), kept + keep, overs + over]
+        shown_pos = sorted(order[:keep])
+        return [int(hist[j]) for j in shown_pos], [int(likes[j]) for j in shown_pos]
 
     def _score_users(self, users: list[int]) -> None:
         """LLM scores of the candidates of ``users`` (one batched prompt pass, then the candidates)."""
@@ -245,6 +306,8 @@ class LLMRerank(nn.Module):
                 for i in cands
             ]
             todo.append(u)
+            n, total, longest = self._token_stats
+            self._token_stats = [n + 1, total + len(conts[0][0]), max(longest, len(conts[0][0]))]
             prompts.append(conts[0][0])
             tails.append([c[1] for c in conts])
             positions.append(pos)
@@ -423,7 +486,30 @@ class LLMRerank(nn.Module):
                 "length": self.history,
                 "like_threshold": self.like_threshold,
             },
+            **self._prompt_facts(),
         }
+
+    def _prompt_facts(self) -> dict[str, Any]:
+        """Prompt lengths of the users scored under ``eval=full`` and, under a budget, how the
+        history was fitted."""
+        n, total, longest = self._token_stats
+        out: dict[str, Any] = {}
+        if n:
+            out["prompt_tokens"] = {"prompts": n, "mean": round(total / n, 2), "max": longest}
+        if self.history_budget is None:
+            return out
+        rows, offered, kept, over = self._history_stats
+        out["history_fit"] = {
+            "select": self.history_select,
+            "budget_tokens": self.history_budget,
+            "rows": rows,
+            "items_offered_mean": round(offered / rows, 3) if rows else None,
+            "items_kept_mean": round(kept / rows, 3) if rows else None,
+            "rows_over_budget_without_history": over,
+        }
+        if self._text_encoder is not None:
+            out["text_encoder"] = self._text_encoder
+        return out
 
     def _candidate_facts(self) -> dict[str, Any]:
         answered = list(self._answers.values())

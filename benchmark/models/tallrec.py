@@ -48,6 +48,7 @@ from benchmark.models.components.adapter import (
     attach_item_adapter,
     tokenize_prompts,
 )
+from benchmark.models.components.history_fit import kept_count, recency_order, relevance_order
 from benchmark.models.components.icl import (
     PER_ROW,
     check_strategy,
@@ -474,12 +475,9 @@ class TallRec(nn.Module):
     def _history_order(self, hist: Sequence[int], target: int) -> list[int]:
         """Positions of ``hist`` in the order they are kept: most recent first (``recent``,
         ``summary``), or most similar to the target's text first (``relevant``, ties: more recent first)."""
-        n = len(hist)
-        if self.history_select != "relevant" or n == 0:  # recent, summary: the most recent first
-            return list(range(n - 1, -1, -1))
-        vecs = self._item_vectors
-        sims = vecs[np.asarray(hist, dtype=np.int64)] @ vecs[int(target)]
-        return [int(j) for j in np.lexsort((-np.arange(n), -sims))]
+        if self.history_select != "relevant":  # recent, summary: the most recent first
+            return recency_order(len(hist))
+        return relevance_order(self._item_vectors, hist, [int(target)])
 
     def _fit_history(
         self, hist: Sequence[int], likes: Sequence[int], target: int, examples: list
@@ -493,14 +491,14 @@ class TallRec(nn.Module):
         budget = None if self.history_budget is None else self.history_budget - (self.summary_tokens if summarize else 0)
         self._summary_text = None
         if budget is not None:
-            while keep > 0:
-                shown = sorted(order[:keep])
+
+            def length_of(shown: list[int]) -> int:
                 text = self.template.render(
                     self._fields([hist[j] for j in shown], [likes[j] for j in shown], target), examples, self.tokenizer
                 )
-                if len(self.tokenizer(self._expand(text), add_special_tokens=True)["input_ids"]) <= budget:
-                    break
-                keep -= 1
+                return len(self.tokenizer(self._expand(text), add_special_tokens=True)["input_ids"])
+
+            keep = kept_count(order, length_of, budget)
         shown = sorted(order[:keep])
         if summarize and keep < len(order):  # the items left out, oldest first, become one sentence
             left = sorted(order[keep:])

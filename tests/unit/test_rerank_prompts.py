@@ -1,0 +1,168 @@
+"""The listwise reranker's prompt axes: its template pool and its history under a token budget
+(recent vs relevant), with the shared selection helpers checked by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark.config import SplitConfig
+from benchmark.data.splits import build_split
+from benchmark.errors import ConfigError
+from benchmark.models.components.history_fit import kept_count, recency_order, relevance_order
+
+TEMPLATES = ("rerank_listwise", "rerank_role", "rerank_json", "rerank_terse")
+
+
+def test_relevance_order_ranks_by_the_nearest_anchor_and_breaks_ties_by_recency():
+    s = 1 / np.sqrt(2)
+    vectors = np.array([[1, 0], [0, 1], [s, s], [-1, 0], [0, -1]], dtype=np.float32)
+    # history items 3, 0, 2, 1 (oldest first); anchors 0 and 1. Max cosine by hand:
+    # item 3: max(-1, 0) = 0; item 0: 1; item 2: .707; item 1: 1 -> positions 3 (item 1, newer), 1 (item 0), 2, 0
+    assert relevance_order(vectors, [3, 0, 2, 1], [0, 1]) == [3, 1, 2, 0]
+    # cosines of positions 0..3 to item 4: 0, 0, -.707, -1 -> the tie goes to the newer position 1
+    assert relevance_order(vectors, [3, 0, 2, 1], [4]) == [1, 0, 2, 3]
+    assert relevance_order(vectors, [3, 0], []) == recency_order(2) == [1, 0]
+
+
+def test_kept_count_keeps_the_longest_prefix_that_fits():
+    lengths = {(): 10, (1,): 13, (0, 1): 17, (0, 1, 2): 20}
+    order = [1, 0, 2]  # kept in this order, measured in time order
+
+    def length_of(kept):
+        return lengths[tuple(kept)]
+
+    assert kept_count(order, length_of, None) == 3
+    assert kept_count(order, length_of, 20) == 3
+    assert kept_count(order, length_of, 19) == 2
+    assert kept_count(order, length_of, 13) == 1
+    assert kept_count(order, length_of, 9) == 0  # even the bare prompt is too long
+
+
+@pytest.fixture(scope="module")
+def rerank_lm(tmp_path_factory):
+    from tests.unit.test_tallrec import make_tiny_lm, template_words
+
+    words = template_words(*TEMPLATES) + [f"Title {i}" for i in range(30)] + ["{", "}", "[", "]", ":", '"']
+    return make_tiny_lm(tmp_path_factory.mktemp("rerank_lm"), words, seed=5)
+
+
+@pytest.fixture(scope="module")
+def loo_split(yesno_data):
+    return build_split(yesno_data, SplitConfig(protocol="loo"))
+
+
+def _rerank(split, data, lm, tmp_path, monkeypatch=None, vectors=None, **kw):
+    from benchmark.models.llm_rerank import LLMRerank
+    from tests.unit.test_tallrec import fake_first_stage, load_prompt
+
+    if vectors is not None:
+        import benchmark.models.components.item_text as item_text
+
+        monkeypatch.setattr(item_text, "text_embeddings", lambda data, ids: (vectors, {"key": "test"}))
+    first = fake_first_stage(tmp_path / "first", split)
+    kw.setdefault("prompt", load_prompt("rerank_listwise"))
+    return LLMRerank(split, data, first_stage=str(first), backbone=str(lm), top_n=5, seed=0, **kw)
+
+
+def _length(model, text):
+    return len(model.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_each_listwise_template_scores_the_candidates_and_records_its_id_and_lengths(name, loo_split, yesno_data, rerank_lm, tmp_path):
+    from tests.unit.test_tallrec import load_prompt
+
+    template = load_prompt(name)
+    assert {"liked", "disliked", "candidates"} <= template.fields
+    m = _rerank(loo_split, yesno_data, rerank_lm, tmp_path, prompt=template)
+    text = m._render(0, m.candidates[0][:5])
+    assert all(m.texts[int(i)] in text for i in m.candidates[0][:5])  # every candidate is listed
+    scores = m.score(torch.tensor([0, 1, 2]))
+    assert torch.isfinite(scores[:, :5]).all() and torch.isneginf(scores[:, 5:]).all()
+    llm = m.prediction_facts()["llm"]
+    assert llm["prompt"]["name"] == name and len(llm["prompt"]["sha256"]) == 64
+    lengths = [_length(m, m._render(u, m.candidates[u][:5][np.argsort(m.prompt_order(u, 5))])) for u in (0, 1, 2)]
+    assert llm["prompt_tokens"] == {"prompts": 3, "mean": round(sum(lengths) / 3, 2), "max": max(lengths)}
+    assert "history_fit" not in llm  # no budget: the whole history, as before
+
+
+def test_recent_history_under_a_budget_keeps_the_newest_items_that_fit(loo_split, yesno_data, rerank_lm, tmp_path):
+    full = _rerank(loo_split, yesno_data, rerank_lm, tmp_path, history=10)
+    hist, likes = full.histories[0]
+    assert len(hist) == 10
+    shown = full.candidates[0][:5]
+    lengths = [_length(full, full._text(hist[n:], likes[n:], shown)) for n in range(11)]
+    budget = (lengths[6] + lengths[5]) // 2  # by hand: the newest 4 items fit, the newest 5 do not
+    assert lengths[6] <= budget < lengths[5]
+    m = _rerank(loo_split, yesno_data, rerank_lm, tmp_path, history=10, history_budget=budget)
+    text = m._render(0, shown)
+    assert text == full._text(hist[6:], likes[6:], shown) and _length(m, text) <= budget
+    fit = m.prediction_facts()["llm"]["history_fit"]
+    assert fit == {"select": "recent", "budget_tokens": budget, "rows": 1, "items_offered_mean": 10.0,
+                   "items_kept_mean": 4.0, "rows_over_budget_without_history": 0}
+
+
+def test_relevant_history_keeps_the_items_nearest_the_candidates_in_time_order(loo_split, yesno_data, rerank_lm, tmp_path, monkeypatch):
+    g = np.random.default_rng(2)
+    vectors = g.normal(size=(loo_split.n_items, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    full = _rerank(loo_split, yesno_data, rerank_lm, tmp_path, history=10)
+    hist, likes = full.histories[0]
+    shown = full.candidates[0][:5]
+    sims = np.array([max(float(vectors[h] @ vectors[c]) for c in shown) for h in hist])  # by hand
+    top3 = sorted(np.argsort(-sims, kind="stable")[:3].tolist())
+    budget = _length(full, full._text([hist[j] for j in top3], [likes[j] for j in top3], shown))
+    m = _rerank(loo_split, yesno_data, rerank_lm, tmp_path, monkeypatch, vectors, history=10,
+                history_select="relevant", history_budget=budget)
+    assert m._fit_history(hist, likes, shown) == ([int(hist[j]) for j in top3], [int(likes[j]) for j in top3])
+    assert m._render(0, shown) == full._text([hist[j] for j in top3], [likes[j] for j in top3], shown)
+    recent = _rerank(loo_split, yesno_data, rerank_lm, tmp_path, history=10, history_budget=budget)
+    assert recent._fit_history(hist, likes, shown)[0] != [int(hist[j]) for j in top3] or top3 == list(range(7, 10))
+    fit = m.prediction_facts()["llm"]["history_fit"]
+    assert fit["select"] == "relevant" and fit["items_kept_mean"] == 3.0 and m.prediction_facts()["llm"]["text_encoder"] == {"key": "test"}
+
+
+def test_histories_come_from_train_only(loo_split, yesno_data, rerank_lm, tmp_path):
+    m = _rerank(loo_split, yesno_data, rerank_lm, tmp_path, history=50, history_budget=10_000)
+    train = loo_split.train
+    for u in range(loo_split.n_users):
+        hist, _ = m.histories[u]
+        assert set(hist) <= set(train.loc[train["user"] == u, "item"].tolist())
+        held = set(loo_split.valid.loc[loo_split.valid["user"] == u, "item"]) | set(loo_split.test.loc[loo_split.test["user"] == u, "item"])
+        assert not set(hist) & (held - set(train.loc[train["user"] == u, "item"]))
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"history_select": "relevant"}, "history_select=relevant: chooses which items fit a budget"),
+        ({"history_select": "summary", "history_budget": 100}, "model.module.history_select: unknown 'summary'"),
+        ({"history_budget": 4}, "model.module.history_budget: a prompt length in tokens >= 8"),
+        ({"history_budget": True}, "model.module.history_budget"),
+    ],
+)
+def test_bad_history_settings_are_one_line(kw, message, loo_split, yesno_data, rerank_lm, tmp_path):
+    with pytest.raises(ConfigError, match=message) as e:
+        _rerank(loo_split, yesno_data, rerank_lm, tmp_path, **kw)
+    assert len(str(e.value).splitlines()) == 1
+
+
+def test_rerank_prompt_experiments_launch_the_documented_runs():
+    from benchmark.compose import compose_expanded, expand_overrides
+    from benchmark.launch import sweep_jobs
+
+    def grid(name):
+        jobs = [compose_expanded(j) for j in sweep_jobs(expand_overrides([f"experiment={name}"]))]
+        for c in jobs:
+            assert (c.split.protocol, c.eval.protocol, c.model.name, c.seed) == ("loo", "full", "llm_rerank", 1)
+            assert c.eval.test_users == 200 and c.skip_existing and c.model.module.order == "random"
+            assert c.model.module.first_stage == "results/runs/ml-100k-loo-full-sasrec-recbole-s1-5b4ecd46"
+        return jobs
+
+    assert [c.model.prompt.name for c in grid("prompt_templates_rerank_ml100k")] == list(TEMPLATES)
+    hist = grid("prompt_history_rerank_ml100k")
+    assert [(c.model.module.history_select, c.model.module.history, c.model.module.history_budget) for c in hist] == [
+        ("recent", 50, 450), ("relevant", 50, 450)
+    ]
