@@ -60,6 +60,35 @@ def package_version(dist: str) -> str | None:
 # ----------------------------------------------------------------------------- device
 
 
+# CPU features that decide which low-precision kernels exist (bf16 and int8 matmuls).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_int8")
+
+
+def cpu_features(cpuinfo: Path | str = "/proc/cpuinfo") -> dict[str, object]:
+    """The CPU model, torch's kernel level and which of :data:`CPU_FLAGS` the CPU has.
+
+    Precision options run at very different speeds on CPUs with and without bf16/int8
+    instructions, so records and benches name them. Where ``cpuinfo`` is missing (not Linux),
+    ``model`` and ``flags`` are None.
+    """
+    import torch
+
+    model, flags = None, None
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            text = f.read(1 << 20)  # the first CPU's lines are enough
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model is None:
+            model = value.strip()[:200]
+        elif key.strip() == "flags" and flags is None:
+            have = set(value.split())
+            flags = [f for f in CPU_FLAGS if f in have]
+    return {"model": model, "torch_capability": torch.backends.cpu.get_cpu_capability(), "flags": flags}
+
+
 def torch_device(accelerator: str | None = "cpu") -> torch.device:
     """The torch device of a trainer accelerator or a device string.
 

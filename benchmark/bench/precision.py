@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.bench import write_result
+from benchmark.util import cpu_features
 
 OUT_NAME = "precision.json"
 BACKBONE = "smollm2-135m-instruct"
@@ -285,6 +286,7 @@ def measure(
         "machine": {
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
+            "cpu": cpu_features(),
             "torch_threads": 1,
             "load_average_before": [round(x, 2) for x in os.getloadavg()],
         },

@@ -27,7 +27,7 @@ from benchmark.data.views import LabeledRows, RankingRows
 from benchmark.eval.evaluator import Predictions
 from benchmark.results.identity import config_hashes, model_label, run_id_for
 from benchmark.results.schema import SCHEMA_VERSION, check_record
-from benchmark.util import package_version, sha256_bytes, staged_dir
+from benchmark.util import cpu_features, package_version, sha256_bytes, staged_dir
 
 RECORD = "record.json"
 PREDICTIONS = "predictions.jsonl.gz"
@@ -73,6 +73,7 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
+        "cpu": cpu_features(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.version.cuda if cuda else None,
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],

@@ -80,3 +80,19 @@ def test_write_marked_block_replaces_only_between_the_markers(tmp_path):
     with pytest.raises(ValueError, match="no <!-- x:start --> ... <!-- x:end --> markers"):
         write_marked_block(readme, "<!-- x:start -->", "<!-- x:end -->", "new")
     assert readme.read_text() == before
+
+
+def test_cpu_features_reads_the_model_and_the_low_precision_flags(tmp_path):
+    from benchmark.util import cpu_features
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\nmodel name\t: Some CPU 9000\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_int8\n\n"
+        "processor\t: 1\nmodel name\t: Other\nflags\t\t: fpu\n"
+    )
+    facts = cpu_features(info)
+    assert facts["model"] == "Some CPU 9000"  # the first CPU's lines
+    assert facts["flags"] == ["avx2", "avx512f", "avx512_bf16", "amx_int8"]  # in CPU_FLAGS order, known ones only
+    assert isinstance(facts["torch_capability"], str)
+    missing = cpu_features(tmp_path / "absent")
+    assert missing["model"] is None and missing["flags"] is None
