@@ -19,11 +19,12 @@ from benchmark.config import CONFIG_DIR
 from benchmark.errors import ConfigError
 from benchmark.models.components.precision import apply_precision, check_precision, precision_config
 from benchmark.models.tallrec import TallRec
+from benchmark.util import cpu_features
 from tests.unit.test_tallrec import load_prompt
 
 REPO = Path(__file__).resolve().parents[2]
 RUNS = REPO / "results" / "runs"
-CPU_OPTIONS = ("fp32", "bf16", "int8", "int8_smooth")
+CPU_OPTIONS = ("fp32", "bf16", "int8", "int8_smooth", "int8_vnni", "int8_smooth_vnni")
 GPU_OPTIONS = ("fp16", "bnb8", "bnb4", "vllm")
 
 
@@ -95,6 +96,56 @@ def test_int8_quantizes_base_linears_only_and_changes_scores(yesno_split, yesno_
     assert diff.max() < 0.05  # and stays close
     with model.lm.disable_adapter():  # the fp32 LoRA still acts on the int8 base
         assert (model.p_yes(prompts(model, yesno_split)[:4]) - p[:4]).abs().max() > 1e-4
+
+
+def test_full_range_activations_use_8_bits_and_are_recorded(yesno_split, yesno_data, yesno_lm):
+    from benchmark.models.components.precision import full_range_linear
+
+    model = tallrec(yesno_split, yesno_data, yesno_lm)
+    facts = apply_precision(model, option("int8_vnni"))
+    full = [m for m in model.lm.modules() if isinstance(m, full_range_linear())]
+    assert len(full) == facts["linear_quantized"] == 14 and facts["activation_range"] == "full"
+    assert model.prediction_facts()["llm"]["precision"]["activation_range"] == "full"
+    reduced = tallrec(yesno_split, yesno_data, yesno_lm)
+    assert "activation_range" not in apply_precision(reduced, option("int8"))  # records as before
+    assert not any(isinstance(m, full_range_linear()) for m in reduced.lm.modules())
+
+
+VNNI = bool(set(cpu_features()["flags"] or ()) & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+@pytest.mark.skipif(not VNNI, reason="8-bit activations are only exact to 8 bits on a CPU with VNNI (without it fbgemm's 16-bit sums may saturate)")
+def test_8_bit_activations_are_closer_to_fp32_than_7_bit():
+    from benchmark.models.components.precision import quantize_int8
+
+    torch.manual_seed(0)
+    lin = nn.Sequential(nn.Linear(256, 128))
+    x = torch.randn(64, 256)
+    exact = lin(x).detach()
+    errors = {}
+    for rng in ("reduced", "full"):
+        q = nn.Sequential(nn.Linear(256, 128))
+        q.load_state_dict(lin.state_dict())
+        quantize_int8(q, activation_range=rng)
+        errors[rng] = float((q(x) - exact).abs().mean())
+    # one more activation bit halves the activation step: the error falls by well over a quarter
+    assert errors["full"] < 0.75 * errors["reduced"], errors
+
+
+def test_full_range_refuses_without_vnni_and_outside_torch_dynamic(monkeypatch):
+    llm = OmegaConf.create({"name": "tallrec", "family": "llm", "module": {"_target_": "benchmark.models.tallrec.TallRec"}})
+    monkeypatch.setattr("benchmark.models.components.precision.cpu_flags", lambda: ["avx2", "avx512f"])
+    with pytest.raises(ConfigError, match=r"^precision=int8_smooth_vnni: 8-bit activations need a CPU with VNNI .*has none of them \(use precision=int8_smooth\)$"):
+        check_precision(option("int8_smooth_vnni"), llm)
+    monkeypatch.setattr("benchmark.models.components.precision.cpu_flags", lambda: None)
+    with pytest.raises(ConfigError, match="no /proc/cpuinfo to tell"):
+        check_precision(option("int8_vnni"), llm)
+    monkeypatch.setattr("benchmark.models.components.precision.cpu_flags", lambda: ["avx2", "avx512_vnni"])
+    assert check_precision(option("int8_smooth_vnni"), llm).activation_range == "full"
+    with pytest.raises(ConfigError, match="precision.activation_range: unknown 'half'"):
+        precision_config({**OmegaConf.to_container(option("int8")), "activation_range": "half"})
+    with pytest.raises(ConfigError, match="precision.activation_range: applies to method torch_dynamic, not cast"):
+        precision_config({**OmegaConf.to_container(option("bf16")), "activation_range": "full"})
 
 
 def test_bf16_casts_the_backbone_and_keeps_lora_fp32(yesno_split, yesno_data, yesno_lm):

@@ -11,6 +11,10 @@ weights under ``outputs/models/<training key>`` and only evaluates in int8.
 - ``int8``: torch dynamic quantization (``torch.ao``; int8 weights per output channel,
   activations quantized per batch, x86/fbgemm kernels) of the backbone's ``nn.Linear`` layers on
   CPU. LoRA's ``lora_A``/``lora_B`` and the LM head stay fp32.
+- ``int8_vnni`` / ``int8_smooth_vnni``: the same with activations quantized to the full 8-bit
+  range (``activation_range: full``) instead of fbgemm's default 7 bits (``reduced``), which
+  keeps AVX2 kernels from saturating their 16-bit sums; only safe with VNNI instructions
+  (``avx512_vnni``, ``avx_vnni`` or ``amx_int8``), so refused with one line on CPUs without them.
 - ``int8_smooth``: ``int8`` after SmoothQuant-style smoothing (``smooth_alpha``, calibrated on
   ``calibration_rows`` train prompts: :mod:`benchmark.models.components.smoothing`), with the
   layers named in ``keep`` (``down_proj``, whose inputs carry the largest outliers) left in fp32.
@@ -30,6 +34,7 @@ record carries under ``model.llm.precision``.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import time
 from collections.abc import Mapping
@@ -45,6 +50,8 @@ from benchmark.errors import ConfigError
 WEIGHTS = ("float32", "bfloat16", "float16", "int8", "nf4", "gguf")
 METHODS = ("cast", "torch_dynamic", "bitsandbytes", "llama_cpp", "vllm")
 DEVICES = ("any", "cpu", "cuda")
+ACTIVATION_RANGES = ("reduced", "full")  # torch_dynamic: 7-bit (fbgemm's reduce_range) or 8-bit activations
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # int8 dot products that accumulate in 32 bits
 # Modules never quantized or cast: LoRA's matrices (trained in fp32) and the LM head (kept in
 # full precision, as LLM.int8() and most weight-only schemes do; it also carries tied embeddings).
 KEEP = ("lora_", "lm_head")
@@ -66,6 +73,8 @@ class PrecisionConfig:
         smooth_alpha: SmoothQuant migration strength in [0, 1] before ``torch_dynamic``
             quantization (None: no smoothing); calibration_rows: train prompts it is calibrated on.
         keep: backbone layer names (a path component, e.g. ``down_proj``) left unquantized.
+        activation_range: ``torch_dynamic`` activations in 7 bits (``reduced``, fbgemm's safe
+            default) or the full 8 bits (``full``: needs a CPU with VNNI).
     """
 
     name: str
@@ -79,6 +88,7 @@ class PrecisionConfig:
     smooth_alpha: float | None = None
     calibration_rows: int = 64
     keep: tuple[str, ...] = ()
+    activation_range: str = "reduced"
 
     def __post_init__(self) -> None:
         if self.weights not in WEIGHTS:
@@ -94,6 +104,12 @@ class PrecisionConfig:
                 raise ConfigError(f"precision.smooth_alpha: {self.smooth_alpha!r} is not a number in [0, 1]")
             if isinstance(self.calibration_rows, bool) or not isinstance(self.calibration_rows, int) or not 1 <= self.calibration_rows <= 4096:
                 raise ConfigError(f"precision.calibration_rows: {self.calibration_rows!r} is not a count in [1, 4096]")
+        if self.activation_range not in ACTIVATION_RANGES:
+            raise ConfigError(
+                f"precision.activation_range: unknown {self.activation_range!r} (one of {', '.join(ACTIVATION_RANGES)})"
+            )
+        if self.activation_range == "full" and self.method != "torch_dynamic":
+            raise ConfigError(f"precision.activation_range: applies to method torch_dynamic, not {self.method}")
         if not all(isinstance(k, str) and k for k in self.keep):
             raise ConfigError(f"precision.keep: layer names expected, got {list(self.keep)!r}")
         if not self.inference_only:
@@ -129,6 +145,14 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def cpu_flags() -> list[str] | None:
+    """The CPU's low-precision instruction flags (a function, so tests can stand in for a CPU)."""
+    from benchmark.util import cpu_features
+
+    flags = cpu_features()["flags"]
+    return None if flags is None else list(flags)
+
+
 def check_precision(node: Any, model_cfg: Any, adapter: Any = None) -> PrecisionConfig | None:
     """Refuse an option that cannot run here, before any data is read (ConfigError, one line).
 
@@ -154,6 +178,14 @@ def check_precision(node: Any, model_cfg: Any, adapter: Any = None) -> Precision
 
         check_gguf(spec.name, model_cfg, is_active_node(adapter))
         return spec
+    if spec.activation_range == "full":
+        flags = cpu_flags()
+        if not flags or not set(flags) & set(VNNI_FLAGS):
+            raise ConfigError(
+                f"precision={spec.name}: 8-bit activations need a CPU with VNNI ({', '.join(VNNI_FLAGS)}); "
+                f"this one has {'none of them' if flags is not None else 'no /proc/cpuinfo to tell'} "
+                f"(use precision={spec.name.replace('_vnni', '')})"
+            )
     if spec.device == "cuda" and not cuda_available():
         raise ConfigError(
             f"precision={spec.name}: needs a CUDA GPU ({spec.runtime}); none is visible here "
@@ -196,12 +228,12 @@ def _linear_layers(lm: nn.Module, keep: tuple[str, ...] = ()) -> list[tuple[nn.M
     return out
 
 
-def quantize_int8(lm: nn.Module, keep: tuple[str, ...] = ()) -> int:
+def quantize_int8(lm: nn.Module, keep: tuple[str, ...] = (), activation_range: str = "reduced") -> int:
     """Replace the backbone's linear layers by torch dynamic-quantized int8 layers, in place.
 
     Weights are quantized per output channel (symmetric int8), activations per batch at run
-    time; outputs stay fp32. LoRA matrices, the LM head and layers named in ``keep`` are left
-    as they are.
+    time, in 7 bits (``reduced``) or 8 bits (``full``); outputs stay fp32. LoRA matrices, the LM
+    head and layers named in ``keep`` are left as they are.
 
     Returns:
         the number of layers quantized.
@@ -212,8 +244,30 @@ def quantize_int8(lm: nn.Module, keep: tuple[str, ...] = ()) -> int:
     layers = _linear_layers(lm, keep)
     for parent, attr, layer in layers:
         layer.qconfig = per_channel_dynamic_qconfig
-        setattr(parent, attr, DynamicLinear.from_float(layer))
+        q = DynamicLinear.from_float(layer)
+        if activation_range == "full":
+            q.__class__ = full_range_linear()
+        setattr(parent, attr, q)
     return len(layers)
+
+
+@functools.cache
+def full_range_linear() -> type:
+    """torch's dynamic int8 linear class with 8-bit activations (made once, on first use: the
+    ``torch.ao`` import is slow and only quantized runs need it)."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    class FullRange(DynamicLinear):
+        """torch's dynamic int8 linear with activations quantized to the full 8-bit range."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params, reduce_range=False)
+
+        def _get_name(self) -> str:
+            return "FullRangeDynamicQuantizedLinear"
+
+    FullRange.__name__ = FullRange.__qualname__ = "FullRangeDynamicLinear"
+    return FullRange
 
 
 def smooth_backbone(model: nn.Module, lm: nn.Module, alpha: float, rows: int) -> dict[str, Any]:
@@ -339,7 +393,9 @@ def apply_precision(model: nn.Module, node: Any, cache_dir: str | Path | None = 
         facts["engine"] = torch.backends.quantized.engine
         if spec.smooth_alpha is not None:
             facts["smoothing"] = smooth_backbone(model, lm, float(spec.smooth_alpha), spec.calibration_rows)
-        facts["linear_quantized"] = quantize_int8(lm, spec.keep)
+        facts["linear_quantized"] = quantize_int8(lm, spec.keep, spec.activation_range)
+        if spec.activation_range != "reduced":  # records made before the option keep their facts
+            facts["activation_range"] = spec.activation_range
         if spec.keep:
             facts["kept_fp32"] = {"names": list(spec.keep), "layers": len(_linear_layers(lm))}  # the plain ones left
     elif spec.method == "cast":
