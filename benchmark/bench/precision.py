@@ -41,8 +41,8 @@ from benchmark.util import cpu_features
 
 OUT_NAME = "precision.json"
 BACKBONE = "smollm2-135m-instruct"
-OPTIONS = ("fp32", "bf16", "int8", "int8_smooth")
-TALLREC_ONLY = ("int8_smooth",)  # calibrated on tallrec train prompts; the reranker has none
+OPTIONS = ("fp32", "bf16", "int8", "int8_smooth", "int8_vnni", "int8_smooth_vnni")
+TALLREC_ONLY = ("int8_smooth", "int8_smooth_vnni")  # calibrated on tallrec train prompts; the reranker has none
 OPTIONAL = {"gguf": "llama_cpp"}  # tallrec only, where the package imports (pip install '.[gguf]')
 SLOW = ("bf16",)  # no bf16 matmul kernels on AVX2-only CPUs
 BATCH = 16
@@ -301,6 +301,13 @@ def measure(
         for name, pkg in OPTIONAL.items()
         if name not in extra
     }
+    from benchmark.models.components.precision import cpu_refusal, precision_config
+
+    for name in [o for o in OPTIONS if o in options]:
+        refusal = cpu_refusal(precision_config(_option(name)))
+        if refusal:  # e.g. 8-bit activations on a CPU without VNNI
+            result["skipped"][name] = refusal
+    options = [o for o in options if o not in result["skipped"]]
     if earlier is not None:
         for key in ("backbone", "weights"):
             if earlier.get(key) != result[key]:

@@ -311,3 +311,23 @@ def test_bench_update_measures_only_the_named_options_and_keeps_the_rest(monkeyp
     assert out["updated"]["options"] == ["int8_smooth"]
     with pytest.raises(ValueError, match="weights"):
         bench.measure(4, 1, "other", options=("int8_smooth",), earlier=earlier)
+
+
+def test_bench_skips_8_bit_activation_options_on_a_cpu_without_vnni(monkeypatch):
+    import benchmark.bench.precision as bench
+
+    labels = [1, 0, 1, 0]
+    row = {"prompt_tokens_mean": 10, "tokens_per_second": 1, "floor_seconds_per_row": 0.1, "peak_rss_mb": 1,
+           "rows": 4, "p_yes": [0.8, 0.3, 0.7, 0.1], "labels": labels, "seconds_per_row": 0.25}
+    calls = []
+    monkeypatch.setattr(bench, "_in_child", lambda kind, **kw: calls.append((kind, kw["option"])) or dict(row))
+    monkeypatch.setattr("benchmark.models.components.precision.cpu_flags", lambda: ["avx2"])
+    out = bench.measure(4, 0, None, options=("fp32", "int8_vnni", "int8_smooth_vnni"))
+    assert calls == [("child_tallrec", "fp32")]
+    assert {"int8_smooth_vnni", "int8_vnni"} <= set(out["skipped"])  # (gguf too, where llama_cpp is absent)
+    assert out["skipped"]["int8_vnni"].startswith("precision=int8_vnni: 8-bit activations need a CPU with VNNI")
+    monkeypatch.setattr("benchmark.models.components.precision.cpu_flags", lambda: ["avx2", "avx512_vnni"])
+    calls.clear()
+    out = bench.measure(4, 0, None, options=("fp32", "int8_vnni", "int8_smooth_vnni"))
+    assert calls == [("child_tallrec", o) for o in ("fp32", "int8_vnni", "int8_smooth_vnni")]
+    assert not set(out["skipped"]) & {"int8_vnni", "int8_smooth_vnni"}

@@ -153,6 +153,20 @@ def cpu_flags() -> list[str] | None:
     return None if flags is None else list(flags)
 
 
+def cpu_refusal(spec: PrecisionConfig) -> str | None:
+    """Why this CPU cannot run the option (one line), or None: 8-bit activations need VNNI."""
+    if spec.activation_range != "full":
+        return None
+    flags = cpu_flags()
+    if flags and set(flags) & set(VNNI_FLAGS):
+        return None
+    return (
+        f"precision={spec.name}: 8-bit activations need a CPU with VNNI ({', '.join(VNNI_FLAGS)}); "
+        f"this one has {'none of them' if flags is not None else 'no /proc/cpuinfo to tell'} "
+        f"(use precision={spec.name.replace('_vnni', '')})"
+    )
+
+
 def check_precision(node: Any, model_cfg: Any, adapter: Any = None) -> PrecisionConfig | None:
     """Refuse an option that cannot run here, before any data is read (ConfigError, one line).
 
@@ -178,14 +192,9 @@ def check_precision(node: Any, model_cfg: Any, adapter: Any = None) -> Precision
 
         check_gguf(spec.name, model_cfg, is_active_node(adapter))
         return spec
-    if spec.activation_range == "full":
-        flags = cpu_flags()
-        if not flags or not set(flags) & set(VNNI_FLAGS):
-            raise ConfigError(
-                f"precision={spec.name}: 8-bit activations need a CPU with VNNI ({', '.join(VNNI_FLAGS)}); "
-                f"this one has {'none of them' if flags is not None else 'no /proc/cpuinfo to tell'} "
-                f"(use precision={spec.name.replace('_vnni', '')})"
-            )
+    refusal = cpu_refusal(spec)
+    if refusal:
+        raise ConfigError(refusal)
     if spec.device == "cuda" and not cuda_available():
         raise ConfigError(
             f"precision={spec.name}: needs a CUDA GPU ({spec.runtime}); none is visible here "
