@@ -39,6 +39,14 @@ from benchmark.errors import ConfigError
 from benchmark.eval.grounding import Catalogue, named_candidate
 from benchmark.models.components.cf_features import run_dir_of
 from benchmark.models.components.history_fit import kept_count, recency_order, relevance_order
+from benchmark.models.components.icl import PER_ROW, history_vectors
+from benchmark.models.components.listwise_icl import (
+    ExamplePool,
+    check_listwise,
+    choose,
+    example_pool,
+    fixed_choice,
+)
 from benchmark.models.components.llm import left_pad, load_causal_lm, shared_prefix_logprobs
 from benchmark.models.components.prompts import PromptTemplate, continuation_ids, item_texts
 from benchmark.models.tallrec import MACHINE_FACTS, as_template
@@ -147,6 +155,11 @@ class LLMRerank(nn.Module):
             MiniLM title embedding is nearest any of the user's candidates first; needs a budget).
         history_budget: the prompt's length in tokens (the candidate list included) that the kept
             history must fit; None: the whole history is shown.
+        icl_shots: solved listwise examples from other users' train parts shown before the user's
+            prompt (:mod:`benchmark.models.components.listwise_icl`); 0: none.
+        icl_select: how they are chosen: ``random``, ``similar`` or ``diverse``.
+        icl_candidates: candidates listed per example (its answer among them).
+        icl_history: history items shown per example.
     """
 
     def __init__(
@@ -169,8 +182,13 @@ class LLMRerank(nn.Module):
         answer_tokens: int = 32,
         history_select: str = "recent",
         history_budget: int | None = None,
+        icl_shots: int = 0,
+        icl_select: str = "random",
+        icl_candidates: int = 5,
+        icl_history: int = 5,
     ) -> None:
         super().__init__()
+        check_listwise(icl_shots, icl_select, icl_candidates, icl_history)
         if history_select not in HISTORY_SELECT:
             raise ConfigError(
                 f"model.module.history_select: unknown {history_select!r} (one of {', '.join(HISTORY_SELECT)})"
@@ -221,22 +239,66 @@ class LLMRerank(nn.Module):
         self._item_vectors: np.ndarray | None = None
         self._text_encoder: dict[str, Any] | None = None
         if history_select == "relevant":
-            from benchmark.models.components.item_text import text_embeddings
-
-            found = text_embeddings(data, [str(i) for i in split.item_ids])
-            if found is None:
-                raise ConfigError("model.module.history_select=relevant: items have no titles to embed")
-            self._item_vectors, self._text_encoder = found
+            self._load_item_vectors(split, data, "history_select=relevant")
+        self.icl_shots, self.icl_select = int(icl_shots), icl_select
+        self.icl_candidates, self.icl_history = int(icl_candidates), int(icl_history)
+        self._pool: ExamplePool | None = None
+        self._fixed = np.zeros(0, dtype=np.int64)
+        self._pool_vectors: np.ndarray | None = None
+        if self.icl_shots:
+            self._pool = example_pool(split, self.icl_history, self.like_threshold, self.icl_candidates, self.seed)
+            if len(self._pool.users) <= self.icl_shots:
+                raise ConfigError(
+                    f"model.module.icl_shots={self.icl_shots}: only {len(self._pool.users)} train users have the "
+                    "two train items an example needs"
+                )
+            if icl_select in PER_ROW:
+                vectors = self._load_item_vectors(split, data, f"icl_select={icl_select}")
+                self._pool_vectors = history_vectors(self._pool.hist, vectors)
+            else:
+                self._fixed = fixed_choice(self._pool, self.icl_shots, self.seed)
         self._token_stats = [0, 0, 0]  # scored prompts, their tokens, the longest
         self._history_stats = [0, 0, 0, 0]  # prompts, history items offered, items kept, over budget
         self.catalogue = Catalogue.from_items(data.items, data.item_fields, split.item_ids)
-        self.item_ids = split.item_ids
+        self.item_ids, self.user_ids = split.item_ids, split.user_ids
         self._answers: dict[int, dict[str, Any]] = {}  # candidates row -> its answer facts
         self._scores: dict[int, np.ndarray] = {}  # user -> [top_n] LLM scores (first-stage order)
         self._positions: dict[int, np.ndarray] = {}  # user -> [top_n] prompt position per candidate
         self.example_prompt = ""
         self.register_state_dict_post_hook(_drop_all)
         self.register_load_state_dict_post_hook(_ignore_missing)
+
+    def _load_item_vectors(self, split: Split, data: Any, why: str) -> np.ndarray:
+        """[n_items, d] L2-normalised MiniLM embeddings of the item titles (feature store), loaded once."""
+        if self._item_vectors is None:
+            from benchmark.models.components.item_text import text_embeddings
+
+            found = text_embeddings(data, [str(i) for i in split.item_ids])
+            if found is None:
+                raise ConfigError(f"model.module.{why}: items have no titles to embed")
+            self._item_vectors, self._text_encoder = found
+        return self._item_vectors
+
+    def _examples_for(self, user: int) -> list[tuple[dict[str, str], str]]:
+        """The in-context examples of ``user``'s prompt: (fields, answer) per example, in order."""
+        if self._pool is None:
+            return []
+        query = None
+        if self._pool_vectors is not None:
+            query = history_vectors([self.histories[user][0]], self._item_vectors)[0]
+        picked = choose(self.icl_select, self.icl_shots, self._pool, user, self._fixed, query, self._pool_vectors)
+        t, pool = self.template, self._pool
+        return [
+            (
+                {
+                    "liked": t.items([self.texts[i] for i, lk in zip(pool.hist[p], pool.likes[p], strict=True) if lk]),
+                    "disliked": t.items([self.texts[i] for i, lk in zip(pool.hist[p], pool.likes[p], strict=True) if not lk]),
+                    "candidates": t.items([self.texts[i] for i in pool.shown[p]]),
+                },
+                t.item.format(text=self.texts[int(pool.answer[p])]),
+            )
+            for p in picked
+        ]
 
     def prompt_order(self, user: int, n: int) -> np.ndarray:
         """[n] the prompt position of each of the user's n candidates (first-stage order in)."""
@@ -251,34 +313,42 @@ class LLMRerank(nn.Module):
         return self._render(user, cands[np.argsort(pos)])
 
     def _render(self, user: int, shown: np.ndarray) -> str:
-        """The prompt of ``user`` listing the candidates ``shown`` in that order (with
-        ``history_budget``: the history items kept by :meth:`_fit_history`)."""
+        """The prompt of ``user`` listing the candidates ``shown`` in that order, after its in-context
+        examples (with ``history_budget``: the history items kept by :meth:`_fit_history`)."""
         hist, likes = self.histories[user]
+        examples = self._examples_for(user)
         if self.history_budget is not None:
-            hist, likes = self._fit_history(hist, likes, shown)
-        return self._text(hist, likes, shown)
+            hist, likes = self._fit_history(hist, likes, shown, examples)
+        return self._text(hist, likes, shown, examples)
 
-    def _text(self, hist: Sequence[int], likes: Sequence[int], shown: Sequence[int]) -> str:
+    def _text(
+        self, hist: Sequence[int], likes: Sequence[int], shown: Sequence[int], examples: Sequence[tuple[dict[str, str], str]] = ()
+    ) -> str:
         t = self.template
         fields = {
             "liked": t.items([self.texts[i] for i, lk in zip(hist, likes, strict=True) if lk]),
             "disliked": t.items([self.texts[i] for i, lk in zip(hist, likes, strict=True) if not lk]),
             "candidates": t.items([self.texts[i] for i in shown]),
         }
-        return t.render(fields, (), self.tokenizer)
+        return t.render(fields, examples, self.tokenizer)
 
     def _fit_history(
-        self, hist: Sequence[int], likes: Sequence[int], shown: Sequence[int]
+        self,
+        hist: Sequence[int],
+        likes: Sequence[int],
+        shown: Sequence[int],
+        examples: Sequence[tuple[dict[str, str], str]] = (),
     ) -> tuple[list[int], list[int]]:
-        """The history items (time order) kept so that the prompt listing ``shown`` fits the
-        budget: the most recent (``recent``) or those nearest the candidates (``relevant``) first."""
+        """The history items (time order) kept so that the prompt listing ``shown`` (after
+        ``examples``) fits the budget: the most recent (``recent``) or those nearest the
+        candidates (``relevant``) first."""
         if self.history_select == "relevant":
             order = relevance_order(self._item_vectors, hist, [int(i) for i in shown])
         else:
             order = recency_order(len(hist))
 
         def length_of(kept: list[int]) -> int:
-            text = self._text([hist[j] for j in kept], [likes[j] for j in kept], shown)
+            text = self._text([hist[j] for j in kept], [likes[j] for j in kept], shown, examples)
             return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
         keep = kept_count(order, length_of, self.history_budget)
@@ -496,6 +566,18 @@ class LLMRerank(nn.Module):
         out: dict[str, Any] = {}
         if n:
             out["prompt_tokens"] = {"prompts": n, "mean": round(total / n, 2), "max": longest}
+        if self._pool is not None:
+            out["icl"] = {
+                "shots": self.icl_shots,
+                "select": self.icl_select,
+                "candidates": self.icl_candidates,
+                "history": self.icl_history,
+                "pool_users": len(self._pool.users),
+                "source": "other users' train parts: last train item as the answer",
+                **({"drawn_users": [str(self.user_ids[self._pool.users[p]]) for p in self._fixed]} if len(self._fixed) else {}),
+            }
+        if self._text_encoder is not None:
+            out["text_encoder"] = self._text_encoder
         if self.history_budget is None:
             return out
         rows, offered, kept, over = self._history_stats
@@ -507,8 +589,6 @@ class LLMRerank(nn.Module):
             "items_kept_mean": round(kept / rows, 3) if rows else None,
             "rows_over_budget_without_history": over,
         }
-        if self._text_encoder is not None:
-            out["text_encoder"] = self._text_encoder
         return out
 
     def _candidate_facts(self) -> dict[str, Any]:

@@ -153,10 +153,11 @@ def test_rerank_prompt_experiments_launch_the_documented_runs():
     from benchmark.compose import compose_expanded, expand_overrides
     from benchmark.launch import sweep_jobs
 
-    def grid(name):
-        jobs = [compose_expanded(j) for j in sweep_jobs(expand_overrides([f"experiment={name}"]))]
+    def grid(name, *extra, seeds=(1,)):
+        jobs = [compose_expanded(j) for j in sweep_jobs(expand_overrides([f"experiment={name}", *extra]))]
+        assert sorted({c.seed for c in jobs}) == list(seeds)
         for c in jobs:
-            assert (c.split.protocol, c.eval.protocol, c.model.name, c.seed) == ("loo", "full", "llm_rerank", 1)
+            assert (c.split.protocol, c.eval.protocol, c.model.name) == ("loo", "full", "llm_rerank")
             assert c.eval.test_users == 200 and c.skip_existing and c.model.module.order == "random"
             assert c.model.module.first_stage == "results/runs/ml-100k-loo-full-sasrec-recbole-s1-5b4ecd46"
         return jobs
@@ -166,3 +167,106 @@ def test_rerank_prompt_experiments_launch_the_documented_runs():
     assert [(c.model.module.history_select, c.model.module.history, c.model.module.history_budget) for c in hist] == [
         ("recent", 50, 450), ("relevant", 50, 450)
     ]
+    sel = grid("prompt_selection_rerank_ml100k", seeds=(1, 2, 3))
+    assert [(c.model.module.icl_select, c.model.module.icl_shots, c.seed) for c in sel] == [("random", 2, s) for s in (1, 2, 3)]
+    per_user = grid("prompt_selection_rerank_ml100k", "model.module.icl_select=similar,diverse", "seed=1")
+    assert [c.model.module.icl_select for c in per_user] == ["similar", "diverse"]
+
+
+# ----------------------------------------------------------------------------- in-context examples
+
+
+def test_example_pool_is_each_users_last_train_item_among_unseen_negatives(loo_split):
+    from benchmark.data.histories import user_histories
+    from benchmark.models.components.listwise_icl import example_pool
+
+    pool = example_pool(loo_split, 3, 3.0, 5, seed=4)
+    full = user_histories(loo_split, 10_000, 3.0)  # every train item, oldest first
+    train = loo_split.train
+    assert len(pool.users) == sum(len(h) >= 2 for h, _ in full) > 0
+    for p, u in enumerate(pool.users):
+        items, likes = full[u]
+        assert pool.answer[p] == items[-1]  # by definition: the user's last train item
+        assert pool.hist[p] == tuple(items[-4:-1]) and pool.likes[p] == tuple(likes[-4:-1])
+        assert len(pool.shown[p]) == 5 and len(set(pool.shown[p].tolist())) == 5 and items[-1] in pool.shown[p]
+        seen = set(train.loc[train["user"] == u, "item"].tolist())
+        assert not (set(pool.shown[p].tolist()) - {items[-1]}) & seen  # negatives: never in the user's train part
+    again = example_pool(loo_split, 3, 3.0, 5, seed=4)
+    assert all((a == b).all() for a, b in zip(pool.shown, again.shown, strict=True))
+    other = example_pool(loo_split, 3, 3.0, 5, seed=5)
+    assert any((a != b).any() for a, b in zip(pool.shown, other.shown, strict=True))
+
+
+def test_example_pool_reads_no_valid_or_test_row(loo_split):
+    import dataclasses
+
+    from benchmark.models.components.listwise_icl import example_pool
+
+    pool = example_pool(loo_split, 3, 3.0, 5, seed=4)
+    parts = {**loo_split.parts, "valid": loo_split.valid.iloc[:0], "test": loo_split.test.iloc[:0]}
+    hidden = dataclasses.replace(loo_split, parts=parts)
+    other = example_pool(hidden, 3, 3.0, 5, seed=4)
+    assert (pool.users == other.users).all() and pool.hist == other.hist and (pool.answer == other.answer).all()
+    assert all((a == b).all() for a, b in zip(pool.shown, other.shown, strict=True))
+
+
+def test_random_examples_are_shared_and_similar_ones_are_the_nearest_other_users(loo_split):
+    from benchmark.models.components.icl import history_vectors
+    from benchmark.models.components.listwise_icl import choose, example_pool, fixed_choice
+
+    pool = example_pool(loo_split, 3, 3.0, 5, seed=4)
+    fixed = fixed_choice(pool, 2, seed=1)
+    assert len(fixed) == 3
+    outsider = next(u for u in range(loo_split.n_users) if u not in set(pool.users[fixed].tolist()))
+    assert choose("random", 2, pool, outsider, fixed).tolist() == fixed[:2].tolist()
+    member = int(pool.users[fixed[0]])  # a drawn user never gets itself: it takes the next draw
+    assert choose("random", 2, pool, member, fixed).tolist() == fixed[1:3].tolist()
+    g = np.random.default_rng(0)
+    vectors = g.normal(size=(loo_split.n_items, 6)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    pv = history_vectors(pool.hist, vectors)
+    user = int(pool.users[0])
+    query = pv[0]  # a user whose history equals its own example's: its own entry must be skipped
+    sims = pv @ query
+    sims[0] = -np.inf
+    by_hand = np.argsort(-sims, kind="stable")[:2][::-1]  # the two nearest, nearest last
+    assert choose("similar", 2, pool, user, fixed, query, pv).tolist() == by_hand.tolist()
+
+
+def test_rerank_prompt_shows_the_examples_with_their_answers_before_the_user(loo_split, yesno_data, rerank_lm, tmp_path):
+    m = _rerank(loo_split, yesno_data, rerank_lm, tmp_path, history=10, icl_shots=2, icl_candidates=4, icl_history=3)
+    plain = _rerank(loo_split, yesno_data, rerank_lm, tmp_path, history=10)
+    shown = m.candidates[0][:5]
+    examples = m._examples_for(0)
+    assert len(examples) == 2
+    for fields, answer in examples:
+        listed = fields["candidates"]
+        assert answer in listed and listed.count(m.template.item_sep) == 3  # 4 candidates, the answer among them
+    shots = "".join(m.template.render(f, ()) + a + m.template.example_sep for f, a in examples)
+    assert m._render(0, shown) == shots + plain._render(0, shown)  # solved examples, then the user's own prompt
+    scores = m.score(torch.tensor([0, 1]))
+    assert torch.isfinite(scores[:, :5]).all()
+    icl = m.prediction_facts()["llm"]["icl"]
+    assert icl["shots"] == 2 and icl["select"] == "random" and icl["candidates"] == 4 and icl["history"] == 3
+    assert len(icl["drawn_users"]) == 3 and icl["pool_users"] > 3
+    budget = _length(m, m._text([], [], shown, examples))  # the examples count: no history item fits
+    tight = _rerank(loo_split, yesno_data, rerank_lm, tmp_path, history=10, icl_shots=2, icl_candidates=4, icl_history=3, history_budget=budget)
+    assert tight._fit_history(*tight.histories[0], shown, tight._examples_for(0)) == ([], [])
+    alone = _rerank(loo_split, yesno_data, rerank_lm, tmp_path, history=10, history_budget=budget)
+    assert len(alone._fit_history(*alone.histories[0], shown)[0]) > 0  # without examples, items fit
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"icl_shots": 2, "icl_select": "balanced"}, "icl_select=balanced: a listwise example has no like/dislike label"),
+        ({"icl_shots": 2, "icl_select": "best"}, "model.module.icl_select: unknown strategy 'best'"),
+        ({"icl_shots": 9}, r"model.module.icl_shots: an integer in 0..8, got 9"),
+        ({"icl_shots": 1, "icl_candidates": 1}, r"model.module.icl_candidates: an integer in 2..50"),
+        ({"icl_shots": 1, "icl_history": 0}, r"model.module.icl_history: an integer in 1..50"),
+    ],
+)
+def test_bad_example_settings_are_one_line(kw, message, loo_split, yesno_data, rerank_lm, tmp_path):
+    with pytest.raises(ConfigError, match=message) as e:
+        _rerank(loo_split, yesno_data, rerank_lm, tmp_path, **kw)
+    assert len(str(e.value).splitlines()) == 1
