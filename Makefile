@@ -57,10 +57,12 @@ results: $(STAMP)
 	$(BIN)/llm4rec run -m experiment=leaderboard_ml100k
 	$(BIN)/llm4rec leaderboard
 	$(BIN)/python -m benchmark.results.protocols --doc docs/candidates.md
+	OMP_NUM_THREADS=1 $(BIN)/python -m benchmark.results.prompts --doc docs/prompts.md
 
 leaderboard: $(STAMP)
 	$(BIN)/llm4rec leaderboard
 	$(BIN)/python -m benchmark.results.protocols --doc docs/candidates.md
+	OMP_NUM_THREADS=1 $(BIN)/python -m benchmark.results.prompts --doc docs/prompts.md
 
 ## Regenerate the committed conversation runs in results/conversation and their summary.md (README,
 ## "Conversational recommendation": rankers on all 943 ml-100k loo test users; LLM runs on a seeded

@@ -1,0 +1,97 @@
+"""docs/prompts.md: the prompt-ablation tables generated from the records (benchmark.results.prompts)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from benchmark.eval.significance import holm, paired_pvalue
+from benchmark.results.prompts import END, START, ablation_tables, document, main, pool_table
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _row(model, prompt, icl="", history="", auc=0.6, per_user=None, name="tallrec_zeroshot", seeds=1):
+    return {
+        "dataset": "d", "split": "s", "eval": "labeled", "model": model, "model_name": name, "prompt": prompt,
+        "icl": icl, "history": history, "prompt_tokens": 100.0, "seeds": seeds,
+        "metrics": {"test/auc": (auc, None)}, "_per_user": None if per_user is None else np.asarray(per_user, float),
+    }
+
+
+def test_each_row_is_tested_against_the_default_prompt_on_the_same_users():
+    base = np.linspace(0.4, 0.6, 12)
+    up = base + np.linspace(0.05, 0.10, 12)  # better on every user
+    mixed = base + np.array([0.01, -0.01] * 6)
+    rows = [
+        _row("b", "tallrec", history="relevant@176", auc=0.65, per_user=up),
+        _row("ref", "tallrec", auc=0.58, per_user=base),
+        _row("c", "tallrec_role", auc=0.59, per_user=mixed),
+        _row("d", "tallrec_json", auc=0.50, per_user=base[:5]),  # other users: not paired
+    ]
+    text = ablation_tables(rows)
+    lines = [ln for ln in text.splitlines() if ln.startswith("| ") and not ln.startswith("| model")]
+    assert lines[0].startswith("| ref | tallrec | none | all |") and lines[0].endswith("| reference | - |")
+    p = holm([paired_pvalue(up, base), paired_pvalue(mixed, base)])  # by hand, Holm over the two paired rows
+    assert lines[1] == f"| b | tallrec | none | relevant@176 | 100.0 | 1 | 0.6500 | +0.0700 ▲ | {p[0]:.3g} |"
+    assert p[0] < 0.05 and p[1] >= 0.05
+    by_model = {ln.split(" | ")[0][2:]: ln for ln in lines}
+    assert by_model["c"].endswith(f"| +0.0100 | {p[1]:.3g} |")  # role: no mark, not significant
+    assert by_model["d"].endswith("| 0.5000 | - | - |")  # json: different rows, no test
+    assert [ln.split(" | ")[1] for ln in lines] == ["tallrec", "tallrec", "tallrec_json", "tallrec_role"]
+    no_ref = ablation_tables([_row("c", "tallrec_role", per_user=base)])
+    assert "| - | - |" in no_ref  # without a reference row nothing is tested
+
+
+def _pool_run(folder: Path, lines: list[dict]) -> tuple[dict, Path]:
+    from benchmark.results.record import encode_predictions
+
+    folder.mkdir(parents=True)
+    (folder / "predictions.jsonl.gz").write_bytes(encode_predictions(lines))
+    rec = {
+        "model": {"name": "tallrec_pool", "label": "tallrec-pool-thompson"},
+        "seed": 2,
+        "predictions": {"file": "predictions.jsonl.gz"},
+        "eval": {"prompt_pool": {
+            "rows": 4, "bandit": 0.61, "single": {"t0": 0.58, "t1": 0.6}, "best_on_valid": {"template": "t1", "auc": 0.6},
+            "random": 0.57, "oracle_per_group": {"auc": 0.63, "templates": {"0": "t1", "1": "t0"}},
+        }},
+    }
+    return rec, folder
+
+
+def test_pool_table_sets_the_bandit_against_its_baselines_and_counts_choices_per_group(tmp_path):
+    lines = [
+        {"row": 0, "label": 1, "prompt": {"group": 0, "template": "t1"}},
+        {"row": 1, "label": 0, "prompt": {"group": 0, "template": "t1"}},
+        {"row": 2, "label": 1, "prompt": {"group": 0, "template": "t0"}},
+        {"row": 3, "label": 0, "prompt": {"group": 1, "template": "t0"}},
+    ]
+    text = pool_table([_pool_run(tmp_path / "r", lines)])
+    row = [ln for ln in text.splitlines() if ln.startswith("| tallrec-pool")][0]
+    assert row == "| tallrec-pool-thompson | 2 | 0.6100 | t1 0.6000 | 0.5700 | 0.6000 | 0.6300 | 0: t1 (67%); 1: t0 (100%) |"
+    hostile = [{"row": 0, "prompt": {"group": "x", "template": 5}}, {"row": 1, "prompt": None}]
+    text = pool_table([_pool_run(tmp_path / "h", hostile)])
+    assert text.splitlines()[-1].endswith("| - |")  # nothing usable per group: a dash, no traceback
+    rec, _ = _pool_run(tmp_path / "b2", lines)
+    (tmp_path / "b2" / "predictions.jsonl.gz").write_bytes(b"not gzip")
+    assert pool_table([(rec, tmp_path / "b2")]).splitlines()[-1].endswith("| - |")
+
+
+def test_the_committed_prompt_document_matches_the_committed_records():
+    doc = (REPO / "docs" / "prompts.md").read_text()
+    block = doc.split(START, 1)[1].split(END, 1)[0]
+    assert block == "\n" + document(REPO / "results" / "runs")
+
+
+def test_cli_refuses_a_missing_folder_or_a_link_and_writes_nothing(tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"x\n{START}\nold\n{END}\n")
+    assert main([str(tmp_path / "missing"), "--doc", str(doc)]) == 2
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "runs")
+    assert main([str(tmp_path / "link"), "--doc", str(doc)]) == 2
+    assert doc.read_text() == f"x\n{START}\nold\n{END}\n"
+    assert main([str(tmp_path / "runs"), "--doc", str(doc)]) == 0  # no records: an empty block
+    assert doc.read_text() == f"x\n{START}\n{END}\n"
