@@ -566,7 +566,8 @@ class LLMRerank(nn.Module):
         out: dict[str, Any] = {}
         if n:
             out["prompt_tokens"] = {"prompts": n, "mean": round(total / n, 2), "max": longest}
-        if self._pool is not None:
+        if self._pool is not None:  # icl_shots / icl_select as TALLRec records them (leaderboard columns)
+            out["icl_shots"], out["icl_select"] = self.icl_shots, self.icl_select
             out["icl"] = {
                 "shots": self.icl_shots,
                 "select": self.icl_select,

@@ -246,7 +246,9 @@ def test_rerank_prompt_shows_the_examples_with_their_answers_before_the_user(loo
     assert m._render(0, shown) == shots + plain._render(0, shown)  # solved examples, then the user's own prompt
     scores = m.score(torch.tensor([0, 1]))
     assert torch.isfinite(scores[:, :5]).all()
-    icl = m.prediction_facts()["llm"]["icl"]
+    llm = m.prediction_facts()["llm"]
+    assert (llm["icl_shots"], llm["icl_select"]) == (2, "random")  # as TALLRec records them
+    icl = llm["icl"]
     assert icl["shots"] == 2 and icl["select"] == "random" and icl["candidates"] == 4 and icl["history"] == 3
     assert len(icl["drawn_users"]) == 3 and icl["pool_users"] > 3
     budget = _length(m, m._text([], [], shown, examples))  # the examples count: no history item fits
