@@ -269,14 +269,11 @@ class LLMRerank(nn.Module):
         self.register_load_state_dict_post_hook(_ignore_missing)
 
     def _load_item_vectors(self, split: Split, data: Any, why: str) -> np.ndarray:
-        """[n_items, d] L2-normalised MiniLM embeddings of the item titles (feature store), loaded once."""
+        """[n_items, d] L2-normalised MiniLM embeddings of the item texts (feature store), loaded once."""
         if self._item_vectors is None:
-            from benchmark.models.components.item_text import text_embeddings
+            from benchmark.models.components.item_text import title_vectors
 
-            found = text_embeddings(data, [str(i) for i in split.item_ids])
-            if found is None:
-                raise ConfigError(f"model.module.{why}: items have no titles to embed")
-            self._item_vectors, self._text_encoder = found
+            self._item_vectors, self._text_encoder = title_vectors(data, split.item_ids, why)
         return self._item_vectors
 
     def _examples_for(self, user: int) -> list[tuple[dict[str, str], str]]:

@@ -39,3 +39,14 @@ def text_embeddings(
         table = encode_features("text", HFTextEncoder(), list(item_ids), texts=texts, store_dir=store_dir)
     emb = np.asarray(table.features, dtype=np.float32)  # [n_items, d], L2-normalised by the encoder
     return emb, {"encoder": "sentence-transformers/all-MiniLM-L6-v2", "key": table.facts["key"][:20]}
+
+
+def title_vectors(data: Any, item_ids: Sequence[Any], why: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """:func:`text_embeddings` of the items, or a one-line ConfigError naming ``model.module.<why>``
+    when no item has a title to embed."""
+    from benchmark.errors import ConfigError
+
+    found = text_embeddings(data, [str(i) for i in item_ids])
+    if found is None:
+        raise ConfigError(f"model.module.{why}: items have no titles to embed")
+    return found
