@@ -38,7 +38,13 @@ from benchmark.data.views import RankingRows
 from benchmark.errors import ConfigError
 from benchmark.eval.grounding import Catalogue, named_candidate
 from benchmark.models.components.cf_features import run_dir_of
-from benchmark.models.components.history_fit import kept_count, recency_order, relevance_order
+from benchmark.models.components.history_fit import (
+    check_history_fit,
+    fit_facts,
+    kept_count,
+    recency_order,
+    relevance_order,
+)
 from benchmark.models.components.icl import PER_ROW, history_vectors
 from benchmark.models.components.listwise_icl import (
     ExamplePool,
@@ -189,14 +195,7 @@ class LLMRerank(nn.Module):
     ) -> None:
         super().__init__()
         check_listwise(icl_shots, icl_select, icl_candidates, icl_history)
-        if history_select not in HISTORY_SELECT:
-            raise ConfigError(
-                f"model.module.history_select: unknown {history_select!r} (one of {', '.join(HISTORY_SELECT)})"
-            )
-        if history_budget is not None and (
-            isinstance(history_budget, bool) or not isinstance(history_budget, int) or history_budget < 8
-        ):
-            raise ConfigError(f"model.module.history_budget: a prompt length in tokens >= 8, got {history_budget!r}")
+        check_history_fit(history_select, history_budget, HISTORY_SELECT)
         if history_select == "relevant" and history_budget is None:
             raise ConfigError(
                 "model.module.history_select=relevant: chooses which items fit a budget; set "
@@ -578,15 +577,7 @@ class LLMRerank(nn.Module):
             out["text_encoder"] = self._text_encoder
         if self.history_budget is None:
             return out
-        rows, offered, kept, over = self._history_stats
-        out["history_fit"] = {
-            "select": self.history_select,
-            "budget_tokens": self.history_budget,
-            "rows": rows,
-            "items_offered_mean": round(offered / rows, 3) if rows else None,
-            "items_kept_mean": round(kept / rows, 3) if rows else None,
-            "rows_over_budget_without_history": over,
-        }
+        out["history_fit"] = fit_facts(self.history_select, self.history_budget, self._history_stats)
         return out
 
     def _candidate_facts(self) -> dict[str, Any]:

@@ -48,7 +48,13 @@ from benchmark.models.components.adapter import (
     attach_item_adapter,
     tokenize_prompts,
 )
-from benchmark.models.components.history_fit import kept_count, recency_order, relevance_order
+from benchmark.models.components.history_fit import (
+    check_history_fit,
+    fit_facts,
+    kept_count,
+    recency_order,
+    relevance_order,
+)
 from benchmark.models.components.icl import (
     PER_ROW,
     check_strategy,
@@ -250,14 +256,7 @@ class TallRec(nn.Module):
         self.gradient_checkpointing = gradient_checkpointing
         check_strategy(icl_select)
         self.icl_select = icl_select
-        if history_select not in HISTORY_SELECT:
-            raise ConfigError(
-                f"model.module.history_select: unknown {history_select!r} (one of {', '.join(HISTORY_SELECT)})"
-            )
-        if history_budget is not None and (
-            isinstance(history_budget, bool) or not isinstance(history_budget, int) or history_budget < 8
-        ):
-            raise ConfigError(f"model.module.history_budget: a prompt length in tokens >= 8, got {history_budget!r}")
+        check_history_fit(history_select, history_budget, HISTORY_SELECT)
         self.history_select, self.history_budget = history_select, history_budget
         if isinstance(summary_tokens, bool) or not isinstance(summary_tokens, int) or not 1 <= summary_tokens <= 256:
             raise ConfigError(f"model.module.summary_tokens: an integer in 1..256, got {summary_tokens!r}")
@@ -798,15 +797,7 @@ class TallRec(nn.Module):
         if self._icl_encoder is not None:
             out["text_encoder"] = self._icl_encoder
         if self.history_select != "recent" or self.history_budget is not None:
-            rows, offered, kept, over = self._history_stats
-            out["history_fit"] = {
-                "select": self.history_select,
-                "budget_tokens": self.history_budget,
-                "rows": rows,
-                "items_offered_mean": round(offered / rows, 3) if rows else None,
-                "items_kept_mean": round(kept / rows, 3) if rows else None,
-                "rows_over_budget_without_history": over,
-            }
+            out["history_fit"] = fit_facts(self.history_select, self.history_budget, self._history_stats)
             if self.history_select == "summary":
                 asked, made, disk = self._summary_stats
                 out["history_fit"]["summaries"] = {

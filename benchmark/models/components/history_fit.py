@@ -19,6 +19,16 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from benchmark.errors import ConfigError
+
+
+def check_history_fit(select: str, budget: object, allowed: Sequence[str]) -> None:
+    """One-line errors for ``history_select`` (one of ``allowed``) and ``history_budget``."""
+    if select not in allowed:
+        raise ConfigError(f"model.module.history_select: unknown {select!r} (one of {', '.join(allowed)})")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 8):
+        raise ConfigError(f"model.module.history_budget: a prompt length in tokens >= 8, got {budget!r}")
+
 
 def recency_order(n: int) -> list[int]:
     """Positions ``0..n-1`` of a history (oldest first), most recent first."""
@@ -61,3 +71,17 @@ def kept_count(order: Sequence[int], length_of: Callable[[list[int]], int], budg
     while keep > 0 and length_of(sorted(order[:keep])) > budget:
         keep -= 1
     return keep
+
+
+def fit_facts(select: str, budget: int | None, stats: Sequence[int]) -> dict[str, object]:
+    """The record's ``history_fit``: the rule, the budget, and from ``stats`` (prompts fitted,
+    history items offered, items kept, prompts over budget even without history) the means."""
+    rows, offered, kept, over = stats
+    return {
+        "select": select,
+        "budget_tokens": budget,
+        "rows": rows,
+        "items_offered_mean": round(offered / rows, 3) if rows else None,
+        "items_kept_mean": round(kept / rows, 3) if rows else None,
+        "rows_over_budget_without_history": over,
+    }
