@@ -656,15 +656,43 @@ def _reward_hacked(rec: dict[str, Any]) -> bool:
     return node is True
 
 
+PROMPT_FACETS = ("prompt", "icl", "history")
+
+
+def _prompt_reference(same: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The plainest of same-labelled prompted rows: the whole history, then no in-context examples
+    (else random ones), then the most seeds; None unless exactly one row is plainest."""
+    def plainness(r: dict[str, Any]) -> tuple[int, int, int]:
+        icl = r.get("icl") or ""
+        return (bool(r.get("history")), 0 if not icl else 1 if icl.startswith("random:") else 2, -int(r.get("seeds") or 0))
+
+    ranked = sorted(same, key=plainness)
+    if len(ranked) > 1 and plainness(ranked[0]) == plainness(ranked[1]):
+        return None
+    return ranked[0]
+
+
 def _disambiguate(rows: list[dict[str, Any]]) -> None:
-    """Two configs with the same label in one table get their group key appended to the label."""
+    """Configs with the same label in one table get told apart: prompted LLM rows that differ in
+    template, in-context selection or history rule keep the label for the plainest of them and
+    name what differs from it for the others (``tallrec-icl0 [history=relevant@176]``); any other
+    clash gets the group key appended (``[1a2b3c4d]``)."""
     seen: dict[tuple, list] = defaultdict(list)
     for r in rows:
         seen[(*table_key(r), r["model"])].append(r)
     for same in seen.values():
-        if len(same) > 1:
+        if len(same) < 2:
+            continue
+        ref = _prompt_reference(same) if all(any(r.get(f) for f in PROMPT_FACETS) for r in same) else None
+        named = {}
+        if ref is not None:
             for r in same:
-                r["model"] = f"{r['model']} [{r['group_key'][:8]}]"
+                diff = [f"{f}={r.get(f) or 'none'}" for f in PROMPT_FACETS if (r.get(f) or "") != (ref.get(f) or "")]
+                named[id(r)] = r["model"] + (f" [{', '.join(diff)}]" if diff else "")
+        if ref is None or len(set(named.values())) < len(same):
+            named = {id(r): f"{r['model']} [{r['group_key'][:8]}]" for r in same}
+        for r in same:
+            r["model"] = named[id(r)]
 
 
 def _significance(rows: list[dict[str, Any]]) -> None:

@@ -416,3 +416,29 @@ def test_the_committed_candidates_document_matches_the_committed_leaderboard():
     doc = (repo / "docs" / "candidates.md").read_text()
     block = doc.split(START, 1)[1].split(END, 1)[0]
     assert block == "\n" + tables((repo / "results" / "leaderboard.csv").read_text())
+
+
+def test_same_labelled_rows_are_told_apart_by_their_prompt_or_group_key():
+    from benchmark.results.leaderboard import _disambiguate
+
+    def row(model, gk, prompt="", icl="", history="", seeds=1, split="s"):
+        return {"dataset": "d", "split": split, "eval": "labeled", "model": model, "group_key": gk,
+                "prompt": prompt, "icl": icl, "history": history, "seeds": seeds}
+
+    rows = [
+        row("z", "a" * 12, "tallrec"),
+        row("z", "b" * 12, "tallrec", history="relevant@176"),
+        row("z", "c" * 12, "tallrec_summary", history="summary@176"),
+        row("k", "d" * 12, "tallrec", "random:2", seeds=3),
+        row("k", "e" * 12, "tallrec_role", "random:2"),
+        row("k", "f" * 12, "tallrec", "similar:2"),
+        row("m", "1" * 12), row("m", "2" * 12),  # not prompted: the group key
+        row("q", "3" * 12, "tallrec", history="recent@9"), row("q", "4" * 12, "tallrec", history="relevant@9"),  # no plainest
+        row("z", "5" * 12, "tallrec", split="other"),  # another table: untouched
+    ]
+    _disambiguate(rows)
+    assert [r["model"] for r in rows] == [
+        "z", "z [history=relevant@176]", "z [prompt=tallrec_summary, history=summary@176]",
+        "k", "k [prompt=tallrec_role]", "k [icl=similar:2]",
+        "m [11111111]", "m [22222222]", "q [33333333]", "q [44444444]", "z",
+    ]
