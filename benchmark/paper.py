@@ -477,19 +477,28 @@ def fig_beyond(rows: list[dict[str, str]], fig_dir: Path) -> list[Path]:
     return made
 
 
+def shot_series(trs: list[dict[str, str]]) -> tuple[dict[str, list[tuple[float, dict[str, str]]]], list[dict[str, str]]]:
+    """The shot curves of a labeled table (``<model>-<N>shot`` rows: model -> [(N, row)], ``all`` as
+    infinity) and the untuned LLM rows drawn as reference lines (``<model>-icl0``); variants of
+    either (``@bf16``, ``+dpo``, ``[history=...]``) are neither."""
+    series: dict[str, list[tuple[float, dict[str, str]]]] = defaultdict(list)
+    flat = []
+    for r in trs:
+        m = re.fullmatch(r"(.+)-(\d+|all)shot", r["model"])
+        if m:
+            series[m.group(1)].append((float("inf") if m.group(2) == "all" else float(m.group(2)), r))
+        elif re.fullmatch(r"[\w.-]+-icl0", r["model"]):
+            flat.append(r)
+    return series, flat
+
+
 def fig_shots(rows: list[dict[str, str]], fig_dir: Path) -> list[Path]:
-    """Labeled tables with ``<model>-<N>shot`` rows: AUC and GAUC against the number of train rows."""
+    """Labeled tables with ``<model>-<N>shot`` rows: AUC and GAUC against the number of train rows,
+    with the untuned LLM (``<model>-icl0``, no variant) as a dashed line."""
     plt = _pyplot()
     made = []
     for key, trs in by_table(rows).items():
-        series: dict[str, list[tuple[float, dict[str, str]]]] = defaultdict(list)
-        flat = []
-        for r in trs:
-            m = re.fullmatch(r"(.+)-(\d+|all)shot", r["model"])
-            if m:
-                series[m.group(1)].append((float("inf") if m.group(2) == "all" else float(m.group(2)), r))
-            else:
-                flat.append(r)
+        series, flat = shot_series(trs)
         if kind_of(key[2]) != "labeled" or not series:
             continue
         finite = sorted({n for s in series.values() for n, _ in s if math.isfinite(n)})

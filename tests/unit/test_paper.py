@@ -180,3 +180,13 @@ def test_audit_tables_come_from_the_committed_reports(tmp_path):
     assert r"strict\_cold\_item & full" in tex
     assert r"p5-original-sequential & loo & 81.8\%" in tex
     assert r"\newcommand{\auditleaky}{" in tex and "index\\_refit\\_changes" in tex
+
+
+def test_shot_figure_draws_curves_and_only_the_untuned_llm_as_a_line():
+    from benchmark.paper import shot_series
+
+    names = ["tallrec-16shot", "tallrec-allshot", "deepfm-recbole-64shot", "tallrec-icl0", "tallrec-64shot@bf16",
+             "tallrec-64shot+dpo", "tallrec-icl0 [history=relevant@176]", "tallrec-pool-thompson-activity3"]
+    series, flat = shot_series([{"model": n} for n in names])
+    assert {k: [x for x, _ in v] for k, v in series.items()} == {"tallrec": [16.0, float("inf")], "deepfm-recbole": [64.0]}
+    assert [r["model"] for r in flat] == ["tallrec-icl0"]
