@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.eval.significance import holm, paired_pvalue
-from benchmark.results.leaderboard import _clean_text, aggregate, load_runs, read_predictions_bounded
+from benchmark.results.leaderboard import (
+    _clean_text,
+    _md_cell,
+    aggregate,
+    load_runs,
+    read_predictions_bounded,
+)
 from benchmark.results.tables import SIGNIFICANCE_METRIC, kind_of
 from benchmark.util import write_marked_block
 
@@ -92,7 +98,8 @@ def ablation_tables(rows: list[dict[str, Any]]) -> str:
                 change, p = f"{d:+.4f}{mark}", f"{pv:.3g}"
             tokens = r.get("prompt_tokens")
             out.append(
-                f"| {r['model']} | {r['prompt'] or '-'} | {r['icl'] or 'none'} | {r['history'] or 'all'} "
+                f"| {_md_cell(r['model'])} | {_md_cell(r['prompt'] or '-')} | {_md_cell(r['icl'] or 'none')} "
+                f"| {_md_cell(r['history'] or 'all')} "
                 f"| {'-' if tokens is None else f'{tokens:.1f}'} | {r['seeds']} | {_fmt(r['metrics'].get(metric))} "
                 f"| {change} | {p or '-'} |"
             )
@@ -136,10 +143,10 @@ def pool_table(runs: list[tuple[dict[str, Any], Path]]) -> str:
             return f"{x:.4f}" if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else "-"
 
         lines.append(
-            f"| {_clean_text(rec['model'].get('label'), 60)} | {rec['seed']} | {num(cmp.get('bandit'))} "
-            f"| {_clean_text(bov.get('template'), 30)} {num(bov.get('auc'))} | {num(cmp.get('random'))} "
+            f"| {_md_cell(_clean_text(rec['model'].get('label'), 60))} | {rec['seed']} | {num(cmp.get('bandit'))} "
+            f"| {_md_cell(_clean_text(bov.get('template'), 30))} {num(bov.get('auc'))} | {num(cmp.get('random'))} "
             f"| {num(best_single)} | {num(oracle.get('auc'))} "
-            f"| {'; '.join(f'{g}: {t} ({s:.0%})' for g, (t, s) in groups.items()) or '-'} |"
+            f"| {_md_cell('; '.join(f'{g}: {t} ({s:.0%})' for g, (t, s) in groups.items())) or '-'} |"
         )
     if not lines:
         return ""

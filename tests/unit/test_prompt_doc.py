@@ -72,6 +72,8 @@ def test_pool_table_sets_the_bandit_against_its_baselines_and_counts_choices_per
     row = [ln for ln in text.splitlines() if ln.startswith("| tallrec-pool")][0]
     assert row == "| tallrec-pool-thompson | 2 | 0.6100 | t1 0.6000 | 0.5700 | 0.6000 | 0.6300 | 0: t1 (67%); 1: t0 (100%) |"
     hostile = [{"row": 0, "prompt": {"group": "x", "template": 5}}, {"row": 1, "prompt": None}]
+    piped = [{"row": 0, "label": 1, "prompt": {"group": 0, "template": "a|b"}}]
+    assert "0: a\\|b (100%)" in pool_table([_pool_run(tmp_path / "p", piped)])  # a cell cannot split the table
     text = pool_table([_pool_run(tmp_path / "h", hostile)])
     assert text.splitlines()[-1].endswith("| - |")  # nothing usable per group: a dash, no traceback
     rec, _ = _pool_run(tmp_path / "b2", lines)
