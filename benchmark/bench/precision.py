@@ -42,7 +42,6 @@ from benchmark.util import cpu_features
 OUT_NAME = "precision.json"
 BACKBONE = "smollm2-135m-instruct"
 OPTIONS = ("fp32", "bf16", "int8", "int8_smooth", "int8_vnni", "int8_smooth_vnni")
-TALLREC_ONLY = ("int8_smooth", "int8_smooth_vnni")  # calibrated on tallrec train prompts; the reranker has none
 OPTIONAL = {"gguf": "llama_cpp"}  # tallrec only, where the package imports (pip install '.[gguf]')
 SLOW = ("bf16",)  # no bf16 matmul kernels on AVX2-only CPUs
 BATCH = 16
@@ -327,7 +326,7 @@ def measure(
         result["rerank_first_stage"] = (
             str(Path(stage).relative_to(REPO)) if Path(stage).is_relative_to(REPO) else stage
         )
-        for name in [o for o in OPTIONS if o in options and o not in TALLREC_ONLY]:
+        for name in [o for o in OPTIONS if o in options]:
             n = slow_users if name in SLOW and slow_users is not None else users
             if n <= 0:
                 continue

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from benchmark.data.histories import user_histories
+from benchmark.data.shots import draw_rows, rows_digest
 from benchmark.data.splits import Split
 from benchmark.data.views import RankingRows
 from benchmark.errors import ConfigError
@@ -59,6 +60,7 @@ from benchmark.models.tallrec import MACHINE_FACTS, as_template
 from benchmark.progress import within_chunk
 
 ORDERS = ("first_stage", "reverse", "random")
+CALIBRATION_STREAM = 6  # draw_rows stream of the train users a precision option calibrates on
 HISTORY_SELECT = ("recent", "relevant")  # which history items fit history_budget
 ANSWER_CHARS = 300  # the raw answer kept per row in the predictions file
 
@@ -225,6 +227,7 @@ class LLMRerank(nn.Module):
         self.user_batch_size = int(user_batch_size)
         self.seed = int(torch.initial_seed() if seed is None else seed) % (2**63)
         self.n_items = split.n_items
+        self._split = split  # its train part calibrates a smoothed precision option (calibrate)
         lm = load_causal_lm(backbone, dtype, accelerator, cache_dir)
         self.lm, self.tokenizer, self.lm_facts = lm.model, lm.tokenizer, lm.facts
         self.scorer = None  # precision=vllm: vLLM scores the same token ids (vllm_runtime)
@@ -389,6 +392,45 @@ class LLMRerank(nn.Module):
                 lp = lp / np.array([len(x) for x in t])
             self._scores[u] = lp
             self._positions[u] = pos
+
+    @torch.no_grad()
+    def calibrate(self, rows: int) -> dict[str, Any]:
+        """Run ``rows`` train-part listwise prompts (users drawn by the run's seed) through the scoring
+        path, to calibrate a precision option (``precision=int8_smooth``).
+
+        A calibration prompt is built like an in-context example
+        (:func:`benchmark.models.components.listwise_icl.example_pool`): a train user's history
+        before its last train item, and ``top_n`` candidates (that item and items the user never
+        interacted with in train), with the run's template, in-context examples and history budget.
+        Nothing of the valid or test parts, nor the first stage's lists, is read; the evaluation's
+        prompt statistics are left as they were.
+
+        Returns:
+            the rows used: count, part and a digest of their users.
+        """
+        pool = example_pool(self._split, self.history, self.like_threshold, self.top_n, self.seed)
+        picked = draw_rows(len(pool.users), min(int(rows), len(pool.users)), self.seed, stream=CALIBRATION_STREAM)
+        saved = (list(self._token_stats), list(self._history_stats), self.example_prompt)
+        try:
+            prompts, tails = [], []
+            for p in picked:
+                hist, likes, shown = pool.hist[p], pool.likes[p], pool.shown[p]
+                examples = self._examples_for(int(pool.users[p]))
+                if self.history_budget is not None:
+                    hist, likes = self._fit_history(hist, likes, shown, examples)
+                text = self._text(hist, likes, shown, examples)
+                conts = [
+                    continuation_ids(self.tokenizer, text, self.template.item.format(text=self.texts[i]))
+                    for i in shown
+                ]
+                prompts.append(conts[0][0])
+                tails.append([c[1] for c in conts])
+            for start in range(0, len(prompts), self.user_batch_size):
+                end = start + self.user_batch_size
+                shared_prefix_logprobs(self.lm, prompts[start:end], tails[start:end], self.tokenizer.pad_token_id)
+        finally:
+            self._token_stats, self._history_stats, self.example_prompt = saved
+        return {"rows": len(picked), "part": "train", "digest": rows_digest(pool.users[picked])}
 
     @torch.no_grad()
     def score(self, users: torch.Tensor) -> torch.Tensor:

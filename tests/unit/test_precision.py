@@ -299,13 +299,16 @@ def test_bench_update_measures_only_the_named_options_and_keeps_the_rest(monkeyp
 
     def child(kind, **kw):
         calls.append((kind, kw["option"]))
+        if kind == "child_rerank":
+            return {"ndcg@10_per_user": [0.75], "seconds_per_user": 0.5, "users": 1}
         return {**row, "rows": 4, "p_yes": [0.8, 0.3, 0.7, 0.1], "labels": labels, "seconds_per_row": 0.25}
 
     monkeypatch.setattr(bench, "_in_child", child)
     monkeypatch.setattr(bench, "_first_stage", lambda spec: "results/runs/x")
     out = bench.measure(4, 1, "w", options=("int8_smooth",), earlier=earlier)
-    assert calls == [("child_tallrec", "int8_smooth")]  # no rerank: smoothing is tallrec-only
-    assert list(out["tallrec"]) == ["fp32", "int8", "int8_smooth"] and list(out["rerank"]) == ["fp32", "int8"]
+    assert calls == [("child_tallrec", "int8_smooth"), ("child_rerank", "int8_smooth")]  # the reranker calibrates too
+    assert list(out["tallrec"]) == ["fp32", "int8", "int8_smooth"] and list(out["rerank"]) == ["fp32", "int8", "int8_smooth"]
+    assert out["rerank_vs_fp32"]["int8_smooth"]["ndcg@10_change"] == -0.25
     assert out["tallrec_vs_fp32"]["int8_smooth"]["auc_change"] == 0.0  # same ranking as fp32 on these rows
     assert out["tallrec_vs_fp32"]["int8"]["auc_change"] == -0.5 and out["rerank_vs_fp32"]["int8"]["ndcg@10_change"] == -0.5
     assert out["updated"]["options"] == ["int8_smooth"]

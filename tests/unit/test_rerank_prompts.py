@@ -272,3 +272,45 @@ def test_bad_example_settings_are_one_line(kw, message, loo_split, yesno_data, r
     with pytest.raises(ConfigError, match=message) as e:
         _rerank(loo_split, yesno_data, rerank_lm, tmp_path, **kw)
     assert len(str(e.value).splitlines()) == 1
+
+
+def test_smoothed_int8_calibrates_the_reranker_on_train_prompts_only(loo_split, yesno_data, rerank_lm, tmp_path, monkeypatch):
+    import dataclasses
+
+    import benchmark.models.llm_rerank as llm_rerank
+    from benchmark.models.components.listwise_icl import example_pool
+    from benchmark.models.components.precision import apply_precision
+    from tests.unit.test_precision import option
+
+    seen: list[list[int]] = []
+    real = llm_rerank.shared_prefix_logprobs
+
+    def spy(lm, prompts, tails, pad):
+        seen.extend([list(p) for p in prompts])
+        return real(lm, prompts, tails, pad)
+
+    monkeypatch.setattr(llm_rerank, "shared_prefix_logprobs", spy)
+    m = _rerank(loo_split, yesno_data, rerank_lm, tmp_path, history=4)
+    facts = m.calibrate(6)
+    assert facts["part"] == "train" and facts["rows"] == len(seen) == 6
+    assert m._token_stats == [0, 0, 0] and m.example_prompt == ""  # the evaluation's counts untouched
+    # each prompt is a train user's history before its last train item, listing that item among its candidates
+    pool = example_pool(loo_split, 4, 3.0, 5, 0)
+    expected = {m.tokenizer.decode(m.tokenizer(m._text(pool.hist[p], pool.likes[p], pool.shown[p]))["input_ids"])
+                for p in range(len(pool.users))}
+    texts = [m.tokenizer.decode(p) for p in seen]
+    assert set(texts) <= expected
+    # the same calibration when valid and test change entirely (nothing of them is read)
+    rng = np.random.default_rng(0)
+    swapped = {k: v if k == "train" else v.assign(item=rng.permutation(v["item"].to_numpy())) for k, v in loo_split.parts.items()}
+    assert not swapped["test"]["item"].equals(loo_split.test["item"])
+    seen.clear()
+    m2 = _rerank(dataclasses.replace(loo_split, parts=swapped), yesno_data, rerank_lm, tmp_path / "other", history=4)
+    assert m2.calibrate(6) == facts and [m2.tokenizer.decode(p) for p in seen] == texts
+    # the option applies: smoothing calibrated on min(64, train users) prompts, int8 layers, finite scores
+    applied = apply_precision(m, option("int8_smooth"))
+    cal = applied["smoothing"]["calibration"]
+    assert cal["part"] == "train" and cal["rows"] == min(64, len(pool.users)) and applied["linear_quantized"] > 0
+    scores = m.score(torch.tensor([0, 1]))
+    assert torch.isfinite(scores[:, :5]).all()
+    assert m.prediction_facts()["llm"]["precision"]["smoothing"]["calibration"] == cal

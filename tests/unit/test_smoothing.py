@@ -125,10 +125,10 @@ def test_bad_smoothing_settings_are_one_line(change, needle):
 def test_smoothing_needs_a_model_with_train_prompts():
     from benchmark.compose import compose
 
-    for name, ok in (("llm_rerank", False), ("p5", False), ("tallrec", True), ("tallrec_zeroshot", True)):
+    for name, ok in (("llm_rerank", True), ("p5", False), ("tallrec", True), ("tallrec_zeroshot", True)):
         model_cfg = compose([f"model={name}"]).model
         if ok:
             assert check_precision(option("int8_smooth"), model_cfg).smooth_alpha == 0.8
         else:
-            with pytest.raises(ConfigError, match="only tallrec and tallrec_zeroshot define"):
+            with pytest.raises(ConfigError, match="only tallrec, tallrec_zeroshot and llm_rerank define"):
                 check_precision(option("int8_smooth"), model_cfg)

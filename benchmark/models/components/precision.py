@@ -51,6 +51,7 @@ WEIGHTS = ("float32", "bfloat16", "float16", "int8", "nf4", "gguf")
 METHODS = ("cast", "torch_dynamic", "bitsandbytes", "llama_cpp", "vllm")
 DEVICES = ("any", "cpu", "cuda")
 ACTIVATION_RANGES = ("reduced", "full")  # torch_dynamic: 7-bit (fbgemm's reduce_range) or 8-bit activations
+CALIBRATED = ("benchmark.models.tallrec.TallRec", "benchmark.models.llm_rerank.LLMRerank")  # define calibrate(rows)
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # int8 dot products that accumulate in 32 bits
 # Modules never quantized or cast: LoRA's matrices (trained in fp32) and the LM head (kept in
 # full precision, as LLM.int8() and most weight-only schemes do; it also carries tied embeddings).
@@ -205,10 +206,10 @@ def check_precision(node: Any, model_cfg: Any, adapter: Any = None) -> Precision
             f"precision={spec.name}: package '{spec.package}' is not installed (pip install {spec.package})"
         )
     target = str((model_cfg.get("module") or {}).get("_target_", ""))
-    if spec.smooth_alpha is not None and target != "benchmark.models.tallrec.TallRec":
+    if spec.smooth_alpha is not None and target not in CALIBRATED:
         raise ConfigError(
             f"precision={spec.name}: smoothing is calibrated on the model's train prompts, which "
-            f"only tallrec and tallrec_zeroshot define (model {model_cfg.get('name')}: use precision=int8)"
+            f"only tallrec, tallrec_zeroshot and llm_rerank define (model {model_cfg.get('name')}: use precision=int8)"
         )
     if spec.method == "vllm":  # CUDA and vllm are here: refuse what vLLM cannot score
         from benchmark.models.components.adapter import is_active_node
