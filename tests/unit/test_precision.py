@@ -33,7 +33,9 @@ def option(name: str):
 
 
 def tallrec(split, data, lm) -> TallRec:
-    """A TallRec with LoRA on q/v whose lora_B is non-zero (as after training), fixed seed."""
+    """A TallRec with LoRA on q/v whose lora_B is non-zero (as after training); every LoRA weight is
+    drawn from a fixed generator, so two calls build the same model (peft's own lora_A init reads
+    the global random state)."""
     model = TallRec(
         split,
         data,
@@ -49,6 +51,8 @@ def tallrec(split, data, lm) -> TallRec:
         for name, p in model.lm.named_parameters():
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+            elif "lora_A" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
     return model.eval()
 
 
@@ -148,13 +152,52 @@ def test_full_range_refuses_without_vnni_and_outside_torch_dynamic(monkeypatch):
         precision_config({**OmegaConf.to_container(option("bf16")), "activation_range": "full"})
 
 
-def test_bf16_casts_the_backbone_and_keeps_lora_fp32(yesno_split, yesno_data, yesno_lm):
+def test_bf16_casts_the_backbone_and_keeps_lora_and_the_head_fp32(yesno_split, yesno_data, yesno_lm):
+    from benchmark.models.components.precision import Fp32Head
+
     model = tallrec(yesno_split, yesno_data, yesno_lm)
-    apply_precision(model, option("bf16"))
+    embed = model.lm.get_input_embeddings().weight.detach().clone()
+    facts = apply_precision(model, option("bf16"))
     dtypes = {n: p.dtype for n, p in model.lm.named_parameters()}
-    assert all(d == torch.float32 for n, d in dtypes.items() if "lora_" in n)
-    assert all(d == torch.bfloat16 for n, d in dtypes.items() if "lora_" not in n)
+    assert all(d == torch.float32 for n, d in dtypes.items() if "lora_" in n or "lm_head" in n)
+    assert all(d == torch.bfloat16 for n, d in dtypes.items() if "lora_" not in n and "lm_head" not in n)
+    heads = [m for m in model.lm.modules() if isinstance(m, Fp32Head)]
+    assert len(heads) == 1 and facts["head"] == {"dtype": "float32", "replaced": 1}
+    assert torch.equal(heads[0].weight, embed)  # the tied embedding's fp32 values, untied
     assert model.prediction_facts()["llm"]["dtype"] == "bfloat16"
+    assert model.prediction_facts()["llm"]["precision"]["head"]["dtype"] == "float32"
+
+
+def _sharp(model) -> None:
+    """Scale the (tied) head so that logits are ~20x larger: bf16's rounding of them then shows."""
+    with torch.no_grad():
+        model.lm.get_output_embeddings().weight.mul_(20.0)
+
+
+def test_an_fp32_head_keeps_bf16_answer_logits_from_rounding(yesno_split, yesno_data, yesno_lm):
+    """A bf16 head rounds the logits to 8 mantissa bits, so P("Yes") of different prompts ties;
+    the fp32 head (same bf16 body) returns unrounded fp32 logits and as many distinct P("Yes") as fp32."""
+    ref = tallrec(yesno_split, yesno_data, yesno_lm)
+    _sharp(ref)
+    texts = prompts(ref, yesno_split)
+    n32 = len(set(ref.p_yes(texts).tolist()))
+    batch = ref.tokenizer(texts[:4], return_tensors="pt", padding=True)
+    assert float(ref.lm(**batch).logits.abs().max()) > 8.0  # large logits: bf16's steps there are >= 0.0625
+    distinct, on_grid = {}, {}
+    for head in ("model", "fp32"):
+        m = tallrec(yesno_split, yesno_data, yesno_lm)
+        _sharp(m)
+        apply_precision(m, {**OmegaConf.to_container(option("bf16")), "head": head})
+        distinct[head] = len(set(m.p_yes(texts).tolist()))
+        with torch.no_grad():
+            logits = m.lm(**batch).logits[:, -1].float()
+        on_grid[head] = float((logits == logits.to(torch.bfloat16).float()).float().mean())
+    assert on_grid["model"] == 1.0 and on_grid["fp32"] < 0.1  # rounded vs full fp32 logits
+    assert distinct["model"] < distinct["fp32"] == n32  # ties only from the rounded head
+    with pytest.raises(ConfigError, match="precision.head: applies to method cast, not torch_dynamic"):
+        precision_config({**OmegaConf.to_container(option("int8")), "head": "fp32"})
+    with pytest.raises(ConfigError, match="precision.head: unknown 'half'"):
+        precision_config({**OmegaConf.to_container(option("bf16")), "head": "half"})
 
 
 def test_option_needs_an_llm_backbone_and_known_keys():

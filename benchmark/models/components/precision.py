@@ -56,6 +56,7 @@ VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # int8 dot products that a
 # Modules never quantized or cast: LoRA's matrices (trained in fp32) and the LM head (kept in
 # full precision, as LLM.int8() and most weight-only schemes do; it also carries tied embeddings).
 KEEP = ("lora_", "lm_head")
+HEADS = ("model", "fp32")  # method cast: the LM head cast with the backbone, or kept in fp32
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ class PrecisionConfig:
         keep: backbone layer names (a path component, e.g. ``down_proj``) left unquantized.
         activation_range: ``torch_dynamic`` activations in 7 bits (``reduced``, fbgemm's safe
             default) or the full 8 bits (``full``: needs a CPU with VNNI).
+        head: ``cast`` only: the LM head is cast with the rest (``model``) or kept in fp32 with its
+            input upcast (``fp32``), so the answer logits are not rounded to the cast dtype.
     """
 
     name: str
@@ -90,6 +93,7 @@ class PrecisionConfig:
     calibration_rows: int = 64
     keep: tuple[str, ...] = ()
     activation_range: str = "reduced"
+    head: str = "model"
 
     def __post_init__(self) -> None:
         if self.weights not in WEIGHTS:
@@ -111,6 +115,10 @@ class PrecisionConfig:
             )
         if self.activation_range == "full" and self.method != "torch_dynamic":
             raise ConfigError(f"precision.activation_range: applies to method torch_dynamic, not {self.method}")
+        if self.head not in HEADS:
+            raise ConfigError(f"precision.head: unknown {self.head!r} (one of {', '.join(HEADS)})")
+        if self.head != "model" and self.method != "cast":
+            raise ConfigError(f"precision.head: applies to method cast, not {self.method}")
         if not all(isinstance(k, str) and k for k in self.keep):
             raise ConfigError(f"precision.keep: layer names expected, got {list(self.keep)!r}")
         if not self.inference_only:
@@ -299,15 +307,46 @@ def smooth_backbone(model: nn.Module, lm: nn.Module, alpha: float, rows: int) ->
     return {"alpha": alpha, "calibration": used, "layers_smoothed": smooth(lm, ranges, alpha)}
 
 
+class Fp32Head(nn.Module):
+    """An LM head in fp32 behind a backbone of another dtype: its input is upcast, so the logits
+    (and the P("Yes") read from two of them) are not rounded to bf16's 8-bit mantissa."""
+
+    def __init__(self, head: nn.Linear) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(head.weight.detach().to(torch.float32).clone(), requires_grad=False)
+        self.bias = None if head.bias is None else nn.Parameter(head.bias.detach().to(torch.float32).clone(), requires_grad=False)
+        self.in_features, self.out_features = head.in_features, head.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x.to(torch.float32), self.weight, self.bias)
+
+
+def fp32_head(lm: nn.Module) -> int:
+    """Replace the backbone's ``lm_head`` linear layers by :class:`Fp32Head` copies (untying them
+    from the input embeddings), before the rest is cast.
+
+    Returns:
+        the number of heads replaced.
+    """
+    n = 0
+    for _, parent in list(lm.named_modules()):
+        head = parent._modules.get("lm_head")  # its own child (wrappers forward getattr to the model)
+        if isinstance(head, nn.Linear):
+            setattr(parent, "lm_head", Fp32Head(head))
+            n += 1
+    return n
+
+
 def cast_backbone(lm: nn.Module, dtype: torch.dtype) -> int:
-    """Cast the backbone's floating-point parameters and buffers to ``dtype``, LoRA's excepted.
+    """Cast the backbone's floating-point parameters and buffers to ``dtype``, LoRA's and an
+    :class:`Fp32Head`'s excepted.
 
     Returns:
         the number of parameters cast.
     """
     n = 0
     for name, module in lm.named_modules():
-        if any(part.startswith("lora_") for part in name.split(".")):
+        if any(part.startswith("lora_") for part in name.split(".")) or isinstance(module, Fp32Head):
             continue
         for p in module.parameters(recurse=False):
             if p.is_floating_point() and p.dtype != dtype:
@@ -409,6 +448,8 @@ def apply_precision(model: nn.Module, node: Any, cache_dir: str | Path | None = 
         if spec.keep:
             facts["kept_fp32"] = {"names": list(spec.keep), "layers": len(_linear_layers(lm))}  # the plain ones left
     elif spec.method == "cast":
+        if spec.head == "fp32":  # records made before the option keep their facts
+            facts["head"] = {"dtype": "float32", "replaced": fp32_head(lm)}
         facts["params_cast"] = cast_backbone(lm, getattr(torch, spec.weights))
     elif spec.method == "bitsandbytes":
         facts["linear_quantized"] = quantize_bnb(lm, spec.weights)
