@@ -58,11 +58,13 @@ results: $(STAMP)
 	$(BIN)/llm4rec leaderboard
 	$(BIN)/python -m benchmark.results.protocols --doc docs/candidates.md
 	OMP_NUM_THREADS=1 $(BIN)/python -m benchmark.results.prompts --doc docs/prompts.md
+	$(BIN)/python -m benchmark.results.precision --doc docs/precision.md
 
 leaderboard: $(STAMP)
 	$(BIN)/llm4rec leaderboard
 	$(BIN)/python -m benchmark.results.protocols --doc docs/candidates.md
 	OMP_NUM_THREADS=1 $(BIN)/python -m benchmark.results.prompts --doc docs/prompts.md
+	$(BIN)/python -m benchmark.results.precision --doc docs/precision.md
 
 ## Regenerate the committed conversation runs in results/conversation and their summary.md (README,
 ## "Conversational recommendation": rankers on all 943 ml-100k loo test users; LLM runs on a seeded
