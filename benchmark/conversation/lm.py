@@ -56,8 +56,18 @@ class ChatLM:
         self.eos_id = int(self.tokenizer.eos_token_id)
         self.chat = bool(getattr(self.tokenizer, "chat_template", None))
 
+    @property
+    def lm(self) -> torch.nn.Module:
+        """The backbone, where a precision option applies (:func:`benchmark.models.components.precision.apply_precision`)."""
+        return self.model
+
+    @property
+    def lm_facts(self) -> dict[str, Any]:
+        """The recorded facts, which a precision option extends with its own (``precision``, ``dtype``)."""
+        return self._facts
+
     def facts(self) -> dict[str, Any]:
-        """The model as the record states it (name, source, dtype, parameters; no machine facts)."""
+        """The model as the record states it (name, source, dtype, precision, parameters; no machine facts)."""
         return {**self._facts, "chat_template": self.chat}
 
     def render(self, system: str, user: str) -> str:

