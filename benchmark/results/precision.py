@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -108,19 +109,22 @@ def _fmt(x: float | None, spec: str = ".4f", sign: bool = False) -> str:
     return f"{x:+{spec}}" if sign else f"{x:{spec}}"
 
 
-def tables(runs: list[tuple[dict[str, Any], Path]]) -> str:
-    """Markdown: one table per model with precision runs (see the module doc)."""
+def compare(runs: list[tuple[dict[str, Any], Path]]) -> list[dict[str, Any]]:
+    """Per model with precision runs: its table key, kind, metric, one row per run (option, seed,
+    value, change, moved, CPU seconds, speed-up, RSS, CPU) and per option a summary over seeds
+    (changes, speed-ups, target). See the module doc."""
     groups: dict[tuple[str, str, str, str], list[tuple[dict[str, Any], Path, str]]] = defaultdict(list)
     for rec, folder in runs:
         key, opt = _table_key(rec), option_of(rec)
         if key is not None and opt is not None:
             groups[key].append((rec, folder, opt))
-    out: list[str] = []
-    for (dataset, split, ev, base), members in sorted(groups.items()):
+    out: list[dict[str, Any]] = []
+    for key, members in sorted(groups.items()):
         if not any(o not in (REFERENCE, MODEL_DTYPE) for _, _, o in members):
             continue
-        labeled = kind_of(ev.split("[", 1)[0]) == "labeled"
-        metric = "test/" + SIGNIFICANCE_METRIC[kind_of(ev.split("[", 1)[0])]
+        kind = kind_of(key[2].split("[", 1)[0])
+        labeled = kind == "labeled"
+        metric = "test/" + SIGNIFICANCE_METRIC[kind]
         refs: dict[int, tuple[dict[str, Any], Path]] = {}
         for rec, folder, opt in sorted(members, key=lambda m: m[2] != REFERENCE):
             if opt in (REFERENCE, MODEL_DTYPE) and rec["seed"] not in refs:  # an explicit @fp32 run first
@@ -136,16 +140,8 @@ def tables(runs: list[tuple[dict[str, Any], Path]]) -> str:
                     cache[str(folder)] = {}
             return cache[str(folder)]
 
-        name = metric.removeprefix("test/")
-        lines = [
-            f"### {base}: {dataset} / {split} / {ev}",
-            "",
-            f"| option | seed | {name} | change vs fp32 | "
-            + ("mean / max abs dP(yes)" if labeled else "top-10 overlap with fp32")
-            + " | eval CPU s | speed-up vs fp32 | peak RSS MB | CPU |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        summary: dict[str, dict[str, list[float]]] = defaultdict(lambda: {"change": [], "speedup": []})
+        rows: list[dict[str, Any]] = []
+        summary: dict[str, dict[str, Any]] = defaultdict(lambda: {"change": [], "speedup": []})
         order = sorted(members, key=lambda m: (m[2] not in (REFERENCE, MODEL_DTYPE), m[2] != REFERENCE, m[2], m[0]["seed"]))
         for rec, folder, opt in order:
             seed = rec["seed"]
@@ -165,35 +161,86 @@ def tables(runs: list[tuple[dict[str, Any], Path]]) -> str:
                     summary[opt]["change"].append(change)
                 if speed is not None:
                     summary[opt]["speedup"].append(speed)
-            cpu = _cpu(rec)
-            lines.append(
-                f"| {_md_cell(opt)} | {seed} | {_fmt(value)} | {_fmt(change, '.4f', True)} | {moved} "
-                f"| {_fmt(_num(_dig(rec, 'efficiency', 'eval_cpu_seconds')), '.0f')} | {_fmt(speed, '.2f')}{'x' if speed else ''} "
-                f"| {_fmt(_num(_dig(rec, 'efficiency', 'peak_rss_mb')), '.0f')} "
+            rows.append({
+                "option": opt, "seed": seed, "value": value, "change": change, "moved": moved, "speedup": speed,
+                "cpu_seconds": _num(_dig(rec, "efficiency", "eval_cpu_seconds")),
+                "peak_rss_mb": _num(_dig(rec, "efficiency", "peak_rss_mb")), "cpu": _cpu(rec),
+            })
+        for opt, sm in summary.items():
+            ch, sp = sm["change"], sm["speedup"]
+            sm["target"] = None
+            if labeled and opt.startswith("int8") and ch and sp:
+                ok = all(abs(c) <= TARGET_AUC_CHANGE for c in ch) and min(sp) >= TARGET_SPEEDUP
+                sm["target"] = "met" if ok else "not met"
+        out.append({"key": key, "labeled": labeled, "metric": metric, "rows": rows, "summary": dict(summary)})
+    return out
+
+
+def tables(runs: list[tuple[dict[str, Any], Path]]) -> str:
+    """Markdown: one table per model with precision runs (see the module doc)."""
+    out: list[str] = []
+    for group in compare(runs):
+        (dataset, split, ev, base), labeled = group["key"], group["labeled"]
+        name = group["metric"].removeprefix("test/")
+        out += [
+            f"### {base}: {dataset} / {split} / {ev}",
+            "",
+            f"| option | seed | {name} | change vs fp32 | "
+            + ("mean / max abs dP(yes)" if labeled else "top-10 overlap with fp32")
+            + " | eval CPU s | speed-up vs fp32 | peak RSS MB | CPU |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in group["rows"]:
+            speed, cpu = r["speedup"], r["cpu"]
+            out.append(
+                f"| {_md_cell(r['option'])} | {r['seed']} | {_fmt(r['value'])} | {_fmt(r['change'], '.4f', True)} | {r['moved']} "
+                f"| {_fmt(r['cpu_seconds'], '.0f')} | {_fmt(speed, '.2f')}{'x' if speed else ''} "
+                f"| {_fmt(r['peak_rss_mb'], '.0f')} "
                 f"| {_md_cell(_clean_text(cpu[0] + ' ' + ','.join(cpu[1]), 80)) if cpu else 'not recorded'} |"
             )
-        lines.append("")
-        if summary:
-            lines += [
+        out.append("")
+        if group["summary"]:
+            out += [
                 "| option | seeds compared | mean change | largest abs change | speed-up vs fp32 (same CPU) | "
                 + (f"target (>= {TARGET_SPEEDUP}x, abs change <= {TARGET_AUC_CHANGE})" if labeled else "target")
                 + " |",
                 "|---|---|---|---|---|---|",
             ]
-            for opt, s in sorted(summary.items()):
-                ch, sp = s["change"], s["speedup"]
-                target = "-"
-                if labeled and opt.startswith("int8") and ch and sp:
-                    ok = all(abs(c) <= TARGET_AUC_CHANGE for c in ch) and min(sp) >= TARGET_SPEEDUP
-                    target = "met" if ok else "not met"
-                lines.append(
+            for opt, sm in sorted(group["summary"].items()):
+                ch, sp = sm["change"], sm["speedup"]
+                out.append(
                     f"| {_md_cell(opt)} | {len(ch)} | {_fmt(sum(ch) / len(ch) if ch else None, '.4f', True)} "
                     f"| {_fmt(max((abs(c) for c in ch), default=None))} "
-                    f"| {', '.join(f'{x:.2f}x' for x in sp) or '-'} | {target} |"
+                    f"| {', '.join(f'{x:.2f}x' for x in sp) or '-'} | {sm['target'] or '-'} |"
                 )
-            lines.append("")
-        out += lines
+            out.append("")
     return "\n".join(out)
+
+
+def paper_values(runs: list[tuple[dict[str, Any], Path]]) -> dict[str, str]:
+    """``precision/<dataset>/<split>/<eval>/<model>/<option>/<fact>`` -> text for the paper: per option,
+    ``seeds`` compared, ``mean_change``, ``largest_change``, ``speedup`` (the smallest measured) and
+    ``target``; names are reduced to letters, digits, ``-``, ``_`` and ``.``."""
+
+    def part(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_.\-]+", "-", text).strip("-")
+
+    out: dict[str, str] = {"precision/target_speedup": f"{TARGET_SPEEDUP}", "precision/target_auc_change": f"{TARGET_AUC_CHANGE}"}
+    for group in compare(runs):
+        prefix = "/".join(["precision", *(part(k) for k in group["key"])])
+        for opt, sm in group["summary"].items():
+            ch, sp = sm["change"], sm["speedup"]
+            if not ch:
+                continue
+            base = f"{prefix}/{part(opt)}"
+            out[f"{base}/seeds"] = str(len(ch))
+            out[f"{base}/mean_change"] = f"{sum(ch) / len(ch):+.4f}"
+            out[f"{base}/largest_change"] = f"{max(abs(c) for c in ch):.4f}"
+            if sp:
+                out[f"{base}/speedup"] = f"{min(sp):.2f}"
+            if sm["target"]:
+                out[f"{base}/target"] = sm["target"]
+    return out
 
 
 def document(runs_dir: Path) -> str:

@@ -130,3 +130,19 @@ def test_cli_refuses_a_missing_folder_a_link_or_a_file_without_markers(tmp_path)
     assert plain.read_text() == "no markers\n"
     assert main([str(tmp_path / "runs"), "--doc", str(doc)]) == 0  # no records: an empty block
     assert doc.read_text() == f"x\n{START}\n{END}\n"
+
+
+def test_paper_values_name_each_option_summary(tmp_path):
+    from benchmark.results.precision import paper_values
+
+    runs = [
+        _run(tmp_path, "b", "m@fp32", 1, 0.71, [0.8, 0.2], _opt("fp32", "cast", "float32"), 600.0, EPYC),
+        _run(tmp_path, "c", "m@int8", 1, 0.708, [0.7, 0.2], _opt("int8"), 300.0, EPYC),
+        _run(tmp_path, "d", "m@bf16", 1, 0.70, [0.7, 0.2], _opt("bf16", "cast", "bfloat16"), 400.0, OTHER),
+    ]
+    v = paper_values(runs)
+    assert v["precision/d/s/labeled/m/int8/mean_change"] == "-0.0020" and v["precision/d/s/labeled/m/int8/speedup"] == "2.00"
+    assert v["precision/d/s/labeled/m/int8/target"] == "met" and v["precision/d/s/labeled/m/int8/seeds"] == "1"
+    assert v["precision/d/s/labeled/m/bf16-head-in-bf16/largest_change"] == "0.0100"
+    assert "precision/d/s/labeled/m/bf16-head-in-bf16/speedup" not in v  # another CPU: no speed-up
+    assert v["precision/target_speedup"] == "1.5" and v["precision/target_auc_change"] == "0.005"
