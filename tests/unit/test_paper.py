@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,21 @@ def test_tables_reproduce_csv_values(tmp_path):
     assert r"\texttt{pop}$^{\blacktriangledown}$" in tex and r"\texttt{bpr}$^{\mathrm{b}}$" in tex
     assert any(p.suffix == ".png" for p in files) and any(p.suffix == ".pdf" for p in files)
     assert "\\input{tables/d-loo-full}" in (tmp_path / "paper" / "tables" / "all.tex").read_text()
+
+
+def test_a_table_the_text_does_not_place_goes_to_the_appendix(tmp_path):
+    _write_csv(tmp_path / "results" / "leaderboard.csv")
+    paper = tmp_path / "paper"
+    paper.mkdir()
+    # No main.tex: every table is "further"; one that places the table: the appendix is a comment.
+    generate(tmp_path / "results", paper, figures=False)
+    appendix = (paper / "tables" / "appendix.tex").read_text()
+    assert "\\section{Further leaderboard tables}" in appendix and "\\input{tables/d-loo-full}" in appendix
+    (paper / "main.tex").write_text("text \\input{tables/d-loo-full} more\n\\input{tables/appendix}\n")
+    generate(tmp_path / "results", paper, figures=False)
+    appendix = (paper / "tables" / "appendix.tex").read_text()
+    assert "\\input" not in appendix and "\\section" not in appendix and appendix.startswith("%")
+    assert "appendix" not in (paper / "tables" / "all.tex").read_text()
 
 
 @pytest.mark.parametrize(
@@ -121,6 +137,7 @@ def test_committed_paper_tables_match_committed_leaderboard(tmp_path):
     csv_path = ROOT / "results" / "leaderboard.csv"
     if not csv_path.exists():
         pytest.skip("no committed leaderboard yet")
+    shutil.copy(ROOT / "paper" / "main.tex", tmp_path / "main.tex")  # the appendix holds what it does not place
     generate(ROOT / "results", tmp_path, figures=False)
     for p in (tmp_path / "tables").glob("*.tex"):
         committed = ROOT / "paper" / "tables" / p.name
@@ -137,7 +154,7 @@ def test_main_tex_types_no_numbers():
     tex = (ROOT / "paper" / "main.tex").read_text()
     body = tex.split(r"\begin{document}")[1]
     body = re.sub(r"(?<!\\)%.*", "", body)  # comments
-    body = re.sub(r"\\(lb|cc|R|ref|label|cite[tp]?|input|includegraphics|nolinkurl|bibliography\w*)(\[[^\]]*\])?\{[^}]*\}", "", body)
+    body = re.sub(r"\\(lb|cc|R|PT|ref|label|cite[tp]?|input|includegraphics|nolinkurl|bibliography\w*)(\[[^\]]*\])?\{[^}]*\}", "", body)
     body = re.sub(r"\\\w+\[[^\]]*\]", "", body)  # optional arguments such as [4pt], [width=...]
     typed = re.findall(r"(?<![\w@.\-])\d*\.\d+|(?<![\w@.\-])\d{2,}(?![\w])", body)
     assert typed == [], f"numbers typed into paper/main.tex instead of generated: {typed}"
