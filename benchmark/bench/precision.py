@@ -360,6 +360,35 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+START, END = "<!-- precision-bench:start -->", "<!-- precision-bench:end -->"
+
+
+def _machine_line(path: Path, result: dict[str, Any]) -> str:
+    m = result.get("machine", {})
+    cpu = m.get("cpu") or {}
+    where = f"{cpu['model']} ({', '.join(cpu.get('flags') or [])})" if cpu.get("model") else "CPU not recorded in the file"
+    before, after = m.get("load_average_before"), m.get("load_average_after")
+    loads = f"{before[0]} before, {after[0]} after" if before and after else "not recorded"
+    extra = ""
+    if "updated" in result:
+        extra = f"; {', '.join(result['updated'].get('options', []))} measured later with `--update` on the same rows"
+    return (
+        f"`{path}`: {where}, {m.get('cpu_count', '?')} cores, "
+        f"{m.get('torch_threads', '?')} torch thread per child, load average {loads}; "
+        f"weights `{result.get('weights') or 'zero-shot'}`, rerank first stage `{result.get('rerank_first_stage', '-')}`"
+        f"{extra}."
+    )
+
+
+def readme_block(paths: list[Path]) -> str:
+    """Each measurement file as its machine line and :func:`table` (the README's precision block)."""
+    parts = []
+    for path in paths:
+        result = json.loads(Path(path).read_text())
+        parts += [_machine_line(path, result), "", table(result), ""]
+    return "\n".join(parts)
+
+
 def main(
     out_dir: Path,
     rows: int = 200,
@@ -412,5 +441,16 @@ if __name__ == "__main__":
     parser.add_argument(
         "--update", action="store_true", help="keep the other options' entries of the existing precision.json"
     )
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        help=f"write the tables of --render files (default <out>/{OUT_NAME}) between {START} and {END}; no measuring",
+    )
+    parser.add_argument("--render", type=Path, nargs="*", default=None, help="precision.json files for --readme")
     a = parser.parse_args()
+    if a.readme is not None:
+        from benchmark.util import write_marked_block
+
+        write_marked_block(a.readme, START, END, readme_block(a.render or [a.out / OUT_NAME]))
+        raise SystemExit(0)
     main(a.out, a.rows, a.users, a.weights, a.slow_rows, a.slow_users, tuple(a.options.split(",")), a.update)

@@ -319,6 +319,40 @@ def test_bench_compares_every_option_with_fp32_on_the_rows_both_scored():
     assert text.count("\n") == 4 and "| `int8` | 6 | 0.5 | 0.2 |" in text and "| `bf16` | 2 | 4.0 | - |" in text and "| 2 | 1.0 | -0.25 |" in text
 
 
+def test_bench_readme_block_renders_each_file_with_its_machine(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from benchmark.bench.precision import END, START
+
+    row = {"prompt_tokens_mean": 10, "tokens_per_second": 1, "floor_seconds_per_row": 0.1, "peak_rss_mb": 1}
+    labels = [1, 0, 1, 0]
+    fp32 = {**row, "rows": 4, "p_yes": [0.9, 0.2, 0.8, 0.1], "labels": labels, "seconds_per_row": 1.0}
+    int8 = {**row, "rows": 4, "p_yes": [0.9, 0.2, 0.1, 0.3], "labels": labels, "seconds_per_row": 0.5}
+    from benchmark.bench.precision import compare_tallrec
+
+    res = {"fp32": fp32, "int8": int8}
+    cpu = {"model": "Some CPU", "flags": ["avx2", "avx512_vnni"]}
+    machine = {"cpu_count": 2, "torch_threads": 1, "load_average_before": [1.5, 1, 1], "load_average_after": [2.5, 2, 2]}
+    a = {"machine": {**machine, "cpu": cpu}, "weights": "w", "tallrec": res, "tallrec_vs_fp32": compare_tallrec(res)}
+    b = {"machine": {"cpu_count": 2}, "tallrec": {"fp32": fp32}, "tallrec_vs_fp32": compare_tallrec({"fp32": fp32})}
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"head\n{START}\nold\n{END}\ntail\n")
+    files = [str(tmp_path / "a.json"), str(tmp_path / "b.json")]
+    cmd = [sys.executable, "-m", "benchmark.bench.precision", "--readme", str(readme), "--render", *files]
+    subprocess.run(cmd, check=True, capture_output=True)
+    text = readme.read_text()
+    assert text.startswith(f"head\n{START}\n") and text.endswith(f"{END}\ntail\n") and "old" not in text
+    assert "Some CPU (avx2, avx512_vnni), 2 cores, 1 torch thread per child, load average 1.5 before, 2.5 after" in text
+    assert "CPU not recorded in the file" in text and "load average not recorded" in text
+    # AUC of int8 on these rows: 0.5 (pairs (0.9,0.2) (0.9,0.3) right; (0.1,0.2) (0.1,0.3) wrong), fp32 1.0
+    assert "| `int8` | 4 | 0.5 | - |" in text and "| -0.5 |" in text
+    assert text.count("| `fp32` |") == 2
+
+
 def test_bench_update_measures_only_the_named_options_and_keeps_the_rest(monkeypatch):
     import benchmark.bench.precision as bench
 

@@ -146,3 +146,11 @@ def test_paper_values_name_each_option_summary(tmp_path):
     assert v["precision/d/s/labeled/m/bf16-head-in-bf16/largest_change"] == "0.0100"
     assert "precision/d/s/labeled/m/bf16-head-in-bf16/speedup" not in v  # another CPU: no speed-up
     assert v["precision/target_speedup"] == "1.5" and v["precision/target_auc_change"] == "0.005"
+
+
+def test_the_readme_bench_block_matches_the_committed_measurements(monkeypatch):
+    from benchmark.bench import precision as bench
+
+    block = (REPO / "README.md").read_text().split(bench.START + "\n", 1)[1].split(bench.END, 1)[0]
+    monkeypatch.chdir(REPO)  # the block names the files by their paths from the repository root
+    assert block == bench.readme_block([Path("results/perf/vnni/precision.json"), Path("results/perf/precision.json")])

@@ -332,7 +332,7 @@ def fp32_head(lm: nn.Module) -> int:
     for _, parent in list(lm.named_modules()):
         head = parent._modules.get("lm_head")  # its own child (wrappers forward getattr to the model)
         if isinstance(head, nn.Linear):
-            setattr(parent, "lm_head", Fp32Head(head))
+            parent.lm_head = Fp32Head(head)
             n += 1
     return n
 
