@@ -20,7 +20,6 @@ Run: ``python -m benchmark.results.precision [results/runs] [--doc docs/precisio
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 import sys
@@ -28,9 +27,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from benchmark.results.documents import records_document_main
 from benchmark.results.leaderboard import _clean_text, _md_cell, load_runs, read_predictions_bounded
 from benchmark.results.tables import SIGNIFICANCE_METRIC, kind_of
-from benchmark.util import write_marked_block
 
 START, END = "<!-- precision-ablation:start -->", "<!-- precision-ablation:end -->"
 TARGET_SPEEDUP, TARGET_AUC_CHANGE = 1.5, 0.005
@@ -118,6 +117,17 @@ def compare(runs: list[tuple[dict[str, Any], Path]]) -> list[dict[str, Any]]:
         key, opt = _table_key(rec), option_of(rec)
         if key is not None and opt is not None:
             groups[key].append((rec, folder, opt))
+    cache: dict[tuple[str, bool], dict[Any, Any]] = {}
+
+    def outputs(rec: dict[str, Any], folder: Path, labeled: bool) -> dict[Any, Any]:
+        if (str(folder), labeled) not in cache:
+            try:
+                cache[str(folder), labeled] = _outputs(folder, rec, labeled)
+            except Exception as e:  # noqa: BLE001 - predictions come from strangers: a verdict, not a traceback
+                print(f"{folder}: predictions not compared ({_clean_text(e) or type(e).__name__})", file=sys.stderr)
+                cache[str(folder), labeled] = {}
+        return cache[str(folder), labeled]
+
     out: list[dict[str, Any]] = []
     for key, members in sorted(groups.items()):
         if not any(o not in (REFERENCE, MODEL_DTYPE) for _, _, o in members):
@@ -129,16 +139,6 @@ def compare(runs: list[tuple[dict[str, Any], Path]]) -> list[dict[str, Any]]:
         for rec, folder, opt in sorted(members, key=lambda m: m[2] != REFERENCE):
             if opt in (REFERENCE, MODEL_DTYPE) and rec["seed"] not in refs:  # an explicit @fp32 run first
                 refs[rec["seed"]] = (rec, folder)
-        cache: dict[str, dict[Any, Any]] = {}
-
-        def outputs(rec: dict[str, Any], folder: Path) -> dict[Any, Any]:
-            if str(folder) not in cache:
-                try:
-                    cache[str(folder)] = _outputs(folder, rec, labeled)
-                except Exception as e:  # noqa: BLE001 - predictions come from strangers: a verdict, not a traceback
-                    print(f"{folder}: predictions not compared ({_clean_text(e) or type(e).__name__})", file=sys.stderr)
-                    cache[str(folder)] = {}
-            return cache[str(folder)]
 
         rows: list[dict[str, Any]] = []
         summary: dict[str, dict[str, Any]] = defaultdict(lambda: {"change": [], "speedup": []})
@@ -156,7 +156,7 @@ def compare(runs: list[tuple[dict[str, Any], Path]]) -> list[dict[str, Any]]:
                 cpu_mine, cpu_ref = _num(_dig(rec, "efficiency", "eval_cpu_seconds")), _num(_dig(ref[0], "efficiency", "eval_cpu_seconds"))
                 if cpu_mine and cpu_ref and _cpu(rec) is not None and _cpu(rec) == _cpu(ref[0]):
                     speed = cpu_ref / cpu_mine
-                moved = _moved(outputs(rec, folder), outputs(*ref), labeled)
+                moved = _moved(outputs(rec, folder, labeled), outputs(*ref, labeled), labeled)
                 if change is not None:
                     summary[opt]["change"].append(change)
                 if speed is not None:
@@ -248,24 +248,9 @@ def document(runs_dir: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmark.results.precision", description=__doc__.split("\n")[0])
-    parser.add_argument("runs", nargs="?", default="results/runs", help="folder of run records")
-    parser.add_argument("--doc", help="markdown file whose precision-ablation block is rewritten")
-    args = parser.parse_args(argv)
-    runs_dir = Path(args.runs)
-    if not runs_dir.is_dir() or runs_dir.is_symlink():
-        print(f"error: {runs_dir}: not a folder of run records", file=sys.stderr)
-        return 2
-    text = document(runs_dir)
-    if args.doc:
-        try:
-            write_marked_block(args.doc, START, END, text)
-        except (OSError, ValueError) as e:
-            print(f"error: {_clean_text(e)}", file=sys.stderr)
-            return 2
-    else:
-        sys.stdout.write(text)
-    return 0
+    return records_document_main(
+        argv, "python -m benchmark.results.precision", __doc__.split("\n")[0], "precision-ablation", document, START, END
+    )
 
 
 if __name__ == "__main__":

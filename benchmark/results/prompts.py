@@ -19,7 +19,6 @@ Run: ``python -m benchmark.results.prompts [results/runs] [--doc docs/prompts.md
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from collections import Counter, defaultdict
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.eval.significance import holm, paired_pvalue
+from benchmark.results.documents import records_document_main
 from benchmark.results.leaderboard import (
     _clean_text,
     _md_cell,
@@ -35,7 +35,6 @@ from benchmark.results.leaderboard import (
     read_predictions_bounded,
 )
 from benchmark.results.tables import SIGNIFICANCE_METRIC, kind_of
-from benchmark.util import write_marked_block
 
 START, END = "<!-- prompt-ablations:start -->", "<!-- prompt-ablations:end -->"
 MODELS = ("tallrec_zeroshot", "tallrec_pool", "llm_rerank")
@@ -172,20 +171,9 @@ def document(runs_dir: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmark.results.prompts", description=__doc__.split("\n")[0])
-    parser.add_argument("runs", nargs="?", default="results/runs", help="folder of run records")
-    parser.add_argument("--doc", help="markdown file whose prompt-ablations block is rewritten")
-    args = parser.parse_args(argv)
-    runs_dir = Path(args.runs)
-    if not runs_dir.is_dir() or runs_dir.is_symlink():
-        print(f"error: {runs_dir}: not a folder of run records", file=sys.stderr)
-        return 2
-    text = document(runs_dir)
-    if args.doc:
-        write_marked_block(args.doc, START, END, text)
-    else:
-        sys.stdout.write(text)
-    return 0
+    return records_document_main(
+        argv, "python -m benchmark.results.prompts", __doc__.split("\n")[0], "prompt-ablations", document, START, END
+    )
 
 
 if __name__ == "__main__":

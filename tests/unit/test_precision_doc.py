@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmark.results.precision import END, START, document, main, option_of, tables
+from benchmark.results.precision import END, START, document, option_of, tables
 from benchmark.results.record import encode_predictions
 
 REPO = Path(__file__).resolve().parents[2]
@@ -114,22 +114,6 @@ def test_the_committed_precision_document_matches_the_committed_records():
     doc = (REPO / "docs" / "precision.md").read_text()
     block = doc.split(START, 1)[1].split(END, 1)[0]
     assert block == "\n" + document(REPO / "results" / "runs")
-
-
-def test_cli_refuses_a_missing_folder_a_link_or_a_file_without_markers(tmp_path):
-    doc = tmp_path / "doc.md"
-    doc.write_text(f"x\n{START}\nold\n{END}\n")
-    assert main([str(tmp_path / "missing"), "--doc", str(doc)]) == 2
-    (tmp_path / "runs").mkdir()
-    (tmp_path / "link").symlink_to(tmp_path / "runs")
-    assert main([str(tmp_path / "link"), "--doc", str(doc)]) == 2
-    assert doc.read_text() == f"x\n{START}\nold\n{END}\n"
-    plain = tmp_path / "plain.md"
-    plain.write_text("no markers\n")
-    assert main([str(tmp_path / "runs"), "--doc", str(plain)]) == 2
-    assert plain.read_text() == "no markers\n"
-    assert main([str(tmp_path / "runs"), "--doc", str(doc)]) == 0  # no records: an empty block
-    assert doc.read_text() == f"x\n{START}\n{END}\n"
 
 
 def test_paper_values_name_each_option_summary(tmp_path):
