@@ -108,7 +108,10 @@ def predict(
         return Predictions(
             rows, scores=out, probabilities=outputs_probabilities(model), extra=extra, row_facts=facts or None
         )
-    row_facts = model.answer_facts(rows) if ev.protocol == "candidates" and answers_candidates(model) else None
+    if ev.protocol == "candidates":
+        row_facts = model.answer_facts(rows) if answers_candidates(model) else None
+    else:  # a model may say per row how it ranked (model=llm_rerank_pool: group, template, every template's scores)
+        row_facts = model.row_facts(rows) if callable(getattr(model, "row_facts", None)) else None
     return Predictions(rows, ranked=out, extra=extra, row_facts=row_facts or None)
 
 

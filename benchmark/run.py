@@ -317,16 +317,23 @@ def _evaluate(
     view = _candidates_view(job, model, split, rows, pred) if job.ev.also_candidates else None
     pool = (pred.extra or {}).get("prompt_pool")
     if pool and pool.get("compare") and pred.row_facts:  # the bandit against its baselines, same rows
-        facts = {**facts, "prompt_pool": pool_comparison(pred, pool)}
+        facts = {**facts, "prompt_pool": pool_comparison(pred, pool, split.item_ids)}
     return Evaluated(pred, metrics, sizes, facts, time.perf_counter() - t0, view, time.process_time() - c0)
 
 
-def pool_comparison(pred: Any, pool: dict[str, Any]) -> dict[str, Any] | None:
+def pool_comparison(pred: Any, pool: dict[str, Any], item_ids: Any) -> dict[str, Any] | None:
     """The prompt pool's policies on the test rows, from the per-row facts the model returned."""
-    from benchmark.eval.pool import comparison_from_lines
+    from benchmark.eval.pool import comparison_from_lines, rank_comparison_from_lines
 
-    lines = [{"label": int(y), "prompt": f} for y, f in zip(pred.rows.labels, pred.row_facts, strict=True)]
     arm_ids = [t["id"] for t in pool["templates"]]
+    if pool.get("metric") == "ndcg@10":  # the reranker's pool: each user's targets and candidates' scores
+        rows, iid = pred.rows, item_ids
+        lines = [
+            {"targets": [str(iid[t]) for t in rows.targets[rows.target_ptr[r] : rows.target_ptr[r + 1]]], "prompt": f}
+            for r, f in enumerate(pred.row_facts)
+        ]
+        return rank_comparison_from_lines(lines, arm_ids, pool["feedback"]["best_on_feedback"], pool["seed"])
+    lines = [{"label": int(y), "prompt": f} for y, f in zip(pred.rows.labels, pred.row_facts, strict=True)]
     return comparison_from_lines(lines, arm_ids, pool["feedback"]["best_on_valid"], pool["seed"])
 
 

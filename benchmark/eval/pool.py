@@ -11,22 +11,61 @@ the template that was best on the feedback (valid) rows. Output, AUC over all ro
 - ``oracle_per_group``: per group, the template with the best AUC on that group's TEST rows
   (the best template overall for a group with one class): chosen on the test labels, so an upper
   bound of per-group selection, not a method.
+
+The listwise reranker's pool (``model=llm_rerank_pool``) is compared the same way on its test
+users (:func:`compare_rank_policies`): per user, each template's order of the user's candidates
+(its scores, stored in the predictions line) gives an NDCG@10 against the user's targets, and each
+policy's value is the mean over users; the template best on the feedback tasks (train part) takes
+the place of the one best on valid.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from benchmark.eval.metrics import auc
+from benchmark.eval.metrics import auc, ndcg_at_k
 
 ORACLE_NOTE = "per group, the template best on that group's test labels: an upper bound, not a method"
+ORACLE_NOTE_RANK = "per group, the template best on that group's test targets: an upper bound, not a method"
+RANK_K = 10
 
 
 def _r(x: float) -> float | None:
     return None if np.isnan(x) else round(float(x), 6)
+
+
+def _policies(
+    value: Callable[[np.ndarray, np.ndarray], float],
+    n: int,
+    arms: int,
+    groups: np.ndarray,
+    chosen: np.ndarray,
+    arm_ids: Sequence[str],
+    seed: int,
+) -> dict[str, Any]:
+    """The policies' values on the same rows; ``value(rows, arm_per_row)`` is the metric of ``rows``
+    each scored by its arm. Returns bandit, single, random, the arm best overall and the oracle."""
+    rows = np.arange(n)
+    single = [value(rows, np.full(n, a)) for a in range(arms)]
+    random_arm = np.random.default_rng([int(seed) % (2**63), 7_211]).integers(arms, size=n)
+    best_overall = 0 if np.isnan(single).all() else int(np.nanargmax(single))
+    per_group: dict[str, str] = {}
+    oracle = np.full(n, best_overall)
+    for g in np.unique(groups):
+        sel = np.flatnonzero(groups == g)
+        values = [value(sel, np.full(len(sel), a)) for a in range(arms)]
+        a = best_overall if np.isnan(values).all() else int(np.nanargmax(values))
+        per_group[str(int(g))] = arm_ids[a]
+        oracle[sel] = a
+    return {
+        "bandit": _r(value(rows, chosen)),
+        "single": {tid: _r(x) for tid, x in zip(arm_ids, single, strict=True)},
+        "random": _r(value(rows, random_arm)),
+        "oracle": (_r(value(rows, oracle)), per_group),
+    }
 
 
 def compare_policies(
@@ -51,26 +90,45 @@ def compare_policies(
     """
     labels = np.asarray(labels).astype(int)
     n, arms = scores.shape
-    rows = np.arange(n)
-    single = [auc(labels, scores[:, a]) for a in range(arms)]
-    random_arm = np.random.default_rng([int(seed) % (2**63), 7_211]).integers(arms, size=n)
-    best_overall = 0 if np.isnan(single).all() else int(np.nanargmax(single))
-    per_group: dict[str, str] = {}
-    oracle = scores[:, best_overall].copy()
-    for g in np.unique(groups):
-        sel = groups == g
-        values = [auc(labels[sel], scores[sel, a]) for a in range(arms)]
-        a = best_overall if np.isnan(values).all() else int(np.nanargmax(values))
-        per_group[str(int(g))] = arm_ids[a]
-        oracle[sel] = scores[sel, a]
-    b = list(arm_ids).index(best_on_valid)
+    p = _policies(lambda rows, arm: auc(labels[rows], scores[rows, arm]), n, arms, groups, chosen, arm_ids, seed)
+    oracle, per_group = p["oracle"]
     return {
         "rows": int(n),
-        "bandit": _r(auc(labels, scores[rows, chosen])),
-        "single": {tid: _r(x) for tid, x in zip(arm_ids, single, strict=True)},
-        "best_on_valid": {"template": best_on_valid, "auc": _r(single[b])},
-        "random": _r(auc(labels, scores[rows, random_arm])),
-        "oracle_per_group": {"auc": _r(auc(labels, oracle)), "templates": per_group, "note": ORACLE_NOTE},
+        "bandit": p["bandit"],
+        "single": p["single"],
+        "best_on_valid": {"template": best_on_valid, "auc": p["single"][best_on_valid]},
+        "random": p["random"],
+        "oracle_per_group": {"auc": oracle, "templates": per_group, "note": ORACLE_NOTE},
+    }
+
+
+def rank_gain(order: Sequence[Any], targets: Sequence[Any], k: int = RANK_K) -> float:
+    """NDCG@k of one ranked list against its targets (gain 1/log2(rank + 1), rank 1-based)."""
+    hits = np.isin(np.asarray(list(order)[:k], dtype=object), np.asarray(list(targets), dtype=object))
+    return float(ndcg_at_k(hits[None, :].astype(float), np.array([len(targets)]), k)[0])
+
+
+def compare_rank_policies(
+    gains: np.ndarray, groups: np.ndarray, chosen: np.ndarray, arm_ids: Sequence[str], best_on_feedback: str, seed: int
+) -> dict[str, Any]:
+    """Mean NDCG@10 over users of every policy of the reranker's pool (see the module docstring).
+
+    Args:
+        gains: [N, arms] NDCG@10 of each user's candidates in each template's order.
+        groups, chosen, arm_ids, seed: as :func:`compare_policies`.
+        best_on_feedback: id of the template best on the feedback (train) tasks.
+    """
+    n, arms = gains.shape
+    p = _policies(lambda rows, arm: float(gains[rows, arm].mean()) if len(rows) else float("nan"), n, arms, groups, chosen, arm_ids, seed)
+    oracle, per_group = p["oracle"]
+    return {
+        "rows": int(n),
+        "metric": f"ndcg@{RANK_K}",
+        "bandit": p["bandit"],
+        "single": p["single"],
+        "best_on_feedback": {"template": best_on_feedback, f"ndcg@{RANK_K}": p["single"][best_on_feedback]},
+        "random": p["random"],
+        "oracle_per_group": {f"ndcg@{RANK_K}": oracle, "templates": per_group, "note": ORACLE_NOTE_RANK},
     }
 
 
@@ -94,3 +152,35 @@ def comparison_from_lines(lines: Sequence[dict[str, Any]], arm_ids: Sequence[str
         raise ValueError(f"a predictions line names an unknown template or group ({e})") from None
     labels = np.array([int(ln["label"]) for ln in lines])
     return compare_policies(labels, groups, chosen, scores, arm_ids, best_on_valid, seed)
+
+
+def rank_comparison_from_lines(
+    lines: Sequence[dict[str, Any]], arm_ids: Sequence[str], best_on_feedback: str, seed: int
+) -> dict[str, Any] | None:
+    """:func:`compare_rank_policies` from ranking predictions lines (``targets`` and ``prompt``:
+    group, template, the user's ``candidates`` and every template's ``scores`` of them; a template's
+    order sorts the candidates by its score, ties in the listed order); None when the lines carry
+    no per-template scores. Raises ValueError on a line whose prompt facts do not fit ``arm_ids``."""
+    facts = [ln.get("prompt") for ln in lines]
+    if not facts or not all(isinstance(f, dict) and isinstance(f.get("scores"), list) for f in facts):
+        return None
+    index = {tid: a for a, tid in enumerate(arm_ids)}
+    if best_on_feedback not in index:
+        raise ValueError(f"best_on_feedback template {best_on_feedback!r} is not in the pool")
+    gains = np.zeros((len(lines), len(arm_ids)))
+    try:
+        chosen = np.array([index[f["template"]] for f in facts], dtype=np.int64)
+        groups = np.array([int(f["group"]) for f in facts], dtype=np.int64)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"a predictions line names an unknown template or group ({e})") from None
+    for r, (ln, f) in enumerate(zip(lines, facts, strict=True)):
+        cands = f.get("candidates")
+        if not isinstance(cands, list) or not isinstance(ln.get("targets"), list):
+            raise ValueError(f"predictions line {r + 1}: no candidate list or targets")
+        scores = np.array(f["scores"], dtype=float)
+        if scores.shape != (len(arm_ids), len(cands)) or not np.isfinite(scores).all():
+            raise ValueError(f"predictions line {r + 1}: per-template scores are not one finite score per template and candidate")
+        for a in range(len(arm_ids)):
+            order = [cands[j] for j in np.argsort(-scores[a], kind="stable")]
+            gains[r, a] = rank_gain(order, ln["targets"])
+    return compare_rank_policies(gains, groups, chosen, arm_ids, best_on_feedback, seed)

@@ -382,14 +382,8 @@ class LLMRerank(nn.Module):
             positions.append(pos)
         if not todo:
             return
-        if self.scorer is not None:  # precision=vllm: prompt log-probabilities from vLLM
-            lps = self.scorer.continuation_logprobs(prompts, tails)
-        else:
-            lps = shared_prefix_logprobs(self.lm, prompts, tails, self.tokenizer.pad_token_id)
-        for u, lp, t, pos in zip(todo, lps, tails, positions, strict=True):
-            lp = lp.numpy().astype(np.float64)
-            if self.length_norm:
-                lp = lp / np.array([len(x) for x in t])
+        # users come user_batch_size at a time (score): one pass; precision=vllm: vLLM's log-probabilities
+        for u, lp, pos in zip(todo, self.continuation_scores(prompts, tails), positions, strict=True):
             self._scores[u] = lp
             self._positions[u] = pos
 
@@ -408,11 +402,27 @@ class LLMRerank(nn.Module):
         Returns:
             the rows used: count, part and a digest of their users.
         """
-        pool = example_pool(self._split, self.history, self.like_threshold, self.top_n, self.seed)
+        pool = self.train_tasks()
         picked = draw_rows(len(pool.users), min(int(rows), len(pool.users)), self.seed, stream=CALIBRATION_STREAM)
+        prompts, tails = self.task_prompts(pool, picked)
+        for start in range(0, len(prompts), self.user_batch_size):
+            end = start + self.user_batch_size
+            shared_prefix_logprobs(self.lm, prompts[start:end], tails[start:end], self.tokenizer.pad_token_id)
+        return {"rows": len(picked), "part": "train", "digest": rows_digest(pool.users[picked])}
+
+    def train_tasks(self) -> ExamplePool:
+        """One listwise task per train user, with ``top_n`` candidates
+        (:func:`benchmark.models.components.listwise_icl.example_pool`: the user's last train item
+        among items it never interacted with in train, after its history before that item)."""
+        return example_pool(self._split, self.history, self.like_threshold, self.top_n, self.seed)
+
+    def task_prompts(self, pool: ExamplePool, picked: Sequence[int]) -> tuple[list[list[int]], list[list[list[int]]]]:
+        """Token ids of the prompts of the tasks ``picked`` of ``pool`` (the current template, in-context
+        examples and history budget) and of each task's candidate answers, in its shown order. The
+        evaluation's prompt statistics are left as they were."""
         saved = (list(self._token_stats), list(self._history_stats), self.example_prompt)
+        prompts, tails = [], []
         try:
-            prompts, tails = [], []
             for p in picked:
                 hist, likes, shown = pool.hist[p], pool.likes[p], pool.shown[p]
                 examples = self._examples_for(int(pool.users[p]))
@@ -425,12 +435,24 @@ class LLMRerank(nn.Module):
                 ]
                 prompts.append(conts[0][0])
                 tails.append([c[1] for c in conts])
-            for start in range(0, len(prompts), self.user_batch_size):
-                end = start + self.user_batch_size
-                shared_prefix_logprobs(self.lm, prompts[start:end], tails[start:end], self.tokenizer.pad_token_id)
         finally:
             self._token_stats, self._history_stats, self.example_prompt = saved
-        return {"rows": len(picked), "part": "train", "digest": rows_digest(pool.users[picked])}
+        return prompts, tails
+
+    def continuation_scores(self, prompts: list[list[int]], tails: list[list[list[int]]]) -> list[np.ndarray]:
+        """Per prompt, each tail's summed log-probability (divided by its length with ``length_norm``),
+        ``user_batch_size`` prompts per pass, as the evaluation scores candidates."""
+        out = []
+        for start in range(0, len(prompts), self.user_batch_size):
+            ps, ts = prompts[start : start + self.user_batch_size], tails[start : start + self.user_batch_size]
+            if self.scorer is not None:
+                lps = self.scorer.continuation_logprobs(ps, ts)
+            else:
+                lps = shared_prefix_logprobs(self.lm, ps, ts, self.tokenizer.pad_token_id)
+            for lp, t in zip(lps, ts, strict=True):
+                lp = lp.numpy().astype(np.float64)
+                out.append(lp / np.array([len(x) for x in t]) if self.length_norm else lp)
+        return out
 
     @torch.no_grad()
     def score(self, users: torch.Tensor) -> torch.Tensor:

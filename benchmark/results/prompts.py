@@ -37,8 +37,18 @@ from benchmark.results.leaderboard import (
 from benchmark.results.tables import SIGNIFICANCE_METRIC, kind_of
 
 START, END = "<!-- prompt-ablations:start -->", "<!-- prompt-ablations:end -->"
-MODELS = ("tallrec_zeroshot", "tallrec_pool", "llm_rerank")
-DEFAULT_TEMPLATE = {"tallrec_zeroshot": "tallrec", "tallrec_pool": "tallrec", "llm_rerank": "rerank_listwise"}
+MODELS = ("tallrec_zeroshot", "tallrec_pool", "llm_rerank", "llm_rerank_pool")
+DEFAULT_TEMPLATE = {
+    "tallrec_zeroshot": "tallrec",
+    "tallrec_pool": "tallrec",
+    "llm_rerank": "rerank_listwise",
+    "llm_rerank_pool": "rerank_listwise",
+}
+# The prompt pools' comparisons: (model, metric key, where the fixed choice was made, title)
+POOLS = (
+    ("tallrec_pool", "auc", "best_on_valid", "test AUC, same rows", "best on valid", "random per request", "test labels"),
+    ("llm_rerank_pool", "ndcg@10", "best_on_feedback", "test NDCG@10, same users", "best on train feedback", "random per user", "test targets"),
+)
 ALPHA = 0.05
 
 
@@ -122,40 +132,45 @@ def _pool_groups(folder: Path, rec: dict[str, Any]) -> dict[str, tuple[str, floa
 
 
 def pool_table(runs: list[tuple[dict[str, Any], Path]]) -> str:
-    """Markdown: every prompt-pool run's comparison (record ``eval.prompt_pool``) and its choices per group."""
-    lines = []
-    for rec, folder in sorted(runs, key=lambda x: (str(x[0]["model"].get("label")), x[0]["seed"])):
-        cmp = (rec.get("eval") or {}).get("prompt_pool")
-        if rec["model"].get("name") != "tallrec_pool" or not isinstance(cmp, dict):
-            continue
-        try:
-            groups = _pool_groups(folder, rec)
-        except Exception as e:  # noqa: BLE001 - predictions come from strangers: a verdict, not a traceback
-            groups = {}
-            print(f"{folder}: no per-group choices ({_clean_text(e) or type(e).__name__})", file=sys.stderr)
-        single = cmp.get("single") if isinstance(cmp.get("single"), dict) else {}
-        best_single = max((v for v in single.values() if isinstance(v, (int, float))), default=None)
-        bov = cmp.get("best_on_valid") if isinstance(cmp.get("best_on_valid"), dict) else {}
-        oracle = cmp.get("oracle_per_group") if isinstance(cmp.get("oracle_per_group"), dict) else {}
+    """Markdown: every prompt-pool run's comparison (record ``eval.prompt_pool``) and its choices per
+    group, one table per pool model (the TALLRec-style scorer's in AUC, the reranker's in NDCG@10)."""
+    out = []
+    for model, metric, fixed_key, unit, fixed_name, random_name, oracle_on in POOLS:
+        lines = []
+        for rec, folder in sorted(runs, key=lambda x: (str(x[0]["model"].get("label")), x[0]["seed"])):
+            cmp = (rec.get("eval") or {}).get("prompt_pool")
+            if rec["model"].get("name") != model or not isinstance(cmp, dict):
+                continue
+            try:
+                groups = _pool_groups(folder, rec)
+            except Exception as e:  # noqa: BLE001 - predictions come from strangers: a verdict, not a traceback
+                groups = {}
+                print(f"{folder}: no per-group choices ({_clean_text(e) or type(e).__name__})", file=sys.stderr)
+            single = cmp.get("single") if isinstance(cmp.get("single"), dict) else {}
+            best_single = max((v for v in single.values() if isinstance(v, (int, float))), default=None)
+            fixed = cmp.get(fixed_key) if isinstance(cmp.get(fixed_key), dict) else {}
+            oracle = cmp.get("oracle_per_group") if isinstance(cmp.get("oracle_per_group"), dict) else {}
 
-        def num(x: Any) -> str:
-            return f"{x:.4f}" if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else "-"
+            def num(x: Any) -> str:
+                return f"{x:.4f}" if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else "-"
 
-        lines.append(
-            f"| {_md_cell(_clean_text(rec['model'].get('label'), 60))} | {rec['seed']} | {num(cmp.get('bandit'))} "
-            f"| {_md_cell(_clean_text(bov.get('template'), 30))} {num(bov.get('auc'))} | {num(cmp.get('random'))} "
-            f"| {num(best_single)} | {num(oracle.get('auc'))} "
-            f"| {_md_cell('; '.join(f'{g}: {t} ({s:.0%})' for g, (t, s) in groups.items())) or '-'} |"
-        )
-    if not lines:
-        return ""
-    head = [
-        "### Prompt pool: the bandit against its baselines (test AUC, same rows)",
-        "",
-        "| run | seed | bandit | best on valid | random per request | best single template (test) | oracle per group (test labels) | most chosen per group |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    return "\n".join([*head, *lines, ""])
+            lines.append(
+                f"| {_md_cell(_clean_text(rec['model'].get('label'), 60))} | {rec['seed']} | {num(cmp.get('bandit'))} "
+                f"| {_md_cell(_clean_text(fixed.get('template'), 30))} {num(fixed.get(metric))} | {num(cmp.get('random'))} "
+                f"| {num(best_single)} | {num(oracle.get(metric))} "
+                f"| {_md_cell('; '.join(f'{g}: {t} ({s:.0%})' for g, (t, s) in groups.items())) or '-'} |"
+            )
+        if lines:
+            out += [
+                f"### Prompt pool (`{model}`): the bandit against its baselines ({unit})",
+                "",
+                f"| run | seed | bandit | {fixed_name} | {random_name} | best single template (test) "
+                f"| oracle per group ({oracle_on}) | most chosen per group |",
+                "|---|---|---|---|---|---|---|---|",
+                *lines,
+                "",
+            ]
+    return "\n".join(out)
 
 
 def document(runs_dir: Path) -> str:

@@ -224,8 +224,9 @@ def prediction_lines(pred: Predictions, split: Split) -> list[dict[str, Any]]:
             )
             if pred.view is not None:  # eval.also_candidates: the row's candidates, best first
                 lines[-1]["ranked_candidates"] = [str(iid[i]) if i >= 0 else None for i in pred.view.ranked[r]]
-            if pred.row_facts is not None:  # a generative model's answer to the candidate list
-                lines[-1]["answer"] = pred.row_facts[r]
+            if pred.row_facts is not None:  # a generative model's answer to the candidate list, or
+                # how the reranker's prompt pool scored the user (model=llm_rerank_pool)
+                lines[-1]["prompt" if "prompt_pool" in (pred.extra or {}) else "answer"] = pred.row_facts[r]
     else:
         rows_l: LabeledRows = pred.rows
         for r in range(len(rows_l)):

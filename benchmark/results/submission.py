@@ -383,11 +383,16 @@ def _check_pool(report: Report, record: dict[str, Any], lines: list[Any]) -> Non
     from benchmark.eval.pool import comparison_from_lines
 
     pool = (record.get("model") or {}).get("prompt_pool")
+    rank = isinstance(pool, dict) and pool.get("metric") == "ndcg@10"  # the reranker's pool
+    best_key = "best_on_feedback" if rank else "best_on_valid"
     try:
         arm_ids = [str(t["id"]) for t in pool["templates"]]
-        best, seed = str(pool["feedback"]["best_on_valid"]), int(pool["seed"])
+        best, seed = str(pool["feedback"][best_key]), int(pool["seed"])
     except (KeyError, TypeError, ValueError):
-        raise Rejected("prompt_pool", "record.model.prompt_pool lacks templates, feedback.best_on_valid or seed") from None
+        raise Rejected("prompt_pool", f"record.model.prompt_pool lacks templates, feedback.{best_key} or seed") from None
+    if rank:
+        _check_rank_pool(report, record, lines, arm_ids, best, seed)
+        return
     for n, ln in enumerate(lines):
         facts = ln.get("prompt") if isinstance(ln, dict) else None
         try:
@@ -399,6 +404,34 @@ def _check_pool(report: Report, record: dict[str, Any], lines: list[Any]) -> Non
     try:
         again = comparison_from_lines(lines, arm_ids, best, seed)
     except (ValueError, TypeError) as e:  # ragged or non-numeric per-template scores
+        raise Rejected("prompt_pool", str(e)[:200]) from None
+    if again != record["eval"]["prompt_pool"]:
+        raise Rejected("prompt_pool", "the policy comparison does not recompute from the predictions")
+    report.add("prompt_pool", True)
+
+
+def _check_rank_pool(report: Report, record: dict[str, Any], lines: list[Any], arm_ids: list[str], best: str, seed: int) -> None:
+    """The reranker's pool: each line's ranked list starts with the user's candidates in the order of
+    its chosen template's scores, and the policy comparison is recomputed from the lines."""
+    from benchmark.eval.pool import rank_comparison_from_lines
+
+    for n, ln in enumerate(lines):
+        facts = ln.get("prompt") if isinstance(ln, dict) else None
+        try:
+            cands = [str(c) for c in facts["candidates"]]
+            mine = [float(x) for x in facts["scores"][arm_ids.index(facts["template"])]]
+            head = [str(x) for x in ln["ranked"][: len(cands)]]
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+            raise Rejected("prompt_pool", f"predictions line {n + 1}: no chosen template with its candidates' scores") from None
+        by_item = dict(zip(cands, mine, strict=False))
+        if len(mine) != len(cands) or sorted(head) != sorted(cands) or len(set(cands)) != len(cands):
+            raise Rejected("prompt_pool", f"predictions line {n + 1}: the ranked list does not start with the candidates")
+        ordered = [by_item[c] for c in head]
+        if any(b > a + 1e-6 for a, b in zip(ordered, ordered[1:], strict=False)):
+            raise Rejected("prompt_pool", f"predictions line {n + 1}: the ranked list is not the chosen template's order")
+    try:
+        again = rank_comparison_from_lines(lines, arm_ids, best, seed)
+    except (ValueError, TypeError) as e:
         raise Rejected("prompt_pool", str(e)[:200]) from None
     if again != record["eval"]["prompt_pool"]:
         raise Rejected("prompt_pool", "the policy comparison does not recompute from the predictions")

@@ -276,6 +276,58 @@ def test_prompt_pool_run_validates_and_its_comparison_cannot_be_forged(tiny_dir,
     assert not report.ok and report.checks[-1].name == "prompt_pool", report.summary()
 
 
+def test_rerank_pool_run_validates_and_its_order_and_comparison_cannot_be_forged(tiny_dir, tmp_path, lm_dir):
+    from benchmark.results.submission import validate
+    from tests.smoke.test_submission import _copy, _edit_record, _rewrite_predictions
+
+    llm4rec("run", "model=pop", *tiny_args(tiny_dir, tmp_path))
+    (first,) = runs(tmp_path)
+    args = [
+        "model=llm_rerank_pool",
+        f"model.module.first_stage={first}",
+        f"model.module.backbone={lm_dir}",
+        "model.module.feedback_users=8",
+        "model.module.n_groups=2",
+        "model.module.top_n=5",
+        "eval.test_users=12",
+        *tiny_args(tiny_dir, tmp_path),
+    ]
+    llm4rec("run", *args)
+    (run_dir,) = [d for d in runs(tmp_path) if d != first]
+    rec = assert_metrics_recompute(run_dir)
+    assert rec["model"]["label"] == "llm_rerank-pool-thompson-activity2-top5-first_stage"
+    pool, comparison = rec["model"]["prompt_pool"], rec["eval"]["prompt_pool"]
+    assert [t["id"] for t in pool["templates"]] == ["listwise", "role", "json", "terse"]
+    assert pool["feedback"]["part"] == "train" and pool["feedback"]["rows"] == 8
+    assert sum(pool["test_choices"].values()) == rec["eval"]["rows"] == comparison["rows"] == 12
+    # the bandit's value in the comparison is the run's own NDCG@10 (the same lists)
+    assert comparison["bandit"] == pytest.approx(rec["metrics"]["test/ndcg@10"], abs=1e-6)
+    assert validate(run_dir, data_path=tiny_dir).ok
+    # a line ranked in another template's order, and a forged comparison, are verdicts
+    def swap(lines):
+        out = []
+        for i, ln in enumerate(lines):
+            if i == 0:
+                facts = ln["prompt"]
+                others = [t for t in ("listwise", "role", "json", "terse") if t != facts["template"]]
+                order = {tid: sorted(facts["candidates"], key=lambda c, a=a: -facts["scores"][a][facts["candidates"].index(c)]) for a, tid in enumerate(("listwise", "role", "json", "terse"))}
+                other = next((t for t in others if order[t] != order[facts["template"]]), None)
+                assert other is not None, "every template ordered the first user's candidates alike"
+                ln = {**ln, "ranked": order[other] + ln["ranked"][len(order[other]) :]}
+            out.append(ln)
+        return out
+
+    forged = _copy(run_dir, tmp_path / "forged")
+    _rewrite_predictions(forged, swap)
+    report = validate(forged, data_path=tiny_dir)
+    assert not report.ok and report.checks[-1].name == "prompt_pool", report.summary()
+    assert "not the chosen template's order" in report.summary()
+    lied = _copy(run_dir, tmp_path / "lied")
+    _edit_record(lied, lambda r: r["eval"]["prompt_pool"].update(bandit=1.0))
+    report = validate(lied, data_path=tiny_dir)
+    assert not report.ok and report.checks[-1].name == "prompt_pool", report.summary()
+
+
 def test_chain_of_thought_run_keeps_each_rows_reasoning_and_validates(tiny_dir, tmp_path, lm_dir):
     from benchmark.results.submission import validate
     from tests.smoke.test_submission import _lines
