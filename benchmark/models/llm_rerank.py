@@ -24,6 +24,7 @@ shared by its N candidates.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,10 @@ class LLMRerank(nn.Module):
         icl_select: how they are chosen: ``random``, ``similar`` or ``diverse``.
         icl_candidates: candidates listed per example (its answer among them).
         icl_history: history items shown per example.
+        score_cache: read and write each candidate's answer log-probability in a disk cache
+            (:mod:`~benchmark.models.components.score_cache`; the weights are never trained), so a
+            rerun, another bandit over the same template pool or another seed's shared prompts run
+            no LM again; the record states how many were read and computed.
     """
 
     def __init__(
@@ -194,8 +199,14 @@ class LLMRerank(nn.Module):
         icl_select: str = "random",
         icl_candidates: int = 5,
         icl_history: int = 5,
+        score_cache: bool = False,
     ) -> None:
         super().__init__()
+        if not isinstance(score_cache, bool):
+            raise ConfigError(f"model.module.score_cache: true or false, got {score_cache!r}")
+        self.score_cache = score_cache
+        self._score_store: Any = None  # the cache of the current weights (its counts go in the record)
+        self._score_marker = ""
         check_listwise(icl_shots, icl_select, icl_candidates, icl_history)
         check_history_fit(history_select, history_budget, HISTORY_SELECT)
         if history_select == "relevant" and history_budget is None:
@@ -441,18 +452,53 @@ class LLMRerank(nn.Module):
 
     def continuation_scores(self, prompts: list[list[int]], tails: list[list[list[int]]]) -> list[np.ndarray]:
         """Per prompt, each tail's summed log-probability (divided by its length with ``length_norm``),
-        ``user_batch_size`` prompts per pass, as the evaluation scores candidates."""
-        out = []
-        for start in range(0, len(prompts), self.user_batch_size):
-            ps, ts = prompts[start : start + self.user_batch_size], tails[start : start + self.user_batch_size]
+        ``user_batch_size`` prompts per pass, as the evaluation scores candidates; with
+        ``score_cache`` a prompt whose every tail is cached is not run."""
+        store = self._logprobs_cached()
+        raw: list[np.ndarray | None] = [None] * len(prompts)
+        if store is not None:
+            for j, (p, ts) in enumerate(zip(prompts, tails, strict=True)):
+                got = store.get([[*p, -1, *t] for t in ts])
+                if all(v is not None for v in got):
+                    raw[j] = np.array(got, dtype=np.float64)
+        todo = [j for j in range(len(prompts)) if raw[j] is None]
+        for start in range(0, len(todo), self.user_batch_size):
+            idx = todo[start : start + self.user_batch_size]
+            ps, ts = [prompts[j] for j in idx], [tails[j] for j in idx]
             if self.scorer is not None:
                 lps = self.scorer.continuation_logprobs(ps, ts)
             else:
                 lps = shared_prefix_logprobs(self.lm, ps, ts, self.tokenizer.pad_token_id)
-            for lp, t in zip(lps, ts, strict=True):
-                lp = lp.numpy().astype(np.float64)
-                out.append(lp / np.array([len(x) for x in t]) if self.length_norm else lp)
-        return out
+            for j, lp in zip(idx, lps, strict=True):
+                raw[j] = lp.numpy().astype(np.float64)
+                if store is not None:
+                    store.put([[*prompts[j], -1, *t] for t in tails[j]], raw[j].tolist())
+        if not self.length_norm:
+            return [r for r in raw if r is not None]
+        return [r / np.array([len(x) for x in t]) for r, t in zip(raw, tails, strict=True) if r is not None]
+
+    def _logprobs_cached(self) -> Any:
+        """The disk cache of answer log-probabilities for this backbone as it is now (see
+        :mod:`benchmark.models.components.score_cache`), or None without ``score_cache``. The identity
+        (a digest of the weights, the precision facts and the scoring runtime) is computed again when
+        the precision facts change (a precision option is applied after loading)."""
+        if not self.score_cache:
+            return None
+        from benchmark.models.components.llm import default_cache_dir
+        from benchmark.models.components.score_cache import ScoreCache, weights_digest
+
+        marker = repr(self.lm_facts.get("precision")) + type(self.scorer).__name__
+        if self._score_store is None or self._score_marker != marker:
+            identity = {
+                "scorer": "LLMRerank",
+                "value": "summed log-probability of the answer tokens after the prompt",
+                "weights": weights_digest(self.lm),
+                "precision": self.lm_facts.get("precision"),
+                "runtime": "torch" if self.scorer is None else type(self.scorer).__name__,
+            }
+            self._score_store = ScoreCache(default_cache_dir(), identity, bounds=(-math.inf, 0.0))
+            self._score_marker = marker
+        return self._score_store
 
     @torch.no_grad()
     def score(self, users: torch.Tensor) -> torch.Tensor:
@@ -617,6 +663,7 @@ class LLMRerank(nn.Module):
                 "like_threshold": self.like_threshold,
             },
             **self._prompt_facts(),
+            **({"score_cache": self._score_store.facts()} if self._score_store is not None else {}),
         }
 
     def _prompt_facts(self) -> dict[str, Any]:

@@ -139,3 +139,40 @@ def test_a_tallrec_template_is_refused_in_the_listwise_pool(loo_split, yesno_dat
     pool = {"listwise": load_prompt("rerank_listwise"), "yesno": load_prompt("tallrec")}
     with pytest.raises(ConfigError, match=r"model.module.pool.yesno: a listwise prompt needs the fields"):
         LLMRerankPool(loo_split, yesno_data, pool=pool, first_stage=str(fake_first_stage(tmp_path / "f", loo_split)), backbone=str(rerank_lm))
+
+
+def test_a_second_pool_run_reads_every_answer_log_probability_from_the_cache(loo_split, yesno_data, rerank_lm, tmp_path, monkeypatch):  # noqa: F811
+    """LinUCB after Thompson sampling with the same seed: the same feedback tasks and test prompts,
+    so nothing runs the LM again, and every template's scores equal the first run's."""
+    import benchmark.models.llm_rerank as llm_rerank
+
+    monkeypatch.setenv("LLM4REC_CACHE", str(tmp_path / "cache"))
+    users = torch.tensor([0, 1, 2])
+    first = _pool(loo_split, yesno_data, rerank_lm, tmp_path, score_cache=True)
+    first.score(users)
+    made = first.prediction_facts()["llm"]["score_cache"]
+    assert made["read"] == 0 and made["computed"] == 2 * (6 + 3) * 5  # 2 templates x (6 tasks + 3 users) x 5 candidates
+    monkeypatch.setattr(llm_rerank, "shared_prefix_logprobs", lambda *a, **k: pytest.fail("the LM ran on cached prompts"))
+    again = _pool(loo_split, yesno_data, rerank_lm, tmp_path, score_cache=True, bandit="linucb")
+    again.score(users)
+    read = again.prediction_facts()["llm"]["score_cache"]
+    assert read == {**made, "read": made["computed"], "computed": 0}
+    assert again._replayed["mean_reward"] == first._replayed["mean_reward"]
+    for u in (0, 1, 2):
+        assert again._choices[u]["scores"] == first._choices[u]["scores"]
+
+
+def test_the_log_probability_cache_skips_values_that_are_not_log_probabilities(tmp_path):
+    import json
+
+    from benchmark.models.components.score_cache import ScoreCache, prompt_key
+
+    store = ScoreCache(tmp_path, {"x": 1}, bounds=(-math.inf, 0.0))
+    store.put([[1, 2, -1, 3], [1, 2, -1, 4]], [-0.5, 0.25])  # a positive log-probability is not written
+    lines = [json.dumps({"k": prompt_key([9]), "p": float("nan")}), '{"k": "short", "p": -1.0}', '{"k": ' + '"' + prompt_key([8]) + '", "p": -2.0}']
+    with open(store.path, "a") as f:
+        f.write("\n".join(lines) + "\n")
+    again = ScoreCache(tmp_path, {"x": 1}, bounds=(-math.inf, 0.0))
+    assert again.get([[1, 2, -1, 3], [1, 2, -1, 4], [9], [8]]) == [-0.5, None, None, -2.0]
+    # the split between prompt and answer is part of the key
+    assert prompt_key([1, 2, -1, 3]) != prompt_key([1, -1, 2, 3])

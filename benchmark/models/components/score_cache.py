@@ -1,5 +1,8 @@
 """A disk cache of P("Yes") per prompt for LLM scorers whose weights never change (no training).
 
+The listwise reranker keeps the log-probability of each candidate's answer after its prompt the
+same way (``model.module.score_cache``), keyed by the prompt's and the answer's token ids.
+
 A zero-shot or in-context scorer gives the same P("Yes") to the same token ids every time, so runs
 that score the same prompts again (a bandit over a template pool with other seeds or another
 bandit, a rerun, a second protocol on the same rows) can read them instead of running the LM.
@@ -59,9 +62,12 @@ class ScoreCache:
     Args:
         root: the cache root.
         identity: what decides a score besides the tokens (JSON-serialisable); hashed to the folder.
+        bounds: the values an entry may hold (P("Yes"): [0, 1]; the reranker's summed log-probabilities
+            of an answer: [-inf, 0], finite); others are skipped on reading and never written.
     """
 
-    def __init__(self, root: Path, identity: dict[str, Any]) -> None:
+    def __init__(self, root: Path, identity: dict[str, Any], bounds: tuple[float, float] = (0.0, 1.0)) -> None:
+        self.lo, self.hi = bounds
         self.identity = identity_key(identity)
         self.folder = Path(root) / "scores" / self.identity[:32]
         self.path = self.folder / FILE
@@ -89,8 +95,11 @@ class ScoreCache:
             if not isinstance(entry, dict):
                 continue
             k, p = entry.get("k"), entry.get("p")
-            if isinstance(k, str) and len(k) == 64 and isinstance(p, float) and math.isfinite(p) and 0.0 <= p <= 1.0:
+            if isinstance(k, str) and len(k) == 64 and isinstance(p, float) and self._fits(p):
                 self.values[k] = p
+
+    def _fits(self, p: float) -> bool:
+        return math.isfinite(p) and self.lo <= p <= self.hi
 
     def get(self, seqs: Sequence[Sequence[int]]) -> list[float | None]:
         """The cached P("Yes") of each prompt, None where it is not cached."""
@@ -103,7 +112,7 @@ class ScoreCache:
         lines = []
         for s, p in zip(seqs, values, strict=True):
             k, p = prompt_key(s), float(p)
-            if math.isfinite(p) and 0.0 <= p <= 1.0 and k not in self.values:
+            if self._fits(p) and k not in self.values:
                 self.values[k] = p
                 lines.append(json.dumps({"k": k, "p": p}) + "\n")
         self.computed += len(seqs)
