@@ -136,18 +136,28 @@ def candidates_view(model: nn.Module, rows: RankingRows, ev: EvalConfig, device:
 
 class ShardedPredict(pl.LightningModule):
     """Runs ``fn(model, row_ids, device)`` over row shards on every process and gathers the
-    outputs by row id, so each row is predicted exactly once whatever the number of processes
-    (padding added by the distributed sampler is dropped).
+    outputs by row id, so each row is predicted exactly once whatever the number of processes.
+
+    Process r of w takes rows r, r + w, r + 2w, ... (no padding: shards may differ by one row, so
+    no row is predicted twice). A model that keeps per-row state while predicting (an LLM's chosen
+    templates, answers, prompt counts) gives it as ``shard_state()``; every process then receives
+    all processes' states through ``merge_shard_states(states)``, so the facts rank 0 records
+    cover every row.
     """
 
-    def __init__(self, model: nn.Module, fn: RowFn, n_rows: int) -> None:
+    def __init__(self, model: nn.Module, fn: RowFn, n_rows: int, chunk: int = 1024) -> None:
         super().__init__()
         self.model = model
         self.fn = fn
         self.n_rows = n_rows
+        self.chunk = chunk
         self._ids: list[np.ndarray] = []
         self._out: list[np.ndarray] = []
         self.result: np.ndarray | None = None
+
+    def predict_dataloader(self) -> DataLoader:
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        return DataLoader(torch.arange(rank, self.n_rows, world), batch_size=self.chunk)
 
     def predict_step(self, row_ids: torch.Tensor, batch_idx: int) -> None:
         ids = row_ids.cpu().numpy()
@@ -156,14 +166,18 @@ class ShardedPredict(pl.LightningModule):
         self._ids.append(ids)
 
     def on_predict_epoch_end(self) -> None:
-        ids, out = np.concatenate(self._ids), np.concatenate(self._out)
+        ids = np.concatenate(self._ids) if self._ids else np.zeros(0, dtype=np.int64)
+        out = np.concatenate(self._out) if self._out else None
+        stateful = callable(getattr(self.model, "shard_state", None))
         if self.trainer.world_size > 1:
             import torch.distributed as dist
 
             gathered: list = [None] * self.trainer.world_size
-            dist.all_gather_object(gathered, (ids, out))
+            dist.all_gather_object(gathered, (ids, out, self.model.shard_state() if stateful else None))
             ids = np.concatenate([g[0] for g in gathered])
-            out = np.concatenate([g[1] for g in gathered])
+            out = np.concatenate([g[1] for g in gathered if g[1] is not None])
+            if stateful:
+                self.model.merge_shard_states([g[2] for g in gathered])
         uniq, first = np.unique(ids, return_index=True)
         if len(uniq) != self.n_rows:
             raise RuntimeError(f"sharded prediction covered {len(uniq)} of {self.n_rows} rows")
@@ -178,11 +192,11 @@ def predict_sharded(
     trainer_kwargs: dict[str, Any],
 ) -> np.ndarray:
     """``fn`` over all rows, sharded across the trainer's processes; every process gets all rows."""
-    kwargs = {**trainer_kwargs, "logger": False, "enable_checkpointing": False}
+    kwargs = {**trainer_kwargs, "logger": False, "enable_checkpointing": False, "use_distributed_sampler": False}
     if not is_terminal(sys.stdout):  # a bar redrawn into a log file is noise
         kwargs["enable_progress_bar"] = False
     with quiet_lightning():
         trainer = pl.Trainer(**kwargs)
-        module = ShardedPredict(model.eval(), fn, n_rows)
-        trainer.predict(module, DataLoader(torch.arange(n_rows), batch_size=chunk), return_predictions=False)
+        module = ShardedPredict(model.eval(), fn, n_rows, chunk)
+        trainer.predict(module, return_predictions=False)
     return module.result

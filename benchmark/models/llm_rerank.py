@@ -57,6 +57,7 @@ from benchmark.models.components.listwise_icl import (
 )
 from benchmark.models.components.llm import left_pad, load_causal_lm, shared_prefix_logprobs
 from benchmark.models.components.prompts import PromptTemplate, continuation_ids, item_texts
+from benchmark.models.components.shard_state import merged_counts, merged_dicts
 from benchmark.models.tallrec import MACHINE_FACTS, as_template
 from benchmark.progress import within_chunk
 
@@ -652,6 +653,26 @@ class LLMRerank(nn.Module):
             },
         }
 
+
+    def shard_state(self) -> dict[str, Any]:
+        """What this process learned while predicting its rows (see :class:`benchmark.predict.ShardedPredict`)."""
+        return {
+            "scores": self._scores,
+            "positions": self._positions,
+            "answers": self._answers,
+            "token_stats": self._token_stats,
+            "history_stats": self._history_stats,
+            "example_prompt": self.example_prompt,
+        }
+
+    def merge_shard_states(self, states: list[dict[str, Any]]) -> None:
+        """Every process's rows in this model's facts (per-row dictionaries joined, counts added)."""
+        self._scores = merged_dicts([s["scores"] for s in states])
+        self._positions = merged_dicts([s["positions"] for s in states])
+        self._answers = merged_dicts([s["answers"] for s in states])
+        self._token_stats = merged_counts([s["token_stats"] for s in states], largest=(2,))
+        self._history_stats = merged_counts([s["history_stats"] for s in states])
+        self.example_prompt = next((s["example_prompt"] for s in states if s["example_prompt"]), "")
 
     def _llm_facts(self) -> dict[str, Any]:
         return {

@@ -37,6 +37,7 @@ from benchmark.errors import ConfigError
 from benchmark.eval.metrics import auc
 from benchmark.models.components.bandit import make_bandit, replay, user_groups
 from benchmark.models.components.prompts import answer_token_ids, item_texts
+from benchmark.models.components.shard_state import merged_dicts
 from benchmark.models.tallrec import TallRec, as_template
 
 REWARD = "1 - |label - P(yes)|"
@@ -185,6 +186,13 @@ class TallRecPool(TallRec):
                 fact["scores"] = [round(float(s), 7) for s in row]
             self._choices[(int(x), int(y))] = fact
         return torch.as_tensor(out).view(b, c).to(users.device)
+
+    def shard_state(self) -> dict[str, Any]:
+        return {**super().shard_state(), "choices": self._choices}
+
+    def merge_shard_states(self, states: list[dict[str, Any]]) -> None:
+        super().merge_shard_states(states)
+        self._choices = merged_dicts([s["choices"] for s in states])
 
     def row_facts(self, rows: LabeledRows) -> list[dict[str, Any]]:
         """Per evaluated row: its user group, the template chosen and (``compare``) every template's score."""

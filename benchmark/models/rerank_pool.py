@@ -42,6 +42,7 @@ from benchmark.errors import ConfigError
 from benchmark.eval.pool import rank_gain
 from benchmark.models.components.bandit import make_bandit, replay, user_groups
 from benchmark.models.components.prompts import item_texts
+from benchmark.models.components.shard_state import merged_counts, merged_dicts
 from benchmark.models.llm_rerank import LLMRerank
 from benchmark.models.tallrec import as_template
 
@@ -182,6 +183,15 @@ class LLMRerankPool(LLMRerank):
                 fact["candidates"] = [str(self.item_ids[i]) for i in cands[cands >= 0]]
                 fact["scores"] = [[round(float(x), 7) for x in per_arm[u, b]] for b in range(len(self._arms))]
             self._choices[u] = fact
+
+    def shard_state(self) -> dict[str, Any]:
+        return {**super().shard_state(), "choices": self._choices, "arm_tokens": [a["prompt_tokens"] for a in self._arms]}
+
+    def merge_shard_states(self, states: list[dict[str, Any]]) -> None:
+        super().merge_shard_states(states)
+        self._choices = merged_dicts([s["choices"] for s in states])
+        for a, arm in enumerate(self._arms):
+            arm["prompt_tokens"] = merged_counts([s["arm_tokens"][a] for s in states], largest=(2,))
 
     def row_facts(self, rows: RankingRows) -> list[dict[str, Any]]:
         """Per evaluated row: its user group, the template chosen and (``compare``) every template's order."""

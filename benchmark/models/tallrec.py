@@ -70,6 +70,7 @@ from benchmark.models.components.llm import (
 )
 from benchmark.models.components.lora import lora_settings, track_trainable_state, wrap_lora
 from benchmark.models.components.prompts import PromptTemplate, answer_token_ids, item_texts
+from benchmark.models.components.shard_state import merged_counts, merged_dicts
 from benchmark.progress import within_chunk
 
 SHOT_CHOICES = "a positive integer or 'all'"
@@ -735,6 +736,24 @@ class TallRec(nn.Module):
         if not self.template.chain_of_thought:
             return None
         return [{"reasoning": self._reasoning.get((int(u), int(i)), "")} for u, i in zip(rows.users, rows.items, strict=True)]
+
+    def shard_state(self) -> dict[str, Any]:
+        """What this process counted and kept while scoring its rows (see :class:`benchmark.predict.ShardedPredict`)."""
+        return {
+            "truncated": self.truncated,
+            "token_stats": self._token_stats,
+            "history_stats": self._history_stats,
+            "summary_stats": self._summary_stats,
+            "reasoning": self._reasoning,
+        }
+
+    def merge_shard_states(self, states: list[dict[str, Any]]) -> None:
+        """Every process's rows in this model's facts (per-row reasoning joined, counts added)."""
+        self.truncated = sum(s["truncated"] for s in states)
+        self._token_stats = merged_counts([s["token_stats"] for s in states], largest=(2,))
+        self._history_stats = merged_counts([s["history_stats"] for s in states])
+        self._summary_stats = merged_counts([s["summary_stats"] for s in states])
+        self._reasoning = merged_dicts([s["reasoning"] for s in states])
 
     @contextmanager
     def _eval_stats_kept(self) -> Iterator[None]:

@@ -131,6 +131,8 @@ def test_two_processes_score_an_llm_like_one(tiny_dir, tmp_path):
     assert set(a["metrics"]) == set(b["metrics"]) and "test/auc" in a["metrics"]
     for k, v in a["metrics"].items():
         assert (v is None and b["metrics"][k] is None) or abs(v - b["metrics"][k]) <= 1e-6, k
+    # The prompt counts of the record cover the rows of both processes.
+    assert b["model"]["llm"]["prompt_tokens"] == a["model"]["llm"]["prompt_tokens"]
     # Shards pad their prompt batches to other lengths than one process does: the probabilities
     # agree to float rounding (masked pad positions change the summation order), row for row.
     from benchmark.results.record import PREDICTIONS, read_predictions
@@ -138,6 +140,46 @@ def test_two_processes_score_an_llm_like_one(tiny_dir, tmp_path):
     pa, pb = (read_predictions(d / "runs" / r["run_id"] / PREDICTIONS) for d, r in ((one, a), (two, b)))
     assert [p["row"] for p in pa] == [p["row"] for p in pb]
     assert max(abs(x["score"] - y["score"]) for x, y in zip(pa, pb, strict=True)) <= 1e-6
+
+
+def test_two_processes_rerank_with_a_prompt_pool_like_one(tiny_dir, tmp_path):
+    """The reranker's prompt pool sharded over 2 processes: the same lists, metrics, per-user
+    choices and scores, policy comparison, prompt counts and position bias as one process."""
+    from tests.unit.test_tallrec import make_tiny_lm, template_words
+
+    words = template_words("rerank_listwise", "rerank_role", "rerank_json", "rerank_terse")
+    lm = make_tiny_lm(tmp_path / "lm", words + [f"Title {i}" for i in range(60)] + ["{", "}", "[", "]", ":", '"'])
+    main(["run", "model=pop", *tiny_args(tiny_dir, tmp_path / "first")])
+    (first,) = runs(tmp_path / "first")
+    base = ["model=llm_rerank_pool", f"model.module.first_stage={first}", f"model.module.backbone={lm}",
+            "model.module.feedback_users=6", "model.module.n_groups=2", "model.module.top_n=5",
+            "model.module.order=random", "eval.test_users=9", *tiny_args(tiny_dir, tmp_path)]
+    one, two = tmp_path / "one", tmp_path / "two"
+    main(["run", *base, f"paths.results={one}"])
+    r = cli("run", *base, *DDP, "eval.chunk_users=2", f"paths.results={two}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    (a,) = [load_record(d) for d in (one / "runs").iterdir() if not d.name.startswith(".")]
+    (b,) = [load_record(d) for d in (two / "runs").iterdir() if not d.name.startswith(".")]
+    assert b["labels"]["processes"] == 2 and a["labels"]["processes"] == 1
+    for k, v in a["metrics"].items():
+        assert (v is None and b["metrics"][k] is None) or abs(v - b["metrics"][k]) <= 1e-6, k
+    pa, pb = a["model"]["prompt_pool"], b["model"]["prompt_pool"]
+    assert pb["test_choices"] == pa["test_choices"] and sum(pa["test_choices"].values()) == 9
+    assert [t["prompt_tokens"] for t in pb["templates"]] == [t["prompt_tokens"] for t in pa["templates"]]
+    assert b["model"]["llm"]["prompt_tokens"] == a["model"]["llm"]["prompt_tokens"]
+    assert b["model"]["rerank"]["users_scored"] == a["model"]["rerank"]["users_scored"] == 9
+    bias_a, bias_b = a["model"]["rerank"]["position_bias"], b["model"]["rerank"]["position_bias"]
+    assert bias_b["top1_share_by_prompt_position"] == bias_a["top1_share_by_prompt_position"]
+    ca, cb = a["eval"]["prompt_pool"], b["eval"]["prompt_pool"]
+    assert cb["rows"] == ca["rows"] == 9 and cb["single"].keys() == ca["single"].keys()
+    for key in ("bandit", "random"):
+        assert abs(cb[key] - ca[key]) <= 1e-6, key
+    from benchmark.results.record import PREDICTIONS, read_predictions
+
+    la, lb = (read_predictions(d / "runs" / rec["run_id"] / PREDICTIONS) for d, rec in ((one, a), (two, b)))
+    assert [(x["user"], x["prompt"]["template"], x["prompt"]["candidates"]) for x in la] == [
+        (x["user"], x["prompt"]["template"], x["prompt"]["candidates"]) for x in lb
+    ]
 
 
 def test_two_nodes_train_and_score_like_one_process(tiny_dir, tmp_path):

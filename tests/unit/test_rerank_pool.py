@@ -176,3 +176,30 @@ def test_the_log_probability_cache_skips_values_that_are_not_log_probabilities(t
     assert again.get([[1, 2, -1, 3], [1, 2, -1, 4], [9], [8]]) == [-0.5, None, None, -2.0]
     # the split between prompt and answer is part of the key
     assert prompt_key([1, 2, -1, 3]) != prompt_key([1, -1, 2, 3])
+
+
+def test_shard_states_join_rows_and_add_counts_by_hand():
+    from benchmark.models.components.shard_state import merged_counts, merged_dicts
+
+    # prompts, tokens, longest: counts add, the longest is the largest
+    assert merged_counts([[2, 30, 20], [3, 12, 5]], largest=(2,)) == [5, 42, 20]
+    assert merged_counts([[1, 2, 3, 4], [10, 20, 30, 40]]) == [11, 22, 33, 44]
+    assert merged_dicts([{1: "a"}, {2: "b"}, {}]) == {1: "a", 2: "b"}
+
+
+def test_a_pool_split_over_two_shards_merges_to_the_facts_of_one(loo_split, yesno_data, rerank_lm, tmp_path):  # noqa: F811
+    whole = _pool(loo_split, yesno_data, rerank_lm, tmp_path)
+    whole.score(torch.tensor([0, 1, 2, 3]))
+    shards = [_pool(loo_split, yesno_data, rerank_lm, tmp_path) for _ in range(2)]
+    shards[0].score(torch.tensor([0, 2]))
+    shards[1].score(torch.tensor([1, 3]))
+    states = [s.shard_state() for s in shards]
+    for s in shards:
+        s.merge_shard_states(states)
+    for s in shards:
+        facts, want = s.prediction_facts(), whole.prediction_facts()
+        assert facts["prompt_pool"]["test_choices"] == want["prompt_pool"]["test_choices"]
+        assert [t["prompt_tokens"] for t in facts["prompt_pool"]["templates"]] == [t["prompt_tokens"] for t in want["prompt_pool"]["templates"]]
+        assert facts["llm"]["prompt_tokens"] == want["llm"]["prompt_tokens"]
+        assert facts["rerank"]["users_scored"] == 4
+        assert {u: c["template"] for u, c in s._choices.items()} == {u: c["template"] for u, c in whole._choices.items()}
