@@ -657,14 +657,29 @@ def _reward_hacked(rec: dict[str, Any]) -> bool:
 
 
 PROMPT_FACETS = ("prompt", "icl", "history")
+# The template each prompted model's config uses unless a run overrides it (configs/model/<name>.yaml)
+DEFAULT_TEMPLATE = {
+    "tallrec_zeroshot": "tallrec",
+    "tallrec_pool": "tallrec",
+    "llm_rerank": "rerank_listwise",
+    "llm_rerank_pool": "rerank_listwise",
+}
 
 
 def _prompt_reference(same: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The plainest of same-labelled prompted rows: the whole history, then no in-context examples
-    (else random ones), then the most seeds; None unless exactly one row is plainest."""
-    def plainness(r: dict[str, Any]) -> tuple[int, int, int]:
+    """The plainest of same-labelled prompted rows: the whole history, then the model's default
+    template, then no in-context examples (else random ones), then the most seeds; None unless
+    exactly one row is plainest."""
+    defaults = set(DEFAULT_TEMPLATE.values())
+
+    def plainness(r: dict[str, Any]) -> tuple[int, int, int, int]:
         icl = r.get("icl") or ""
-        return (bool(r.get("history")), 0 if not icl else 1 if icl.startswith("random:") else 2, -int(r.get("seeds") or 0))
+        return (
+            bool(r.get("history")),
+            0 if r.get("prompt") in defaults else 1,
+            0 if not icl else 1 if icl.startswith("random:") else 2,
+            -int(r.get("seeds") or 0),
+        )
 
     ranked = sorted(same, key=plainness)
     if len(ranked) > 1 and plainness(ranked[0]) == plainness(ranked[1]):

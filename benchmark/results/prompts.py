@@ -28,6 +28,7 @@ from typing import Any
 from benchmark.eval.significance import holm, paired_pvalue
 from benchmark.results.documents import records_document_main
 from benchmark.results.leaderboard import (
+    DEFAULT_TEMPLATE,
     _clean_text,
     _md_cell,
     aggregate,
@@ -38,12 +39,6 @@ from benchmark.results.tables import SIGNIFICANCE_METRIC, kind_of
 
 START, END = "<!-- prompt-ablations:start -->", "<!-- prompt-ablations:end -->"
 MODELS = ("tallrec_zeroshot", "tallrec_pool", "llm_rerank", "llm_rerank_pool")
-DEFAULT_TEMPLATE = {
-    "tallrec_zeroshot": "tallrec",
-    "tallrec_pool": "tallrec",
-    "llm_rerank": "rerank_listwise",
-    "llm_rerank_pool": "rerank_listwise",
-}
 # The prompt pools' comparisons: (model, metric key, where the fixed choice was made, title)
 POOLS = (
     ("tallrec_pool", "auc", "best_on_valid", "test AUC, same rows", "best on valid", "random per request", "test labels"),

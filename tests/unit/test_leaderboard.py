@@ -435,10 +435,13 @@ def test_same_labelled_rows_are_told_apart_by_their_prompt_or_group_key():
         row("m", "1" * 12), row("m", "2" * 12),  # not prompted: the group key
         row("q", "3" * 12, "tallrec", history="recent@9"), row("q", "4" * 12, "tallrec", history="relevant@9"),  # no plainest
         row("z", "5" * 12, "tallrec", split="other"),  # another table: untouched
+        # templates alone, one seed each: the model's default template is the plain one
+        row("r", "6" * 12, "rerank_role"), row("r", "7" * 12, "rerank_listwise"), row("r", "8" * 12, "rerank_json"),
     ]
     _disambiguate(rows)
     assert [r["model"] for r in rows] == [
         "z", "z [history=relevant@176]", "z [prompt=tallrec_summary, history=summary@176]",
         "k", "k [prompt=tallrec_role]", "k [icl=similar:2]",
         "m [11111111]", "m [22222222]", "q [33333333]", "q [44444444]", "z",
+        "r [prompt=rerank_role]", "r", "r [prompt=rerank_json]",
     ]
