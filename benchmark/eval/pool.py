@@ -132,24 +132,37 @@ def compare_rank_policies(
     }
 
 
-def comparison_from_lines(lines: Sequence[dict[str, Any]], arm_ids: Sequence[str], best_on_valid: str, seed: int) -> dict[str, Any] | None:
-    """:func:`compare_policies` from predictions lines (``label`` and ``prompt``: group, template,
-    scores); None when the lines carry no per-template scores. Raises ValueError on a line whose
-    prompt facts do not fit ``arm_ids``."""
+def _choices(
+    lines: Sequence[dict[str, Any]], arm_ids: Sequence[str], best: str, best_key: str
+) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray] | None:
+    """The lines' prompt facts, chosen template index and group per line; None when the lines carry
+    no per-template scores. Raises ValueError on an unknown template or group, or a ``best``
+    (named ``best_key``) outside the pool."""
     facts = [ln.get("prompt") for ln in lines]
     if not facts or not all(isinstance(f, dict) and isinstance(f.get("scores"), list) for f in facts):
         return None
     index = {tid: a for a, tid in enumerate(arm_ids)}
-    if best_on_valid not in index:
-        raise ValueError(f"best_on_valid template {best_on_valid!r} is not in the pool")
+    if best not in index:
+        raise ValueError(f"{best_key} template {best!r} is not in the pool")
+    try:
+        chosen = np.array([index[f["template"]] for f in facts], dtype=np.int64)
+        groups = np.array([int(f["group"]) for f in facts], dtype=np.int64)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"a predictions line names an unknown template or group ({e})") from None
+    return facts, chosen, groups
+
+
+def comparison_from_lines(lines: Sequence[dict[str, Any]], arm_ids: Sequence[str], best_on_valid: str, seed: int) -> dict[str, Any] | None:
+    """:func:`compare_policies` from predictions lines (``label`` and ``prompt``: group, template,
+    scores); None when the lines carry no per-template scores. Raises ValueError on a line whose
+    prompt facts do not fit ``arm_ids``."""
+    parsed = _choices(lines, arm_ids, best_on_valid, "best_on_valid")
+    if parsed is None:
+        return None
+    facts, chosen, groups = parsed
     scores = np.array([f["scores"] for f in facts], dtype=float)
     if scores.shape != (len(lines), len(arm_ids)) or not np.isfinite(scores).all():
         raise ValueError("per-template scores are not one finite score per template and row")
-    try:
-        chosen = np.array([index[f["template"]] for f in facts])
-        groups = np.array([int(f["group"]) for f in facts])
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"a predictions line names an unknown template or group ({e})") from None
     labels = np.array([int(ln["label"]) for ln in lines])
     return compare_policies(labels, groups, chosen, scores, arm_ids, best_on_valid, seed)
 
@@ -161,18 +174,11 @@ def rank_comparison_from_lines(
     group, template, the user's ``candidates`` and every template's ``scores`` of them; a template's
     order sorts the candidates by its score, ties in the listed order); None when the lines carry
     no per-template scores. Raises ValueError on a line whose prompt facts do not fit ``arm_ids``."""
-    facts = [ln.get("prompt") for ln in lines]
-    if not facts or not all(isinstance(f, dict) and isinstance(f.get("scores"), list) for f in facts):
+    parsed = _choices(lines, arm_ids, best_on_feedback, "best_on_feedback")
+    if parsed is None:
         return None
-    index = {tid: a for a, tid in enumerate(arm_ids)}
-    if best_on_feedback not in index:
-        raise ValueError(f"best_on_feedback template {best_on_feedback!r} is not in the pool")
+    facts, chosen, groups = parsed
     gains = np.zeros((len(lines), len(arm_ids)))
-    try:
-        chosen = np.array([index[f["template"]] for f in facts], dtype=np.int64)
-        groups = np.array([int(f["group"]) for f in facts], dtype=np.int64)
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"a predictions line names an unknown template or group ({e})") from None
     for r, (ln, f) in enumerate(zip(lines, facts, strict=True)):
         cands = f.get("candidates")
         if not isinstance(cands, list) or not isinstance(ln.get("targets"), list):

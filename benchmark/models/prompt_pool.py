@@ -35,7 +35,7 @@ from benchmark.data.splits import Split
 from benchmark.data.views import LabeledRows, labeled_rows
 from benchmark.errors import ConfigError
 from benchmark.eval.metrics import auc
-from benchmark.models.components.bandit import make_bandit, replay, user_groups
+from benchmark.models.components.bandit import grouped_bandit, replay
 from benchmark.models.components.prompts import answer_token_ids, item_texts
 from benchmark.models.components.shard_state import merged_dicts
 from benchmark.models.tallrec import TallRec, as_template
@@ -99,17 +99,9 @@ class TallRecPool(TallRec):
                 bare = t.render({f: "" for f in t.fields}, (), self.tokenizer)
                 arm["template_tokens"] = len(self.tokenizer(bare, add_special_tokens=True)["input_ids"])
             self._arms.append(arm)
-        genre_col = data.item_fields.get("genres")
-        genres = None
-        if groups == "genre" and genre_col in getattr(data.items, "columns", ()):
-            from benchmark.models.components.text_encoder import column_values
-
-            genres = [v.split() for v in column_values(data.items, genre_col, [str(i) for i in split.item_ids])]
-        tr = split.train
-        self.user_group, self.group_facts = user_groups(
-            tr["user"].to_numpy(), tr["item"].to_numpy(), split.n_users, groups, n_groups, self.seed, genres
+        self.user_group, self.group_facts, self.bandit = grouped_bandit(
+            split, data, groups, n_groups, bandit, len(self._arms), self.seed, alpha
         )
-        self.bandit = make_bandit(bandit, self.group_facts["n_groups"], len(self._arms), self.seed, alpha)
         self.feedback_rows, self.compare = int(feedback_rows), bool(compare)
         self._valid = labeled_rows(split, "valid", label_threshold)
         self._replayed: dict[str, Any] | None = None

@@ -40,7 +40,7 @@ from benchmark.data.splits import Split
 from benchmark.data.views import RankingRows
 from benchmark.errors import ConfigError
 from benchmark.eval.pool import rank_gain
-from benchmark.models.components.bandit import make_bandit, replay, user_groups
+from benchmark.models.components.bandit import grouped_bandit, replay
 from benchmark.models.components.prompts import item_texts
 from benchmark.models.components.shard_state import merged_counts, merged_dicts
 from benchmark.models.llm_rerank import LLMRerank
@@ -97,17 +97,9 @@ class LLMRerankPool(LLMRerank):
             arm["template_tokens"] = len(self.tokenizer(bare, add_special_tokens=True)["input_ids"])
             arm["prompt_tokens"] = [0, 0, 0]  # test prompts, their tokens, the longest
             self._arms.append(arm)
-        genre_col = data.item_fields.get("genres")
-        genres = None
-        if groups == "genre" and genre_col in getattr(data.items, "columns", ()):
-            from benchmark.models.components.text_encoder import column_values
-
-            genres = [v.split() for v in column_values(data.items, genre_col, [str(i) for i in split.item_ids])]
-        tr = split.train
-        self.user_group, self.group_facts = user_groups(
-            tr["user"].to_numpy(), tr["item"].to_numpy(), split.n_users, groups, n_groups, self.seed, genres
+        self.user_group, self.group_facts, self.bandit = grouped_bandit(
+            split, data, groups, n_groups, bandit, len(self._arms), self.seed, alpha
         )
-        self.bandit = make_bandit(bandit, self.group_facts["n_groups"], len(self._arms), self.seed, alpha)
         self.feedback_users, self.compare = int(feedback_users), bool(compare)
         self._replayed: dict[str, Any] | None = None
         self._choices: dict[int, dict[str, Any]] = {}

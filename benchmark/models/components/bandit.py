@@ -194,3 +194,19 @@ def replay(
         "arm_mean_reward": np.round(rewards.mean(axis=0), 6).tolist() if n else [],
         "arm_counts_per_group": counts.tolist(),
     }
+
+
+def grouped_bandit(
+    split: Any, data: Any, groups: str, n_groups: int, kind: str, n_arms: int, seed: int, alpha: float
+) -> tuple[np.ndarray, dict[str, Any], ThompsonSampling | LinUCB]:
+    """A prompt pool's user groups (from ``split``'s train part; ``genre`` reads the items' genres
+    of ``data``) and its bandit over ``n_arms`` templates: (groups per user, their facts, bandit)."""
+    genre_col = data.item_fields.get("genres")
+    genres = None
+    if groups == "genre" and genre_col in getattr(data.items, "columns", ()):
+        from benchmark.models.components.text_encoder import column_values
+
+        genres = [v.split() for v in column_values(data.items, genre_col, [str(i) for i in split.item_ids])]
+    tr = split.train
+    user_group, facts = user_groups(tr["user"].to_numpy(), tr["item"].to_numpy(), split.n_users, groups, n_groups, seed, genres)
+    return user_group, facts, make_bandit(kind, facts["n_groups"], n_arms, seed, alpha)
