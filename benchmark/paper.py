@@ -669,12 +669,13 @@ def generate(results: Path, paper: Path, figures: bool = True) -> list[Path]:
     audit = audit_tex(results / AUDIT_DIR)
     if audit is not None:  # after all.tex: the audit is not a leaderboard table
         texts["audit.tex"] = audit
+    from benchmark.results import precision, prompts
     from benchmark.results.leaderboard import load_runs
-    from benchmark.results.precision import paper_values
 
-    precision = paper_values(load_runs(results / "runs", warn=lambda _: None)) if (results / "runs").is_dir() else {}
+    runs = load_runs(results / "runs", warn=lambda _: None) if (results / "runs").is_dir() else []
+    generated = {**precision.paper_values(runs), **prompts.paper_values(runs)} if runs else {}
     texts["values.tex"] = values_tex(
-        {**record_values(rows, results / "runs"), **csv_values(rows), **precision}, crosscheck_values(pop)
+        {**record_values(rows, results / "runs"), **csv_values(rows), **generated}, crosscheck_values(pop)
     )
     # Everything is written into temporary folders first and swapped in at the end: an error
     # (bad input, a failing figure) leaves the previous tables and figures as they were.

@@ -20,6 +20,7 @@ Run: ``python -m benchmark.results.prompts [results/runs] [--doc docs/prompts.md
 from __future__ import annotations
 
 import math
+import re
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -77,16 +78,26 @@ def _tests(rows: list[dict[str, Any]], metric: str) -> dict[int, tuple[float, fl
     }
 
 
-def ablation_tables(rows: list[dict[str, Any]]) -> str:
-    """Markdown: one table per leaderboard table holding prompted-LLM rows (see the module doc)."""
+def _ablations(
+    rows: list[dict[str, Any]],
+) -> list[tuple[tuple[str, str, str], str, list[dict[str, Any]], dict[int, tuple[float, float]]]]:
+    """Per leaderboard table holding prompted-LLM rows: (dataset, split, eval), its metric, its rows
+    (the reference first) and each paired row's (change vs the reference, Holm-adjusted p)."""
     by_table: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_table[(r["dataset"], r["split"], r["eval"])].append(r)
-    out: list[str] = []
-    for (dataset, split, ev), trs in by_table.items():
-        metric = "test/" + SIGNIFICANCE_METRIC[kind_of(ev)]
+    out = []
+    for key, trs in by_table.items():
+        metric = "test/" + SIGNIFICANCE_METRIC[kind_of(key[2])]
         trs = sorted(trs, key=lambda r: (not _is_reference(r), r["model_name"], r["prompt"], r["icl"], r["history"], r["model"]))
-        tests = _tests(trs, metric)
+        out.append((key, metric, trs, _tests(trs, metric)))
+    return out
+
+
+def ablation_tables(rows: list[dict[str, Any]]) -> str:
+    """Markdown: one table per leaderboard table holding prompted-LLM rows (see the module doc)."""
+    out: list[str] = []
+    for (dataset, split, ev), metric, trs, tests in _ablations(rows):
         name = metric.removeprefix("test/")
         out += [
             f"### {dataset} / {split} / {ev}",
@@ -168,16 +179,83 @@ def pool_table(runs: list[tuple[dict[str, Any], Path]]) -> str:
     return "\n".join(out)
 
 
-def document(runs_dir: Path) -> str:
-    """The whole generated block: the ablation tables and the prompt-pool table."""
-    runs = [(rec, d) for rec, d in load_runs(runs_dir) if rec["model"].get("name") in MODELS]
+def _prompted(runs: list[tuple[dict[str, Any], Path]]) -> tuple[list[tuple[dict[str, Any], Path]], list[dict[str, Any]]]:
+    """The prompted models' runs and their aggregated leaderboard rows (with ``model_name``)."""
+    runs = [(rec, d) for rec, d in runs if rec["model"].get("name") in MODELS]
     rows = aggregate(runs)
     names = {str(d): rec["model"].get("name") for rec, d in runs}
     for r in rows:
         r["model_name"] = names.get(str(r["run_dirs"][0]), "")
+    return runs, rows
+
+
+def document(runs_dir: Path) -> str:
+    """The whole generated block: the ablation tables and the prompt-pool table."""
+    runs, rows = _prompted(load_runs(runs_dir))
     text = ablation_tables(rows)
     pool = pool_table(runs)
     return text + ("\n" + pool if pool else "")
+
+
+def _part(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "-", str(text)).strip("-")
+
+
+def paper_values(all_runs: list[tuple[dict[str, Any], Path]]) -> dict[str, str]:
+    """Values for the paper (names reduced to letters, digits, ``-``, ``_`` and ``.``):
+
+    - ``prompts/<dataset>/<split>/<eval>/<row>/change`` and ``.../p``: a prompt-ablation row's
+      difference of means to its table's reference row and the Holm-adjusted paired p;
+    - ``pool/<dataset>/<split>/<eval>/<label>/<fact>``: a prompt pool's comparison on its test rows,
+      the mean over its seeds of ``bandit``, ``fixed`` (the template chosen on valid or on the
+      train feedback), ``random``, ``best_single`` (the best template on test) and ``oracle``, with
+      ``seeds``.
+    """
+    runs, rows = _prompted(all_runs)
+    out: dict[str, str] = {}
+    for key, _metric, trs, tests in _ablations(rows):
+        for i, (d, pv) in tests.items():
+            base = "/".join(["prompts", *(_part(k) for k in key), _part(trs[i]["model"])])
+            out[f"{base}/change"], out[f"{base}/p"] = f"{d:+.4f}", f"{pv:.3g}"
+    return {**out, **pool_values(runs)}
+
+
+def pool_values(runs: list[tuple[dict[str, Any], Path]]) -> dict[str, str]:
+    """``pool/<dataset>/<split>/<eval>/<label>/<fact>`` of :func:`paper_values`, from the records'
+    ``eval.prompt_pool`` (a record without a complete comparison is left out)."""
+    out: dict[str, str] = {}
+    pools: dict[tuple[str, ...], list[dict[str, float]]] = defaultdict(list)
+    for rec, _ in runs:
+        cmp = (rec.get("eval") or {}).get("prompt_pool")
+        spec = next((x for x in POOLS if x[0] == rec["model"].get("name")), None)
+        if not isinstance(cmp, dict) or spec is None:
+            continue
+        _, metric, fixed_key = spec[:3]
+        single = cmp.get("single") if isinstance(cmp.get("single"), dict) else {}
+        facts = {
+            "bandit": cmp.get("bandit"),
+            "fixed": (cmp.get(fixed_key) or {}).get(metric) if isinstance(cmp.get(fixed_key), dict) else None,
+            "random": cmp.get("random"),
+            "best_single": max((v for v in single.values() if _finite(v)), default=None),
+            "oracle": (cmp.get("oracle_per_group") or {}).get(metric) if isinstance(cmp.get("oracle_per_group"), dict) else None,
+        }
+        if all(_finite(v) for v in facts.values()):
+            ev = str((rec.get("eval") or {}).get("protocol"))
+            users = (rec.get("eval") or {}).get("test_users")
+            ev += f"[test_users={users}]" if isinstance(users, int) and not isinstance(users, bool) else ""
+            dataset, split = (rec.get("dataset") or {}).get("name"), (rec.get("split") or {}).get("protocol")
+            key = (str(dataset), str(split), ev, str(rec["model"].get("label")))
+            pools[key].append(facts)
+    for key, seeds in pools.items():
+        base = "/".join(["pool", *(_part(k) for k in key)])
+        out[f"{base}/seeds"] = str(len(seeds))
+        for fact in ("bandit", "fixed", "random", "best_single", "oracle"):
+            out[f"{base}/{fact}"] = f"{sum(x[fact] for x in seeds) / len(seeds):.4f}"
+    return out
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -81,6 +81,34 @@ def test_pool_table_sets_the_bandit_against_its_baselines_and_counts_choices_per
     assert pool_table([(rec, tmp_path / "b2")]).splitlines()[-1].endswith("| - |")
 
 
+def test_pool_values_average_each_pools_comparison_over_its_seeds(tmp_path):
+    from benchmark.results.prompts import pool_values
+
+    def run(name, label, seed, cmp):
+        rec = {"model": {"name": name, "label": label}, "seed": seed, "dataset": {"name": "d"}, "split": {"protocol": "s"},
+               "eval": {"protocol": "labeled" if name == "tallrec_pool" else "full", "prompt_pool": cmp}}
+        return rec, tmp_path
+
+    labeled = {"bandit": 0.61, "single": {"t0": 0.58, "t1": 0.6}, "best_on_valid": {"template": "t1", "auc": 0.6},
+               "random": 0.57, "oracle_per_group": {"auc": 0.63}}
+    ranked = {"bandit": 0.2, "single": {"a": 0.1, "b": 0.3}, "best_on_feedback": {"template": "a", "ndcg@10": 0.1},
+              "random": 0.15, "oracle_per_group": {"ndcg@10": 0.35}}
+    runs = [
+        run("tallrec_pool", "tp", 1, labeled),
+        run("tallrec_pool", "tp", 2, {**labeled, "bandit": 0.65, "random": 0.51}),
+        run("llm_rerank_pool", "rp", 1, ranked),
+        run("llm_rerank_pool", "rp", 2, {**ranked, "bandit": None}),  # incomplete: left out
+        run("llm_rerank", "plain", 1, ranked),  # not a pool model
+    ]
+    got = pool_values(runs)
+    assert got["pool/d/s/labeled/tp/seeds"] == "2" and got["pool/d/s/labeled/tp/bandit"] == "0.6300"
+    assert got["pool/d/s/labeled/tp/random"] == "0.5400" and got["pool/d/s/labeled/tp/fixed"] == "0.6000"
+    assert got["pool/d/s/labeled/tp/best_single"] == "0.6000" and got["pool/d/s/labeled/tp/oracle"] == "0.6300"
+    assert got["pool/d/s/full/rp/seeds"] == "1" and got["pool/d/s/full/rp/fixed"] == "0.1000"
+    assert got["pool/d/s/full/rp/best_single"] == "0.3000" and got["pool/d/s/full/rp/oracle"] == "0.3500"
+    assert not any("plain" in k for k in got)
+
+
 def test_the_committed_prompt_document_matches_the_committed_records():
     doc = (REPO / "docs" / "prompts.md").read_text()
     block = doc.split(START, 1)[1].split(END, 1)[0]
