@@ -56,7 +56,9 @@ def _fmt(stat: tuple[float, float | None] | None) -> str:
 
 
 def _is_reference(row: dict[str, Any]) -> bool:
-    return row["prompt"] == DEFAULT_TEMPLATE.get(row["model_name"]) and not row["icl"] and not row["history"]
+    """The model's default prompt, no examples, the whole history, in the model's own precision."""
+    default = row["prompt"] == DEFAULT_TEMPLATE.get(row["model_name"]) and not row["icl"] and not row["history"]
+    return default and "@" not in str(row["model"])
 
 
 def _tests(rows: list[dict[str, Any]], metric: str) -> dict[int, tuple[float, float]]:

@@ -40,6 +40,10 @@ def test_each_row_is_tested_against_the_default_prompt_on_the_same_users():
     assert by_model["c"].endswith(f"| +0.0100 | {p[1]:.3g} |")  # role: no mark, not significant
     assert by_model["d"].endswith("| 0.5000 | - | - |")  # json: different rows, no test
     assert [ln.split(" | ")[1] for ln in lines] == ["tallrec", "tallrec", "tallrec_json", "tallrec_role"]
+    # a precision variant of the default prompt is a row of its own, not a second reference
+    with_int8 = ablation_tables([*rows, _row("ref@int8", "tallrec", auc=0.57, per_user=base)])
+    assert sum("| reference |" in ln for ln in with_int8.splitlines()) == 1
+    assert "| ref@int8 | tallrec | none | all | 100.0 | 1 | 0.5700 | -0.0100 |" in with_int8
     no_ref = ablation_tables([_row("c", "tallrec_role", per_user=base)])
     assert "| - | - |" in no_ref  # without a reference row nothing is tested
 
