@@ -154,7 +154,7 @@ def test_main_tex_types_no_numbers():
     tex = (ROOT / "paper" / "main.tex").read_text()
     body = tex.split(r"\begin{document}")[1]
     body = re.sub(r"(?<!\\)%.*", "", body)  # comments
-    body = re.sub(r"\\(lb|cc|R|PT|PA|PP|PQ|PR|ref|label|cite[tp]?|input|includegraphics|nolinkurl|bibliography\w*)(\[[^\]]*\])?\{[^}]*\}", "", body)
+    body = re.sub(r"\\(lb|cc|R|PT|PA|PP|PQ|PR|PH|ref|label|cite[tp]?|input|includegraphics|nolinkurl|bibliography\w*)(\[[^\]]*\])?\{[^}]*\}", "", body)
     body = re.sub(r"\\\w+\[[^\]]*\]", "", body)  # optional arguments such as [4pt], [width=...]
     typed = re.findall(r"(?<![\w@.\-])\d*\.\d+|(?<![\w@.\-])\d{2,}(?![\w])", body)
     assert typed == [], f"numbers typed into paper/main.tex instead of generated: {typed}"
