@@ -35,7 +35,7 @@ from benchmark.data.splits import Split
 from benchmark.data.views import LabeledRows, labeled_rows
 from benchmark.errors import ConfigError
 from benchmark.eval.metrics import auc
-from benchmark.models.components.bandit import grouped_bandit, replay
+from benchmark.models.components.bandit import grouped_bandit, pool_facts, replay
 from benchmark.models.components.prompts import answer_token_ids, item_texts
 from benchmark.models.components.shard_state import merged_dicts
 from benchmark.models.tallrec import TallRec, as_template
@@ -192,17 +192,6 @@ class TallRecPool(TallRec):
 
     def prediction_facts(self) -> dict[str, Any]:
         facts = super().prediction_facts()
-        chosen = [c["template"] for c in self._choices.values()]
-        facts["prompt_pool"] = {
-            "templates": [
-                {"id": a["id"], "name": a["template"].name, "template_tokens": a["template_tokens"]} for a in self._arms
-            ],
-            "groups": self.group_facts,
-            "bandit": self.bandit.facts(),
-            "feedback": self._replayed,
-            "test_choices": {tid: chosen.count(tid) for tid in self.arm_ids},
-            "compare": self.compare,
-            "seed": self.seed,
-            "learns_on_test": False,
-        }
+        templates = [{"id": a["id"], "name": a["template"].name, "template_tokens": a["template_tokens"]} for a in self._arms]
+        facts["prompt_pool"] = pool_facts(self, templates)
         return facts

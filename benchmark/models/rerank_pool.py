@@ -40,7 +40,7 @@ from benchmark.data.splits import Split
 from benchmark.data.views import RankingRows
 from benchmark.errors import ConfigError
 from benchmark.eval.pool import rank_gain
-from benchmark.models.components.bandit import grouped_bandit, replay
+from benchmark.models.components.bandit import grouped_bandit, pool_facts, replay
 from benchmark.models.components.prompts import item_texts
 from benchmark.models.components.shard_state import merged_counts, merged_dicts
 from benchmark.models.llm_rerank import LLMRerank
@@ -191,24 +191,14 @@ class LLMRerankPool(LLMRerank):
 
     def prediction_facts(self) -> dict[str, Any]:
         facts = super().prediction_facts()
-        chosen = [c["template"] for c in self._choices.values()]
 
         def tokens(arm: dict[str, Any]) -> dict[str, Any]:
             n, total, longest = arm["prompt_tokens"]
             return {"prompts": n, "mean": round(total / n, 2) if n else 0.0, "max": longest}
 
-        facts["prompt_pool"] = {
-            "templates": [
-                {"id": a["id"], "name": a["template"].name, "template_tokens": a["template_tokens"], "prompt_tokens": tokens(a)}
-                for a in self._arms
-            ],
-            "groups": self.group_facts,
-            "bandit": self.bandit.facts(),
-            "feedback": self._replayed,
-            "test_choices": {tid: chosen.count(tid) for tid in self.arm_ids},
-            "compare": self.compare,
-            "seed": self.seed,
-            "learns_on_test": False,
-            "metric": "ndcg@10",
-        }
+        templates = [
+            {"id": a["id"], "name": a["template"].name, "template_tokens": a["template_tokens"], "prompt_tokens": tokens(a)}
+            for a in self._arms
+        ]
+        facts["prompt_pool"] = pool_facts(self, templates, metric="ndcg@10")
         return facts

@@ -210,3 +210,22 @@ def grouped_bandit(
     tr = split.train
     user_group, facts = user_groups(tr["user"].to_numpy(), tr["item"].to_numpy(), split.n_users, groups, n_groups, seed, genres)
     return user_group, facts, make_bandit(kind, facts["n_groups"], n_arms, seed, alpha)
+
+
+def pool_facts(pool: Any, templates: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """What a prompt pool's record states (``model.prompt_pool``): its templates, user groups, the
+    bandit's final state, the feedback it learned from, how often each template was chosen on the
+    test rows, and ``extra`` (e.g. the comparison's metric). ``pool`` is the model: ``arm_ids``,
+    ``group_facts``, ``bandit``, ``_replayed``, ``_choices``, ``compare`` and ``seed``."""
+    chosen = [c["template"] for c in pool._choices.values()]
+    return {
+        "templates": templates,
+        "groups": pool.group_facts,
+        "bandit": pool.bandit.facts(),
+        "feedback": pool._replayed,
+        "test_choices": {tid: chosen.count(tid) for tid in pool.arm_ids},
+        "compare": pool.compare,
+        "seed": pool.seed,
+        "learns_on_test": False,
+        **extra,
+    }
