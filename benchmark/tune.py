@@ -211,7 +211,7 @@ def plan(job: list[str], search_args: list[str]) -> Plan:
     # training key (which leaves the eval protocol out), so loo full and loo sampled share it.
     study = f"{base.model.name}-{training_key(base)[:10]}"
     folder = Path(cfg.paths.outputs) / "tune" / study
-    return Plan([*job, *values], search, study, folder, group, Path(cfg.paths.results) / "tune" / study)
+    return Plan([*job, *values], search, study, folder, group, archive_folder(cfg, study))
 
 
 def _compose_search(overrides: list[str], values: list[str]) -> DictConfig:
@@ -346,15 +346,21 @@ def trial_task(cfg: DictConfig) -> float:
     }
     with open(folder / "trials.jsonl", "a") as f:
         f.write(json.dumps(line, sort_keys=True) + "\n")
-    archive = folder / ARCHIVE_POINTER
-    if archive.is_file():  # kept with the results, so the search resumes from a fresh checkout
-        with open(Path(archive.read_text().strip()) / "trials.jsonl", "a") as f:
+    # The archive kept with the results (so the search resumes from a fresh checkout): its place
+    # follows from the config and the study, never from a file's content; run_search wrote it.
+    archive = archive_folder(base, str(hc.sweeper.study_name)) / "trials.jsonl"
+    if archive.is_file() and not archive.is_symlink():
+        with open(archive, "a") as f:
             f.write(json.dumps(line, sort_keys=True) + "\n")
     return float(out["value"])
 
 
+def archive_folder(cfg: DictConfig, study: str) -> Path:
+    """``<paths.results>/tune/<study>``: a search's trials kept with the results."""
+    return Path(cfg.paths.results) / "tune" / study
+
+
 REPLAY = "trials.replay.jsonl"  # the trials a resumed search found logged
-ARCHIVE_POINTER = "archive.txt"  # the search folder's note of its archive folder (written by run_search)
 ARCHIVE_MAX_BYTES = 4 * 2**20  # a trial log line is ~300 bytes: thousands of trials
 
 
@@ -378,7 +384,7 @@ def _archived_lines(p: Plan, settings: dict[str, Any]) -> list[str]:
 
 def _write_archive(p: Plan, settings: dict[str, Any], kept: str) -> None:
     """The archive of a starting search: its settings and the trials it replays (each new trial is
-    appended by :func:`trial_task`); the search folder notes where it is."""
+    appended by :func:`trial_task`)."""
     if p.archive is None:
         return
     from benchmark.util import atomic_write
@@ -386,7 +392,6 @@ def _write_archive(p: Plan, settings: dict[str, Any], kept: str) -> None:
     p.archive.mkdir(parents=True, exist_ok=True)
     atomic_write(p.archive / "settings.json", json.dumps(settings, indent=1, sort_keys=True) + "\n")
     atomic_write(p.archive / "trials.jsonl", kept)
-    (p.folder / ARCHIVE_POINTER).write_text(str(p.archive.resolve()))
 
 
 def _logged_trial(path: Path, num: int, config_hash: str) -> dict[str, Any] | None:
