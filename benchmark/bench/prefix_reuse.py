@@ -1,6 +1,7 @@
-"""TALLRec pair scoring with and without a shared key/value prefix, on the same rows.
+"""TALLRec pair scoring with and without a shared key/value prefix, on the same rows, and the
+prefix's cache read in place against repeated per row.
 
-Two workloads, the TALLRec-style scorer (SmolLM2-135M-Instruct, dequantized Q4_1, fp32,
+Two TALLRec workloads, the TALLRec-style scorer (SmolLM2-135M-Instruct, dequantized Q4_1, fp32,
 zero-shot, prompt ``tallrec``, batches of 16):
 
 - ``candidates``: the first ``users`` ml-100k ``loo`` test users each get their ``eval=candidates``
@@ -11,11 +12,17 @@ zero-shot, prompt ``tallrec``, batches of 16):
   rows of a scoring batch share the instruction and the examples, computed once per batch.
 
 Each workload gives P("Yes") of every pair with ``model.module.prefix_reuse`` on
-(:func:`~benchmark.models.components.llm.shared_prefix_next_logits`) and off (every prompt on its
-own). Reported per mode: pairs per second, full-prompt tokens per second, tokens the LM actually
-ran (the model's own count), CPU share; the largest |P(yes)| difference between the two; and the
+(:func:`~benchmark.models.components.llm.shared_prefix_next_logits`; the rows read the prefix's
+cache in place, :mod:`~benchmark.models.components.prefix_attention`), on with the cache repeated
+per row (``reuse_copied``: the path of models without shared-prefix attention) and off (every
+prompt on its own). Reported per mode: pairs per second, full-prompt tokens per second, tokens the
+LM actually ran (the model's own count), CPU share; the largest |P(yes)| differences; and the
 floor: a plain forward pass (last position only) of the same full prompts in the same batches,
 without prompt building or answer reading.
+
+A third workload, ``continuations`` (:func:`continuations`), times
+:func:`~benchmark.models.components.llm.shared_prefix_logprobs` in place and copied on the shape
+of a hybrid conversation turn (8 prompts of ~450 tokens, 24 continuations each).
 
 One torch thread in a child process. Results go to ``<out_dir>/prefix_reuse.json``.
 
@@ -28,6 +35,7 @@ running anything) writes the measured sentences from ``prefix_reuse.json`` betwe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -71,6 +79,7 @@ def child(users: int, rows: int, icl_shots: int = ICL_SHOTS) -> dict[str, Any]:
     model = TallRec(split, data, BACKBONE, prompt, lora=None, seed=1, dtype="float32", score_batch_size=BATCH).eval()
     model.score_pairs(u[:1], items[:1, :2])  # warm-up
     out["candidates"] = {"users": users, **measure(model, u, items)}
+    out["continuations"] = continuations()
     split = build_tallrec_movie(data, SplitConfig())
     labeled = split.test.iloc[:rows]
     model = TallRec(
@@ -99,12 +108,15 @@ def measure(model: Any, users: Any, items: Any) -> dict[str, Any]:
     seqs = model._tokens(texts)
     tokens = sum(len(s) for s in seqs)
     out: dict[str, Any] = {"pairs": len(seqs), "prompt_tokens_mean": round(tokens / len(seqs), 1)}
+    from benchmark.models.components.prefix_attention import copied_prefix
+
     scores = {}
-    for mode, reuse in (("reuse", True), ("plain", False)):
+    for mode, reuse in (("reuse", True), ("reuse_copied", True), ("plain", False)):
         model.prefix_reuse = reuse
         before = model.tokens_run
         c0, t0 = time.process_time(), time.perf_counter()
-        scores[mode] = model.score_pairs(users, items)
+        with copied_prefix() if mode == "reuse_copied" else contextlib.nullcontext():
+            scores[mode] = model.score_pairs(users, items)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         out[mode] = {
             "seconds": round(wall, 3),
@@ -124,7 +136,45 @@ def measure(model: Any, users: Any, items: Any) -> dict[str, Any]:
     out["floor"] = {"seconds": round(floor, 3), "prompt_tokens_per_second": round(tokens / floor, 1)}
     out["speedup"] = round(out["plain"]["seconds"] / out["reuse"]["seconds"], 2)
     out["speedup_vs_floor"] = round(floor / out["reuse"]["seconds"], 2)
+    out["speedup_in_place"] = round(out["reuse_copied"]["seconds"] / out["reuse"]["seconds"], 2)
     out["max_abs_p_yes_diff"] = float((scores["reuse"] - scores["plain"]).abs().max())
+    out["max_abs_p_yes_diff_copied"] = float((scores["reuse"] - scores["reuse_copied"]).abs().max())
+    return out
+
+
+def continuations(
+    prompts: int = 8, prompt_tokens: int = 450, per_prompt: int = 24, seed: int = 0, backbone: str = BACKBONE
+) -> dict[str, Any]:
+    """Summed log-probabilities of several continuations per prompt (the hybrid conversation's
+    turn: 8 dialogue prompts, each with 3 questions, RECOMMEND and 20 titles), the prompts' cache
+    read in place against repeated per continuation. Random token ids of SmolLM2's vocabulary:
+    prompts of ``prompt_tokens`` minus 0-7 x 7 tokens, continuations of 2-13 tokens."""
+    import torch
+
+    from benchmark.models.components.llm import load_causal_lm, shared_prefix_logprobs
+    from benchmark.models.components.prefix_attention import copied_prefix
+
+    lm = load_causal_lm(backbone, "float32", "cpu").model.requires_grad_(False)
+    g = torch.Generator().manual_seed(seed)
+    top = min(40000, int(lm.config.vocab_size))
+    ids = [torch.randint(3, top, (prompt_tokens - 7 * b,), generator=g).tolist() for b in range(prompts)]
+    conts = [
+        [torch.randint(3, top, (2 + (i * 7 + b) % 12,), generator=g).tolist() for i in range(per_prompt)]
+        for b in range(prompts)
+    ]
+    shared_prefix_logprobs(lm, ids[:1], conts[:1], 0)  # warm-up
+    out: dict[str, Any] = {"prompts": prompts, "prompt_tokens_mean": round(sum(map(len, ids)) / prompts, 1),
+                           "continuations": prompts * per_prompt,
+                           "continuation_tokens": sum(len(c) for cs in conts for c in cs)}
+    found = {}
+    for mode in ("in_place", "copied"):
+        t0 = time.perf_counter()
+        with copied_prefix() if mode == "copied" else contextlib.nullcontext():
+            found[mode] = torch.cat(shared_prefix_logprobs(lm, ids, conts, 0))
+        out[mode] = {"seconds": round(time.perf_counter() - t0, 3)}
+    out["speedup_in_place"] = round(out["copied"]["seconds"] / out["in_place"]["seconds"], 2)
+    out["max_abs_logprob_diff"] = float((found["in_place"] - found["copied"]).abs().max())
+    out["max_rel_logprob_diff"] = float(((found["in_place"] - found["copied"]).abs() / found["copied"].abs()).max())
     return out
 
 
@@ -141,7 +191,9 @@ def main(out_dir: Path, users: int = 10, rows: int = 64) -> dict[str, Any]:
         **measured,
     }
     write_result(Path(out_dir) / OUT_NAME, result)
-    print(json.dumps({w: {k: result[w][k] for k in ("pairs", "speedup", "max_abs_p_yes_diff")} for w in ("candidates", "labeled")}))
+    print(json.dumps({w: {k: result[w][k] for k in ("pairs", "speedup", "speedup_in_place", "max_abs_p_yes_diff")}
+                      for w in ("candidates", "labeled")}))
+    print(json.dumps(result["continuations"]))
     return result
 
 
@@ -160,8 +212,18 @@ def summary(result: dict[str, Any]) -> str:
             f"without ({w['speedup']}x; the LM ran {w['reuse']['tokens_run']:,} instead of {w['plain']['tokens_run']:,} "
             f"tokens), {w['speedup_vs_floor']}x a plain forward pass of the full prompts "
             f"({w['floor']['prompt_tokens_per_second']} prompt tokens/s); P(\"Yes\") differs by "
-            f"{w['max_abs_p_yes_diff']:.1e} at most."
+            f"{w['max_abs_p_yes_diff']:.1e} at most. Reading the prefix's cache in place is {w['speedup_in_place']}x "
+            f"as fast as repeating it per row ({w['reuse_copied']['pairs_per_second']} pairs/s; P(\"Yes\") differs by "
+            f"{w['max_abs_p_yes_diff_copied']:.1e} at most)."
         )
+    c = result["continuations"]
+    out.append(
+        f"- continuations ({c['prompts']} prompts of {c['prompt_tokens_mean']} tokens on average, {c['continuations']} "
+        f"continuations of {c['continuation_tokens']:,} tokens in all, summed log-probabilities): "
+        f"{c['in_place']['seconds']} s with the prompts' cache read in place against {c['copied']['seconds']} s "
+        f"with it repeated per continuation ({c['speedup_in_place']}x; log-probabilities differ by "
+        f"{c['max_rel_logprob_diff']:.1e} relative at most)."
+    )
     return "\n".join(out) + "\n"
 
 

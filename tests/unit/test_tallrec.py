@@ -605,13 +605,25 @@ def test_prefix_reuse_bench_measures_both_modes_on_the_same_pairs(tiny_split, ti
     assert out["plain"]["tokens_run"] == sum(len(q) for q in seqs)
     assert out["reuse"]["tokens_run"] == sum(len(q) for q in seqs) - 3 * sum(cuts)  # each prefix once, not 4 times
     assert abs(out["plain"]["tokens_run"] / 8 - out["prompt_tokens_mean"]) <= 0.05
-    assert out["max_abs_p_yes_diff"] <= 1e-5
+    assert out["max_abs_p_yes_diff"] <= 1e-5 and out["max_abs_p_yes_diff_copied"] <= 1e-5
+    assert out["reuse_copied"]["tokens_run"] == out["reuse"]["tokens_run"]  # the same tokens, another attention
     assert out["speedup"] == round(out["plain"]["seconds"] / out["reuse"]["seconds"], 2)
+    assert out["speedup_in_place"] == round(out["reuse_copied"]["seconds"] / out["reuse"]["seconds"], 2)
     labeled = tallrec(tiny_split, tiny_data, tiny_lm, lora=None, icl_shots=2, score_batch_size=16).eval()
     test = tiny_split.test.iloc[:6]
     out = measure(labeled, torch.as_tensor(test["user"].to_numpy(copy=True)), torch.as_tensor(test["item"].to_numpy(copy=True))[:, None])
     assert out["pairs"] == 6 and out["max_abs_p_yes_diff"] <= 1e-5
     assert out["reuse"]["tokens_run"] < out["plain"]["tokens_run"] - 5 * 200  # two examples' tokens run once, not 6 times
+
+
+def test_prefix_reuse_bench_times_continuations_in_place_and_copied_on_the_same_rows(tiny_lm):
+    from benchmark.bench.prefix_reuse import continuations
+
+    out = continuations(prompts=3, prompt_tokens=40, per_prompt=5, backbone=str(tiny_lm))
+    assert out["continuations"] == 15 and out["prompt_tokens_mean"] == 33.0  # 40, 33, 26
+    assert out["continuation_tokens"] == sum(2 + (i * 7 + b) % 12 for b in range(3) for i in range(5))
+    assert out["max_rel_logprob_diff"] <= 1e-5
+    assert out["speedup_in_place"] == round(out["copied"]["seconds"] / out["in_place"]["seconds"], 2)
 
 
 def test_prefix_reuse_readme_sentences_come_from_the_result(tmp_path):
@@ -621,12 +633,22 @@ def test_prefix_reuse_readme_sentences_come_from_the_result(tmp_path):
     def workload(pps, plain, run, full):
         return {"pairs": 100, "prompt_tokens_mean": 228.6, "speedup": round(pps / plain, 2), "speedup_vs_floor": 5.9,
                 "reuse": {"pairs_per_second": pps, "tokens_run": run}, "plain": {"pairs_per_second": plain, "tokens_run": full},
-                "floor": {"prompt_tokens_per_second": 122.7}, "max_abs_p_yes_diff": 5.066e-06}
+                "reuse_copied": {"pairs_per_second": 1.25}, "speedup_in_place": round(pps / 1.25, 2),
+                "floor": {"prompt_tokens_per_second": 122.7}, "max_abs_p_yes_diff": 5.066e-06,
+                "max_abs_p_yes_diff_copied": 3.1e-07}
 
+    continuations = {"prompts": 8, "prompt_tokens_mean": 425.5, "continuations": 192, "continuation_tokens": 1440,
+                     "in_place": {"seconds": 20.5}, "copied": {"seconds": 41.0}, "speedup_in_place": 2.0,
+                     "max_rel_logprob_diff": 2.04e-7}
     result = {"machine": {"load_average_start": 1.96, "load_average_end": 3.82}, "backbone": "b",
               "candidates": {"users": 5, **workload(3.162, 0.565, 2848, 22855)},
-              "labeled": {"rows": 32, "split": "tallrec_movie", "icl_shots": 2, **workload(2.0, 0.5, 9000, 20000)}}
+              "labeled": {"rows": 32, "split": "tallrec_movie", "icl_shots": 2, **workload(2.0, 0.5, 9000, 20000)},
+              "continuations": continuations}
     text = summary(result)
+    assert "in place is 2.53x as fast as repeating it per row (1.25 pairs/s; P(\"Yes\") differs by 3.1e-07" in text
+    assert "8 prompts of 425.5 tokens on average, 192 continuations of 1,440 tokens in all" in text
+    assert "20.5 s with the prompts' cache read in place against 41.0 s" in text and "(2.0x;" in text
+    assert "differ by 2.0e-07 relative at most" in text
     assert "candidate lists (5 users, 1 + 19 each), 100 pairs of 228.6 prompt tokens" in text
     assert "3.162 pairs/s with the shared prefix against 0.565 without (5.6x; the LM ran 2,848 instead of 22,855 tokens)" in text
     assert "(122.7 prompt tokens/s)" in text and "load average 1.96-3.82" in text and "5.1e-06 at most" in text

@@ -363,14 +363,15 @@ def shared_prefix_logprobs(
     """:func:`continuation_logprobs` for several prompts, each with its own continuations,
     computing every prompt once.
 
-    The prompts run as one left-padded batch with a key/value cache; the cache rows are
-    repeated for each prompt's continuations, which run as one right-padded batch (a real
-    token never attends to a later pad) with the prompt's padding mask and positions. The
-    result equals scoring every ``prompt + continuation`` on its own, at about
+    The prompts run as one left-padded batch with a key/value cache; the continuations run as
+    one right-padded batch (a real token never attends to a later pad) continuing their prompt's
+    positions and attending to its cache: in place when the model allows it
+    (:mod:`benchmark.models.components.prefix_attention`), else through cache rows repeated per
+    continuation. The result equals scoring every ``prompt + continuation`` on its own, at about
     (sum P + sum C * L) instead of sum C * (P + L) tokens.
 
     Args:
-        model: a causal LM whose cache supports ``batch_select_indices`` (transformers caches).
+        model: a causal LM whose cache is a transformers cache.
         prompts: B lists of prompt token ids.
         continuations: B lists of non-empty token id lists (C_b continuations of prompt b).
         pad_id: pad token id.
@@ -393,24 +394,30 @@ def shared_prefix_logprobs(
     total = first[owner, torch.as_tensor([c[0] for c in flat], device=device)]  # [N]
     longest = max(len(c) for c in flat)
     if longest > 1:
+        from benchmark.models.components.prefix_attention import attend_to_prefix, supports_shared_prefix
+
         cache = getattr(out, "cache", None) or out.past_key_values
-        cache.batch_select_indices(owner)  # [N, ...]: each continuation gets its prompt's keys/values
         feed = torch.full((len(flat), longest - 1), pad_id, dtype=torch.long)  # tokens 0..L-2
         target = torch.full((len(flat), longest - 1), pad_id, dtype=torch.long)  # tokens 1..L-1
         for r, c in enumerate(flat):
             feed[r, : len(c) - 1] = torch.as_tensor(c[:-1])
             target[r, : len(c) - 1] = torch.as_tensor(c[1:])
         feed, target = feed.to(device), target.to(device)
-        mask = torch.cat([batch["attention_mask"][owner], torch.ones_like(feed)], dim=1)  # [N, P + L - 1]
         start = batch["attention_mask"].sum(dim=1)[owner]  # [N] real prompt length = next position
         position_ids = start[:, None] + torch.arange(longest - 1, device=device)[None, :]
-        out = model(
-            input_ids=feed,
-            attention_mask=mask,
-            position_ids=position_ids,
-            use_cache=True,
-            **cache_kwarg(model, cache),
-        )
+        if supports_shared_prefix(model, cache):  # the rows read the prompts' cache in place
+            with attend_to_prefix(model, cache, batch["attention_mask"], [len(cs) for cs in continuations]):
+                out = model(input_ids=feed, position_ids=position_ids, use_cache=False)
+        else:
+            cache.batch_select_indices(owner)  # [N, ...]: each continuation gets its prompt's keys/values
+            mask = torch.cat([batch["attention_mask"][owner], torch.ones_like(feed)], dim=1)  # [N, P + L - 1]
+            out = model(
+                input_ids=feed,
+                attention_mask=mask,
+                position_ids=position_ids,
+                use_cache=True,
+                **cache_kwarg(model, cache),
+            )
         logp = out.logits.float().log_softmax(dim=-1)  # [N, L-1, V]
         tok = logp.gather(2, target.unsqueeze(-1)).squeeze(-1)  # [N, L-1]
         lens = torch.as_tensor([len(c) - 1 for c in flat], device=device)
@@ -438,16 +445,17 @@ def shared_prefix_next_logits(
 ) -> list[torch.Tensor]:
     """Logits of the token after each ``prefix + suffix``, computing every prefix once.
 
-    The prefixes run as one left-padded batch with a key/value cache; each prefix's cache rows
-    are repeated for its suffixes, which run as one left-padded batch continuing the prefix's
-    positions (the pads between a prefix and its suffix are masked out), so only the last
-    position goes through the LM head. Equal, to float rounding, to
+    The prefixes run as one left-padded batch with a key/value cache; the suffixes run as one
+    left-padded batch continuing their prefix's positions and attending to its cache (in place
+    when the model allows it, :mod:`benchmark.models.components.prefix_attention`, else through
+    cache rows repeated per suffix; the pads between a prefix and its suffix are masked out), so
+    only the last position goes through the LM head. Equal, to float rounding, to
     :func:`next_token_logits` of every ``prefix + suffix`` on its own, at about
     (sum P + sum C * S) instead of sum C * (P + S) tokens: a user's candidates share the history
     part of a TALLRec prompt.
 
     Args:
-        model: a causal LM whose cache supports ``batch_select_indices`` (transformers caches).
+        model: a causal LM whose cache is a transformers cache.
         prefixes: B non-empty lists of prompt token ids.
         suffixes: B lists of token id lists (C_b suffixes of prefix b; an empty suffix reads the
             prefix's own last position).
@@ -465,21 +473,31 @@ def shared_prefix_next_logits(
     result = last[owner].clone()  # [N, V]: right for the empty suffixes
     longest = max((len(s) for s in flat), default=0)
     if longest:
+        from benchmark.models.components.prefix_attention import attend_to_prefix, supports_shared_prefix
+
         cache = getattr(out, "cache", None) or out.past_key_values
         rows = [r for r, s in enumerate(flat) if s]
         tail = left_pad([flat[r] for r in rows], pad_id)  # [M, S], positions count real tokens from 0
         index = torch.as_tensor(rows, device=device)
         start = batch["attention_mask"].sum(dim=1)[owner][index]  # [M] real prefix length = next position
-        cache.batch_select_indices(owner[index])  # [M, ...]: each suffix gets its prefix's keys/values
-        mask = torch.cat([batch["attention_mask"][owner][index], tail["attention_mask"].to(device)], dim=1)
-        logits = model(
-            input_ids=tail["input_ids"].to(device),
-            attention_mask=mask,
-            position_ids=start[:, None] + tail["position_ids"].to(device),
-            use_cache=True,
-            logits_to_keep=1,
-            **cache_kwarg(model, cache),
-        ).logits  # [M, 1, V]
+        position_ids = start[:, None] + tail["position_ids"].to(device)
+        if supports_shared_prefix(model, cache):  # the suffixes read the prefixes' cache in place
+            counts = torch.bincount(owner[index], minlength=len(prefixes)).tolist()
+            with attend_to_prefix(model, cache, batch["attention_mask"], counts, tail["attention_mask"].to(device)):
+                logits = model(
+                    input_ids=tail["input_ids"].to(device), position_ids=position_ids, use_cache=False, logits_to_keep=1
+                ).logits  # [M, 1, V]
+        else:
+            cache.batch_select_indices(owner[index])  # [M, ...]: each suffix gets its prefix's keys/values
+            mask = torch.cat([batch["attention_mask"][owner][index], tail["attention_mask"].to(device)], dim=1)
+            logits = model(
+                input_ids=tail["input_ids"].to(device),
+                attention_mask=mask,
+                position_ids=position_ids,
+                use_cache=True,
+                logits_to_keep=1,
+                **cache_kwarg(model, cache),
+            ).logits  # [M, 1, V]
         result[index] = logits[:, -1].float()
     return list(result.cpu().split([len(ss) for ss in suffixes]))
 
