@@ -145,12 +145,8 @@ class ChatLM:
             use_cache=True,
         )
         processors = LogitsProcessorList([TrieConstraint(trie, start, k, counts)])
-        out = self.model.generate(
-            **enc,
-            generation_config=cfg,
-            logits_processor=processors,
-            **row_prefilled_cache(self.model, enc, k),
-        )
+        with row_prefilled_cache(self.model, enc, k) as cache:
+            out = self.model.generate(**enc, generation_config=cfg, logits_processor=processors, **cache)
         found = trie.items_of(out[:, start:]).view(len(prompts), k).tolist()  # [B, k], best first
         lists = []
         for row, ban in zip(found, blocked, strict=True):

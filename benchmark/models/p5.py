@@ -41,6 +41,7 @@ Pieces in :mod:`benchmark.models.components`: ``backbones`` (presets, loading, n
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -145,7 +146,7 @@ class P5(nn.Module):
         shared_prompt_cache: beam search reads each prompt once per row, not once per beam
             (identical results, faster): an encoder-decoder keeps one cross-attention cache per row
             (:func:`~benchmark.models.components.beam_cache.row_shared_cross_cache`), a decoder-only LM
-            prefills the prompt once per row and repeats its key/value cache per beam
+            prefills the prompt once per row and its beams read that key/value cache in place
             (:func:`~benchmark.models.components.beam_cache.row_prefilled_cache`).
         adapter: the run's ``adapter`` config (soft tokens from frozen item features), or None.
         gradient_checkpointing: recompute layer activations in the backward pass (the same loss and
@@ -625,14 +626,15 @@ class P5(nn.Module):
         was_training = self.lm.training
         self.lm.eval()
         try:
-            cache: dict[str, Any] = {}
+            cache: Any = contextlib.nullcontext({})
             if self.shared_prompt_cache and self.kind == "seq2seq":
-                cache = row_shared_cross_cache(self.lm)
+                cache = contextlib.nullcontext(row_shared_cross_cache(self.lm))
             elif self.shared_prompt_cache and nb > 1:
                 cache = row_prefilled_cache(self.lm, enc, nb)
-            return self.lm.generate(
-                **enc, generation_config=cfg, logits_processor=LogitsProcessorList(processors), **cache
-            )
+            with cache as kwargs:
+                return self.lm.generate(
+                    **enc, generation_config=cfg, logits_processor=LogitsProcessorList(processors), **kwargs
+                )
         finally:
             self.lm.train(was_training)
 

@@ -85,6 +85,34 @@ def test_constrained_llm_lists_only_unblocked_catalogue_items(lm, one_torch_thre
     assert "Movies the user watched before" in rec.facts()["prompt"]["example"]
 
 
+def test_title_beams_read_each_prompt_in_place_with_the_beams_of_a_copied_cache(lm, one_torch_thread, monkeypatch):
+    """The beams of a row read its prompt's keys/values in place (every layer, every step); the
+    lists equal those of the prompt cache repeated per beam, blocked items included."""
+    from transformers import AttentionInterface
+
+    from benchmark.models.components import prefix_attention as pa
+
+    cat = catalogue()
+    trie = lm.title_trie(cat.texts)
+    prompts = [lm.render("s", f"Movies: {cat.texts[0]} {cat.texts[3]}") + "RECOMMEND:", lm.render("s", "x") + "RECOMMEND:"]
+    blocked = [np.array([1, 2]), np.array([0])]
+    calls: list[tuple[int, int]] = []
+
+    def counted(module, query, *args, **kwargs):
+        calls.append((int(module.layer_idx), query.shape[0]))
+        return pa.shared_prefix_attention(module, query, *args, **kwargs)
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, pa.NAME, counted)
+    in_place = lm.beams(prompts, trie, 4, blocked)
+    assert {layer for layer, _ in calls} == {0, 1} and {rows for _, rows in calls} == {2 * 4}  # 2 rows x 4 beams
+    assert len(calls) >= 2 * 2  # at least two decoding steps through both layers
+    calls.clear()
+    with pa.copied_prefix():
+        copied = lm.beams(prompts, trie, 4, blocked)
+    assert not calls and in_place == copied
+    assert not {1, 2} & set(in_place[0]) and 0 not in in_place[1] and all(in_place)
+
+
 def test_free_llm_lists_grounded_items_or_hallucinations(lm, one_torch_thread):
     cat = catalogue()
     rec = LLMRecommender(lm, cat, history, prompt(), ATTRS, decoding="free", max_new_tokens=12)

@@ -53,9 +53,8 @@ def spy(monkeypatch):
 
     from transformers import AttentionInterface
 
-    AttentionInterface.register(pa.NAME, counted)
-    yield calls
-    AttentionInterface.register(pa.NAME, real)
+    monkeypatch.setitem(AttentionInterface._global_mapping, pa.NAME, counted)
+    return calls
 
 
 def test_continuations_read_the_prompt_cache_in_place_with_the_results_of_separate_sequences(spy):

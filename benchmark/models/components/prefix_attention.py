@@ -144,7 +144,9 @@ def shared_prefix_attention(
     """The attention function registered as :data:`NAME` (see the module docstring).
 
     Args:
-        query: [N, Hq, L, d] the rows' queries; key, value: [N, Hkv, L, d] their own keys/values.
+        query: [N, Hq, L, d] the rows' queries; key, value: [N, Hkv, K, d] their own keys/values,
+            K >= L (during decoding a row's cache holds its earlier tokens: query i sits at own
+            position K - L + i and reads own keys 0..K - L + i).
 
     Returns:
         ([N, L, Hq, d] attention output, None).
@@ -163,7 +165,8 @@ def shared_prefix_attention(
     gl = g * length
     scale = float(scaling) if scaling is not None else d**-0.5
     q = query.reshape(n, hkv, gl, d)  # [N, Hkv, g*L, d]; query row r of a head group is position r % L
-    own = torch.ones(length, length, dtype=torch.bool, device=query.device).tril().repeat(g, 1)  # [g*L, L]
+    span = key.shape[2]
+    own = torch.ones(length, span, dtype=torch.bool, device=query.device).tril(span - length).repeat(g, 1)  # [g*L, K]
     outs, start = [], 0
     for b, c in enumerate(state.counts):
         if c == 0:
@@ -172,7 +175,7 @@ def shared_prefix_attention(
         qb = q[rows].transpose(0, 1)  # [Hkv, c, g*L, d]
         pre = torch.bmm(qb.reshape(hkv, c * gl, d), pk[b].transpose(-1, -2)).float().mul_(scale)  # [Hkv, c*g*L, P]
         pre.masked_fill_(~state.mask[b], float("-inf"))
-        mine = torch.matmul(qb, key[rows].transpose(0, 1).transpose(-1, -2)).float().mul_(scale)  # [Hkv, c, g*L, L]
+        mine = torch.matmul(qb, key[rows].transpose(0, 1).transpose(-1, -2)).float().mul_(scale)  # [Hkv, c, g*L, K]
         allowed = own if state.row_mask is None else own & state.row_mask[rows][None, :, None, :]
         mine.masked_fill_(~allowed, float("-inf"))
         pre = pre.view(hkv, c, gl, -1)
