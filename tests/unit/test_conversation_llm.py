@@ -107,7 +107,7 @@ def test_title_beams_read_each_prompt_in_place_with_the_beams_of_a_copied_cache(
     assert {layer for layer, _ in calls} == {0, 1} and {rows for _, rows in calls} == {2 * 4}  # 2 rows x 4 beams
     assert len(calls) >= 2 * 2  # at least two decoding steps through both layers
     calls.clear()
-    with pa.copied_prefix():
+    with pa.prefix_mode("copied"):
         copied = lm.beams(prompts, trie, 4, blocked)
     assert not calls and in_place == copied
     assert not {1, 2} & set(in_place[0]) and 0 not in in_place[1] and all(in_place)

@@ -61,13 +61,14 @@ def test_continuations_read_the_prompt_cache_in_place_with_the_results_of_separa
     lm = tiny_llama()
     prompts = seqs(1, [9, 4, 13])  # unequal lengths: left-padded prompts
     conts = [seqs(2, [3, 1, 5]), seqs(3, [2]), seqs(4, [6, 2, 4, 1])]  # unequal counts and lengths
-    got = shared_prefix_logprobs(lm, prompts, conts, 0)
+    with pa.prefix_mode("in_place"):  # rows this long next to the prompts would be copied by default
+        got = shared_prefix_logprobs(lm, prompts, conts, 0)
     assert sorted(set(spy)) == [0, 1, 2]  # every layer took the in-place path
     with torch.no_grad():
         for g, prompt, cs in zip(got, prompts, conts, strict=True):
             assert torch.allclose(g, continuation_logprobs(lm, prompt, cs, 0), atol=1e-5)
     spy.clear()
-    with pa.copied_prefix():
+    with pa.prefix_mode("copied"):
         copied = shared_prefix_logprobs(lm, prompts, conts, 0)
     assert not spy  # the copy path never calls it
     for a, b in zip(got, copied, strict=True):
@@ -84,12 +85,32 @@ def test_left_padded_suffixes_and_prefixes_without_suffix_tokens_read_the_cache_
     lm = tiny_llama(seed=3)
     prefixes = seqs(5, [7, 12, 3])
     suffixes = [seqs(6, [4, 1, 0]), [[]], seqs(7, [2, 6])]  # prefix 1 has only an empty suffix: no row
-    got = shared_prefix_next_logits(lm, prefixes, suffixes, 0)
+    with pa.prefix_mode("in_place"):
+        got = shared_prefix_next_logits(lm, prefixes, suffixes, 0)
     assert sorted(set(spy)) == [0, 1, 2]
     with torch.no_grad():
         for g, prefix, ss in zip(got, prefixes, suffixes, strict=True):
             want = next_token_logits(lm, left_pad([prefix + s for s in ss], 0)).float()
             assert g.shape == want.shape and torch.allclose(g, want, atol=1e-5)
+
+
+def test_rows_short_next_to_their_prompt_read_it_in_place_and_long_rows_take_copies(spy):
+    """By default the path follows the measured prompt-to-row ratio (IN_PLACE_RATIO = 16)."""
+    assert pa.in_place_pays(16 * 5, 5) and not pa.in_place_pays(16 * 5 - 1, 5)
+    lm = tiny_llama(seed=6)
+    prompts = seqs(14, [80, 70])
+    short = [seqs(15, [6, 3]), seqs(16, [2])]  # widest row 5 tokens after the first: 80 >= 16 x 5
+    long = [seqs(17, [7, 3]), seqs(18, [2])]  # 6 tokens: 80 < 96
+    for conts, in_place in ((short, True), (long, False)):
+        spy.clear()
+        got = shared_prefix_logprobs(lm, prompts, conts, 0)
+        assert bool(spy) is in_place
+        with torch.no_grad():
+            for g, prompt, cs in zip(got, prompts, conts, strict=True):
+                assert torch.allclose(g, continuation_logprobs(lm, prompt, cs, 0), atol=1e-5)
+    with pytest.raises(ValueError, match="prefix mode"):
+        with pa.prefix_mode("fast"):
+            pass
 
 
 def test_the_attention_equals_softmax_over_prompt_and_own_keys_computed_by_hand():
@@ -147,8 +168,9 @@ def test_models_without_plain_full_attention_keep_the_copy_path(spy):
 def test_bf16_weights_stay_close_to_the_copy_path():
     lm = tiny_llama(seed=5).to(torch.bfloat16)
     prompts, conts = seqs(11, [10, 5]), [seqs(12, [3, 4]), seqs(13, [2, 5, 1])]
-    got = shared_prefix_logprobs(lm, prompts, conts, 0)
-    with pa.copied_prefix():
+    with pa.prefix_mode("in_place"):
+        got = shared_prefix_logprobs(lm, prompts, conts, 0)
+    with pa.prefix_mode("copied"):
         copied = shared_prefix_logprobs(lm, prompts, conts, 0)
     for a, b in zip(got, copied, strict=True):
         assert a.dtype == torch.float32 and torch.allclose(a, b, atol=0.05)

@@ -365,9 +365,9 @@ def shared_prefix_logprobs(
 
     The prompts run as one left-padded batch with a key/value cache; the continuations run as
     one right-padded batch (a real token never attends to a later pad) continuing their prompt's
-    positions and attending to its cache: in place when the model allows it
-    (:mod:`benchmark.models.components.prefix_attention`), else through cache rows repeated per
-    continuation. The result equals scoring every ``prompt + continuation`` on its own, at about
+    positions and attending to its cache: in place when the model allows it and the continuations
+    are short next to the prompts (:mod:`benchmark.models.components.prefix_attention`), else
+    through cache rows repeated per continuation. The result equals scoring every ``prompt + continuation`` on its own, at about
     (sum P + sum C * L) instead of sum C * (P + L) tokens.
 
     Args:
@@ -394,7 +394,7 @@ def shared_prefix_logprobs(
     total = first[owner, torch.as_tensor([c[0] for c in flat], device=device)]  # [N]
     longest = max(len(c) for c in flat)
     if longest > 1:
-        from benchmark.models.components.prefix_attention import attend_to_prefix, supports_shared_prefix
+        from benchmark.models.components.prefix_attention import attend_to_prefix, reads_in_place
 
         cache = getattr(out, "cache", None) or out.past_key_values
         feed = torch.full((len(flat), longest - 1), pad_id, dtype=torch.long)  # tokens 0..L-2
@@ -405,7 +405,7 @@ def shared_prefix_logprobs(
         feed, target = feed.to(device), target.to(device)
         start = batch["attention_mask"].sum(dim=1)[owner]  # [N] real prompt length = next position
         position_ids = start[:, None] + torch.arange(longest - 1, device=device)[None, :]
-        if supports_shared_prefix(model, cache):  # the rows read the prompts' cache in place
+        if reads_in_place(model, cache, batch["input_ids"].shape[1], feed.shape[1]):  # the prompts' cache in place
             with attend_to_prefix(model, cache, batch["attention_mask"], [len(cs) for cs in continuations]):
                 out = model(input_ids=feed, position_ids=position_ids, use_cache=False)
         else:
@@ -447,8 +447,8 @@ def shared_prefix_next_logits(
 
     The prefixes run as one left-padded batch with a key/value cache; the suffixes run as one
     left-padded batch continuing their prefix's positions and attending to its cache (in place
-    when the model allows it, :mod:`benchmark.models.components.prefix_attention`, else through
-    cache rows repeated per suffix; the pads between a prefix and its suffix are masked out), so
+    when the model allows it and the suffixes are short next to the prefixes,
+    :mod:`benchmark.models.components.prefix_attention`, else through cache rows repeated per suffix; the pads between a prefix and its suffix are masked out), so
     only the last position goes through the LM head. Equal, to float rounding, to
     :func:`next_token_logits` of every ``prefix + suffix`` on its own, at about
     (sum P + sum C * S) instead of sum C * (P + S) tokens: a user's candidates share the history
@@ -473,7 +473,7 @@ def shared_prefix_next_logits(
     result = last[owner].clone()  # [N, V]: right for the empty suffixes
     longest = max((len(s) for s in flat), default=0)
     if longest:
-        from benchmark.models.components.prefix_attention import attend_to_prefix, supports_shared_prefix
+        from benchmark.models.components.prefix_attention import attend_to_prefix, reads_in_place
 
         cache = getattr(out, "cache", None) or out.past_key_values
         rows = [r for r, s in enumerate(flat) if s]
@@ -481,7 +481,7 @@ def shared_prefix_next_logits(
         index = torch.as_tensor(rows, device=device)
         start = batch["attention_mask"].sum(dim=1)[owner][index]  # [M] real prefix length = next position
         position_ids = start[:, None] + tail["position_ids"].to(device)
-        if supports_shared_prefix(model, cache):  # the suffixes read the prefixes' cache in place
+        if reads_in_place(model, cache, batch["input_ids"].shape[1], tail["input_ids"].shape[1]):
             counts = torch.bincount(owner[index], minlength=len(prefixes)).tolist()
             with attend_to_prefix(model, cache, batch["attention_mask"], counts, tail["attention_mask"].to(device)):
                 logits = model(

@@ -19,6 +19,15 @@ concatenated keys/values, to float rounding (tests: 1e-5 against separate sequen
 Only for models that route attention through the interface with plain full attention
 (:func:`supports_shared_prefix`: no sliding window, no logit soft-capping); others keep the
 cache-copy path. Inference only (no dropout).
+
+The in-place path materialises each row's scores against the prompt (rows x heads x L x P
+floats), where the copy path pays rows x P x heads x d copies and then runs the fused SDPA kernel:
+the copies dominate when rows are short next to their prompt, the scores when they are long.
+:func:`in_place_pays` chooses by the prompt-to-row length ratio (``python -m benchmark.bench
+prefix_reuse``, one thread, SmolLM2-135M: 2.19x faster in place for 8 prompts of ~425 tokens
+with 24 rows of <= 13 tokens each, ratio ~60; equal at ratio ~12, 210-token prompts with 18-token
+rows; 0.84x at ratio ~3.4, 550-token prompts with 160-token rows). Beam search (one query per
+row and step) always reads in place.
 """
 
 from __future__ import annotations
@@ -45,18 +54,23 @@ class _Prefix:
 
 
 _ACTIVE: contextvars.ContextVar[_Prefix | None] = contextvars.ContextVar("llm4rec_shared_prefix", default=None)
-_COPIED: contextvars.ContextVar[bool] = contextvars.ContextVar("llm4rec_copied_prefix", default=False)
+_MODE: contextvars.ContextVar[str] = contextvars.ContextVar("llm4rec_prefix_mode", default="auto")
+MODES = ("auto", "in_place", "copied")
 
 
 @contextmanager
-def copied_prefix() -> Iterator[None]:
-    """Within the block, shared-prefix scoring repeats the prompts' cache per row (the path of
-    models without shared-prefix attention): for measuring and testing the in-place path against it."""
-    token = _COPIED.set(True)
+def prefix_mode(mode: str) -> Iterator[None]:
+    """Within the block, shared-prefix scoring reads the prompts' cache ``in_place`` whenever the
+    model supports it, or always through per-row ``copied`` caches (the path of models without
+    shared-prefix attention), instead of ``auto`` (:func:`in_place_pays`): for measuring and
+    testing one path against the other."""
+    if mode not in MODES:
+        raise ValueError(f"prefix mode: one of {', '.join(MODES)}, got {mode!r}")
+    token = _MODE.set(mode)
     try:
         yield
     finally:
-        _COPIED.reset(token)
+        _MODE.reset(token)
 
 
 def _base(model: Any) -> Any:
@@ -67,8 +81,8 @@ def supports_shared_prefix(model: Any, cache: Any) -> bool:
     """Whether ``model`` (or the model a peft wrapper holds) can attend to ``cache``'s prompt
     keys/values through :func:`attend_to_prefix`: its layers call transformers' attention
     interface with plain full causal attention, and the cache exposes per-layer key/value tensors
-    (False inside :func:`copied_prefix`)."""
-    if _COPIED.get():
+    (False inside ``prefix_mode("copied")``)."""
+    if _MODE.get() == "copied":
         return False
     base = _base(model)
     cfg = base.config.get_text_config(decoder=True)
@@ -83,6 +97,24 @@ def supports_shared_prefix(model: Any, cache: Any) -> bool:
         and layers
         and all(isinstance(getattr(layer, "keys", None), torch.Tensor) for layer in layers)
     )
+
+
+IN_PLACE_RATIO = 16  # prompt width / row width from which the in-place path is used (see the docstring)
+
+
+def in_place_pays(prompt_width: int, row_width: int) -> bool:
+    """Whether rows of ``row_width`` tokens read a ``prompt_width``-token prompt faster in place
+    than through per-row copies of its cache (:data:`IN_PLACE_RATIO`, measured)."""
+    return prompt_width >= IN_PLACE_RATIO * row_width
+
+
+def reads_in_place(model: Any, cache: Any, prompt_width: int, row_width: int) -> bool:
+    """Whether rows of ``row_width`` tokens after a ``prompt_width``-token prompt cache should read
+    it in place: the model supports it (:func:`supports_shared_prefix`) and it pays
+    (:func:`in_place_pays`, unless ``prefix_mode("in_place")`` asks for it)."""
+    if not supports_shared_prefix(model, cache):
+        return False
+    return _MODE.get() == "in_place" or in_place_pays(prompt_width, row_width)
 
 
 @contextmanager
