@@ -661,6 +661,16 @@ def test_prefix_reuse_readme_sentences_come_from_the_result(tmp_path):
     assert readme.read_text() == f"a\n{START}\n{text}{END}\nb\n"
 
 
+def test_the_readme_states_the_committed_prefix_reuse_result():
+    """The README's prefix-reuse sentences are those of results/perf/prefix_reuse.json."""
+    from benchmark.bench.prefix_reuse import END, OUT_NAME, START, summary
+
+    repo = Path(__file__).resolve().parents[2]
+    readme = (repo / "README.md").read_text()
+    block = readme[readme.index(START) + len(START) + 1 : readme.index(END)]
+    assert block == summary(json.loads((repo / "results" / "perf" / OUT_NAME).read_text()))
+
+
 def test_score_cache_reads_back_what_an_untrained_scorer_computed(tiny_split, tiny_data, tiny_lm, tmp_path, monkeypatch):
     """With score_cache on, a second zero-shot scorer on the same weights reads every P("Yes") from
     disk without running the LM; other weights, a trained (LoRA) scorer, or score_cache off never

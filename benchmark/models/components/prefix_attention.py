@@ -24,10 +24,10 @@ The in-place path materialises each row's scores against the prompt (rows x head
 floats), where the copy path pays rows x P x heads x d copies and then runs the fused SDPA kernel:
 the copies dominate when rows are short next to their prompt, the scores when they are long.
 :func:`in_place_pays` chooses by the prompt-to-row length ratio (``python -m benchmark.bench
-prefix_reuse``, one thread, SmolLM2-135M: 2.19x faster in place for 8 prompts of ~425 tokens
-with 24 rows of <= 13 tokens each, ratio ~60; equal at ratio ~12, 210-token prompts with 18-token
-rows; 0.84x at ratio ~3.4, 550-token prompts with 160-token rows). Beam search (one query per
-row and step) always reads in place.
+prefix_reuse``, one thread, SmolLM2-135M, two runs on the shared machine: in place is 1.71-2.19x
+as fast for 8 prompts of ~425 tokens with 24 rows of <= 13 tokens each, ratio ~60; 1.0-1.16x for
+210-token prompts with 18-token rows, ratio ~12; 0.84-0.99x for 550-token prompts with 160-token
+rows, ratio ~3.4). Beam search (one query per row and step) always reads in place.
 """
 
 from __future__ import annotations
