@@ -85,7 +85,7 @@ conversation: $(STAMP)
 	$(CONVERSE) recommender=llm users=16 && \
 	$(CONVERSE) recommender=hybrid users=16 && \
 	$(CONVERSE) recommender=hybrid simulator=llm users=16
-	$(BIN)/python -m benchmark.conversation.table results/conversation
+	$(BIN)/python -m benchmark.conversation.table results/conversation --readme README.md
 
 ## Tuned baselines (README, "Tuned baselines"): per model a 10-trial search on the validation metric,
 ## then the best config with seeds 1, 2, 3, into results/runs (hours: see the experiments' headers).

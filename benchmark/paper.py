@@ -12,6 +12,8 @@ Every number the paper shows is generated here, never typed into ``paper/main.te
   ``.../params_trainable``), split and dataset statistics, and
   ``\\cc{<path>}`` for the RecBole ``Pop`` reproduction in
   ``results/crosscheck/recbole_pop_ml100k.json``. An unknown key stops the LaTeX run with an error;
+- ``paper/tables/conversation.tex`` and ``\\lb{conversation/...}``: the committed conversation runs
+  (``results/conversation``, read by the checked run-folder reader);
 - ``paper/figures/*.pdf`` (and ``.png`` previews): matplotlib.
 
 Run records are data written by strangers: only JSON values of the expected types are read
@@ -619,6 +621,27 @@ def audit_tex(audit_dir: Path) -> str | None:
     return "\n".join(out)
 
 
+CONVERSATION_DIR = Path("conversation")
+
+
+def conversation_tex(runs_dir: Path) -> tuple[str, dict[str, str]]:
+    """``tables/conversation.tex`` (one table per session set of the committed conversation runs)
+    and their ``conversation/...`` values; a comment and no values when there are no runs.
+
+    Raises:
+        PaperError: a run folder fails its checks (its one-line reason).
+    """
+    from benchmark.conversation import table
+    from benchmark.errors import BenchmarkError
+
+    if not runs_dir.is_dir():
+        return "% No conversation runs.\n", {}
+    try:
+        return table.latex(runs_dir), table.paper_values(runs_dir)
+    except BenchmarkError as e:
+        raise PaperError(f"{runs_dir}: {e}") from None
+
+
 INPUT = re.compile(r"\\input\{tables/([^}]+)\}")
 
 
@@ -669,11 +692,14 @@ def generate(results: Path, paper: Path, figures: bool = True) -> list[Path]:
     audit = audit_tex(results / AUDIT_DIR)
     if audit is not None:  # after all.tex: the audit is not a leaderboard table
         texts["audit.tex"] = audit
+    conversation, conversation_values = conversation_tex(results / CONVERSATION_DIR)
+    texts["conversation.tex"] = conversation
     from benchmark.results import precision, prompts
     from benchmark.results.leaderboard import load_runs
 
     runs = load_runs(results / "runs", warn=lambda _: None) if (results / "runs").is_dir() else []
     generated = {**precision.paper_values(runs), **prompts.paper_values(runs)} if runs else {}
+    generated |= conversation_values
     texts["values.tex"] = values_tex(
         {**record_values(rows, results / "runs"), **csv_values(rows), **generated}, crosscheck_values(pop)
     )

@@ -374,7 +374,7 @@ def test_generated_lists_are_parsed_into_titles():
 
 
 def test_the_summary_table_compares_runs_on_the_same_sessions(tmp_path):
-    from benchmark.conversation.table import summary
+    from benchmark.conversation.table import latex, paper_values, summary
 
     def run(run_id: str, sessions: list[dict], users: int | None, name: str) -> None:
         metrics, _ = session_metrics(sessions, 3, 2)
@@ -386,20 +386,36 @@ def test_the_summary_table_compares_runs_on_the_same_sessions(tmp_path):
             "recommender": {"name": name, "first_stage": {"model": "pop"}, "decoding": "constrained"},
             "simulator": {"name": "rule"},
             "timings": {"seconds_per_session": 0.5},
+            "dataset": {"name": "ml-100k"},
+            "split": {"protocol": "loo"},
         }
         write_conversation(tmp_path, run_id, record, sessions)
+        return tmp_path / run_id
 
     run("full", constructed(), None, "ranker")
-    run("part", constructed()[1:], 2, "llm")
+    part_dir = run("part", constructed()[1:], 2, "llm")
     text = summary(tmp_path)
-    assert (
-        "### 3 sessions: all test rows" in text and "### 2 sessions: a seeded subset of 2 test users" in text
-    )
-    part = text.split("### 2 sessions")[1]
+    assert "### ml-100k loo, 3 sessions: all test rows" in text
+    assert "### ml-100k loo, 2 sessions: a seeded subset of 2 test users" in text
+    part = text.split("### ml-100k loo, 2 sessions")[1]
     assert (
         "| ranker in the loop (pop) | rule | 2 * | 0.500 |" in part
     )  # the full run's 2 sessions, recomputed
     assert "| LLM (constrained) | rule | 2 | 0.500 |" in part
+    # The paper's tables and values: the same cells; values of each run on its own sessions only.
+    tex = latex(tmp_path)
+    assert r"\label{tab:conversation-ml-100k-loo-all}" in tex and r"\label{tab:conversation-ml-100k-loo-u2}" in tex
+    assert r"ranker in the loop (pop) & rule & 2* & 0.500 &" in tex and "users\\_seed=0" in tex
+    values = paper_values(tmp_path)
+    assert values["conversation/ml-100k/loo/u2/llm-constrained/rule/success1"] == "0.500"
+    assert values["conversation/ml-100k/loo/all/ranker-pop/rule/sessions"] == "3"
+    assert not any(k.startswith("conversation/ml-100k/loo/u2/ranker") for k in values)  # recomputed: no values
+    # A record from anyone: a field of the wrong type is one line naming the folder and the field.
+    record = json.loads((part_dir / "record.json").read_text())
+    record["recommender"]["name"] = {"_target_": "os.system"}
+    (part_dir / "record.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=r"part: record field recommender.name is missing or of the wrong type"):
+        summary(tmp_path)
 
 
 def test_command_line_overrides_reach_the_main_config_and_the_first_stage():
@@ -430,6 +446,13 @@ def test_committed_runs_recompute_from_their_dialogues_and_match_the_summary():
         assert not bad, (run.name, bad)
         assert record["leakage"]["utterances_naming_target"] == 0
     assert summary(COMMITTED) == (COMMITTED / SUMMARY).read_text()
+
+
+def test_the_readme_shows_the_committed_conversation_tables():
+    from benchmark.conversation.table import END, START, readme_block
+
+    readme = (COMMITTED.parents[1] / "README.md").read_text()
+    assert readme[readme.index(START) + len(START) + 1 : readme.index(END)] == readme_block(COMMITTED)
 
 
 def test_years_from_the_item_table():

@@ -59,6 +59,22 @@ def test_a_table_the_text_does_not_place_goes_to_the_appendix(tmp_path):
     assert "appendix" not in (paper / "tables" / "all.tex").read_text()
 
 
+def test_conversation_tables_come_from_checked_run_folders(tmp_path):
+    """No conversation runs: a comment; a run folder that fails its checks: one line naming it."""
+    from benchmark.paper import PaperError
+
+    _write_csv(tmp_path / "results" / "leaderboard.csv")
+    generate(tmp_path / "results", tmp_path / "paper", figures=False)
+    assert (tmp_path / "paper" / "tables" / "conversation.tex").read_text() == "% No conversation runs.\n"
+    bad = tmp_path / "results" / "conversation" / "forged"
+    bad.mkdir(parents=True)
+    (bad / "record.json").write_text('{"run_id": "forged", "dialogues": {"file": "dialogues.jsonl.gz", "sha256": "0"}}')
+    (bad / "dialogues.jsonl.gz").write_bytes(b"")
+    with pytest.raises(PaperError, match=r"conversation: .*forged: .*sha256"):
+        generate(tmp_path / "results", tmp_path / "paper", figures=False)
+    assert (tmp_path / "paper" / "tables" / "conversation.tex").read_text() == "% No conversation runs.\n"  # kept
+
+
 @pytest.mark.parametrize(
     ("csv_value", "shown"),
     [
@@ -154,7 +170,7 @@ def test_main_tex_types_no_numbers():
     tex = (ROOT / "paper" / "main.tex").read_text()
     body = tex.split(r"\begin{document}")[1]
     body = re.sub(r"(?<!\\)%.*", "", body)  # comments
-    body = re.sub(r"\\(lb|cc|R|PT|PA|PP|PQ|PR|PH|ref|label|cite[tp]?|input|includegraphics|nolinkurl|bibliography\w*)(\[[^\]]*\])?\{[^}]*\}", "", body)
+    body = re.sub(r"\\(lb|cc|R|PT|PA|PP|PQ|PR|PH|CV|ref|label|cite[tp]?|input|includegraphics|nolinkurl|bibliography\w*)(\[[^\]]*\])?\{[^}]*\}", "", body)
     body = re.sub(r"\\\w+\[[^\]]*\]", "", body)  # optional arguments such as [4pt], [width=...]
     typed = re.findall(r"(?<![\w@.\-])\d*\.\d+|(?<![\w@.\-])\d{2,}(?![\w])", body)
     assert typed == [], f"numbers typed into paper/main.tex instead of generated: {typed}"

@@ -69,7 +69,9 @@ def test_every_table_number_is_in_the_pdf_as_in_the_leaderboard(built):
     # The leaderboard tables (all.tex lists them; the audit tables come from results/audit).
     listed = re.findall(r"\\input\{tables/([^}]+)\}", (built / "tables" / "all.tex").read_text())
     tables = sorted(built / "tables" / f"{name}.tex" for name in listed)
-    assert set(listed) == {p.stem for p in (built / "tables").glob("*.tex")} - {"all", "appendix", "values", "audit"}
+    assert set(listed) == {p.stem for p in (built / "tables").glob("*.tex")} - {
+        "all", "appendix", "values", "audit", "conversation"
+    }
     assert tables
     seen = 0
     for table in tables:
@@ -85,6 +87,20 @@ def test_every_table_number_is_in_the_pdf_as_in_the_leaderboard(built):
             assert numbers in lines, (table.name, model, numbers)
             seen += 1
     assert seen == len(csv_rows)
+
+
+def test_every_conversation_row_is_in_the_pdf_as_recomputed_from_its_dialogues(built):
+    """Each row of the conversation tables: its name, simulator, session count and every metric
+    (recomputed from the committed dialogues) on one line of the PDF."""
+    from benchmark.conversation.table import _cells, session_sets
+
+    text = _text(built / "main.pdf")
+    sets = session_sets(ROOT / "results" / "conversation")
+    assert sets
+    for ss in sets:
+        for row in ss.rows:
+            cells = [row.recommender, row.simulator, f"{row.sessions}{'*' if row.recomputed else ''}", *_cells(row, ss.turns, ss.k)]
+            assert re.search(r"\s+".join(re.escape(c) for c in cells), text), cells
 
 
 def test_first_pages_render_and_are_not_blank(built, tmp_path):
