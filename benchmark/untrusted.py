@@ -81,12 +81,23 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"non-finite number {name} (JSON has no NaN/Infinity)")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are distinct: a repeated key would let two readers see two values."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"the key {key[:80]!r} appears twice in one object")
+        out[key] = value
+    return out
+
+
 def loads_strict(text: bytes | str, what: str) -> Any:
-    """``json.loads`` that refuses NaN/Infinity and answers any failure with :class:`Rejected`."""
+    """``json.loads`` that refuses NaN/Infinity and repeated keys, and answers any failure with
+    :class:`Rejected`."""
     try:
         if isinstance(text, bytes):
             text = text.decode("utf-8")
-        return json.loads(text, parse_constant=_no_constant)
+        return json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
     except UnicodeDecodeError as e:
         raise Rejected(what, f"not UTF-8 ({e.reason} at byte {e.start})") from None
     except RecursionError:

@@ -282,7 +282,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("runs_dir", nargs="?", type=Path, default=Path("results/conversation"))
     ap.add_argument("--readme", type=Path, help=f"also write the tables between {START} and {END} of this file")
     a = ap.parse_args(sys.argv[1:] if argv is None else argv)
-    text = summary(a.runs_dir)
+    try:
+        text = summary(a.runs_dir)
+    except ConfigError as e:  # a run folder that fails its checks: one line, nothing written
+        print(f"conversation table: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     atomic_write(a.runs_dir / SUMMARY, text)
     if a.readme is not None:
         write_marked_block(a.readme, START, END, readme_block(a.runs_dir))

@@ -416,6 +416,11 @@ def test_the_summary_table_compares_runs_on_the_same_sessions(tmp_path):
     (part_dir / "record.json").write_text(json.dumps(record))
     with pytest.raises(ConfigError, match=r"part: record field recommender.name is missing or of the wrong type"):
         summary(tmp_path)
+    from benchmark.conversation.table import SUMMARY, main
+
+    with pytest.raises(SystemExit) as e:  # the command: one line, exit 2, no summary written
+        main([str(tmp_path)])
+    assert e.value.code == 2 and not (tmp_path / SUMMARY).exists()
 
 
 def test_command_line_overrides_reach_the_main_config_and_the_first_stage():

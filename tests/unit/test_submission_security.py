@@ -144,6 +144,9 @@ def test_malformed_archives_and_records_get_verdicts(tmp_path):
         "list": (b"[1, 2]", "REJECTED record: record.json holds a JSON list, not an object"),
         "nan": (json.dumps(minimal_record(PRED, metrics={"test/hr@5": float("nan")})).encode(), "REJECTED record: not valid JSON (non-finite number NaN"),
         "latin1": (b'{"a": "\xff"}', "REJECTED record: not UTF-8"),
+        # a repeated key: two JSON readers could see two different run ids or metrics
+        "twice": (json.dumps(minimal_record(PRED))[:-1].encode() + b', "run_id": "other"}',
+                  "REJECTED record: not valid JSON (the key 'run_id' appears twice in one object)"),
         "deep": (b"[" * 100_000 + b"]" * 100_000, "REJECTED record: JSON nested too deeply"),
         "types": (json.dumps(minimal_record(PRED, eval=[1])).encode(), "REJECTED schema: eval: [1] is not of type 'object'"),
         "run_id": (json.dumps(minimal_record(PRED, run_id="../../x")).encode(), "REJECTED schema: run_id: '../../x' does not match"),
