@@ -20,16 +20,26 @@ together), since decoding one token reads every weight once however many rows it
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from benchmark.models.components.llm import load_causal_lm, shared_prefix_logprobs
+from benchmark.models.components.llm import Prefill, cache_kwarg, load_causal_lm, logprobs_after, prefill
 from benchmark.models.components.prompts import continuation_ids
 from benchmark.models.components.trie import ItemTrie, TrieConstraint
 
 MACHINE_FACTS = ("load_seconds", "dequantize_seconds", "cache")  # differ between machines: not recorded
+
+
+@dataclass
+class Prompted:
+    """Prompts scored by :meth:`ChatLM.scored`: their texts, token ids and run (batch and cache)."""
+
+    texts: list[str]
+    ids: list[list[int]]
+    pre: Prefill
 
 
 class ChatLM:
@@ -81,7 +91,6 @@ class ChatLM:
         """Tokens of a prompt (special tokens included)."""
         return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
-    @torch.no_grad()
     def logprobs(
         self, prompts: Sequence[str], continuations: Sequence[Sequence[str]]
     ) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -92,16 +101,26 @@ class ChatLM:
         Returns:
             per prompt ([C] float64 sums, [C] int64 token counts).
         """
+        return self.scored(prompts, continuations)[0]
+
+    @torch.no_grad()
+    def scored(
+        self, prompts: Sequence[str], continuations: Sequence[Sequence[str]]
+    ) -> tuple[list[tuple[np.ndarray, np.ndarray]], Prompted]:
+        """:meth:`logprobs`, and the prompts' run (:class:`Prompted`): a beam search after some of
+        the same prompts (:meth:`beams` with ``after``) starts from their cache."""
         heads, tails = [], []
         for prompt, conts in zip(prompts, continuations, strict=True):
             pairs = [continuation_ids(self.tokenizer, prompt, c) for c in conts]
             heads.append(pairs[0][0])
             tails.append([tail or [self.eos_id] for _, tail in pairs])
-        lps = shared_prefix_logprobs(self.model, heads, tails, self.pad_id)
-        return [
+        pre = prefill(self.model, heads, self.pad_id)
+        lps = logprobs_after(self.model, pre, tails)
+        result = [
             (lp.numpy().astype(np.float64), np.array([len(t) for t in ts], dtype=np.int64))
             for lp, ts in zip(lps, tails, strict=True)
         ]
+        return result, Prompted(list(prompts), heads, pre)
 
     def title_trie(self, texts: Sequence[str]) -> ItemTrie:
         """A trie over the titles as they follow ``RECOMMEND:`` (a leading space), each ending with EOS."""
@@ -116,7 +135,12 @@ class ChatLM:
 
     @torch.no_grad()
     def beams(
-        self, prompts: Sequence[str], trie: ItemTrie, k: int, blocked: Sequence[np.ndarray]
+        self,
+        prompts: Sequence[str],
+        trie: ItemTrie,
+        k: int,
+        blocked: Sequence[np.ndarray],
+        after: tuple[Prompted, Sequence[int]] | None = None,
     ) -> list[list[int]]:
         """Per prompt, up to ``k`` distinct items, best first, by beam search over ``trie``.
 
@@ -125,12 +149,18 @@ class ChatLM:
             trie: :meth:`title_trie` of the catalogue texts.
             k: beams per prompt, hence items at most.
             blocked: B arrays of item indices never to produce.
+            after: (a :meth:`scored` run, B row numbers in it) when prompt b is that run's prompt
+                ``rows[b]`` followed by the same few tokens for every b: the search starts from the
+                run's cache instead of reading the prompts again (the same token ids, hence the
+                same beams to float rounding); the run's cache is used up. Otherwise, or when the
+                tokens do not line up, the prompts are read afresh.
         """
         from transformers import GenerationConfig, LogitsProcessorList
 
         from benchmark.models.components.beam_cache import row_prefilled_cache
 
-        enc = self._batch(prompts)
+        reused = None if after is None else self._continue(prompts, *after)
+        enc, cache = reused if reused is not None else (self._batch(prompts), None)
         start = enc["input_ids"].shape[1]
         counts = trie.blocked_counts([np.asarray(b, dtype=np.int64) for b in blocked])  # [B, n_nodes]
         cfg = GenerationConfig(
@@ -145,8 +175,8 @@ class ChatLM:
             use_cache=True,
         )
         processors = LogitsProcessorList([TrieConstraint(trie, start, k, counts)])
-        with row_prefilled_cache(self.model, enc, k) as cache:
-            out = self.model.generate(**enc, generation_config=cfg, logits_processor=processors, **cache)
+        with row_prefilled_cache(self.model, enc, k, cache) as kwargs:
+            out = self.model.generate(**enc, generation_config=cfg, logits_processor=processors, **kwargs)
         found = trie.items_of(out[:, start:]).view(len(prompts), k).tolist()  # [B, k], best first
         lists = []
         for row, ban in zip(found, blocked, strict=True):
@@ -157,6 +187,46 @@ class ChatLM:
                     items.append(int(i))
             lists.append(items)
         return lists
+
+    def _continue(
+        self, prompts: Sequence[str], run: Prompted, rows: Sequence[int]
+    ) -> tuple[dict[str, torch.Tensor], Any] | None:
+        """The beam search's batch and cache (every position but the last) built on ``run``'s
+        cache: its rows ``rows`` extended by the tokens each prompt adds, None when they differ
+        or the cache was used up."""
+        if not run.pre.intact or len(rows) != len(prompts):
+            return None
+        suffix: list[int] | None = None
+        for text, r in zip(prompts, rows, strict=True):
+            base = run.ids[r]
+            full = self.tokenizer(text, add_special_tokens=True)["input_ids"]
+            if not text.startswith(run.texts[r]) or full[: len(base)] != base or len(full) == len(base):
+                return None
+            if suffix not in (None, full[len(base) :]):
+                return None
+            suffix = full[len(base) :]
+        assert suffix is not None
+        batch, cache = run.pre.batch, run.pre.cache
+        run.pre.intact = False  # the cache now belongs to this search
+        idx = torch.as_tensor(list(rows), device=batch["input_ids"].device)
+        cache.batch_select_indices(idx)
+        mask = batch["attention_mask"][idx]
+        tail = torch.as_tensor(suffix, device=mask.device)[None].expand(len(rows), -1)
+        if len(suffix) > 1:  # the added tokens but the last, after the prompts' positions
+            ones = torch.ones_like(tail[:, :-1])
+            self.model(
+                input_ids=tail[:, :-1],
+                attention_mask=torch.cat([mask, ones], dim=1),
+                position_ids=mask.sum(dim=1, keepdim=True) + torch.arange(len(suffix) - 1, device=mask.device),
+                use_cache=True,
+                logits_to_keep=1,
+                **cache_kwarg(self.model, cache),
+            )
+        enc = {
+            "input_ids": torch.cat([batch["input_ids"][idx], tail], dim=1),
+            "attention_mask": torch.cat([mask, torch.ones_like(tail)], dim=1),
+        }
+        return enc, cache
 
     @torch.no_grad()
     def greedy(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
@@ -185,7 +255,7 @@ class ChatLM:
         seeded by ``seeds[b]``, so a row's text does not depend on the other rows' draws; the
         global random state is untouched. Decoding runs as one batch with a key/value cache.
         """
-        from benchmark.models.components.llm import cache_kwarg, left_pad
+        from benchmark.models.components.llm import left_pad
 
         ids = [self.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
         batch = left_pad(ids, self.pad_id)

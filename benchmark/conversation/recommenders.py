@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from benchmark.conversation.catalogue import Catalogue
-from benchmark.conversation.lm import ChatLM
+from benchmark.conversation.lm import ChatLM, Prompted
 from benchmark.conversation.protocol import Action, Context
 from benchmark.errors import ConfigError
 from benchmark.util import sha256_text
@@ -228,21 +228,26 @@ class LLMRecommender:
             self.example = text
         return text
 
-    def decide(self, prompts: list[str], ctxs: list[Context]) -> list[str | None]:
-        """The attribute each session asks about, None to recommend (always None on the last turn)."""
+    def decide(
+        self, prompts: list[str], ctxs: list[Context]
+    ) -> tuple[list[str | None], tuple[Prompted, dict[int, int]] | None]:
+        """The attribute each session asks about, None to recommend (always None on the last
+        turn); and the run of the prompts it scored with each session's row in it (None when it
+        scored none), from which the beam search after ``RECOMMEND:`` continues."""
         out: list[str | None] = [None] * len(ctxs)
         todo = [j for j, c in enumerate(ctxs) if not c.must_recommend]
-        if todo:
-            options = [*ask_options(self.attributes), "RECOMMEND:"]
-            scored = self.lm.logprobs([prompts[j] for j in todo], [options] * len(todo))
-            for j, (lp, _) in zip(todo, scored, strict=True):
-                best = int(np.argmax(lp))
-                out[j] = self.attributes[best] if best < len(self.attributes) else None
-        return out
+        if not todo:
+            return out, None
+        options = [*ask_options(self.attributes), "RECOMMEND:"]
+        scored, run = self.lm.scored([prompts[j] for j in todo], [options] * len(todo))
+        for j, (lp, _) in zip(todo, scored, strict=True):
+            best = int(np.argmax(lp))
+            out[j] = self.attributes[best] if best < len(self.attributes) else None
+        return out, (run, {j: r for r, j in enumerate(todo)})
 
     def act(self, ctxs: list[Context]) -> list[Action]:
         prompts = [self.render(c) for c in ctxs]
-        asks = self.decide(prompts, ctxs)
+        asks, run = self.decide(prompts, ctxs)
         spent = [0 if c.must_recommend else self.lm.count(p) for c, p in zip(ctxs, prompts, strict=True)]
         out: list[Action | None] = [
             None if a is None else Action.ask(a, spent[j]) for j, a in enumerate(asks)
@@ -252,7 +257,11 @@ class LLMRecommender:
             return out  # type: ignore[return-value]
         heads = [prompts[j] + "RECOMMEND:" for j in todo]
         if self.trie is not None:
-            found = self.lm.beams(heads, self.trie, ctxs[todo[0]].k, [ctxs[j].blocked() for j in todo])
+            after = None  # sessions that decided to recommend: their decision's prompt cache goes on
+            if run is not None and all(j in run[1] for j in todo):
+                after = (run[0], [run[1][j] for j in todo])
+            blocked = [ctxs[j].blocked() for j in todo]
+            found = self.lm.beams(heads, self.trie, ctxs[todo[0]].k, blocked, after=after)
             for j, head, items in zip(todo, heads, found, strict=True):
                 tokens = spent[j] + self.lm.count(head)
                 # every title blocked: nothing to say but an unknown one

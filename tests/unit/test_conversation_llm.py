@@ -113,6 +113,44 @@ def test_title_beams_read_each_prompt_in_place_with_the_beams_of_a_copied_cache(
     assert not {1, 2} & set(in_place[0]) and 0 not in in_place[1] and all(in_place)
 
 
+def test_beams_after_a_decision_continue_from_its_prompt_cache_with_the_same_lists(lm, one_torch_thread):
+    """The search after "RECOMMEND:" starts from the decision's cache (the prompts are not read
+    again) and gives the lists of a search that reads them afresh; a used-up cache falls back."""
+    from benchmark.models.components import prefix_attention as pa
+
+    cat = catalogue()
+    trie = lm.title_trie(cat.texts)
+    prompts = [lm.render("s", f"Movies: {cat.texts[i]} and more") for i in (0, 3, 5)]
+    options = [["ASK: genre", "RECOMMEND:"]] * 3
+    heads = [prompts[2] + "RECOMMEND:", prompts[0] + "RECOMMEND:"]
+    blocked = [np.array([1]), np.array([])]
+    read: list[int] = []
+    hook = lm.model.get_input_embeddings().register_forward_hook(lambda m, a, o: read.append(a[0].numel()))
+    try:
+        with pa.prefix_mode("in_place"):  # as for prompts far longer than the options (these are tiny)
+            _, run = lm.scored(prompts, options)
+        read.clear()
+        continued = lm.beams(heads, trie, 4, blocked, after=(run, [2, 0]))
+        read_continued = sum(read)
+        read.clear()
+        fresh = lm.beams(heads, trie, 4, blocked)
+        read_fresh = sum(read)
+    finally:
+        hook.remove()
+    assert continued == fresh and all(continued)
+    prompt_tokens = sum(len(lm.tokenizer(h)["input_ids"]) for h in heads)
+    assert read_fresh - read_continued >= prompt_tokens - 2 * 4  # the prompts were not read again
+    assert not run.pre.intact and lm.beams(heads, trie, 4, blocked, after=(run, [2, 0])) == fresh  # used up
+    with pa.prefix_mode("copied"):  # options scored through copies of the cache: nothing to continue from
+        _, run = lm.scored(prompts, options)
+    assert not run.pre.intact and lm.beams(heads, trie, 4, blocked, after=(run, [2, 0])) == fresh
+    with pa.prefix_mode("in_place"):
+        _, run = lm.scored(prompts, options)
+    other = [prompts[2] + "ASK:", prompts[0] + "RECOMMEND:"]  # different added tokens: read afresh
+    assert lm.beams(other, trie, 4, blocked, after=(run, [2, 0])) == lm.beams(other, trie, 4, blocked)
+    assert run.pre.intact
+
+
 def test_free_llm_lists_grounded_items_or_hallucinations(lm, one_torch_thread):
     cat = catalogue()
     rec = LLMRecommender(lm, cat, history, prompt(), ATTRS, decoding="free", max_new_tokens=12)

@@ -19,7 +19,9 @@ from benchmark.models.components.llm import cache_kwarg
 
 
 @contextmanager
-def row_prefilled_cache(lm: Any, enc: Mapping[str, torch.Tensor], beams: int) -> Iterator[dict[str, Any]]:
+def row_prefilled_cache(
+    lm: Any, enc: Mapping[str, torch.Tensor], beams: int, cache: Any = None
+) -> Iterator[dict[str, Any]]:
     """A decoder-only LM's prompt cache, computed once per row and read by each of its beams.
 
     ``generate`` repeats every prompt ``beams`` times before its first forward, so a causal LM
@@ -31,11 +33,15 @@ def row_prefilled_cache(lm: Any, enc: Mapping[str, torch.Tensor], beams: int) ->
     decoding cache holds only each beam's own tokens, so reordering beams moves no prompt); for
     models without shared-prefix attention the prompt cache is repeated per beam. Yields the
     ``generate`` keyword argument; ``generate`` runs inside the block.
+
+    Args:
+        cache: the prompts' key/value cache of every position but the last, when the caller has
+            it already (one row per prompt, ``enc``'s padding); None computes it.
     """
     from benchmark.models.components.prefix_attention import attend_to_prefix, supports_shared_prefix
 
     mask = enc["attention_mask"]
-    cache = _prefill(lm, enc)
+    cache = _prefill(lm, enc) if cache is None else cache
     if supports_shared_prefix(lm, cache):
         config = lm.config.get_text_config(decoder=True)
         with attend_to_prefix(lm, cache, mask[:, :-1], [beams] * mask.shape[0]):

@@ -352,34 +352,30 @@ def continuation_logprobs(
     return (tok * keep).sum(dim=1)
 
 
+@dataclass
+class Prefill:
+    """Prompts run once as one left-padded batch (:func:`prefill`): what scoring continuations
+    (:func:`logprobs_after`) and decoding after the prompts (beam search) start from."""
+
+    batch: dict[str, torch.Tensor]  # input_ids, attention_mask, position_ids [B, P]
+    cache: Any  # the key/value cache of every prompt position
+    first: torch.Tensor  # [B, V] float32 log-probabilities of the token after each prompt
+    pad_id: int
+    intact: bool = True  # False once continuations were scored through per-row copies of the cache
+
+
 @torch.no_grad()
-def shared_prefix_logprobs(
+def prefill(
     model: Any,
     prompts: list[list[int]],
-    continuations: list[list[list[int]]],
     pad_id: int,
     embed: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
-) -> list[torch.Tensor]:
-    """:func:`continuation_logprobs` for several prompts, each with its own continuations,
-    computing every prompt once.
-
-    The prompts run as one left-padded batch with a key/value cache; the continuations run as
-    one right-padded batch (a real token never attends to a later pad) continuing their prompt's
-    positions and attending to its cache: in place when the model allows it and the continuations
-    are short next to the prompts (:mod:`benchmark.models.components.prefix_attention`), else
-    through cache rows repeated per continuation. The result equals scoring every ``prompt + continuation`` on its own, at about
-    (sum P + sum C * L) instead of sum C * (P + L) tokens.
+) -> Prefill:
+    """Run B prompts once as a left-padded batch with a key/value cache.
 
     Args:
-        model: a causal LM whose cache is a transformers cache.
-        prompts: B lists of prompt token ids.
-        continuations: B lists of non-empty token id lists (C_b continuations of prompt b).
-        pad_id: pad token id.
         embed: maps the prompts' padded batch to ``inputs_embeds`` (e.g. an item adapter's soft
             tokens in place of placeholders); None reads the token embeddings.
-
-    Returns:
-        B float32 tensors [C_b]: sums of log p(token | prompt, earlier continuation tokens).
     """
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in left_pad(prompts, pad_id).items()}
@@ -388,15 +384,36 @@ def shared_prefix_logprobs(
     else:
         inputs = batch
     out = model(**inputs, use_cache=True, logits_to_keep=1)
-    first = out.logits[:, -1].float().log_softmax(dim=-1)  # [B, V]: predicts each first token
+    cache = getattr(out, "cache", None) or out.past_key_values
+    return Prefill(batch, cache, out.logits[:, -1].float().log_softmax(dim=-1), int(pad_id))
+
+
+@torch.no_grad()
+def logprobs_after(model: Any, pre: Prefill, continuations: list[list[list[int]]]) -> list[torch.Tensor]:
+    """Summed log-probabilities of each prompt's continuations after :func:`prefill`.
+
+    The continuations run as one right-padded batch (a real token never attends to a later pad)
+    continuing their prompt's positions and attending to its cache: in place when the model
+    allows it and the continuations are short next to the prompts
+    (:mod:`benchmark.models.components.prefix_attention`; the cache stays intact), else through
+    cache rows repeated per continuation (``pre.intact`` becomes False).
+
+    Args:
+        continuations: B lists of non-empty token id lists (C_b continuations of prompt b).
+
+    Returns:
+        B float32 tensors [C_b]: sums of log p(token | prompt, earlier continuation tokens).
+    """
+    batch, pad_id = pre.batch, pre.pad_id
+    device = batch["input_ids"].device
     owner = torch.as_tensor([b for b, cs in enumerate(continuations) for _ in cs], device=device)  # [N]
     flat = [c for cs in continuations for c in cs]
-    total = first[owner, torch.as_tensor([c[0] for c in flat], device=device)]  # [N]
+    total = pre.first[owner, torch.as_tensor([c[0] for c in flat], device=device)]  # [N]
     longest = max(len(c) for c in flat)
     if longest > 1:
         from benchmark.models.components.prefix_attention import attend_to_prefix, reads_in_place
 
-        cache = getattr(out, "cache", None) or out.past_key_values
+        cache = pre.cache
         feed = torch.full((len(flat), longest - 1), pad_id, dtype=torch.long)  # tokens 0..L-2
         target = torch.full((len(flat), longest - 1), pad_id, dtype=torch.long)  # tokens 1..L-1
         for r, c in enumerate(flat):
@@ -405,10 +422,13 @@ def shared_prefix_logprobs(
         feed, target = feed.to(device), target.to(device)
         start = batch["attention_mask"].sum(dim=1)[owner]  # [N] real prompt length = next position
         position_ids = start[:, None] + torch.arange(longest - 1, device=device)[None, :]
-        if reads_in_place(model, cache, batch["input_ids"].shape[1], feed.shape[1]):  # the prompts' cache in place
+        if pre.intact and reads_in_place(model, cache, batch["input_ids"].shape[1], feed.shape[1]):
             with attend_to_prefix(model, cache, batch["attention_mask"], [len(cs) for cs in continuations]):
                 out = model(input_ids=feed, position_ids=position_ids, use_cache=False)
         else:
+            if not pre.intact:
+                raise ValueError("logprobs_after: the prefill's cache was consumed by an earlier call")
+            pre.intact = False
             cache.batch_select_indices(owner)  # [N, ...]: each continuation gets its prompt's keys/values
             mask = torch.cat([batch["attention_mask"][owner], torch.ones_like(feed)], dim=1)  # [N, P + L - 1]
             out = model(
@@ -424,6 +444,31 @@ def shared_prefix_logprobs(
         keep = torch.arange(longest - 1, device=device)[None, :] < lens[:, None]
         total = total + (tok * keep).sum(dim=1)
     return list(total.cpu().split([len(cs) for cs in continuations]))
+
+
+def shared_prefix_logprobs(
+    model: Any,
+    prompts: list[list[int]],
+    continuations: list[list[list[int]]],
+    pad_id: int,
+    embed: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
+) -> list[torch.Tensor]:
+    """:func:`continuation_logprobs` for several prompts, each with its own continuations,
+    computing every prompt once (:func:`prefill`, then :func:`logprobs_after`). The result equals
+    scoring every ``prompt + continuation`` on its own, at about (sum P + sum C * L) instead of
+    sum C * (P + L) tokens.
+
+    Args:
+        model: a causal LM whose cache is a transformers cache.
+        prompts: B lists of prompt token ids.
+        continuations: B lists of non-empty token id lists (C_b continuations of prompt b).
+        pad_id: pad token id.
+        embed: as for :func:`prefill`.
+
+    Returns:
+        B float32 tensors [C_b]: sums of log p(token | prompt, earlier continuation tokens).
+    """
+    return logprobs_after(model, prefill(model, prompts, pad_id, embed), continuations)
 
 
 def common_prefix_length(seqs: list[list[int]]) -> int:
