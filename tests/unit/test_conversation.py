@@ -374,7 +374,8 @@ def test_generated_lists_are_parsed_into_titles():
 
 
 def test_the_summary_table_compares_runs_on_the_same_sessions(tmp_path):
-    from benchmark.conversation.table import latex, paper_values, summary
+    from benchmark.conversation.table import paper_values, summary
+    from benchmark.paper import conversation_tex
 
     def run(run_id: str, sessions: list[dict], users: int | None, name: str) -> None:
         metrics, _ = session_metrics(sessions, 3, 2)
@@ -403,7 +404,7 @@ def test_the_summary_table_compares_runs_on_the_same_sessions(tmp_path):
     )  # the full run's 2 sessions, recomputed
     assert "| LLM (constrained) | rule | 2 | 0.500 |" in part
     # The paper's tables and values: the same cells; values of each run on its own sessions only.
-    tex = latex(tmp_path)
+    tex, _ = conversation_tex(tmp_path)
     assert r"\label{tab:conversation-ml-100k-loo-all}" in tex and r"\label{tab:conversation-ml-100k-loo-u2}" in tex
     assert r"ranker in the loop (pop) & rule & 2* & 0.500 &" in tex and "users\\_seed=0" in tex
     values = paper_values(tmp_path)

@@ -92,15 +92,15 @@ def test_every_table_number_is_in_the_pdf_as_in_the_leaderboard(built):
 def test_every_conversation_row_is_in_the_pdf_as_recomputed_from_its_dialogues(built):
     """Each row of the conversation tables: its name, simulator, session count and every metric
     (recomputed from the committed dialogues) on one line of the PDF."""
-    from benchmark.conversation.table import _cells, session_sets
+    from benchmark.conversation.table import cells, session_sets
 
     text = _text(built / "main.pdf")
     sets = session_sets(ROOT / "results" / "conversation")
     assert sets
     for ss in sets:
         for row in ss.rows:
-            cells = [row.recommender, row.simulator, f"{row.sessions}{'*' if row.recomputed else ''}", *_cells(row, ss.turns, ss.k)]
-            assert re.search(r"\s+".join(re.escape(c) for c in cells), text), cells
+            shown = [row.recommender, row.simulator, f"{row.sessions}{'*' if row.recomputed else ''}", *cells(row, ss.turns, ss.k)]
+            assert re.search(r"\s+".join(re.escape(c) for c in shown), text), shown
 
 
 def test_first_pages_render_and_are_not_blank(built, tmp_path):
