@@ -125,7 +125,9 @@ def attend_to_prefix(
     counts: Sequence[int],
     row_mask: torch.Tensor | None = None,
 ) -> Iterator[None]:
-    """Within the block, ``model``'s forward passes (without a cache) attend to the prompts' cache.
+    """Within the block, ``model``'s forward passes attend to the prompts' cache: passes without a
+    cache (scoring continuations), or with a cache of the rows' own tokens only (beam search,
+    :func:`~benchmark.models.components.beam_cache.row_prefilled_cache`).
 
     Args:
         model: a model for which :func:`supports_shared_prefix` holds.
