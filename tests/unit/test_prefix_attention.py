@@ -73,6 +73,17 @@ def test_continuations_read_the_prompt_cache_in_place_with_the_results_of_separa
     assert not spy  # the copy path never calls it
     for a, b in zip(got, copied, strict=True):
         assert torch.allclose(a, b, atol=1e-5)
+    # A prefill scored in place can be scored again; one whose cache was copied per row cannot.
+    from benchmark.models.components.llm import logprobs_after, prefill
+
+    pre = prefill(lm, prompts, 0)
+    with pa.prefix_mode("in_place"):
+        first = logprobs_after(lm, pre, conts)
+        assert pre.intact and all(torch.equal(a, b) for a, b in zip(first, logprobs_after(lm, pre, conts), strict=True))
+    with pa.prefix_mode("copied"):
+        logprobs_after(lm, pre, conts)
+    with pytest.raises(ValueError, match="used up"):
+        logprobs_after(lm, pre, conts)
     batch = left_pad(prompts, 0)
     cache = lm(**batch, use_cache=True, logits_to_keep=1).past_key_values
     with pytest.raises(RuntimeError, match=r"reached layers \[\] of 3"):  # no forward pass went through it

@@ -422,12 +422,12 @@ def logprobs_after(model: Any, pre: Prefill, continuations: list[list[list[int]]
         feed, target = feed.to(device), target.to(device)
         start = batch["attention_mask"].sum(dim=1)[owner]  # [N] real prompt length = next position
         position_ids = start[:, None] + torch.arange(longest - 1, device=device)[None, :]
-        if pre.intact and reads_in_place(model, cache, batch["input_ids"].shape[1], feed.shape[1]):
+        if not pre.intact:
+            raise ValueError("logprobs_after: the prefill's cache was used up by an earlier call")
+        if reads_in_place(model, cache, batch["input_ids"].shape[1], feed.shape[1]):
             with attend_to_prefix(model, cache, batch["attention_mask"], [len(cs) for cs in continuations]):
                 out = model(input_ids=feed, position_ids=position_ids, use_cache=False)
         else:
-            if not pre.intact:
-                raise ValueError("logprobs_after: the prefill's cache was consumed by an earlier call")
             pre.intact = False
             cache.batch_select_indices(owner)  # [N, ...]: each continuation gets its prompt's keys/values
             mask = torch.cat([batch["attention_mask"][owner], torch.ones_like(feed)], dim=1)  # [N, P + L - 1]
