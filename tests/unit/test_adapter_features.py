@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from benchmark.errors import ConfigError, DataError
-from benchmark.models.components import encoders as E
+from benchmark.models.components import hub
 from benchmark.models.components.encoders import HFTextEncoder, OpenCLIPEncoder
 from benchmark.models.components.feature_store import encode_features
 from benchmark.models.components.images import image_column_values, resolve_images
@@ -270,7 +270,7 @@ def test_open_clip_bad_names_and_offline_tags_are_one_line_config_errors(monkeyp
         OpenCLIPEncoder("ViT-Q-99")
     with pytest.raises(ConfigError, match="'nope' is not a tag of ViT-B-32 \\(openai, "):
         OpenCLIPEncoder("ViT-B-32", pretrained="nope")
-    monkeypatch.setattr(E, "_reachable", lambda host, **kw: False)
+    monkeypatch.setattr(hub, "reachable", lambda host, **kw: False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     enc = OpenCLIPEncoder("ViT-B-32", pretrained="laion2b_s34b_b79k")
     assert enc.random_init is False

@@ -193,19 +193,23 @@ def pretrained_backbone(name: str, dtype: str, accelerator: str, cache_dir: str 
     Raises:
         ConfigError: the model's config cannot be loaded (one line, with the presets).
     """
+    from benchmark.models.components.hub import hub_load_kwargs, model_load_kwargs, unreachable_note
     from benchmark.models.components.llm import OFFLINE_MODELS, load_causal_lm, resolve_dtype
 
     path = Path(name)
     causal = name in OFFLINE_MODELS or path.suffix == ".gguf"
+    # a hub name is read from the local cache alone when the hub is out of reach
+    kw = {"local_files_only": True} if path.is_dir() else ({} if causal else hub_load_kwargs())
     if not causal:
         from transformers import AutoConfig
 
         try:
-            config = AutoConfig.from_pretrained(name, local_files_only=path.is_dir())
+            config = AutoConfig.from_pretrained(name, **kw)
         except (OSError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            note = "" if path.is_dir() else unreachable_note()
             raise ConfigError(
-                f"model backbone: cannot load '{name}' ({first}); presets: {', '.join(PRESETS)}"
+                f"model backbone: cannot load '{name}' ({first}{note}); presets: {', '.join(PRESETS)}"
             ) from None
         causal = not getattr(config, "is_encoder_decoder", False)
     if causal:
@@ -214,8 +218,7 @@ def pretrained_backbone(name: str, dtype: str, accelerator: str, cache_dir: str 
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     torch_dtype = resolve_dtype(dtype, accelerator)
-    kw = {"local_files_only": path.is_dir()}
-    model = AutoModelForSeq2SeqLM.from_pretrained(name, dtype=torch_dtype, **kw)
+    model = AutoModelForSeq2SeqLM.from_pretrained(name, dtype=torch_dtype, **model_load_kwargs(kw))
     tok = AutoTokenizer.from_pretrained(name, **kw)
     facts = {
         "backbone": name,

@@ -18,7 +18,6 @@ Configs and run records name these classes by their original path,
 from __future__ import annotations
 
 import hashlib
-import os
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
@@ -126,12 +125,14 @@ class OpenCLIPEncoder:
         client's minute of retries). ``HF_HUB_OFFLINE=1`` skips the check and uses the local hub cache."""
         import open_clip
 
-        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        from benchmark.models.components import hub
+
+        if hub.offline_by_env():
             return
         cfg = open_clip.get_pretrained_cfg(self.model_name, self.pretrained) or {}
         url = cfg.get("url") or ""
         host = urllib.parse.urlparse(url).hostname if url and not cfg.get("hf_hub") else "huggingface.co"
-        if not _reachable(host or "huggingface.co"):
+        if not hub.reachable(host or "huggingface.co"):
             raise ConfigError(
                 f"adapter.encoder.pretrained: cannot download open_clip weights '{self.model_name}' / "
                 f"'{self.pretrained}' ({host} unreachable); offline use adapter.encoder.pretrained=null "
@@ -231,14 +232,3 @@ class HFTextEncoder:
         raise ConfigError(
             "adapter.modalities: encoder 'hf' encodes text only; use adapter/encoder=open_clip for images"
         )
-
-
-def _reachable(host: str, port: int = 443, timeout: float = 5.0) -> bool:
-    """Whether a TCP connection to ``host:port`` opens within ``timeout`` seconds."""
-    import socket
-
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False

@@ -226,14 +226,21 @@ def load_causal_lm(
     elif name_or_path.startswith(("/", "./", "../")):
         raise ConfigError(f"model backbone: {name_or_path} is not a model folder")
     else:
+        from benchmark.models.components.hub import hub_load_kwargs
+
         facts.update(source="hub")
-        load_from, kwargs = name_or_path, {"local_files_only": local_files_only}
+        load_from, kwargs = name_or_path, {"local_files_only": local_files_only, **hub_load_kwargs()}
     try:
-        model = AutoModelForCausalLM.from_pretrained(load_from, dtype=torch_dtype, **kwargs)
+        from benchmark.models.components.hub import model_load_kwargs
+
+        model = AutoModelForCausalLM.from_pretrained(load_from, dtype=torch_dtype, **model_load_kwargs(kwargs))
         tokenizer = AutoTokenizer.from_pretrained(load_from, **kwargs)
     except OSError as e:
+        from benchmark.models.components.hub import unreachable_note
+
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"model backbone: cannot load '{name_or_path}' ({first})") from None
+        note = unreachable_note() if facts["source"] == "hub" else ""
+        raise ConfigError(f"model backbone: cannot load '{name_or_path}' ({first}{note})") from None
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -81,12 +81,17 @@ def item_descriptions(items: Any, item_fields: Mapping[str, str], item_ids: Sequ
 def _load(path: str) -> tuple[Any, Any]:
     from transformers import AutoModel, AutoTokenizer
 
+    from benchmark.models.components.hub import hub_load_kwargs, model_load_kwargs, unreachable_note
+
+    local = Path(path).is_dir()
+    kw = {"local_files_only": True} if local else hub_load_kwargs()
     try:
-        tok = AutoTokenizer.from_pretrained(path, local_files_only=Path(path).is_dir())
-        model = AutoModel.from_pretrained(path, local_files_only=Path(path).is_dir(), dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(path, **kw)
+        model = AutoModel.from_pretrained(path, dtype=torch.float32, **model_load_kwargs(kw))
     except OSError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"text encoder: cannot load '{path}' ({first})") from None
+        note = "" if local else unreachable_note()
+        raise ConfigError(f"text encoder: cannot load '{path}' ({first}{note})") from None
     return tok, model.eval()
 
 
