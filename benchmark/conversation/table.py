@@ -5,13 +5,18 @@
 :func:`~benchmark.conversation.storage.read_conversation`) and writes one markdown table per
 session set: all test rows, and each seeded user subset an LLM run used. A run on all rows also
 appears in a subset's table, its metrics recomputed from its stored dialogues of those rows only,
-so every row of a table is measured on the same sessions.
+so every row of a table is measured on the same sessions. Runs whose configs differ only by the seed
+(the first-stage model's training seed and the LLM simulator's sampling seed) form one row: the
+mean and sample standard deviation over seeds, and the number of seeds.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import statistics
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,12 +35,37 @@ def _fmt(v: Any, digits: int = 3) -> str:
 
 @dataclass
 class Row:
-    """One row of a session set's table: a run, measured on the set's sessions."""
+    """One row of a session set's table: the runs of one config (one per seed), measured on the
+    set's sessions."""
 
-    record: dict[str, Any]
-    metrics: dict[str, Any]  # :func:`session_metrics` of the sessions
+    records: list[dict[str, Any]]  # by seed
+    metrics: list[dict[str, Any]]  # :func:`session_metrics` of each run's sessions
     sessions: int
-    recomputed: bool  # a run on all rows, its sessions of a subset's users only
+    recomputed: bool  # runs on all rows, their sessions of a subset's users only
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """The first seed's record (what the row's labels read; the config is the same for all)."""
+        return self.records[0]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [int(r["seed"]) for r in self.records]
+
+    def value(self, name: str) -> tuple[float | None, float | None]:
+        """(mean, sample std over seeds; None with one seed) of metric ``name``; (None, None) when
+        a seed has no value (e.g. turns to success when no session succeeded)."""
+        vals = [m[name] for m in self.metrics]
+        if any(v is None for v in vals):
+            return None, None
+        return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
+
+    def seconds(self) -> float | None:
+        """Mean seconds per session over the seeds (None when a record has none)."""
+        vals = [(r.get("timings") or {}).get("seconds_per_session") for r in self.records]
+        if any(isinstance(v, bool) or not isinstance(v, int | float) for v in vals):
+            return None
+        return statistics.fmean(vals)
 
     @property
     def recommender(self) -> str:
@@ -58,6 +88,15 @@ class Row:
         rec = self.record["recommender"]
         kind = (rec.get("first_stage") or {}).get("model") if rec["name"] != "llm" else rec.get("decoding")
         return _part(f"{rec['name']}-{kind}") + "/" + _part(self.simulator.replace(" + ", "-"))
+
+
+def _config_but_seed(record: dict[str, Any]) -> str:
+    """The record's hashed config without its seeds: what the runs of one row share."""
+    cfg = record["config"]
+    return json.dumps(
+        {part: {k: v for k, v in cfg[part].items() if k != "seed"} for part in ("conversation", "main")},
+        sort_keys=True,
+    )
 
 
 @dataclass
@@ -106,15 +145,27 @@ def session_sets(runs_dir: Path) -> list[SessionSet]:
         turns, k = int(turns), int(k)
         full = [(r, s) for r, s in runs if r["sessions"].get("users") is None and _where(r) == where]
 
-        def row(record: dict[str, Any], sessions: list[dict[str, Any]], recomputed: bool) -> Row:
-            return Row(record, session_metrics(sessions, turns, k)[0], len(sessions), recomputed)  # noqa: B023
+        def rows_of(runs: list[tuple[dict[str, Any], list[dict[str, Any]]]], recomputed: bool) -> list[Row]:
+            """One row per config, its runs by seed (two runs of one config and seed: an error)."""
+            by_config: dict[str, list] = {}
+            for r, s in runs:
+                by_config.setdefault(_config_but_seed(r), []).append((r, s))
+            out = []
+            for group in by_config.values():
+                group.sort(key=lambda rs: rs[0]["seed"])
+                seeds = [r["seed"] for r, _ in group]
+                if len(set(seeds)) < len(seeds):
+                    twice = [r["run_id"] for r, _ in group if seeds.count(r["seed"]) > 1]
+                    raise ConfigError(f"{runs_dir}: runs {', '.join(twice)} share one config and seed")
+                metrics = [session_metrics(s, turns, k)[0] for _, s in group]  # noqa: B023
+                out.append(Row([r for r, _ in group], metrics, len(group[0][1]), recomputed))
+            return out
 
-        rows = [row(r, s, False) for r, s in members]
+        rows = rows_of(members, False)
         if users is not None:
             wanted = {s["row"] for s in members[0][1]}
-            for r, s in full:
-                if (r["protocol"]["turns"], r["protocol"]["k"]) == (turns, k):
-                    rows.append(row(r, [x for x in s if x["row"] in wanted], True))
+            same = [(r, s) for r, s in full if (r["protocol"]["turns"], r["protocol"]["k"]) == (turns, k)]
+            rows += rows_of([(r, [x for x in s if x["row"] in wanted]) for r, s in same], True)
         count = len(members[0][1]) if users is None else int(users)
         out.append(SessionSet(*where, users, seed, turns, k, count, rows))
     return out
@@ -136,7 +187,7 @@ def _check_facts(record: dict[str, Any], run_dir: Path) -> None:
     def count(v: Any) -> bool:
         return v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
 
-    rec, sim, ses = record.get("recommender"), record.get("simulator"), record.get("sessions")
+    rec, sim, ses, cfg = record.get("recommender"), record.get("simulator"), record.get("sessions"), record.get("config")
     stage = rec.get("first_stage") if isinstance(rec, dict) else None
     checks = {
         "run_id": text(record.get("run_id")),
@@ -150,6 +201,8 @@ def _check_facts(record: dict[str, Any], run_dir: Path) -> None:
         "simulator.hint": not isinstance(sim, dict) or isinstance(sim.get("hint", False), bool),
         "sessions.users": isinstance(ses, dict) and count(ses.get("users")) and count(ses.get("users_seed")),
         "timings": record.get("timings") is None or isinstance(record["timings"], dict),
+        "seed": isinstance(record.get("seed"), int) and not isinstance(record.get("seed"), bool),
+        "config": isinstance(cfg, dict) and all(isinstance(cfg.get(p), dict) for p in ("conversation", "main")),
     }
     bad = [name for name, ok in checks.items() if not ok]
     if bad:
@@ -161,18 +214,22 @@ def _where(record: dict[str, Any]) -> tuple[str, str]:
     return record["dataset"]["name"], record["split"]["protocol"]
 
 
-def cells(row: Row, turns: int, k: int) -> list[str]:
-    """The metric cells of a row, in :func:`columns` order."""
-    m = row.metrics
+def cells(row: Row, turns: int, k: int, spread: Callable[[str, str], str] = "{} ± {}".format) -> list[str]:
+    """The metric cells of a row, in :func:`columns` order: over several seeds ``spread(mean, std)``."""
+
+    def cell(name: str, digits: int = 3) -> str:
+        mean, std = row.value(name)
+        return _fmt(mean, digits) if std is None or mean is None else spread(_fmt(mean, digits), _fmt(std, digits))
+
     return [
-        *(_fmt(m[f"conv/success@{t}"]) for t in range(1, turns + 1)),
-        _fmt(m["conv/turns_to_success"], 2),
-        _fmt(m[f"conv/recall@{k}/turn1"]),
-        _fmt(m[f"conv/recall@{k}/turn{turns}"]),
-        _fmt(m["conv/hallucination"]),
-        _fmt(m["conv/repeat_questions"]),
-        _fmt(m["conv/prompt_tokens"], 0),
-        _fmt(m["conv/simulator_prompt_tokens"], 0),
+        *(cell(f"conv/success@{t}") for t in range(1, turns + 1)),
+        cell("conv/turns_to_success", 2),
+        cell(f"conv/recall@{k}/turn1"),
+        cell(f"conv/recall@{k}/turn{turns}"),
+        cell("conv/hallucination"),
+        cell("conv/repeat_questions"),
+        cell("conv/prompt_tokens", 0),
+        cell("conv/simulator_prompt_tokens", 0),
     ]
 
 
@@ -197,31 +254,34 @@ def summary(runs_dir: Path) -> str:
         return "No conversation runs.\n"
     lines = []
     for ss in sets:
-        cols = ["recommender", "simulator", "sessions", *columns(ss.turns, ss.k), "s / session", "run"]
+        cols = ["recommender", "simulator", "sessions", "seeds", *columns(ss.turns, ss.k), "s / session", "runs"]
         lines += [f"### {ss.title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for row in ss.rows:
-            seconds = (row.record.get("timings") or {}).get("seconds_per_session")
-            seconds = seconds if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else None
             shown = [
                 row.recommender,
                 row.simulator,
                 str(row.sessions) + (" *" if row.recomputed else ""),
+                str(len(row.records)),
                 *cells(row, ss.turns, ss.k),
-                "-" if row.recomputed else _fmt(seconds, 2),
-                f"`{row.record['run_id']}`",
+                "-" if row.recomputed else _fmt(row.seconds(), 2),
+                ", ".join(f"`{r['run_id']}`" for r in row.records),
             ]
             lines.append("| " + " | ".join(shown) + " |")
         lines.append("")
-    lines.append("`*`: the same run's sessions of these users only, recomputed from its stored dialogues.")
+    lines.append(
+        "`*`: the same runs' sessions of these users only, recomputed from their stored dialogues. "
+        "Several seeds: mean ± sample standard deviation over the seeds (the first-stage model's "
+        "training seed and the LLM simulator's sampling seed)."
+    )
     return "\n".join(lines) + "\n"
 
 
 def paper_values(runs_dir: Path) -> dict[str, str]:
     """``conversation/<dataset>/<split>/<set>/<recommender>/<simulator>/<metric>`` for the paper's
     text: success@t, ``turns`` (mean turns to success), ``recall-first`` and ``recall-last``
-    (recall@k at turn 1 and T), ``sessions``, of every run measured on its own sessions (``<set>``:
-    ``all`` or ``u<N>``).
-    A key two runs share is left out, so the text cannot name an ambiguous number."""
+    (recall@k at turn 1 and T), means over seeds, and ``sessions`` and ``seeds``, of every row
+    measured on its own sessions (``<set>``: ``all`` or ``u<N>``).
+    A key two rows share is left out, so the text cannot name an ambiguous number."""
     out: dict[str, str] = {}
     seen: dict[str, int] = {}
     for ss in session_sets(runs_dir):
@@ -230,14 +290,15 @@ def paper_values(runs_dir: Path) -> dict[str, str]:
                 continue
             base = f"conversation/{ss.name}/{row.key}"
             seen[base] = seen.get(base, 0) + 1
-            m = row.metrics
-            facts = {f"success{t}": m[f"conv/success@{t}"] for t in range(1, ss.turns + 1)}
-            facts |= {"turns": m["conv/turns_to_success"], "recall-first": m[f"conv/recall@{ss.k}/turn1"],
-                      "recall-last": m[f"conv/recall@{ss.k}/turn{ss.turns}"]}
-            for name, v in facts.items():
-                if v is not None:
-                    out[f"{base}/{name}"] = _fmt(v, 2 if name == "turns" else 3)
+            names = {f"success{t}": f"conv/success@{t}" for t in range(1, ss.turns + 1)}
+            names |= {"turns": "conv/turns_to_success", "recall-first": f"conv/recall@{ss.k}/turn1",
+                      "recall-last": f"conv/recall@{ss.k}/turn{ss.turns}"}
+            for name, metric in names.items():
+                mean = row.value(metric)[0]
+                if mean is not None:
+                    out[f"{base}/{name}"] = _fmt(mean, 2 if name == "turns" else 3)
             out[f"{base}/sessions"] = str(row.sessions)
+            out[f"{base}/seeds"] = str(len(row.records))
     ambiguous = {b for b, n in seen.items() if n > 1}
     return {k: v for k, v in out.items() if k.rsplit("/", 1)[0] not in ambiguous}
 

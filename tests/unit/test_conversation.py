@@ -373,40 +373,49 @@ def test_generated_lists_are_parsed_into_titles():
     ]
 
 
+def table_run(
+    root: Path, run_id: str, sessions: list[dict], users: int | None, name: str, seed: int = 1, top_n: int = 20
+) -> Path:
+    """A conversation run folder as the table reads it (the config: what differs between runs)."""
+    metrics, _ = session_metrics(sessions, 3, 2)
+    record = {
+        "run_id": run_id,
+        "seed": seed,
+        "config": {
+            "conversation": {"recommender": {"name": name, "top_n": top_n}, "users": users, "seed": seed},
+            "main": {"data": {"name": "ml-100k"}, "seed": seed},
+        },
+        "protocol": {"turns": 3, "k": 2},
+        "metrics": metrics,
+        "sessions": {"count": len(sessions), "users": users, "users_seed": 0 if users else None},
+        "recommender": {"name": name, "first_stage": {"model": "pop"}, "decoding": "constrained", "top_n": top_n},
+        "simulator": {"name": "rule"},
+        "timings": {"seconds_per_session": 0.5 * seed},
+        "dataset": {"name": "ml-100k"},
+        "split": {"protocol": "loo"},
+    }
+    write_conversation(root, run_id, record, sessions)
+    return root / run_id
+
+
 def test_the_summary_table_compares_runs_on_the_same_sessions(tmp_path):
     from benchmark.conversation.table import paper_values, summary
     from benchmark.paper import conversation_tex
 
-    def run(run_id: str, sessions: list[dict], users: int | None, name: str) -> None:
-        metrics, _ = session_metrics(sessions, 3, 2)
-        record = {
-            "run_id": run_id,
-            "protocol": {"turns": 3, "k": 2},
-            "metrics": metrics,
-            "sessions": {"count": len(sessions), "users": users, "users_seed": 0 if users else None},
-            "recommender": {"name": name, "first_stage": {"model": "pop"}, "decoding": "constrained"},
-            "simulator": {"name": "rule"},
-            "timings": {"seconds_per_session": 0.5},
-            "dataset": {"name": "ml-100k"},
-            "split": {"protocol": "loo"},
-        }
-        write_conversation(tmp_path, run_id, record, sessions)
-        return tmp_path / run_id
-
-    run("full", constructed(), None, "ranker")
-    part_dir = run("part", constructed()[1:], 2, "llm")
+    table_run(tmp_path, "full", constructed(), None, "ranker")
+    part_dir = table_run(tmp_path, "part", constructed()[1:], 2, "llm")
     text = summary(tmp_path)
     assert "### ml-100k loo, 3 sessions: all test rows" in text
     assert "### ml-100k loo, 2 sessions: a seeded subset of 2 test users" in text
     part = text.split("### ml-100k loo, 2 sessions")[1]
     assert (
-        "| ranker in the loop (pop) | rule | 2 * | 0.500 |" in part
+        "| ranker in the loop (pop) | rule | 2 * | 1 | 0.500 |" in part
     )  # the full run's 2 sessions, recomputed
-    assert "| LLM (constrained) | rule | 2 | 0.500 |" in part
+    assert "| LLM (constrained) | rule | 2 | 1 | 0.500 |" in part
     # The paper's tables and values: the same cells; values of each run on its own sessions only.
     tex, _ = conversation_tex(tmp_path)
     assert r"\label{tab:conversation-ml-100k-loo-all}" in tex and r"\label{tab:conversation-ml-100k-loo-u2}" in tex
-    assert r"ranker in the loop (pop) & rule & 2* & 0.500 &" in tex and "users\\_seed=0" in tex
+    assert r"ranker in the loop (pop) & rule & 2* & 1 & 0.500 &" in tex and "users\\_seed=0" in tex
     values = paper_values(tmp_path)
     assert values["conversation/ml-100k/loo/u2/llm-constrained/rule/success1"] == "0.500"
     assert values["conversation/ml-100k/loo/all/ranker-pop/rule/sessions"] == "3"
@@ -422,6 +431,50 @@ def test_the_summary_table_compares_runs_on_the_same_sessions(tmp_path):
     with pytest.raises(SystemExit) as e:  # the command: one line, exit 2, no summary written
         main([str(tmp_path)])
     assert e.value.code == 2 and not (tmp_path / SUMMARY).exists()
+
+
+def succeeds_everywhere() -> list[dict]:
+    """:func:`constructed` with its third session accepting the turn-3 list (success@3 = 1)."""
+    out = constructed()
+    out[2]["turns"][4] = rec(3, ["z", "q"])
+    out[2]["turns"][5] = user(3, True)
+    out[2]["success_turn"] = 3
+    return out
+
+
+def test_runs_differing_only_by_seed_form_one_row_with_mean_and_std(tmp_path):
+    from benchmark.conversation.table import paper_values, summary
+    from benchmark.paper import conversation_tex
+
+    table_run(tmp_path, "s1", constructed(), None, "hybrid", seed=1)
+    table_run(tmp_path, "s2", succeeds_everywhere(), None, "hybrid", seed=2)
+    table_run(tmp_path, "other", constructed(), None, "hybrid", seed=1, top_n=10)  # another config
+    text = summary(tmp_path)
+    rows = [line for line in text.splitlines() if line.startswith("| hybrid")]
+    assert len(rows) == 2
+    (two,) = [r for r in rows if "top-20" in r]
+    # success@1: 1/3 in both; success@3: 2/3 and 1 -> mean 5/6, sample std (1/3)/sqrt(2) = 0.2357;
+    # turns to success: 2 and 7/3 -> 2.1667 +- 0.2357; seconds per session 0.5 and 1.0 -> 0.75.
+    cells = [c.strip() for c in two.strip("|").split("|")]
+    assert cells[2:9] == ["3", "2", "0.333 ± 0.000", "0.333 ± 0.000", "0.833 ± 0.236", "2.17 ± 0.24", "0.500 ± 0.000"]
+    assert cells[-2:] == ["0.75", "`s1`, `s2`"]
+    (one,) = [r for r in rows if "top-10" in r]
+    assert "| 3 | 1 | 0.333 | 0.333 | 0.667 | 2.00 |" in one
+    tex, _ = conversation_tex(tmp_path)
+    assert r"hybrid (pop top-20 + LLM) & rule & 3 & 2 & 0.333\,{\tiny(0.000)} & 0.333\,{\tiny(0.000)} & 0.833\,{\tiny(0.236)} &" in tex
+    # Two rows share the paper key (the top_n is not part of it): neither is named.
+    assert not any("/hybrid-pop/" in k for k in paper_values(tmp_path))
+    import shutil
+
+    shutil.rmtree(tmp_path / "other")
+    values = paper_values(tmp_path)
+    assert values["conversation/ml-100k/loo/all/hybrid-pop/rule/success3"] == "0.833"
+    assert values["conversation/ml-100k/loo/all/hybrid-pop/rule/turns"] == "2.17"
+    assert values["conversation/ml-100k/loo/all/hybrid-pop/rule/seeds"] == "2"
+    # Two runs of one config and seed: which one counts is not for the table to choose.
+    table_run(tmp_path, "again", succeeds_everywhere(), None, "hybrid", seed=2)
+    with pytest.raises(ConfigError, match="runs s2, again share one config and seed|runs again, s2 share one config"):
+        summary(tmp_path)
 
 
 def test_command_line_overrides_reach_the_main_config_and_the_first_stage():

@@ -99,8 +99,11 @@ def test_every_conversation_row_is_in_the_pdf_as_recomputed_from_its_dialogues(b
     assert sets
     for ss in sets:
         for row in ss.rows:
-            shown = [row.recommender, row.simulator, f"{row.sessions}{'*' if row.recomputed else ''}", *cells(row, ss.turns, ss.k)]
-            assert re.search(r"\s+".join(re.escape(c) for c in shown), text), shown
+            shown = [row.recommender, row.simulator, f"{row.sessions}{'*' if row.recomputed else ''}",
+                     str(len(row.records)), *cells(row, ss.turns, ss.k, "{}\0({})".format)]
+            # several seeds: the mean, then the std in parentheses (a thin space between them, or none)
+            pattern = r"\s+".join(r"\s*".join(re.escape(part) for part in c.split("\0")) for c in shown)
+            assert re.search(pattern, text), shown
 
 
 def test_first_pages_render_and_are_not_blank(built, tmp_path):
