@@ -73,18 +73,22 @@ leaderboard: $(STAMP)
 
 ## Regenerate the committed conversation runs in results/conversation and their summary.md (README,
 ## "Conversational recommendation": rankers on all 943 ml-100k loo test users; LLM runs on a seeded
-## subset of 16 users; SASRec trains ~2 h on 2 busy cores unless outputs/models holds its weights).
+## subset of 16 users; SASRec trains ~20 min per seed on 2 busy cores unless outputs/models holds its
+## weights). Seeds 1-3 where something is drawn (a trained first stage, the LLM simulator's sampling);
+## popularity and the LLM recommender with the rule simulator draw nothing (seed 1).
 CONVERSE := $(BIN)/llm4rec converse
 SASREC_5EP := recommender.model=sasrec model.train.max_epochs=5 model.train.patience=5
 conversation: $(STAMP)
 	export OMP_NUM_THREADS=1; \
 	$(CONVERSE) recommender.model=pop && \
-	$(CONVERSE) recommender.model=bpr && \
-	$(CONVERSE) $(SASREC_5EP) && \
-	$(CONVERSE) $(SASREC_5EP) simulator=llm users=16 && \
 	$(CONVERSE) recommender=llm users=16 && \
-	$(CONVERSE) recommender=hybrid users=16 && \
-	$(CONVERSE) recommender=hybrid simulator=llm users=16
+	for seed in 1 2 3; do \
+	  $(CONVERSE) recommender.model=bpr seed=$$seed && \
+	  $(CONVERSE) $(SASREC_5EP) seed=$$seed && \
+	  $(CONVERSE) $(SASREC_5EP) simulator=llm users=16 seed=$$seed && \
+	  $(CONVERSE) recommender=hybrid users=16 seed=$$seed && \
+	  $(CONVERSE) recommender=hybrid simulator=llm users=16 seed=$$seed || exit 1; \
+	done
 	$(BIN)/python -m benchmark.conversation.table results/conversation --readme README.md
 
 ## Tuned baselines (README, "Tuned baselines"): per model a 10-trial search on the validation metric,
