@@ -72,8 +72,8 @@ leaderboard: $(STAMP)
 	$(BIN)/python -m benchmark.results.precision --doc docs/precision.md
 
 ## Regenerate the committed conversation runs in results/conversation and their summary.md (README,
-## "Conversational recommendation": rankers on all 943 ml-100k loo test users; LLM runs on a seeded
-## subset of 16 users; SASRec trains ~20 min per seed on 2 busy cores unless outputs/models holds its
+## "Conversational recommendation": rankers and the hybrid (~5 CPU h, resumable) on all 943 ml-100k
+## loo test users; LLM runs on a seeded subset of 16 users; SASRec trains ~20 min per seed on 2 busy cores unless outputs/models holds its
 ## weights). Seeds 1-3 where something is drawn (a trained first stage, the LLM simulator's sampling);
 ## popularity and the LLM recommender with the rule simulator draw nothing (seed 1).
 CONVERSE := $(BIN)/llm4rec converse
@@ -82,6 +82,7 @@ conversation: $(STAMP)
 	export OMP_NUM_THREADS=1; \
 	$(CONVERSE) recommender.model=pop && \
 	$(CONVERSE) recommender=llm users=16 && \
+	$(CONVERSE) recommender=hybrid && \
 	for seed in 1 2 3; do \
 	  $(CONVERSE) recommender.model=bpr seed=$$seed && \
 	  $(CONVERSE) $(SASREC_5EP) seed=$$seed && \
