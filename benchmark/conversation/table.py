@@ -48,10 +48,6 @@ class Row:
         """The first seed's record (what the row's labels read; the config is the same for all)."""
         return self.records[0]
 
-    @property
-    def seeds(self) -> list[int]:
-        return [int(r["seed"]) for r in self.records]
-
     def value(self, name: str) -> tuple[float | None, float | None]:
         """(mean, sample std over seeds; None with one seed) of metric ``name``; (None, None) when
         a seed has no value (e.g. turns to success when no session succeeded)."""
