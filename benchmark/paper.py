@@ -654,10 +654,10 @@ def conversation_tex(runs_dir: Path) -> tuple[str, dict[str, str]]:
             r"\resizebox{\linewidth}{!}{\begin{tabular}{ll" + "r" * (len(cols) - 2) + r"}\toprule",
             " & ".join(esc(c) for c in cols) + r" \\\midrule",
         ]
+        spread = r"{}\,{{\tiny({})}}".format  # as the leaderboard tables: the std in small type
         for row in ss.rows:
             shown = [row.recommender, row.simulator, f"{row.sessions}{'*' if row.recomputed else ''}",
                      str(len(row.records))]
-            spread = r"{}\,{{\tiny({})}}".format  # as the leaderboard tables: the std in small type
             out.append(" & ".join([*(esc(c) for c in shown), *table.cells(row, ss.turns, ss.k, spread)]) + r" \\")
         out += [r"\bottomrule\end{tabular}}", r"\end{table}", ""]
     return "\n".join(out) + "\n", values

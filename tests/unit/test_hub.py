@@ -56,17 +56,23 @@ def test_reachability_follows_the_environment_and_the_host(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     hub.hub_reachable.cache_clear()
     assert hub.hub_host() == "mirror.example"
-    assert hub.hub_reachable() and hub.hub_load_kwargs() == {} and hub.unreachable_note() == ""
+    missing = OSError("not found\nmore detail")
+    assert hub.hub_reachable() and hub.hub_load_kwargs() == {}
+    assert hub.load_failure(missing, hub_name=True) == "not found"  # the hub answered: its own reason
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     hub.hub_reachable.cache_clear()
     assert not hub.hub_reachable()
     assert hub.hub_load_kwargs() == {"local_files_only": True}
-    assert hub.unreachable_note() == "; HF_HUB_OFFLINE is set and no copy in the local hub cache"
+    assert hub.load_failure(missing, hub_name=True) == (
+        "not found; HF_HUB_OFFLINE is set and no copy in the local hub cache"
+    )
+    assert hub.load_failure(missing, hub_name=False) == "not found"  # a local folder: nothing about the hub
+    assert hub.load_failure(OSError(), hub_name=False) == "OSError"
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("HF_ENDPOINT")
     hub.hub_reachable.cache_clear()
     assert hub.hub_host() == "huggingface.co" and not hub.hub_reachable()
-    assert "huggingface.co unreachable" in hub.unreachable_note()
+    assert "; huggingface.co unreachable and no copy" in hub.load_failure(missing, hub_name=True)
     hub.hub_reachable.cache_clear()
 
 

@@ -193,7 +193,7 @@ def pretrained_backbone(name: str, dtype: str, accelerator: str, cache_dir: str 
     Raises:
         ConfigError: the model's config cannot be loaded (one line, with the presets).
     """
-    from benchmark.models.components.hub import hub_load_kwargs, model_load_kwargs, unreachable_note
+    from benchmark.models.components.hub import hub_load_kwargs, load_failure, model_load_kwargs
     from benchmark.models.components.llm import OFFLINE_MODELS, load_causal_lm, resolve_dtype
 
     path = Path(name)
@@ -206,11 +206,8 @@ def pretrained_backbone(name: str, dtype: str, accelerator: str, cache_dir: str 
         try:
             config = AutoConfig.from_pretrained(name, **kw)
         except (OSError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            note = "" if path.is_dir() else unreachable_note()
-            raise ConfigError(
-                f"model backbone: cannot load '{name}' ({first}{note}); presets: {', '.join(PRESETS)}"
-            ) from None
+            why = load_failure(e, hub_name=not path.is_dir())
+            raise ConfigError(f"model backbone: cannot load '{name}' ({why}); presets: {', '.join(PRESETS)}") from None
         causal = not getattr(config, "is_encoder_decoder", False)
     if causal:
         lm = load_causal_lm(name, dtype, accelerator, cache_dir, local_files_only=path.is_dir())

@@ -54,9 +54,12 @@ def model_load_kwargs(kwargs: dict[str, bool]) -> dict[str, object]:
     return dict(kwargs)
 
 
-def unreachable_note() -> str:
-    """What to add to a load error of a hub name when the hub was out of reach ("" otherwise)."""
-    if hub_reachable():
-        return ""
-    why = "HF_HUB_OFFLINE is set" if offline_by_env() else f"{hub_host()} unreachable"
-    return f"; {why} and no copy in the local hub cache"
+def load_failure(error: BaseException, hub_name: bool) -> str:
+    """Why a ``from_pretrained`` call failed, in one line: the error's first line and, for a hub
+    name while the hub was out of reach, that no copy was in the local hub cache."""
+    text = str(error).strip()
+    why = text.splitlines()[0] if text else type(error).__name__
+    if not hub_name or hub_reachable():
+        return why
+    reach = "HF_HUB_OFFLINE is set" if offline_by_env() else f"{hub_host()} unreachable"
+    return f"{why}; {reach} and no copy in the local hub cache"

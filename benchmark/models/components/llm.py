@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from benchmark.errors import ConfigError
+from benchmark.models.components.hub import hub_load_kwargs, load_failure, model_load_kwargs
 from benchmark.util import package_version, sha256_file, staged_dir
 
 SOURCE_FILE = "llm4rec_source.json"
@@ -226,21 +227,14 @@ def load_causal_lm(
     elif name_or_path.startswith(("/", "./", "../")):
         raise ConfigError(f"model backbone: {name_or_path} is not a model folder")
     else:
-        from benchmark.models.components.hub import hub_load_kwargs
-
         facts.update(source="hub")
         load_from, kwargs = name_or_path, {"local_files_only": local_files_only, **hub_load_kwargs()}
     try:
-        from benchmark.models.components.hub import model_load_kwargs
-
         model = AutoModelForCausalLM.from_pretrained(load_from, dtype=torch_dtype, **model_load_kwargs(kwargs))
         tokenizer = AutoTokenizer.from_pretrained(load_from, **kwargs)
     except OSError as e:
-        from benchmark.models.components.hub import unreachable_note
-
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        note = unreachable_note() if facts["source"] == "hub" else ""
-        raise ConfigError(f"model backbone: cannot load '{name_or_path}' ({first}{note})") from None
+        why = load_failure(e, hub_name=facts["source"] == "hub")
+        raise ConfigError(f"model backbone: cannot load '{name_or_path}' ({why})") from None
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

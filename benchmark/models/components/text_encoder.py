@@ -81,7 +81,7 @@ def item_descriptions(items: Any, item_fields: Mapping[str, str], item_ids: Sequ
 def _load(path: str) -> tuple[Any, Any]:
     from transformers import AutoModel, AutoTokenizer
 
-    from benchmark.models.components.hub import hub_load_kwargs, model_load_kwargs, unreachable_note
+    from benchmark.models.components.hub import hub_load_kwargs, load_failure, model_load_kwargs
 
     local = Path(path).is_dir()
     kw = {"local_files_only": True} if local else hub_load_kwargs()
@@ -89,9 +89,7 @@ def _load(path: str) -> tuple[Any, Any]:
         tok = AutoTokenizer.from_pretrained(path, **kw)
         model = AutoModel.from_pretrained(path, dtype=torch.float32, **model_load_kwargs(kw))
     except OSError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        note = "" if local else unreachable_note()
-        raise ConfigError(f"text encoder: cannot load '{path}' ({first}{note})") from None
+        raise ConfigError(f"text encoder: cannot load '{path}' ({load_failure(e, hub_name=not local)})") from None
     return tok, model.eval()
 
 
