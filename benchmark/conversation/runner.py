@@ -42,12 +42,12 @@ from benchmark.conversation.simulators import LLMSimulator, RuleSimulator
 from benchmark.conversation.storage import (
     SCHEMA_VERSION,
     SessionLog,
+    config_digest,
     read_conversation,
     recompute,
     write_conversation,
 )
 from benchmark.errors import ConfigError
-from benchmark.util import sha256_text
 
 CONVERSATION_DIR = CONFIG_DIR / "conversation"
 RECOMMENDERS = ("ranker", "llm", "hybrid")
@@ -446,7 +446,7 @@ def conversation_run(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     t2 = time.perf_counter()
     rec_label, sim_label = labels(cfg, first[1] if first else None)
     hashed = hashed_config(cfg, main)
-    config_hash = sha256_text(json.dumps(hashed, sort_keys=True, separators=(",", ":"), default=str))
+    config_hash = config_digest(hashed)
     n = "all" if cfg.users is None else f"u{cfg.users}"
     run_id = (
         f"{main.data.name}-{split.protocol}-conv-{rec_label}-{sim_label}-{n}-s{cfg.seed}-{config_hash[:8]}"

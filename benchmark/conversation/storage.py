@@ -20,7 +20,7 @@ from typing import Any
 
 from benchmark.conversation.metrics import rounded, session_metrics, success_turn
 from benchmark.errors import ConfigError
-from benchmark.util import sha256_bytes, staged_dir
+from benchmark.util import sha256_bytes, sha256_text, staged_dir
 
 RECORD = "record.json"
 DIALOGUES = "dialogues.jsonl.gz"
@@ -166,13 +166,19 @@ def check_sessions(sessions: list[Any], turns: int, k: int) -> None:
             raise _bad(f"line {n}: turns after the accepted list")
 
 
+def config_digest(config: Any) -> str:
+    """A conversation run's config hash: sha256 of its hashed config as canonical JSON."""
+    return sha256_text(json.dumps(config, sort_keys=True, separators=(",", ":"), default=str))
+
+
 def recompute(
     record: dict[str, Any], sessions: list[dict[str, Any]], catalogue: Iterable[str] | None = None
 ) -> list[tuple[str, Any, Any, bool]]:
     """Every recorded metric next to its value recomputed from ``sessions``.
 
     Returns:
-        (name, recorded, recomputed, agrees) per metric, plus the session count.
+        (name, recorded, recomputed, agrees) per metric, plus the session count and the config
+        hash (a config edited after the run no longer matches it).
     """
     proto = record.get("protocol") or {}
     metrics, support = session_metrics(sessions, int(proto["turns"]), int(proto["k"]), catalogue)
@@ -194,6 +200,8 @@ def recompute(
         rows.append((key, a, b, bool(same)))
     n = (record.get("sessions") or {}).get("count")
     rows.append(("sessions", n, support["sessions"], n == support["sessions"]))
+    digest = config_digest(record.get("config"))
+    rows.append(("config_hash", record.get("config_hash"), digest, record.get("config_hash") == digest))
     return rows
 
 

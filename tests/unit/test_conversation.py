@@ -23,6 +23,7 @@ from benchmark.conversation.simulators import ACCEPT, NEUTRAL, REJECT, RuleSimul
 from benchmark.conversation.storage import (
     DIALOGUES,
     check_sessions,
+    config_digest,
     read_conversation,
     recompute,
     write_conversation,
@@ -309,8 +310,11 @@ def test_success_at_t_and_the_other_metrics_on_constructed_dialogues():
 
 def write_run(tmp_path: Path, sessions: list[dict]) -> Path:
     metrics, support = session_metrics(sessions, 3, 2)
+    config = {"conversation": {"turns": 3, "k": 2}}
     record = {
         "run_id": "r",
+        "config": config,
+        "config_hash": config_digest(config),
         "protocol": {"turns": 3, "k": 2},
         "metrics": metrics,
         "sessions": {"count": len(sessions)},
@@ -328,6 +332,8 @@ def test_dialogues_round_trip_through_the_file_and_recomputation(tmp_path):
     assert rows and all(ok for *_, ok in rows)
     record["metrics"]["conv/success@3"] = 0.9
     assert [k for k, *_, ok in recompute(record, sessions) if not ok] == ["conv/success@3"]
+    record["config"]["conversation"]["k"] = 5  # a config edited after the run
+    assert [k for k, *_, ok in recompute(record, sessions) if not ok] == ["conv/success@3", "config_hash"]
 
 
 def rewrite(run: Path, sessions: list[dict], fix_sha: bool) -> None:
