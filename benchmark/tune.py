@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -431,13 +432,20 @@ def _resume_or_reset(p: Plan, settings: dict[str, Any]) -> int:
     sources = [archived, *([replay, log] if local else [])]
     for source in sources:
         lines = source if isinstance(source, list) else source.read_text().splitlines() if source.is_file() else []
+        unreadable = 0
         for text in lines:
             try:
                 line = json.loads(text)
-            except json.JSONDecodeError:
-                continue  # a line cut short when the search stopped
+            except json.JSONDecodeError:  # a line cut short when the search stopped, or not a log line
+                unreadable += bool(text.strip())
+                continue
             if isinstance(line, dict) and isinstance(line.get("trial"), int) and not isinstance(line["trial"], bool):
                 by_trial[line["trial"]] = json.dumps({k: v for k, v in line.items() if k != "replayed"}, sort_keys=True)
+            else:
+                unreadable += 1
+        if unreadable:
+            where = p.archive / "trials.jsonl" if isinstance(source, list) and p.archive is not None else source
+            print(f"[tune {p.study}] {where}: {unreadable} line(s) are not trial log lines; ignored (those trials run again)", file=sys.stderr)
     kept = "".join(f"{by_trial[k]}\n" for k in sorted(by_trial))
     if local:
         for leftover in (p.folder / "error.txt", p.folder / "optimization_results.yaml"):

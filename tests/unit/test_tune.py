@@ -249,7 +249,7 @@ def test_a_stopped_search_resumes_without_training_its_logged_trials(planted, tm
     assert len(trained) == 6 and not any(t.get("replayed") for t in _trials(tmp_path))
 
 
-def test_a_search_resumes_from_its_archive_with_the_results_when_its_outputs_are_gone(planted, tmp_path, monkeypatch):
+def test_a_search_resumes_from_its_archive_with_the_results_when_its_outputs_are_gone(planted, tmp_path, monkeypatch, capsys):
     """The trials are also logged under paths.results/tune/<study>: after a fresh checkout (no
     outputs folder) a rerun replays the archived trials and trains only the others."""
     import shutil
@@ -270,8 +270,11 @@ def test_a_search_resumes_from_its_archive_with_the_results_when_its_outputs_are
     trained = []
     real = tune.trial_value
     monkeypatch.setattr(tune, "trial_value", lambda cfg, d: trained.append(1) or real(cfg, d))
+    capsys.readouterr()
     resumed = tune.run_search(plan)
     assert len(trained) == 3 and resumed["best"]["params"] == whole["best"]["params"]
+    # the cut line is named, not replayed: one notice, with the archive's path and the count
+    assert f"{plan.archive / 'trials.jsonl'}: 1 line(s) are not trial log lines" in capsys.readouterr().err
     assert [t.get("replayed", False) for t in _trials(tmp_path)] == [True] * 3 + [False] * 3
     assert [json.loads(t)["trial"] for t in (plan.archive / "trials.jsonl").read_text().splitlines()] == list(range(6))
     # a forged archive line (NaN value, a link) is not replayed or read
