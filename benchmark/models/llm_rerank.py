@@ -19,7 +19,9 @@ Position bias: ``order`` sets the order candidates are listed in the prompt (``f
 LLM rank and the top-1 share per prompt position and the mean Spearman correlation between
 prompt position and LLM rank; with ``order=random`` these measure position bias directly.
 The prompts of ``user_batch_size`` users run as one batch, and each prompt's key/value cache is
-shared by its N candidates.
+shared by its N candidates; the tokens that every prompt starts with (the instruction, and the
+in-context examples when they are drawn once per run) run once for the whole run
+(``prefix_reuse``).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ from benchmark.models.components.listwise_icl import (
     example_pool,
     fixed_choice,
 )
-from benchmark.models.components.llm import left_pad, load_causal_lm, shared_prefix_logprobs
+from benchmark.models.components.llm import PromptPrefix, left_pad, load_causal_lm, shared_prefix_logprobs
 from benchmark.models.components.prompts import PromptTemplate, continuation_ids, item_texts
 from benchmark.models.components.shard_state import merged_counts, merged_dicts
 from benchmark.models.tallrec import MACHINE_FACTS, as_template
@@ -174,6 +176,10 @@ class LLMRerank(nn.Module):
             (:mod:`~benchmark.models.components.score_cache`; the weights are never trained), so a
             rerun, another bandit over the same template pool or another seed's shared prompts run
             no LM again; the record states how many were read and computed.
+        prefix_reuse: the tokens that every user's prompt starts with (the instruction, and the
+            in-context examples when they are drawn once per run) run once for the whole run
+            (:class:`~benchmark.models.components.llm.PromptPrefix`); the scores equal those of
+            whole prompts to float rounding (``tests/unit/test_prefix_attention.py``).
     """
 
     def __init__(
@@ -201,6 +207,7 @@ class LLMRerank(nn.Module):
         icl_candidates: int = 5,
         icl_history: int = 5,
         score_cache: bool = False,
+        prefix_reuse: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(score_cache, bool):
@@ -243,6 +250,7 @@ class LLMRerank(nn.Module):
         lm = load_causal_lm(backbone, dtype, accelerator, cache_dir)
         self.lm, self.tokenizer, self.lm_facts = lm.model, lm.tokenizer, lm.facts
         self.scorer = None  # precision=vllm: vLLM scores the same token ids (vllm_runtime)
+        self.prompt_prefix = PromptPrefix() if prefix_reuse else None
         for p in self.lm.parameters():
             p.requires_grad_(False)
         self.texts = item_texts(data.items, data.item_fields, split.item_ids, self.template.item_text)
@@ -469,7 +477,7 @@ class LLMRerank(nn.Module):
             if self.scorer is not None:
                 lps = self.scorer.continuation_logprobs(ps, ts)
             else:
-                lps = shared_prefix_logprobs(self.lm, ps, ts, self.tokenizer.pad_token_id)
+                lps = shared_prefix_logprobs(self.lm, ps, ts, self.tokenizer.pad_token_id, shared=self.prompt_prefix)
             for j, lp in zip(idx, lps, strict=True):
                 raw[j] = lp.numpy().astype(np.float64)
                 if store is not None:

@@ -185,3 +185,45 @@ def test_bf16_weights_stay_close_to_the_copy_path():
         copied = shared_prefix_logprobs(lm, prompts, conts, 0)
     for a, b in zip(got, copied, strict=True):
         assert a.dtype == torch.float32 and torch.allclose(a, b, atol=0.05)
+
+
+@pytest.mark.parametrize("mode", ["in_place", "copied"])
+def test_a_prefix_kept_across_batches_gives_the_scores_of_whole_prompts(mode):
+    """Batches whose prompts start with the same instruction and examples: the prefix runs once
+    (and is cut when a later batch shares less of it); every score equals the prompt run whole."""
+    from benchmark.models.components.llm import PromptPrefix
+
+    lm = tiny_llama()
+    (head,) = seqs(5, [40])
+    batches = [
+        [head + s for s in seqs(6, [7, 3, 11])],  # all share the 40-token head (and maybe more)
+        [head + s for s in seqs(7, [5, 9])],
+        [head[:34] + s for s in seqs(8, [4, 12])],  # shares only 34 tokens: the prefix is cut
+        [s for s in seqs(9, [20, 6])],  # shares nothing: runs as it is
+    ]
+    shared = PromptPrefix(min_tokens=32)
+    for b, prompts in enumerate(batches):
+        conts = [seqs(10 + b * 7 + j, [3, 1, 4]) for j in range(len(prompts))]
+        with pa.prefix_mode(mode):
+            got = shared_prefix_logprobs(lm, prompts, conts, 0, shared=shared)
+        with torch.no_grad():
+            for g, prompt, cs in zip(got, prompts, conts, strict=True):
+                assert torch.allclose(g, continuation_logprobs(lm, prompt, cs, 0), atol=1e-5)
+        assert len(shared.tokens) == (40 if b < 2 else 34)
+    assert shared.computed == 1  # the prefix ran once; the cut reused its first 34 positions
+    assert shared.reused_tokens == 40 * 3 - 40 + 40 * 2 + 34 * 2
+
+
+def test_a_prompt_prefix_always_leaves_each_prompt_a_token_of_its_own():
+    from benchmark.models.components.llm import PromptPrefix
+
+    lm = tiny_llama()
+    (p,) = seqs(11, [50])
+    shared = PromptPrefix(min_tokens=8)
+    assert shared.length_for([p, p]) == 49  # identical prompts: the last token still runs
+    conts = [seqs(12, [2, 3]), seqs(13, [1])]
+    got = shared_prefix_logprobs(lm, [p, p], conts, 0, shared=shared)
+    with torch.no_grad():
+        for g, cs in zip(got, conts, strict=True):
+            assert torch.allclose(g, continuation_logprobs(lm, p, cs, 0), atol=1e-5)
+    assert PromptPrefix(min_tokens=8).length_for([p[:5] + [1], p[:5] + [2]]) == 0  # too short to pay

@@ -285,9 +285,9 @@ def test_smoothed_int8_calibrates_the_reranker_on_train_prompts_only(loo_split, 
     seen: list[list[int]] = []
     real = llm_rerank.shared_prefix_logprobs
 
-    def spy(lm, prompts, tails, pad):
+    def spy(lm, prompts, tails, pad, **kwargs):
         seen.extend([list(p) for p in prompts])
-        return real(lm, prompts, tails, pad)
+        return real(lm, prompts, tails, pad, **kwargs)
 
     monkeypatch.setattr(llm_rerank, "shared_prefix_logprobs", spy)
     m = _rerank(loo_split, yesno_data, rerank_lm, tmp_path, history=4)
@@ -314,3 +314,22 @@ def test_smoothed_int8_calibrates_the_reranker_on_train_prompts_only(loo_split, 
     scores = m.score(torch.tensor([0, 1]))
     assert torch.isfinite(scores[:, :5]).all()
     assert m.prediction_facts()["llm"]["precision"]["smoothing"]["calibration"] == cal
+
+
+def test_rerank_runs_the_prompts_shared_examples_once_with_the_scores_of_whole_prompts(loo_split, yesno_data, rerank_lm, tmp_path):
+    """Fixed in-context examples: every user's prompt starts with the instruction and the examples;
+    with prefix reuse they run once for the run (two batches of users here), and every candidate's
+    score equals the one from whole prompts."""
+    kw = {"history": 10, "icl_shots": 2, "icl_candidates": 4, "icl_history": 3, "user_batch_size": 2}
+    shared = _rerank(loo_split, yesno_data, rerank_lm, tmp_path, **kw)
+    whole = _rerank(loo_split, yesno_data, rerank_lm, tmp_path, prefix_reuse=False, **kw)
+    users = torch.tensor([0, 1, 2, 3])
+    a, b = shared.score(users), whole.score(users)
+    assert torch.allclose(a[:, :5], b[:, :5], atol=1e-5) and torch.isfinite(a[:, :5]).all()
+    p = shared.prompt_prefix
+    seqs = [shared.tokenizer(shared._prompt(u, shared.candidates[u][:5], shared.prompt_order(u, 5)))["input_ids"] for u in range(4)]
+    from benchmark.models.components.llm import common_prefix_length
+
+    assert p.computed == 1 and len(p.tokens) == common_prefix_length(seqs) >= p.min_tokens
+    assert p.reused_tokens == 3 * len(p.tokens)  # four prompts, the prefix run for the first only
+    assert whole.prompt_prefix is None

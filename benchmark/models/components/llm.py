@@ -365,20 +365,103 @@ class Prefill:
     intact: bool = True  # False once continuations were scored through per-row copies of the cache
 
 
+class PromptPrefix:
+    """The token prefix that the prompts of many batches start with (a template's instruction, a
+    run's fixed in-context examples) and its key/value cache, computed ONCE and reused by every
+    later batch that starts with it (:func:`prefill`'s ``shared``).
+
+    The first batch fixes the prefix: the tokens all its prompts share (at least ``min_tokens``).
+    A later batch whose prompts share only a part of it cuts it to that part (a key/value at
+    position i depends on tokens 0..i only, so the cut cache is exact); a batch sharing fewer
+    than ``min_tokens`` of it runs as it is. Every prompt keeps at least one token of its own (the
+    batch's next-token log-probabilities come from it). Models whose cache is not a plain
+    per-layer key/value list (sliding windows, recurrent states) never reuse (``usable`` False).
+    """
+
+    def __init__(self, min_tokens: int = 32) -> None:
+        self.min_tokens = int(min_tokens)
+        self.tokens: list[int] = []
+        self.cache: Any = None
+        self.usable = True
+        self.computed = 0  # prefix forward passes run
+        self.reused_tokens = 0  # prompt tokens not run again thanks to the prefix
+
+    def length_for(self, prompts: list[list[int]]) -> int:
+        """How many leading tokens of every prompt the prefix covers for this batch (0: none)."""
+        if not self.usable or not prompts:
+            return 0
+        limit = min(len(p) for p in prompts) - 1
+        n = min(common_prefix_length(prompts + ([self.tokens] if self.tokens else [])), limit)
+        return n if n >= self.min_tokens else 0
+
+    def cache_for(self, model: Any, prompts: list[list[int]], n: int) -> Any:
+        """A fresh cache of the prefix's first ``n`` tokens, one row per prompt (the stored prefix
+        is computed at the first use, and cut to ``n`` when a batch shares less of it)."""
+        import copy
+
+        fresh = self.cache is None or n > len(self.tokens)
+        if fresh:
+            device = next(model.parameters()).device
+            ids = torch.as_tensor([prompts[0][:n]], dtype=torch.long, device=device)
+            out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+            cache = getattr(out, "cache", None) or out.past_key_values
+            if any(type(layer).__name__ != "DynamicLayer" for layer in getattr(cache, "layers", [None])):
+                self.usable = False
+                return None
+            self.tokens, self.cache = list(prompts[0][:n]), cache
+            self.computed += 1
+        elif n < len(self.tokens):
+            for layer in self.cache.layers:  # keys/values [1, H, T, d]: keep positions 0..n-1
+                layer.keys, layer.values = layer.keys[:, :, :n].contiguous(), layer.values[:, :, :n].contiguous()
+            self.tokens = self.tokens[:n]
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(len(prompts))
+        self.reused_tokens += n * len(prompts) - (n if fresh else 0)
+        return cache
+
+
 @torch.no_grad()
 def prefill(
     model: Any,
     prompts: list[list[int]],
     pad_id: int,
     embed: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
+    shared: PromptPrefix | None = None,
 ) -> Prefill:
     """Run B prompts once as a left-padded batch with a key/value cache.
 
     Args:
         embed: maps the prompts' padded batch to ``inputs_embeds`` (e.g. an item adapter's soft
             tokens in place of placeholders); None reads the token embeddings.
+        shared: a prefix kept across calls (:class:`PromptPrefix`): when every prompt starts with
+            (part of) it, only the rest of each prompt runs, after the prefix's stored cache; the
+            batch then reads ``[prefix | pads | rest]`` (the pads masked out, positions counting real
+            tokens), so what follows is the same as for plain left padding. Not with ``embed``.
     """
     device = next(model.parameters()).device
+    n = shared.length_for(prompts) if shared is not None and embed is None else 0
+    cache = shared.cache_for(model, prompts, n) if n else None
+    if cache is not None:
+        rest = {k: v.to(device) for k, v in left_pad([p[n:] for p in prompts], pad_id).items()}
+        width = len(prompts)
+        head = torch.as_tensor(prompts[0][:n], dtype=torch.long, device=device)[None, :].expand(width, n)
+        mask = torch.cat([torch.ones_like(head), rest["attention_mask"]], dim=1)
+        position_ids = rest["position_ids"] + n
+        out = model(
+            input_ids=rest["input_ids"],
+            attention_mask=mask,
+            position_ids=position_ids,
+            use_cache=True,
+            logits_to_keep=1,
+            **cache_kwarg(model, cache),
+        )
+        batch = {
+            "input_ids": torch.cat([head, rest["input_ids"]], dim=1),
+            "attention_mask": mask,
+            "position_ids": torch.cat([torch.arange(n, device=device)[None, :].expand(width, n), position_ids], dim=1),
+        }
+        cache = getattr(out, "cache", None) or out.past_key_values
+        return Prefill(batch, cache, out.logits[:, -1].float().log_softmax(dim=-1), int(pad_id))
     batch = {k: v.to(device) for k, v in left_pad(prompts, pad_id).items()}
     if embed is not None:
         inputs = {"inputs_embeds": embed(batch), "attention_mask": batch["attention_mask"], "position_ids": batch["position_ids"]}
@@ -453,11 +536,13 @@ def shared_prefix_logprobs(
     continuations: list[list[list[int]]],
     pad_id: int,
     embed: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
+    shared: PromptPrefix | None = None,
 ) -> list[torch.Tensor]:
     """:func:`continuation_logprobs` for several prompts, each with its own continuations,
     computing every prompt once (:func:`prefill`, then :func:`logprobs_after`). The result equals
     scoring every ``prompt + continuation`` on its own, at about (sum P + sum C * L) instead of
-    sum C * (P + L) tokens.
+    sum C * (P + L) tokens; with ``shared`` (:class:`PromptPrefix`) the prefix that the prompts of
+    every batch start with runs once for all of them.
 
     Args:
         model: a causal LM whose cache is a transformers cache.
@@ -465,11 +550,12 @@ def shared_prefix_logprobs(
         continuations: B lists of non-empty token id lists (C_b continuations of prompt b).
         pad_id: pad token id.
         embed: as for :func:`prefill`.
+        shared: as for :func:`prefill`.
 
     Returns:
         B float32 tensors [C_b]: sums of log p(token | prompt, earlier continuation tokens).
     """
-    return logprobs_after(model, prefill(model, prompts, pad_id, embed), continuations)
+    return logprobs_after(model, prefill(model, prompts, pad_id, embed, shared), continuations)
 
 
 def common_prefix_length(seqs: list[list[int]]) -> int:
