@@ -157,7 +157,8 @@ def child_rerank(option: str, users: int, first_stage: str) -> dict[str, Any]:
     split = build_split(data, SplitConfig(protocol="loo"))
     prompt = instantiate(OmegaConf.load(REPO / "configs" / "prompt" / "rerank_listwise.yaml"))
     model = LLMRerank(
-        split, data, first_stage, BACKBONE, prompt, top_n=20, order="random", dtype="float32", seed=1
+        split, data, first_stage, BACKBONE, prompt, top_n=20, order="random", dtype="float32", seed=1,
+        prefix_reuse=False,  # every prompt in full, as for the TALLRec rows: precision alone is compared
     )
     model.eval()
     facts = apply_precision(model, _option(option))

@@ -333,3 +333,23 @@ def test_rerank_runs_the_prompts_shared_examples_once_with_the_scores_of_whole_p
     assert p.computed == 1 and len(p.tokens) == common_prefix_length(seqs) >= p.min_tokens
     assert p.reused_tokens == 3 * len(p.tokens)  # four prompts, the prefix run for the first only
     assert whole.prompt_prefix is None
+
+
+def test_prefix_reuse_bench_times_the_reranker_with_and_without_the_run_wide_prefix(loo_split, yesno_data, rerank_lm, tmp_path):
+    """The bench's reranker workload: the same users scored both ways, the prompt tokens the LM ran
+    (the prefix once instead of once per user), and scores equal to 1e-5."""
+    from benchmark.bench.prefix_reuse import rerank
+    from benchmark.models.components.llm import common_prefix_length
+
+    m = _rerank(loo_split, yesno_data, rerank_lm, tmp_path, history=10, icl_shots=2, icl_candidates=4, icl_history=3,
+                user_batch_size=2).eval()
+    users = [0, 1, 2, 3, 4]
+    out = rerank(m, users)
+    seqs = [m.tokenizer(m._prompt(u, m.candidates[u][:5], m.prompt_order(u, 5)))["input_ids"] for u in users]
+    total = sum(len(q) for q in seqs)
+    assert out["users"] == 5 and out["prompt_tokens_mean"] == round(total / 5, 1)
+    assert out["plain"]["prompt_tokens_run"] == total
+    assert out["prefix_tokens"] == common_prefix_length(seqs) > 0
+    assert out["reuse"]["prompt_tokens_run"] == total - 4 * out["prefix_tokens"]  # run once, not 5 times
+    assert out["max_abs_score_diff"] <= 1e-5
+    assert out["speedup"] == round(out["plain"]["seconds"] / out["reuse"]["seconds"], 2)

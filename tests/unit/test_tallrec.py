@@ -642,18 +642,29 @@ def test_prefix_reuse_readme_sentences_come_from_the_result(tmp_path):
     continuations = {"prompts": 8, "prompt_tokens_mean": 425.5, "continuations": 192, "continuation_tokens": 1440,
                      "in_place": {"seconds": 20.5}, "copied": {"seconds": 41.0}, "speedup_in_place": 2.0,
                      "max_rel_logprob_diff": 2.04e-7}
+    rerank = {"users": 12, "user_batch_size": 4, "top_n": 20, "icl_shots": 2, "prompt_tokens_mean": 861.3,
+              "prefix_tokens": 402, "speedup": 1.52, "max_abs_score_diff": 3.2e-6, "load_average": [2.1, 2.9],
+              "reuse": {"users_per_second": 0.304, "prompt_tokens_run": 5912},
+              "plain": {"users_per_second": 0.2, "prompt_tokens_run": 10336, "prompt_tokens_per_second": 172.2}}
     result = {"machine": {"load_average_start": 1.96, "load_average_end": 3.82}, "backbone": "b",
-              "candidates": {"users": 5, **workload(3.162, 0.565, 2848, 22855)},
-              "labeled": {"rows": 32, "split": "tallrec_movie", "icl_shots": 2, **workload(2.0, 0.5, 9000, 20000)},
-              "continuations": continuations}
+              "candidates": {"users": 5, **workload(3.162, 0.565, 2848, 22855), "load_average": [1.96, 2.5]},
+              "labeled": {"rows": 32, "split": "tallrec_movie", "icl_shots": 2, **workload(2.0, 0.5, 9000, 20000),
+                          "load_average": [2.5, 3.82]},
+              "continuations": {**continuations, "load_average": [3.0, 3.1]}, "rerank": rerank}
     text = summary(result)
+    assert "- reranker (load 2.1-2.9; 12 ml-100k `loo` test users, the SASRec top 20 in random order after 2" in text
+    assert "861.3 prompt tokens on average): 0.304 users/s with the 402-token prefix" in text
+    assert "against 0.2 with every prompt run whole (1.52x; the LM ran 5,912 instead of 10,336 prompt tokens" in text
+    assert "172.2 prompt tokens/s whole); candidate scores differ by 3.2e-06 at most." in text
+    assert "- continuations (load 3.0-3.1; 8 prompts" in text
     assert "in place: 2.5 pairs/s against 1.25 with it repeated per row (2.0x; P(\"Yes\") differs by 3.1e-07" in text
     assert "8 prompts of 425.5 tokens on average, 192 continuations of 1,440 tokens in all" in text
     assert "20.5 s with the prompts' cache read in place against 41.0 s" in text and "(2.0x;" in text
     assert "differ by 2.0e-07 relative at most" in text
-    assert "candidate lists (5 users, 1 + 19 each), 100 pairs of 228.6 prompt tokens" in text
+    assert "candidate lists (5 users, 1 + 19 each) (load 1.96-2.5), 100 pairs of 228.6 prompt tokens" in text
     assert "3.162 pairs/s with the shared prefix against 0.565 without (5.6x; the LM ran 2,848 instead of 22,855 tokens)" in text
-    assert "(122.7 prompt tokens/s)" in text and "load average 1.96-3.82" in text and "5.1e-06 at most" in text
+    assert "(122.7 prompt tokens/s)" in text and "each workload's load average in parentheses" in text and "5.1e-06 at most" in text
+    assert "candidate lists (5 users, 1 + 19 each) (load 1.96-2.5)" in text and "(load 2.5-3.82)" in text
     assert "32 tallrec_movie test rows, 2 fixed in-context examples" in text and "(4.0x;" in text
     readme = tmp_path / "README.md"
     readme.write_text(f"a\n{START}\nold\n{END}\nb\n")
