@@ -41,6 +41,7 @@ from benchmark.data.views import RankingRows
 from benchmark.errors import ConfigError
 from benchmark.eval.pool import rank_gain
 from benchmark.models.components.bandit import grouped_bandit, pool_facts, replay
+from benchmark.models.components.llm import PromptPrefix
 from benchmark.models.components.prompts import item_texts
 from benchmark.models.components.shard_state import merged_counts, merged_dicts
 from benchmark.models.llm_rerank import LLMRerank
@@ -106,13 +107,16 @@ class LLMRerankPool(LLMRerank):
 
     @contextmanager
     def _arm_state(self, arm: Mapping[str, Any]) -> Iterator[None]:
-        """Render and score with ``arm``'s template (and its item texts)."""
-        saved = (self.template, self.texts)
+        """Render and score with ``arm``'s template (and its item texts, and with ``prefix_reuse`` its
+        own run-wide prompt prefix: the users of one template share its instruction)."""
+        saved = (self.template, self.texts, self.prompt_prefix)
         self.template, self.texts = arm["template"], arm["texts"]
+        if self.prompt_prefix is not None:
+            self.prompt_prefix = arm.setdefault("prefix", PromptPrefix())
         try:
             yield
         finally:
-            self.template, self.texts = saved
+            self.template, self.texts, self.prompt_prefix = saved
 
     def _learn(self) -> dict[str, Any]:
         """Offline replay on the feedback tasks (train part only), once."""

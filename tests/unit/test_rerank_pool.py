@@ -78,9 +78,17 @@ def test_the_pool_learns_on_train_tasks_only_and_reranks_each_user_with_its_choi
     feedback = model._replayed
     assert feedback["part"] == "train" and feedback["rows"] == 6 and feedback["best_on_feedback"] in ("listwise", "terse")
     singles = {
-        tid: LLMRerank(loo_split, yesno_data, first_stage=str(tmp_path / "first"), backbone=str(rerank_lm), top_n=5, seed=0, prompt=load_prompt(name)).score(users)
+        tid: LLMRerank(
+            loo_split, yesno_data, first_stage=str(tmp_path / "first"), backbone=str(rerank_lm), top_n=5, seed=0,
+            prompt=load_prompt(name), prefix_reuse=False,
+        ).score(users)
         for tid, name in (("listwise", "rerank_listwise"), ("terse", "rerank_terse"))
     }
+    # each template keeps its own run-wide prefix: the listwise instruction ran once for its prompts
+    # (train tasks and test users); the terse one is shorter than a prefix worth keeping
+    listwise, terse = (arm["prefix"] for arm in model._arms)
+    assert listwise.computed == 1 and len(listwise.tokens) >= listwise.min_tokens and listwise.reused_tokens > 0
+    assert terse.computed == 0 and model.prompt_prefix.computed == 0
     for r, u in enumerate(users.tolist()):
         fact = model._choices[u]
         assert fact["group"] == int(model.user_group[u])
