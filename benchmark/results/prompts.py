@@ -8,7 +8,9 @@ aggregated, as on the leaderboard): its template, in-context selection (``random
 rows, NDCG@10 for ranking). The reference is the configuration with the model's default template,
 no in-context examples and no history budget; every other row gets its difference to it and a
 paired two-sided Wilcoxon test on the per-user values (per-user AUC, per-user NDCG@10) of the same
-test rows, Holm-corrected within the table. For each prompt-pool run: the bandit against every
+test rows, Holm-corrected within the table. Rows that differ only in how their in-context
+examples are chosen are also set against the ``random`` row of their group (same table, model,
+template, number of examples and history rule), Holm within the group. For each prompt-pool run: the bandit against every
 single template, the template best on valid, a random template per request and the per-group
 oracle (test labels: an upper bound), and per user group the template the bandit chose most often
 on the test rows.
@@ -124,6 +126,62 @@ def ablation_tables(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def selection_tests(rows: list[dict[str, Any]]) -> list[tuple[tuple[str, str, str], str, list[dict[str, Any]], dict[int, tuple[float, float]]]]:
+    """Per group of rows that differ only in how their in-context examples are chosen (one table,
+    model, template, number of examples and history rule) and that holds a ``random`` row: the
+    group's metric, its rows (``random`` first) and each other row's (change vs ``random``,
+    Holm-adjusted paired p within the group; rows on other users are not tested)."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        select, _, k = str(r["icl"] or "").partition(":")
+        if select and k and "@" not in str(r["model"]):
+            groups[(r["dataset"], r["split"], r["eval"], r["model_name"], r["prompt"], k, r["history"])].append(r)
+    out = []
+    for key, trs in groups.items():
+        base = [r for r in trs if str(r["icl"]).startswith("random:")]
+        if len(base) != 1 or len(trs) < 2:
+            continue
+        metric = "test/" + SIGNIFICANCE_METRIC[kind_of(key[2])]
+        ref = base[0]
+        trs = [ref, *sorted((r for r in trs if r is not ref), key=lambda r: str(r["icl"]))]
+        paired = [
+            i for i, r in enumerate(trs)
+            if i and ref["_per_user"] is not None and r["_per_user"] is not None
+            and len(r["_per_user"]) == len(ref["_per_user"]) and metric in r["metrics"] and metric in ref["metrics"]
+        ]
+        pvals = holm([paired_pvalue(trs[i]["_per_user"], ref["_per_user"]) for i in paired]) if paired else []
+        tests = {i: (trs[i]["metrics"][metric][0] - ref["metrics"][metric][0], p) for i, p in zip(paired, pvals, strict=True)}
+        out.append((key[:3], metric, trs, tests))
+    return out
+
+
+def selection_tables(rows: list[dict[str, Any]]) -> str:
+    """Markdown: each in-context selection strategy against ``random`` examples (:func:`selection_tests`)."""
+    found = selection_tests(rows)
+    if not found:
+        return ""
+    out = [
+        "### In-context example selection against random examples (same table, template, k and history)",
+        "",
+        "| table | model | in-context | prompt tokens | seeds | metric | value | change vs random | p (Holm) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (dataset, split, ev), metric, trs, tests in found:
+        for i, r in enumerate(trs):
+            change, p = ("reference", "-") if i == 0 else ("-", "-")
+            if i in tests:
+                d, pv = tests[i]
+                mark = (" ▲" if d > 0 else " ▼") if pv < ALPHA else ""
+                change, p = f"{d:+.4f}{mark}", f"{pv:.3g}"
+            tokens = r.get("prompt_tokens")
+            out.append(
+                f"| {dataset} / {split} / {ev} | {_md_cell(r['model'])} | {_md_cell(r['icl'])} "
+                f"| {'-' if tokens is None else f'{tokens:.1f}'} | {r['seeds']} | {metric.removeprefix('test/')} "
+                f"| {_fmt(r['metrics'].get(metric))} | {change} | {p} |"
+            )
+    return "\n".join(out) + "\n"
+
+
 def _pool_groups(folder: Path, rec: dict[str, Any]) -> dict[str, tuple[str, float]]:
     """Per user group, the template the bandit chose most on the test rows and its share."""
     lines = read_predictions_bounded(folder / str(rec["predictions"]["file"]))
@@ -195,8 +253,9 @@ def document(runs_dir: Path) -> str:
     """The whole generated block: the ablation tables and the prompt-pool table."""
     runs, rows = _prompted(load_runs(runs_dir))
     text = ablation_tables(rows)
+    selection = selection_tables(rows)
     pool = pool_table(runs)
-    return text + ("\n" + pool if pool else "")
+    return text + ("\n" + selection if selection else "") + ("\n" + pool if pool else "")
 
 
 def _part(text: str) -> str:

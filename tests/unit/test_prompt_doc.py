@@ -48,6 +48,35 @@ def test_each_row_is_tested_against_the_default_prompt_on_the_same_users():
     assert "| - | - |" in no_ref  # without a reference row nothing is tested
 
 
+def test_each_selection_strategy_is_tested_against_random_examples_of_its_group():
+    from benchmark.results.prompts import selection_tables, selection_tests
+
+    base = np.linspace(0.3, 0.5, 12)
+    up = base + np.linspace(0.05, 0.10, 12)  # better on every user
+    mixed = base + np.array([0.02, -0.01] * 6)
+    rows = [
+        _row("ref", "tallrec", auc=0.58, per_user=base + 0.2),  # zero-shot: no group
+        _row("sim", "tallrec", icl="similar:2", auc=0.47, per_user=up),
+        _row("rnd", "tallrec", icl="random:2", auc=0.40, per_user=base, seeds=3),
+        _row("div", "tallrec", icl="diverse:2", auc=0.405, per_user=mixed),
+        _row("few", "tallrec", icl="diverse:2", auc=0.41, per_user=base[:6]),  # other users: not tested
+        _row("k4", "tallrec", icl="similar:4", auc=0.5, per_user=up),  # k=4 has no random row
+        _row("json", "tallrec_json", icl="similar:2", auc=0.5, per_user=up),  # another template
+        _row("rnd@int8", "tallrec", icl="random:2", auc=0.39, per_user=base),  # a precision variant
+    ]
+    (found,) = selection_tests(rows)
+    _, metric, trs, tests = found
+    assert metric == "test/auc" and [r["model"] for r in trs] == ["rnd", "div", "few", "sim"]
+    p = holm([paired_pvalue(mixed, base), paired_pvalue(up, base)])  # by hand, Holm over the two paired rows
+    assert set(tests) == {1, 3}
+    assert np.isclose(tests[1][0], 0.005) and tests[1][1] == p[0] and np.isclose(tests[3][0], 0.07) and tests[3][1] == p[1]
+    lines = selection_tables(rows).splitlines()
+    assert lines[4] == "| d / s / labeled | rnd | random:2 | 100.0 | 3 | auc | 0.4000 | reference | - |"
+    assert lines[7] == f"| d / s / labeled | sim | similar:2 | 100.0 | 1 | auc | 0.4700 | +0.0700 ▲ | {p[1]:.3g} |"
+    assert lines[6].endswith("| 0.4100 | - | - |") and p[1] < 0.05
+    assert selection_tables([r for r in rows if r["model"] != "rnd"]) == ""  # no random row: no table
+
+
 def _pool_run(folder: Path, lines: list[dict]) -> tuple[dict, Path]:
     from benchmark.results.record import encode_predictions
 
