@@ -89,6 +89,8 @@ run records.</p>
 <label>Family <select id="family"></select></label>
 <label>Backbone <select id="backbone"></select></label>
 <label>Prompt <select id="prompt"></select></label>
+<label>In-context <select id="icl"></select></label>
+<label>History <select id="history"></select></label>
 <label>Trade-off axis <select id="beyond"></select></label>
 </div>
 <ol class="toc" id="toc"></ol>
@@ -113,6 +115,8 @@ options($('slice'), ['overall'].concat(DATA.slices));
 options($('family'), ['all'].concat([...new Set(DATA.rows.map(r => r.family))].sort()));
 options($('backbone'), ['all'].concat([...new Set(DATA.rows.map(r => r.backbone || '-'))].sort()));
 options($('prompt'), ['all'].concat([...new Set(DATA.rows.map(r => r.prompt || '-'))].sort()));
+options($('icl'), ['all'].concat([...new Set(DATA.rows.map(r => r.icl || '-'))].sort()));
+options($('history'), ['all'].concat([...new Set(DATA.rows.map(r => r.history || '-'))].sort()));
 options($('beyond'), DATA.beyond.filter(m => DATA.rows.some(r => r.metrics['test/' + m]))
   .concat(DATA.rows.some(r => r.prompt_tokens != null) ? ['prompt tokens'] : []));
 $('toc').innerHTML = DATA.tables.map((t, i) => `<li><a href="#table-${i}">${t.title}</a></li>`).join('');
@@ -134,12 +138,15 @@ function sortValue(r, col) {
 }
 function render() {
   const slice = $('slice').value, fam = $('family').value, bb = $('backbone').value, pr = $('prompt').value;
+  const icl = $('icl').value, hist = $('history').value;
   const out = [];
   DATA.tables.forEach((t, ti) => {
     let rows = DATA.rows.filter(r => r.table === ti)
       .filter(r => fam === 'all' || r.family === fam)
       .filter(r => bb === 'all' || (r.backbone || '-') === bb)
-      .filter(r => pr === 'all' || (r.prompt || '-') === pr);
+      .filter(r => pr === 'all' || (r.prompt || '-') === pr)
+      .filter(r => icl === 'all' || (r.icl || '-') === icl)
+      .filter(r => hist === 'all' || (r.history || '-') === hist);
     const cs = cols(t, slice, DATA.rows.filter(r => r.table === ti));
     const st = sortState[ti];
     if (st) rows.sort((a, b) => {
@@ -320,7 +327,7 @@ function scatter(rows, metric, x) {
   if (unlabelled.length) s += '<ol class="unlabelled">' + unlabelled.map(m => `<li>${m}</li>`).join('') + '</ol>';
   return s + '</figure>';
 }
-['slice', 'family', 'backbone', 'prompt', 'beyond'].forEach(id => $(id).onchange = render);
+['slice', 'family', 'backbone', 'prompt', 'icl', 'history', 'beyond'].forEach(id => $(id).onchange = render);
 render();
 </script></main></body></html>
 """

@@ -96,6 +96,11 @@ def test_page_loads_sorts_filters_and_matches_csv(board, driver, tmp_path):
     assert [o.get_attribute("value") for o in prompts.options] == ["all", "-"]
     prompts.select_by_value("-")
     assert len(driver.find_elements(By.CSS_SELECTOR, 'table[data-table="0"] tbody tr')) == 2
+    for sel in ("icl", "history"):  # the in-context and history filters: no row has either
+        choice = Select(driver.find_element(By.ID, sel))
+        assert [o.get_attribute("value") for o in choice.options] == ["all", "-"]
+        choice.select_by_value("-")
+        assert len(driver.find_elements(By.CSS_SELECTOR, 'table[data-table="0"] tbody tr')) == 2
     Select(driver.find_element(By.ID, "slice")).select_by_value("cold_item")
     assert driver.find_elements(By.CSS_SELECTOR, 'td[data-metric="test/cold_item/ndcg@10"]')
     assert not driver.find_elements(By.CSS_SELECTOR, 'td[data-metric="test/ndcg@10"]')
