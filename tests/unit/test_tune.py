@@ -312,3 +312,23 @@ def test_a_search_config_can_set_its_models_epoch_budget():
         cfg = compose_expanded(p.job)
         caps[model] = (p.search.max_epochs, cfg.model.train.max_epochs, p.search.patience, cfg.model.train.patience)
     assert caps == {"lightgcn": (100, 100, 5, 5), "gru4rec": (5, 5, 2, 2)}
+
+
+def test_the_p5_search_runs_the_committed_cpu_setting_with_the_tables_budget():
+    """experiment=tune_p5_ml100k: one job (full ranking), P5's space (learning rate, weight decay),
+    the budget of tune_rank_ml100k (10 seeded random trials, 5 epochs, patience 2, seeds 1-3) and
+    the model of p5_tiny_ml100k with collaborative ids."""
+    from benchmark import tune
+    from benchmark.compose import compose_expanded, expand_overrides
+    from benchmark.launch import sweep_jobs
+
+    (job,) = list(sweep_jobs(expand_overrides(["experiment=tune_p5_ml100k"])))
+    p = tune.plan(job, [])
+    (rank,) = [j for j in sweep_jobs(expand_overrides(["experiment=tune_rank_ml100k", "model=sasrec_ce", "eval=full"]))]
+    r = tune.plan(rank, [])
+    assert p.search.name == "p5" and sorted(p.search.space) == ["model.train.optimizer.lr", "model.train.optimizer.weight_decay"]
+    same = ("trials", "sampler", "sampler_seed", "seeds", "max_epochs", "patience")
+    assert {k: getattr(p.search, k) for k in same} == {k: getattr(r.search, k) for k in same}
+    cfg = compose_expanded(p.job)
+    assert (cfg.model.name, cfg.model.backbone, cfg.model.indexing, cfg.eval.protocol) == ("p5", "t5-tiny-scratch", "collaborative", "full")
+    assert (cfg.model.module.sample_windows, cfg.model.train.batch_size, cfg.model.train.max_epochs) == (19200, 64, 5)
