@@ -267,18 +267,33 @@ def paper_values(all_runs: list[tuple[dict[str, Any], Path]]) -> dict[str, str]:
 
     - ``prompts/<dataset>/<split>/<eval>/<row>/change`` and ``.../p``: a prompt-ablation row's
       difference of means to its table's reference row and the Holm-adjusted paired p;
+    - ``selection/<dataset>/<split>/<eval>/<row>/change`` and ``.../p``: an in-context selection
+      row's difference of means to the ``random`` row of its group and the Holm-adjusted paired p
+      (:func:`selection_tests`);
     - ``pool/<dataset>/<split>/<eval>/<label>/<fact>``: a prompt pool's comparison on its test rows,
       the mean over its seeds of ``bandit``, ``fixed`` (the template chosen on valid or on the
       train feedback), ``random``, ``best_single`` (the best template on test) and ``oracle``, with
       ``seeds``.
     """
     runs, rows = _prompted(all_runs)
+    return {
+        **tested_values("prompts", _ablations(rows)),
+        **tested_values("selection", selection_tests(rows)),
+        **pool_values(runs),
+    }
+
+
+def tested_values(
+    prefix: str, found: list[tuple[tuple[str, str, str], str, list[dict[str, Any]], dict[int, tuple[float, float]]]],
+) -> dict[str, str]:
+    """``<prefix>/<dataset>/<split>/<eval>/<row>/change`` and ``.../p`` of each tested row of
+    :func:`_ablations` or :func:`selection_tests`."""
     out: dict[str, str] = {}
-    for key, _metric, trs, tests in _ablations(rows):
+    for key, _metric, trs, tests in found:
         for i, (d, pv) in tests.items():
-            base = "/".join(["prompts", *(_part(k) for k in key), _part(trs[i]["model"])])
+            base = "/".join([prefix, *(_part(k) for k in key), _part(trs[i]["model"])])
             out[f"{base}/change"], out[f"{base}/p"] = f"{d:+.4f}", f"{pv:.3g}"
-    return {**out, **pool_values(runs)}
+    return out
 
 
 def pool_values(runs: list[tuple[dict[str, Any], Path]]) -> dict[str, str]:

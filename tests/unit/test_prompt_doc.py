@@ -49,7 +49,7 @@ def test_each_row_is_tested_against_the_default_prompt_on_the_same_users():
 
 
 def test_each_selection_strategy_is_tested_against_random_examples_of_its_group():
-    from benchmark.results.prompts import selection_tables, selection_tests
+    from benchmark.results.prompts import selection_tables, selection_tests, tested_values
 
     base = np.linspace(0.3, 0.5, 12)
     up = base + np.linspace(0.05, 0.10, 12)  # better on every user
@@ -75,6 +75,11 @@ def test_each_selection_strategy_is_tested_against_random_examples_of_its_group(
     assert lines[7] == f"| d / s / labeled | sim | similar:2 | 100.0 | 1 | auc | 0.4700 | +0.0700 ▲ | {p[1]:.3g} |"
     assert lines[6].endswith("| 0.4100 | - | - |") and p[1] < 0.05
     assert selection_tables([r for r in rows if r["model"] != "rnd"]) == ""  # no random row: no table
+    # the paper's values: each tested row's change and p, under the table's key
+    assert tested_values("selection", selection_tests(rows)) == {
+        "selection/d/s/labeled/div/change": "+0.0050", "selection/d/s/labeled/div/p": f"{p[0]:.3g}",
+        "selection/d/s/labeled/sim/change": "+0.0700", "selection/d/s/labeled/sim/p": f"{p[1]:.3g}",
+    }
 
 
 def _pool_run(folder: Path, lines: list[dict]) -> tuple[dict, Path]:
