@@ -66,20 +66,36 @@ def _is_reference(row: dict[str, Any]) -> bool:
 def _tests(rows: list[dict[str, Any]], metric: str) -> dict[int, tuple[float, float]]:
     """Row index -> (difference of means to the reference, Holm-adjusted p) for rows paired with it."""
     refs = [i for i, r in enumerate(rows) if _is_reference(r)]
-    if len(refs) != 1 or rows[refs[0]]["_per_user"] is None:
+    return _paired_tests(rows, refs[0], metric) if len(refs) == 1 else {}
+
+
+def _paired_tests(rows: list[dict[str, Any]], ref: int, metric: str) -> dict[int, tuple[float, float]]:
+    """Row index -> (difference of means to ``rows[ref]``, Holm-adjusted paired p) for the rows with
+    per-user values on the same users as the reference (Holm over those rows)."""
+    base = rows[ref]["_per_user"]
+    if base is None or metric not in rows[ref]["metrics"]:
         return {}
-    ref = rows[refs[0]]
-    base = ref["_per_user"]
     paired = [
         i for i, r in enumerate(rows)
-        if i != refs[0] and r["_per_user"] is not None and len(r["_per_user"]) == len(base) and metric in r["metrics"]
+        if i != ref and r["_per_user"] is not None and len(r["_per_user"]) == len(base) and metric in r["metrics"]
     ]
     pvals = holm([paired_pvalue(rows[i]["_per_user"], base) for i in paired]) if paired else []
-    return {
-        i: (rows[i]["metrics"][metric][0] - ref["metrics"][metric][0], p)
-        for i, p in zip(paired, pvals, strict=True)
-        if metric in ref["metrics"]
-    }
+    at = rows[ref]["metrics"][metric][0]
+    return {i: (rows[i]["metrics"][metric][0] - at, p) for i, p in zip(paired, pvals, strict=True)}
+
+
+def _change_cells(i: int, tests: dict[int, tuple[float, float]], reference: bool) -> tuple[str, str]:
+    """A row's "change" and "p (Holm)" cells: ``reference``, a marked difference, or ``-``."""
+    if i not in tests:
+        return ("reference" if reference else "-"), "-"
+    d, pv = tests[i]
+    mark = (" ▲" if d > 0 else " ▼") if pv < ALPHA else ""
+    return f"{d:+.4f}{mark}", f"{pv:.3g}"
+
+
+def _tokens(r: dict[str, Any]) -> str:
+    tokens = r.get("prompt_tokens")
+    return "-" if tokens is None else f"{tokens:.1f}"
 
 
 def _ablations(
@@ -110,17 +126,11 @@ def ablation_tables(rows: list[dict[str, Any]]) -> str:
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for i, r in enumerate(trs):
-            change, p = ("reference", "") if _is_reference(r) else ("-", "")
-            if i in tests:
-                d, pv = tests[i]
-                mark = (" ▲" if d > 0 else " ▼") if pv < ALPHA else ""
-                change, p = f"{d:+.4f}{mark}", f"{pv:.3g}"
-            tokens = r.get("prompt_tokens")
+            change, p = _change_cells(i, tests, _is_reference(r))
             out.append(
                 f"| {_md_cell(r['model'])} | {_md_cell(r['prompt'] or '-')} | {_md_cell(r['icl'] or 'none')} "
-                f"| {_md_cell(r['history'] or 'all')} "
-                f"| {'-' if tokens is None else f'{tokens:.1f}'} | {r['seeds']} | {_fmt(r['metrics'].get(metric))} "
-                f"| {change} | {p or '-'} |"
+                f"| {_md_cell(r['history'] or 'all')} | {_tokens(r)} | {r['seeds']} | {_fmt(r['metrics'].get(metric))} "
+                f"| {change} | {p} |"
             )
         out.append("")
     return "\n".join(out)
@@ -144,14 +154,7 @@ def selection_tests(rows: list[dict[str, Any]]) -> list[tuple[tuple[str, str, st
         metric = "test/" + SIGNIFICANCE_METRIC[kind_of(key[2])]
         ref = base[0]
         trs = [ref, *sorted((r for r in trs if r is not ref), key=lambda r: str(r["icl"]))]
-        paired = [
-            i for i, r in enumerate(trs)
-            if i and ref["_per_user"] is not None and r["_per_user"] is not None
-            and len(r["_per_user"]) == len(ref["_per_user"]) and metric in r["metrics"] and metric in ref["metrics"]
-        ]
-        pvals = holm([paired_pvalue(trs[i]["_per_user"], ref["_per_user"]) for i in paired]) if paired else []
-        tests = {i: (trs[i]["metrics"][metric][0] - ref["metrics"][metric][0], p) for i, p in zip(paired, pvals, strict=True)}
-        out.append((key[:3], metric, trs, tests))
+        out.append((key[:3], metric, trs, _paired_tests(trs, 0, metric)))
     return out
 
 
@@ -168,15 +171,10 @@ def selection_tables(rows: list[dict[str, Any]]) -> str:
     ]
     for (dataset, split, ev), metric, trs, tests in found:
         for i, r in enumerate(trs):
-            change, p = ("reference", "-") if i == 0 else ("-", "-")
-            if i in tests:
-                d, pv = tests[i]
-                mark = (" ▲" if d > 0 else " ▼") if pv < ALPHA else ""
-                change, p = f"{d:+.4f}{mark}", f"{pv:.3g}"
-            tokens = r.get("prompt_tokens")
+            change, p = _change_cells(i, tests, i == 0)
             out.append(
                 f"| {dataset} / {split} / {ev} | {_md_cell(r['model'])} | {_md_cell(r['icl'])} "
-                f"| {'-' if tokens is None else f'{tokens:.1f}'} | {r['seeds']} | {metric.removeprefix('test/')} "
+                f"| {_tokens(r)} | {r['seeds']} | {metric.removeprefix('test/')} "
                 f"| {_fmt(r['metrics'].get(metric))} | {change} | {p} |"
             )
     return "\n".join(out) + "\n"
