@@ -283,6 +283,32 @@ def test_reasoning_is_cut_at_the_models_own_cue_and_cot_refusals():
         PromptTemplate(name="x", instruction="i", input="{target}", answer_cue="  ")
 
 
+def test_every_yes_no_template_splits_its_answers_with_the_default_backbones_tokenizer():
+    """The committed TALLRec-style templates on SmolLM2's byte-level BPE tokenizer (read from the
+    offline GGUF package, no weights): each answer starts a new token after the prompt, and after
+    the answer cue of a chain-of-thought template (where a cue ending in a space would merge)."""
+    from transformers import AutoTokenizer
+
+    from benchmark.models.components.llm import OFFLINE_MODELS, offline_gguf_path
+
+    gguf = offline_gguf_path(OFFLINE_MODELS["smollm2-135m-instruct"])
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    names = sorted(p.stem for p in (REPO / "configs" / "prompt").glob("tallrec*.yaml"))
+    assert {"tallrec", "tallrec_cot", "tallrec_chat", "tallrec_terse"} <= set(names)
+    for name in names:
+        t = load_prompt(name)
+        fields = {f: '"Heat (1995)", "Fargo (1996)"' for f in t.fields}
+        prompt = t.render(fields, tokenizer=tok)
+        if t.chain_of_thought:
+            prompt += " The viewer likes crime films." + t.answer_cue
+        ids = answer_token_ids(tok, prompt, t.answers)
+        assert len(set(ids)) == 2, name
+    bad = load_prompt("tallrec_cot")
+    with pytest.raises(ConfigError, match="merges"):  # the cue this template had before: "Answer: " + "Yes."
+        answer_token_ids(tok, "Reasoning: fine.\nAnswer: ", ["Yes.", "No."])
+    assert bad.answers == [" Yes.", " No."] and not bad.answer_cue.endswith(" ")
+
+
 def test_templates_without_chain_of_thought_hash_as_recorded():
     run = next(iter(sorted((REPO / "results" / "runs").glob("*tallrec-64shot-s1-*"))))
     recorded = json.loads((run / "record.json").read_text())["model"]["llm"]["prompt"]
