@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmark.eval.metrics import auc, ndcg_at_k
+from benchmark.eval.metrics import auc, ndcg_at_k, per_group_auc
 
 ORACLE_NOTE = "per group, the template best on that group's test labels: an upper bound, not a method"
 ORACLE_NOTE_RANK = "per group, the template best on that group's test targets: an upper bound, not a method"
@@ -35,6 +35,11 @@ RANK_K = 10
 
 def _r(x: float) -> float | None:
     return None if np.isnan(x) else round(float(x), 6)
+
+
+def _random_arms(seed: int, arms: int, n: int) -> np.ndarray:
+    """The random policy's template per row: uniform, seeded by the run seed."""
+    return np.random.default_rng([int(seed) % (2**63), 7_211]).integers(arms, size=n)
 
 
 def _policies(
@@ -50,7 +55,7 @@ def _policies(
     each scored by its arm. Returns bandit, single, random, the arm best overall and the oracle."""
     rows = np.arange(n)
     single = [value(rows, np.full(n, a)) for a in range(arms)]
-    random_arm = np.random.default_rng([int(seed) % (2**63), 7_211]).integers(arms, size=n)
+    random_arm = _random_arms(seed, arms, n)
     best_overall = 0 if np.isnan(single).all() else int(np.nanargmax(single))
     per_group: dict[str, str] = {}
     oracle = np.full(n, best_overall)
@@ -167,13 +172,11 @@ def comparison_from_lines(lines: Sequence[dict[str, Any]], arm_ids: Sequence[str
     return compare_policies(labels, groups, chosen, scores, arm_ids, best_on_valid, seed)
 
 
-def rank_comparison_from_lines(
-    lines: Sequence[dict[str, Any]], arm_ids: Sequence[str], best_on_feedback: str, seed: int
-) -> dict[str, Any] | None:
-    """:func:`compare_rank_policies` from ranking predictions lines (``targets`` and ``prompt``:
-    group, template, the user's ``candidates`` and every template's ``scores`` of them; a template's
-    order sorts the candidates by its score, ties in the listed order); None when the lines carry
-    no per-template scores. Raises ValueError on a line whose prompt facts do not fit ``arm_ids``."""
+def _rank_gains(
+    lines: Sequence[dict[str, Any]], arm_ids: Sequence[str], best_on_feedback: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """[N, arms] NDCG@10 of each line's candidates in each template's order (sorted by its score,
+    ties in the listed order), with the chosen template and group per line; None without scores."""
     parsed = _choices(lines, arm_ids, best_on_feedback, "best_on_feedback")
     if parsed is None:
         return None
@@ -189,4 +192,57 @@ def rank_comparison_from_lines(
         for a in range(len(arm_ids)):
             order = [cands[j] for j in np.argsort(-scores[a], kind="stable")]
             gains[r, a] = rank_gain(order, ln["targets"])
+    return gains, chosen, groups
+
+
+def rank_comparison_from_lines(
+    lines: Sequence[dict[str, Any]], arm_ids: Sequence[str], best_on_feedback: str, seed: int
+) -> dict[str, Any] | None:
+    """:func:`compare_rank_policies` from ranking predictions lines (``targets`` and ``prompt``:
+    group, template, the user's ``candidates`` and every template's ``scores`` of them; a template's
+    order sorts the candidates by its score, ties in the listed order); None when the lines carry
+    no per-template scores. Raises ValueError on a line whose prompt facts do not fit ``arm_ids``."""
+    found = _rank_gains(lines, arm_ids, best_on_feedback)
+    if found is None:
+        return None
+    gains, chosen, groups = found
     return compare_rank_policies(gains, groups, chosen, arm_ids, best_on_feedback, seed)
+
+
+def paired_policy_values(
+    lines: Sequence[dict[str, Any]], arm_ids: Sequence[str], best: str, seed: int, rank: bool
+) -> tuple[list[str], dict[str, np.ndarray]] | None:
+    """Per-user values of three policies on the same users, for a paired test: ``bandit`` (each row
+    scored by the template the bandit chose), ``fixed`` (the template ``best`` on the feedback rows)
+    and ``random`` (the same seeded draw as the comparison's). Ranking lines (``rank``): NDCG@10
+    per user (one line each); labeled lines: AUC over each user's rows (users with both classes).
+
+    Returns:
+        (user ids, {policy: [U] values}) in the same user order; None when the lines carry no
+        per-template scores. Raises ValueError as :func:`rank_comparison_from_lines`.
+    """
+    n = len(lines)
+    if rank:
+        found = _rank_gains(lines, arm_ids, best)
+        if found is None:
+            return None
+        gains, chosen, _ = found
+        rows = np.arange(n)
+        arms = {"bandit": chosen, "fixed": np.full(n, arm_ids.index(best)), "random": _random_arms(seed, len(arm_ids), n)}
+        users = [str(ln.get("user", r)) for r, ln in enumerate(lines)]
+        return users, {k: gains[rows, a] for k, a in arms.items()}
+    parsed = _choices(lines, arm_ids, best, "best_on_valid")
+    if parsed is None:
+        return None
+    facts, chosen, _ = parsed
+    scores = np.array([f["scores"] for f in facts], dtype=float)
+    if scores.shape != (n, len(arm_ids)) or not np.isfinite(scores).all():
+        raise ValueError("per-template scores are not one finite score per template and row")
+    labels = np.array([int(ln["label"]) for ln in lines])
+    users = np.array([str(ln.get("user")) for ln in lines])
+    arms = {"bandit": chosen, "fixed": np.full(n, arm_ids.index(best)), "random": _random_arms(seed, len(arm_ids), n)}
+    out: dict[str, np.ndarray] = {}
+    for k, a in arms.items():
+        ids, values, _ = per_group_auc(labels, scores[np.arange(n), a], users)
+        out[k] = values
+    return [str(u) for u in ids], out

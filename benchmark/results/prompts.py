@@ -13,7 +13,9 @@ examples are chosen are also set against the ``random`` row of their group (same
 template, number of examples and history rule), Holm within the group. For each prompt-pool run: the bandit against every
 single template, the template best on valid, a random template per request and the per-group
 oracle (test labels: an upper bound), and per user group the template the bandit chose most often
-on the test rows.
+on the test rows; per pool configuration, the bandit's per-user values (NDCG@10, or AUC for users
+with both labels) averaged over its seeds and tested, paired, against the template chosen on the
+feedback rows and against the random template (Holm over the two).
 
 Run: ``python -m benchmark.results.prompts [results/runs] [--doc docs/prompts.md]``
 (``--doc`` writes the tables between the file's ``prompt-ablations`` markers).
@@ -27,6 +29,8 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from benchmark.eval.significance import holm, paired_pvalue
 from benchmark.results.documents import records_document_main
@@ -237,6 +241,82 @@ def pool_table(runs: list[tuple[dict[str, Any], Path]]) -> str:
     return "\n".join(out)
 
 
+def pool_tests(runs: list[tuple[dict[str, Any], Path]]) -> list[dict[str, Any]]:
+    """Per prompt-pool configuration (model label, over its seeds): the per-user values of the bandit,
+    the template best on the feedback rows and the random policy (:func:`benchmark.eval.pool.
+    paired_policy_values`), averaged per user over the seeds (same users in every seed), and the
+    bandit's paired test against each of the two (Holm over the two). A run whose predictions do
+    not give these values, or whose ranking values do not average to its record's comparison, is
+    left out with a warning."""
+    from benchmark.eval.pool import paired_policy_values
+
+    found: dict[tuple[str, str], list[tuple[int, list[str], dict[str, Any]]]] = defaultdict(list)
+    for rec, folder in runs:
+        spec = next((x for x in POOLS if x[0] == rec["model"].get("name")), None)
+        pool = rec["model"].get("prompt_pool")
+        cmp = (rec.get("eval") or {}).get("prompt_pool")
+        if spec is None or not isinstance(pool, dict) or not isinstance(cmp, dict):
+            continue
+        rank = spec[1] != "auc"
+        try:
+            arm_ids = [str(t["id"]) for t in pool["templates"]]
+            best = str(pool["feedback"][spec[2]])
+            got = paired_policy_values(
+                read_predictions_bounded(folder / str(rec["predictions"]["file"])), arm_ids, best, int(pool["seed"]), rank
+            )
+            if got is None:
+                continue
+            users, values = got
+            if rank and any(abs(float(np.mean(values[k])) - float(v)) > 1e-6 for k, v in
+                            (("bandit", cmp["bandit"]), ("fixed", cmp[spec[2]][spec[1]]), ("random", cmp["random"]))):
+                raise ValueError("per-user values do not average to the record's comparison")
+        except Exception as e:  # noqa: BLE001 - predictions come from strangers: a verdict, not a traceback
+            print(f"{folder}: no paired pool test ({_clean_text(e) or type(e).__name__})", file=sys.stderr)
+            continue
+        found[(spec[0], str(rec["model"].get("label")))].append((int(rec["seed"]), users, values))
+    out = []
+    for (model, label), seeds in sorted(found.items()):
+        seeds.sort(key=lambda x: x[0])
+        row: dict[str, Any] = {"model": model, "label": label, "seeds": len(seeds), "users": len(seeds[0][1])}
+        if all(users == seeds[0][1] for _, users, _ in seeds) and len(seeds[0][1]) > 1:
+            mean = {k: np.mean([v[k] for _, _, v in seeds], axis=0) for k in ("bandit", "fixed", "random")}
+            p = holm([paired_pvalue(mean["bandit"], mean[k]) for k in ("fixed", "random")])
+            row |= {k: float(mean[k].mean()) for k in mean}
+            row |= {f"{k}_change": float((mean["bandit"] - mean[k]).mean()) for k in ("fixed", "random")}
+            row |= {"fixed_p": p[0], "random_p": p[1]}
+        out.append(row)
+    return out
+
+
+def pool_test_table(runs: list[tuple[dict[str, Any], Path]]) -> str:
+    """Markdown: :func:`pool_tests`, one line per pool configuration."""
+    rows = pool_tests(runs)
+    if not rows:
+        return ""
+    out = [
+        "### Prompt pool: the bandit against its baselines, paired per user (values averaged over seeds)",
+        "",
+        "| run | metric per user | seeds | users | bandit | fixed template (chosen on feedback) | change | p (Holm) "
+        "| random template | change | p (Holm) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        metric = "AUC" if r["model"] == "tallrec_pool" else "NDCG@10"
+        if "bandit" not in r:
+            out.append(f"| {_md_cell(_clean_text(r['label'], 60))} | {metric} | {r['seeds']} | {r['users']} | - | - | - | - | - | - | - |")
+            continue
+        cells = []
+        for k in ("fixed", "random"):
+            d, pv = r[f"{k}_change"], r[f"{k}_p"]
+            mark = (" ▲" if d > 0 else " ▼") if pv < ALPHA else ""
+            cells.append(f"{r[k]:.4f} | {d:+.4f}{mark} | {pv:.3g}")
+        out.append(
+            f"| {_md_cell(_clean_text(r['label'], 60))} | {metric} | {r['seeds']} | {r['users']} | {r['bandit']:.4f} "
+            f"| {cells[0]} | {cells[1]} |"
+        )
+    return "\n".join(out) + "\n"
+
+
 def _prompted(runs: list[tuple[dict[str, Any], Path]]) -> tuple[list[tuple[dict[str, Any], Path]], list[dict[str, Any]]]:
     """The prompted models' runs and their aggregated leaderboard rows (with ``model_name``)."""
     runs = [(rec, d) for rec, d in runs if rec["model"].get("name") in MODELS]
@@ -253,7 +333,8 @@ def document(runs_dir: Path) -> str:
     text = ablation_tables(rows)
     selection = selection_tables(rows)
     pool = pool_table(runs)
-    return text + ("\n" + selection if selection else "") + ("\n" + pool if pool else "")
+    paired = pool_test_table(runs)
+    return text + "".join("\n" + part for part in (selection, pool, paired) if part)
 
 
 def _part(text: str) -> str:

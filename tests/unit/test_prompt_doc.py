@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from benchmark.eval.significance import holm, paired_pvalue
 from benchmark.results.prompts import END, START, ablation_tables, document, pool_table
@@ -145,6 +146,51 @@ def test_pool_values_average_each_pools_comparison_over_its_seeds(tmp_path):
     assert got["pool/d/s/full/rp/seeds"] == "1" and got["pool/d/s/full/rp/fixed"] == "0.1000"
     assert got["pool/d/s/full/rp/best_single"] == "0.3000" and got["pool/d/s/full/rp/oracle"] == "0.3500"
     assert not any("plain" in k for k in got)
+
+
+def test_pool_tests_average_each_users_values_over_seeds_and_test_the_bandit_by_hand(tmp_path):
+    from benchmark.eval.pool import paired_policy_values, rank_comparison_from_lines
+    from benchmark.results.leaderboard import read_predictions_bounded
+    from benchmark.results.prompts import pool_test_table, pool_tests
+    from benchmark.results.record import encode_predictions
+
+    rng = np.random.default_rng(0)
+
+    def seed_run(seed: int, tamper: bool = False) -> tuple[dict, Path]:
+        lines = []
+        for u in range(12):  # t1 scores the target first for every user; t0 puts it 3rd; the bandit mixes
+            s1 = [1.0, 2.0, 3.0]
+            chosen = "t1" if (u + seed) % 3 else "t0"
+            lines.append({"row": u, "user": f"u{u}", "targets": ["b"], "ranked": [],
+                          "prompt": {"group": 0, "template": chosen, "candidates": ["a", "c", "b"], "scores": [[3.0, 2.0, rng.random()], s1]}})
+        folder = tmp_path / f"s{seed}{'x' if tamper else ''}"
+        folder.mkdir()
+        (folder / "predictions.jsonl.gz").write_bytes(encode_predictions(lines))
+        cmp = rank_comparison_from_lines(lines, ["t0", "t1"], "t0", seed)
+        if tamper:
+            cmp = {**cmp, "bandit": cmp["bandit"] + 0.01}
+        rec = {"model": {"name": "llm_rerank_pool", "label": "rp", "prompt_pool": {
+            "templates": [{"id": "t0"}, {"id": "t1"}], "feedback": {"best_on_feedback": "t0"}, "seed": seed}},
+            "seed": seed, "predictions": {"file": "predictions.jsonl.gz"}, "eval": {"prompt_pool": cmp}}
+        return rec, folder
+
+    runs = [seed_run(1), seed_run(2)]
+    (row,) = pool_tests(runs)
+    third, first = 1 / np.log2(4), 1.0  # t0 ranks b third (score below 2); t1 ranks it first
+    bandit = np.array([np.mean([first if (u + s) % 3 else third for s in (1, 2)]) for u in range(12)])
+    fixed = np.full(12, third)
+    assert row["seeds"] == 2 and row["users"] == 12
+    assert row["bandit"] == pytest.approx(bandit.mean()) and row["fixed"] == pytest.approx(third)
+    # the random policy per user and seed (its draw is tested with paired_policy_values), averaged likewise
+    random = np.mean([paired_policy_values(read_predictions_bounded(f / "predictions.jsonl.gz"), ["t0", "t1"], "t0", r["seed"], True)[1]["random"]
+                      for r, f in runs], axis=0)
+    p = holm([paired_pvalue(bandit, fixed), paired_pvalue(bandit, random)])  # Holm over the two comparisons
+    assert row["fixed_change"] == pytest.approx(bandit.mean() - third) and row["fixed_p"] == pytest.approx(p[0])
+    assert row["random"] == pytest.approx(random.mean()) and row["random_p"] == pytest.approx(p[1]) and p[0] < 0.05
+    line = pool_test_table(runs).splitlines()[-1]
+    assert line.startswith(f"| rp | NDCG@10 | 2 | 12 | {bandit.mean():.4f} | {third:.4f} | +{bandit.mean() - third:.4f} ▲ |")
+    # a run whose values do not average to its record's comparison is left out
+    assert pool_tests([runs[0], seed_run(2, tamper=True)])[0]["seeds"] == 1
 
 
 def test_the_committed_prompt_document_matches_the_committed_records():

@@ -124,6 +124,41 @@ def _pool_model(split, data, lm, **kw):
     return TallRecPool(split, data, pool=pool, backbone=str(lm), seed=0, score_batch_size=8, **kw)
 
 
+def test_paired_policy_values_per_user_by_hand():
+    from benchmark.eval.pool import paired_policy_values, rank_comparison_from_lines
+
+    def rank_line(user, target, s0, s1, chosen):
+        return {"user": user, "targets": [target], "prompt": {"group": 0, "template": chosen, "candidates": ["a", "b", "c"], "scores": [s0, s1]}}
+
+    lines = [  # t0 orders a, b, c; t1 orders by its own scores
+        rank_line("u1", "b", [3, 2, 1], [1, 3, 2], "t1"),  # t0: b 2nd -> 1/log2(3); t1: b 1st -> 1
+        rank_line("u2", "c", [3, 2, 1], [1, 2, 3], "t0"),  # t0: c 3rd -> 1/2;       t1: 1
+        rank_line("u3", "a", [3, 2, 1], [1, 2, 3], "t1"),  # t0: 1;                  t1: a 3rd -> 1/2
+    ]
+    users, v = paired_policy_values(lines, ["t0", "t1"], "t0", 5, rank=True)
+    g = 1 / np.log2(3)
+    assert users == ["u1", "u2", "u3"]
+    np.testing.assert_allclose(v["bandit"], [1.0, 0.5, 0.5])
+    np.testing.assert_allclose(v["fixed"], [g, 0.5, 1.0])
+    gains = np.array([[g, 1.0], [0.5, 1.0], [1.0, 0.5]])
+    assert all(x in gains[r] for r, x in enumerate(v["random"]))  # each user scored by one of the templates
+    assert v["random"].mean() == pytest.approx(rank_comparison_from_lines(lines, ["t0", "t1"], "t0", 5)["random"], abs=1e-6)
+
+    def lab_line(user, label, s0, s1, chosen):
+        return {"user": user, "label": label, "prompt": {"group": 0, "template": chosen, "scores": [s0, s1]}}
+
+    lab = [
+        *(lab_line("u1", y, a, b, "t0") for y, a, b in [(1, 0.9, 0.1), (0, 0.1, 0.9), (1, 0.8, 0.2), (0, 0.2, 0.8)]),
+        *(lab_line("u2", y, a, b, "t1") for y, a, b in [(1, 0.2, 0.9), (0, 0.8, 0.1), (0, 0.9, 0.2), (1, 0.1, 0.8)]),
+        *(lab_line("u3", 1, a, b, "t0") for a, b in [(0.5, 0.5), (0.6, 0.4)]),  # one class: no per-user AUC
+    ]
+    users, v = paired_policy_values(lab, ["t0", "t1"], "t0", 5, rank=False)
+    assert users == ["u1", "u2"]
+    np.testing.assert_allclose(v["bandit"], [1.0, 1.0])  # u1 by t0 (AUC 1), u2 by t1 (AUC 1)
+    np.testing.assert_allclose(v["fixed"], [1.0, 0.0])  # t0 ranks u2's rows the wrong way round
+    assert paired_policy_values([{"label": 1, "prompt": {}}], ["t0"], "t0", 1, rank=False) is None  # no scores
+
+
 def test_pool_learns_on_valid_rows_only_and_scores_each_row_with_its_choice(yesno_split, yesno_data, yesno_lm):
     import dataclasses
 
