@@ -273,11 +273,11 @@ def pool_tests(runs: list[tuple[dict[str, Any], Path]]) -> list[dict[str, Any]]:
         except Exception as e:  # noqa: BLE001 - predictions come from strangers: a verdict, not a traceback
             print(f"{folder}: no paired pool test ({_clean_text(e) or type(e).__name__})", file=sys.stderr)
             continue
-        found[(spec[0], str(rec["model"].get("label")))].append((int(rec["seed"]), users, values))
+        found[(spec[0], *_pool_key(rec))].append((int(rec["seed"]), users, values))
     out = []
-    for (model, label), seeds in sorted(found.items()):
+    for (model, *key), seeds in sorted(found.items()):
         seeds.sort(key=lambda x: x[0])
-        row: dict[str, Any] = {"model": model, "label": label, "seeds": len(seeds), "users": len(seeds[0][1])}
+        row: dict[str, Any] = {"model": model, "label": key[-1], "key": tuple(key), "seeds": len(seeds), "users": len(seeds[0][1])}
         if all(users == seeds[0][1] for _, users, _ in seeds) and len(seeds[0][1]) > 1:
             mean = {k: np.mean([v[k] for _, _, v in seeds], axis=0) for k in ("bandit", "fixed", "random")}
             p = holm([paired_pvalue(mean["bandit"], mean[k]) for k in ("fixed", "random")])
@@ -395,18 +395,27 @@ def pool_values(runs: list[tuple[dict[str, Any], Path]]) -> dict[str, str]:
             "oracle": (cmp.get("oracle_per_group") or {}).get(metric) if isinstance(cmp.get("oracle_per_group"), dict) else None,
         }
         if all(_finite(v) for v in facts.values()):
-            ev = str((rec.get("eval") or {}).get("protocol"))
-            users = (rec.get("eval") or {}).get("test_users")
-            ev += f"[test_users={users}]" if isinstance(users, int) and not isinstance(users, bool) else ""
-            dataset, split = (rec.get("dataset") or {}).get("name"), (rec.get("split") or {}).get("protocol")
-            key = (str(dataset), str(split), ev, str(rec["model"].get("label")))
-            pools[key].append(facts)
+            pools[_pool_key(rec)].append(facts)
     for key, seeds in pools.items():
         base = "/".join(["pool", *(_part(k) for k in key)])
         out[f"{base}/seeds"] = str(len(seeds))
         for fact in ("bandit", "fixed", "random", "best_single", "oracle"):
             out[f"{base}/{fact}"] = f"{sum(x[fact] for x in seeds) / len(seeds):.4f}"
+    for row in pool_tests(runs):
+        base = "/".join(["pool", *(_part(k) for k in row["key"])])
+        out[f"{base}/paired_users"] = str(row["users"])
+        for k in ("fixed", "random") if "bandit" in row else ():
+            out[f"{base}/paired_{k}_change"], out[f"{base}/paired_{k}_p"] = f"{row[f'{k}_change']:+.4f}", f"{row[f'{k}_p']:.3g}"
     return out
+
+
+def _pool_key(rec: dict[str, Any]) -> tuple[str, str, str, str]:
+    """(dataset, split, eval setting with its test-user subset, model label) of a pool run."""
+    ev = str((rec.get("eval") or {}).get("protocol"))
+    users = (rec.get("eval") or {}).get("test_users")
+    ev += f"[test_users={users}]" if isinstance(users, int) and not isinstance(users, bool) else ""
+    dataset, split = (rec.get("dataset") or {}).get("name"), (rec.get("split") or {}).get("protocol")
+    return str(dataset), str(split), ev, str(rec["model"].get("label"))
 
 
 def _finite(v: Any) -> bool:

@@ -189,6 +189,11 @@ def test_pool_tests_average_each_users_values_over_seeds_and_test_the_bandit_by_
     assert row["random"] == pytest.approx(random.mean()) and row["random_p"] == pytest.approx(p[1]) and p[0] < 0.05
     line = pool_test_table(runs).splitlines()[-1]
     assert line.startswith(f"| rp | NDCG@10 | 2 | 12 | {bandit.mean():.4f} | {third:.4f} | +{bandit.mean() - third:.4f} ▲ |")
+    from benchmark.results.prompts import pool_values
+
+    got = pool_values(runs)  # the paper's values: the same tests under the pool's key
+    assert got["pool/None/None/None/rp/paired_fixed_change"] == f"{bandit.mean() - third:+.4f}"
+    assert got["pool/None/None/None/rp/paired_random_p"] == f"{p[1]:.3g}"
     # a run whose values do not average to its record's comparison is left out
     assert pool_tests([runs[0], seed_run(2, tamper=True)])[0]["seeds"] == 1
 
