@@ -171,7 +171,10 @@ def infer_choices(cfg: dict[str, Any], dirs: list[Path]) -> list[str]:
 
     An option whose identity leaves (:data:`IDENTITY_KEYS`, e.g. a model's ``name`` and
     ``_target_``, a split's ``protocol``) differ from the record's is out; the others are scored by their literal leaves (interpolations and
-    ``defaults`` ignored): +1 per leaf equal to the record's, -1 per leaf that differs or is absent.
+    ``defaults`` ignored): +1 per leaf equal to the record's, -2 per leaf that differs or is absent.
+    A contradiction outweighs an agreement: a record fills every schema field, so a leaf an option
+    sets to the schema's default (``split=cold_user``'s ``truncate_to: 3``) agrees with records of
+    other options too, while the option's own values (``truncate_users: 0.2``) contradict them.
     """
     out = []
     for group in GROUPS:
@@ -194,7 +197,7 @@ def infer_choices(cfg: dict[str, Any], dirs: list[Path]) -> list[str]:
                     if isinstance(v, str) and "${" in v:
                         continue
                     equal = k in flat_rec and flat_rec[k] == v
-                    score += 1 if equal else -1
+                    score += 1 if equal else -2
                     out_ = out_ or (not equal and k.split(".")[-1] in IDENTITY_KEYS.get(group, ("_target_",)))
                 if not out_ and (best is None or score > best[0]):
                     best = (score, f.stem)

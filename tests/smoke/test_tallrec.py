@@ -344,7 +344,7 @@ def test_chain_of_thought_run_keeps_each_rows_reasoning_and_validates(tiny_dir, 
     llm4rec("run", *args)
     (run_dir,) = runs(tmp_path)
     rec = assert_metrics_recompute(run_dir)
-    assert rec["model"]["llm"]["prompt"]["chain_of_thought"] == {"answer_cue": "\nAnswer: ", "reasoning_tokens": 8}
+    assert rec["model"]["llm"]["prompt"]["chain_of_thought"] == {"answer_cue": "\nAnswer:", "reasoning_tokens": 8}
     lines = _lines(run_dir)
     assert all(isinstance(ln["prompt"]["reasoning"], str) for ln in lines)
     assert any(ln["prompt"]["reasoning"] for ln in lines)

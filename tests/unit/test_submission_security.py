@@ -349,6 +349,11 @@ def test_group_options_are_inferred_from_the_recorded_values():
         for run in found:  # e.g. the zero-shot scorer's prompt ablations share its label
             got = infer_choices(json.loads((run / "record.json").read_text())["config"], config_dirs([]))
             assert set(choices) <= set(got), (run.name, got)
+    # a record fills every schema field: cold_user's truncate_to (the default, 3) agrees with a loo
+    # record, but its truncate_users (0.2) contradicts it, and a contradiction outweighs an agreement
+    loo = {"protocol": "loo", "seed": 0, "truncate_users": 0.0, "truncate_to": 3, "holdout_items": 0.0}
+    assert "split=loo" in infer_choices({"split": loo}, config_dirs([]))
+    assert "split=cold_user" in infer_choices({"split": {**loo, "truncate_users": 0.2}}, config_dirs([]))
 
 
 # ----------------------------------------------------------------------------- submit
