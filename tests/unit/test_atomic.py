@@ -384,7 +384,7 @@ def test_default_duplicates_rule_leaves_config_hashes_unchanged():
 @pytest.mark.parametrize(
     "pattern, overrides",
     [
-        ("ml-100k-loo-full-p5-collaborative-s2-*", ["experiment=p5_tiny_ml100k", "model.indexing=collaborative", "seed=2"]),
+        ("ml-100k-loo-full-p5-collaborative-s2-91cb05eb", ["experiment=p5_tiny_ml100k", "model.indexing=collaborative", "seed=2"]),
         ("ml-100k-tallrec_movie-labeled-tallrec-64shot-s1-*", ["experiment=tallrec_movie_64", "seed=1"]),
         ("ml-100k-loo-full-sasrec-recbole-s1-5b4ecd46", ["model=sasrec", "seed=1", "model.train.max_epochs=5", "model.train.patience=5"]),
     ],
