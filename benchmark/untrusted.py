@@ -81,7 +81,7 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"non-finite number {name} (JSON has no NaN/Infinity)")
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A JSON object whose keys are distinct: a repeated key would let two readers see two values."""
     out: dict[str, Any] = {}
     for key, value in pairs:
@@ -97,7 +97,7 @@ def loads_strict(text: bytes | str, what: str) -> Any:
     try:
         if isinstance(text, bytes):
             text = text.decode("utf-8")
-        return json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+        return json.loads(text, parse_constant=_no_constant, object_pairs_hook=unique_keys)
     except UnicodeDecodeError as e:
         raise Rejected(what, f"not UTF-8 ({e.reason} at byte {e.start})") from None
     except RecursionError:

@@ -58,7 +58,7 @@ from benchmark.results.tables import (
     table_title,
     tables,
 )
-from benchmark.untrusted import DEFAULT_LIMITS, prediction_lines, read_regular_file
+from benchmark.untrusted import DEFAULT_LIMITS, prediction_lines, read_regular_file, unique_keys
 from benchmark.util import atomic_write_all
 
 BASELINE_FAMILIES = ("classic", "recbole")
@@ -186,7 +186,9 @@ def load_runs(runs_dir: Path, warn: Warn | None = None) -> list[tuple[dict[str, 
                 raise ValueError("not a regular file")
             if path.stat().st_size > MAX_RECORD_BYTES:
                 raise ValueError(f"larger than {MAX_RECORD_BYTES // 2**20} MiB")
-            rec = json.loads(path.read_bytes())
+            # repeated keys are refused (two readers would see two values); a non-finite number is
+            # tolerated here and shown as missing below
+            rec = json.loads(path.read_bytes(), object_pairs_hook=unique_keys)
             problem = _record_problem(rec)
             if problem:
                 raise ValueError(problem)

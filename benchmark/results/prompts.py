@@ -267,7 +267,7 @@ def pool_tests(runs: list[tuple[dict[str, Any], Path]]) -> list[dict[str, Any]]:
             if got is None:
                 continue
             users, values = got
-            if rank and any(abs(float(np.mean(values[k])) - float(v)) > 1e-6 for k, v in
+            if rank and any(not abs(float(np.mean(values[k])) - float(v)) <= 1e-6 for k, v in  # NaN: not equal
                             (("bandit", cmp["bandit"]), ("fixed", cmp[spec[2]][spec[1]]), ("random", cmp["random"]))):
                 raise ValueError("per-user values do not average to the record's comparison")
         except Exception as e:  # noqa: BLE001 - predictions come from strangers: a verdict, not a traceback

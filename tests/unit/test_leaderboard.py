@@ -265,6 +265,19 @@ def test_nan_never_reaches_the_outputs(tmp_path):
     assert bpr["metrics"]["test/ndcg@10"] == [0.25, None]
 
 
+def test_a_record_with_a_repeated_key_is_skipped_with_a_warning(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs, model="pop", seed=1, metrics={"test/ndcg@10": 0.5, "test/hr@10": 0.5})
+    make_run(runs, model="bpr", seed=1, metrics={"test/ndcg@10": 0.25, "test/hr@10": 0.25})
+    path = next(p for p in runs.rglob("record.json") if "tiny-bpr-s1-" in str(p))
+    text = path.read_text()
+    path.write_text(text.replace('"seed": 1', '"seed": 1, "seed": 2', 1))
+    assert path.read_text() != text
+    rows, _, warnings = board(runs, tmp_path / "lb")
+    assert [r["model"] for r in rows] == ["pop"]
+    assert any("tiny-bpr-s1-" in w and "appears twice" in w for w in warnings)
+
+
 @pytest.mark.parametrize("kind", ["missing", "empty", "only-unreadable"])
 def test_missing_or_empty_runs_folder_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, kind):
     runs = tmp_path / "runs"

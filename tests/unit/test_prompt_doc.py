@@ -196,6 +196,9 @@ def test_pool_tests_average_each_users_values_over_seeds_and_test_the_bandit_by_
     assert got["pool/None/None/None/rp/paired_random_p"] == f"{p[1]:.3g}"
     # a run whose values do not average to its record's comparison is left out
     assert pool_tests([runs[0], seed_run(2, tamper=True)])[0]["seeds"] == 1
+    nan_rec, nan_dir = seed_run(3)
+    nan_rec["eval"]["prompt_pool"]["bandit"] = float("nan")  # a record's NaN does not pass the check
+    assert pool_tests([runs[0], (nan_rec, nan_dir)])[0]["seeds"] == 1
 
 
 def test_the_committed_prompt_document_matches_the_committed_records():
