@@ -332,3 +332,36 @@ def test_the_p5_search_runs_the_committed_cpu_setting_with_the_tables_budget():
     cfg = compose_expanded(p.job)
     assert (cfg.model.name, cfg.model.backbone, cfg.model.indexing, cfg.eval.protocol) == ("p5", "t5-tiny-scratch", "collaborative", "full")
     assert (cfg.model.module.sample_windows, cfg.model.train.batch_size, cfg.model.train.max_epochs) == (19200, 64, 5)
+
+
+def test_the_tallrec_movie_search_tunes_the_default_rows_with_the_tables_budget():
+    """experiment=tune_tallrec_movie_baselines: one search per model and shot count of the default
+    rows (tallrec_movie_baselines), whose configs it starts from unchanged (same rows, features,
+    shots and epoch budget), with the budget of the other tables (10 seeded random trials, seeds 1-3)."""
+    from benchmark import tune
+    from benchmark.compose import compose_expanded, expand_overrides
+    from benchmark.launch import sweep_jobs
+
+    jobs = list(sweep_jobs(expand_overrides(["experiment=tune_tallrec_movie_baselines"])))
+    defaults = {
+        (c.model.name, str(c.model.module.shots)): c
+        for c in (compose_expanded(j) for j in sweep_jobs(expand_overrides(["experiment=tallrec_movie_baselines", "seed=1"])))
+    }
+    (ctr,) = [j for j in sweep_jobs(expand_overrides(["experiment=tune_ctr_ml100k", "model=deepfm"]))]
+    budget = ("trials", "sampler", "sampler_seed", "seeds")
+    ref = tune.plan(ctr, []).search
+    seen = set()
+    for job in jobs:
+        p = tune.plan(job, [])
+        cfg = tune.without_search(compose_expanded(p.job))
+        key = (cfg.model.name, str(cfg.model.module.shots))
+        seen.add(key)
+        assert p.search.name == cfg.model.name and p.search.space
+        assert {k: getattr(p.search, k) for k in budget} == {k: getattr(ref, k) for k in budget}
+        assert (p.search.max_epochs, p.search.patience) == (None, None)  # the default rows' own budget
+        base = OmegaConf.to_container(defaults[key], resolve=True)
+        mine = OmegaConf.to_container(cfg, resolve=True)
+        base["seed"] = mine["seed"]
+        assert mine.pop("skip_existing") is True and base.pop("skip_existing") is False
+        assert mine == base, key
+    assert seen == set(defaults) and len(seen) == 12
