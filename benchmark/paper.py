@@ -481,14 +481,16 @@ def fig_beyond(rows: list[dict[str, str]], fig_dir: Path) -> list[Path]:
 
 def shot_series(trs: list[dict[str, str]]) -> tuple[dict[str, list[tuple[float, dict[str, str]]]], list[dict[str, str]]]:
     """The shot curves of a labeled table (``<model>-<N>shot`` rows: model -> [(N, row)], ``all`` as
-    infinity) and the untuned LLM rows drawn as reference lines (``<model>-icl0``); variants of
-    either (``@bf16``, ``+dpo``, ``[history=...]``) are neither."""
+    infinity; tuned rows, ``<model>-<N>shot (tuned T trials)``, are the curve ``<model> (tuned)``)
+    and the untuned LLM rows drawn as reference lines (``<model>-icl0``); variants of either
+    (``@bf16``, ``+dpo``, ``[history=...]``) are neither."""
     series: dict[str, list[tuple[float, dict[str, str]]]] = defaultdict(list)
     flat = []
     for r in trs:
-        m = re.fullmatch(r"(.+)-(\d+|all)shot", r["model"])
+        m = re.fullmatch(r"(.+)-(\d+|all)shot( \(tuned \d+ trials\))?", r["model"])
         if m:
-            series[m.group(1)].append((float("inf") if m.group(2) == "all" else float(m.group(2)), r))
+            name = m.group(1) + (" (tuned)" if m.group(3) else "")
+            series[name].append((float("inf") if m.group(2) == "all" else float(m.group(2)), r))
         elif re.fullmatch(r"[\w.-]+-icl0", r["model"]):
             flat.append(r)
     return series, flat
@@ -530,9 +532,9 @@ def fig_shots(rows: list[dict[str, str]], fig_dir: Path) -> list[Path]:
             ax.grid(alpha=0.3)
         axes[0].set_ylabel("mean over seeds (bars: std)")
         handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False, fontsize=7)
         fig.suptitle(f"{key[0]}, split {key[1]}: dotted line = chance (0.5)", fontsize=8)
-        fig.tight_layout(rect=(0, 0.08, 1, 1))
+        fig.tight_layout(rect=(0, 0.02 + 0.06 * math.ceil(len(labels) / 4), 1, 1))  # room for the legend's rows
         made += _save(fig, fig_dir, "shots-" + slug(*key))
         plt.close(fig)
     return made

@@ -219,7 +219,13 @@ def test_shot_figure_draws_curves_and_only_the_untuned_llm_as_a_line():
     from benchmark.paper import shot_series
 
     names = ["tallrec-16shot", "tallrec-allshot", "deepfm-recbole-64shot", "tallrec-icl0", "tallrec-64shot@bf16",
-             "tallrec-64shot+dpo", "tallrec-icl0 [history=relevant@176]", "tallrec-pool-thompson-activity3"]
+             "tallrec-64shot+dpo", "tallrec-icl0 [history=relevant@176]", "tallrec-pool-thompson-activity3",
+             "deepfm-recbole-16shot (tuned 10 trials)", "deepfm-recbole-allshot (tuned 10 trials)",
+             "deepfm-recbole-64shot (tuned 10 trials) [x]"]
     series, flat = shot_series([{"model": n} for n in names])
-    assert {k: [x for x, _ in v] for k, v in series.items()} == {"tallrec": [16.0, float("inf")], "deepfm-recbole": [64.0]}
+    assert {k: [x for x, _ in v] for k, v in series.items()} == {
+        "tallrec": [16.0, float("inf")],
+        "deepfm-recbole": [64.0],
+        "deepfm-recbole (tuned)": [16.0, float("inf")],
+    }
     assert [r["model"] for r in flat] == ["tallrec-icl0"]
