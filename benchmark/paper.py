@@ -482,7 +482,7 @@ def fig_beyond(rows: list[dict[str, str]], fig_dir: Path) -> list[Path]:
 def shot_series(trs: list[dict[str, str]]) -> tuple[dict[str, list[tuple[float, dict[str, str]]]], list[dict[str, str]]]:
     """The shot curves of a labeled table (``<model>-<N>shot`` rows: model -> [(N, row)], ``all`` as
     infinity; tuned rows, ``<model>-<N>shot (tuned T trials)``, are the curve ``<model> (tuned)``)
-    and the untuned LLM rows drawn as reference lines (``<model>-icl0``); variants of either
+    and the zero-shot LLM rows (no LoRA) drawn as reference lines (``<model>-icl0``); variants of either
     (``@bf16``, ``+dpo``, ``[history=...]``) are neither."""
     series: dict[str, list[tuple[float, dict[str, str]]]] = defaultdict(list)
     flat = []
@@ -498,7 +498,7 @@ def shot_series(trs: list[dict[str, str]]) -> tuple[dict[str, list[tuple[float, 
 
 def fig_shots(rows: list[dict[str, str]], fig_dir: Path) -> list[Path]:
     """Labeled tables with ``<model>-<N>shot`` rows: AUC and GAUC against the number of train rows,
-    with the untuned LLM (``<model>-icl0``, no variant) as a dashed line."""
+    with the zero-shot LLM (``<model>-icl0``, no variant) as a dashed line."""
     plt = _pyplot()
     made = []
     for key, trs in by_table(rows).items():
@@ -521,7 +521,7 @@ def fig_shots(rows: list[dict[str, str]], fig_dir: Path) -> list[Path]:
                 y = value(r.get(metric))
                 if y is not None:
                     ax.axhline(y, ls="--", lw=0.8, color="k")
-                    ax.annotate(r["model"] + " (untuned)", (all_x, y), fontsize=6, va="bottom", ha="right")
+                    ax.annotate(r["model"] + " (zero-shot)", (all_x, y), fontsize=6, va="bottom", ha="right")
             ax.axhline(0.5, ls=":", lw=0.8, color="tab:gray")
             ax.set_xscale("log")
             ticks = finite + [all_x]

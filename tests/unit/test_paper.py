@@ -215,7 +215,7 @@ def test_audit_tables_come_from_the_committed_reports(tmp_path):
     assert r"\newcommand{\auditleaky}{" in tex and "index\\_refit\\_changes" in tex
 
 
-def test_shot_figure_draws_curves_and_only_the_untuned_llm_as_a_line():
+def test_shot_figure_draws_curves_and_only_the_zero_shot_llm_as_a_line():
     from benchmark.paper import shot_series
 
     names = ["tallrec-16shot", "tallrec-allshot", "deepfm-recbole-64shot", "tallrec-icl0", "tallrec-64shot@bf16",
