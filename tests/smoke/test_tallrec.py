@@ -349,3 +349,33 @@ def test_chain_of_thought_run_keeps_each_rows_reasoning_and_validates(tiny_dir, 
     assert all(isinstance(ln["prompt"]["reasoning"], str) for ln in lines)
     assert any(ln["prompt"]["reasoning"] for ln in lines)
     assert validate(run_dir, data_path=tiny_dir).ok
+
+
+def test_tallrec_search_tunes_lora_rank_and_learning_rate(tiny_dir, tmp_path, lm_dir):
+    """``llm4rec tune model=tallrec``: configs/search/tallrec.yaml's trials train LoRA adapters with
+    the proposed rank and learning rate, validated by AUC; the final run is the best trial's config
+    (its LoRA rank and learning rate in the record) and names its search."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    args = [
+        "model=tallrec",
+        f"model.module.backbone={lm_dir}",
+        "model.module.shots=16",
+        "model.train.max_epochs=1",
+        "split=random",
+        "eval=labeled",
+        *tiny_args(tiny_dir, tmp_path),
+    ]
+    llm4rec("tune", *args, "search.trials=3", "search.sampler=random", "search.sampler_seed=1", "search.seeds=[2]")
+    (study,) = (tmp_path / "out" / "tune").iterdir()
+    trials = [json.loads(line) for line in (study / "trials.jsonl").read_text().splitlines()]
+    assert len(trials) == 3 and all(set(t["params"]) == {"model.module.lora.r", "model.train.optimizer.lr"} for t in trials)
+    assert all(t["params"]["model.module.lora.r"] in (4, 8, 16) and 3e-5 <= t["params"]["model.train.optimizer.lr"] <= 1e-3 for t in trials)
+    assert len({t["config_hash"] for t in trials}) == 3 and all(np.isfinite(t["value"]) for t in trials)
+    best = max(trials, key=lambda t: t["value"])
+    (run_dir,) = runs(tmp_path)
+    rec = assert_metrics_recompute(run_dir)
+    assert rec["config"]["seed"] == 2 and rec["model"]["llm"]["lora"]["r"] == best["params"]["model.module.lora.r"]
+    assert rec["config"]["model"]["train"]["optimizer"]["lr"] == pytest.approx(best["params"]["model.train.optimizer.lr"])
+    tuning = rec["config"]["tuning"]
+    assert (tuning["search"], tuning["budget"], tuning["trials"], tuning["objective"]) == ("tallrec", 3, 3, "valid/auc")
+    assert tuning["best_valid"] == best["value"] and tuning["trial_config_hash"] == best["config_hash"]
