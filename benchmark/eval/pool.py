@@ -221,28 +221,26 @@ def paired_policy_values(
         (user ids, {policy: [U] values}) in the same user order; None when the lines carry no
         per-template scores. Raises ValueError as :func:`rank_comparison_from_lines`.
     """
-    n = len(lines)
+    n, rows = len(lines), np.arange(len(lines))
     if rank:
         found = _rank_gains(lines, arm_ids, best)
         if found is None:
             return None
         gains, chosen, _ = found
-        rows = np.arange(n)
-        arms = {"bandit": chosen, "fixed": np.full(n, arm_ids.index(best)), "random": _random_arms(seed, len(arm_ids), n)}
-        users = [str(ln.get("user", r)) for r, ln in enumerate(lines)]
-        return users, {k: gains[rows, a] for k, a in arms.items()}
-    parsed = _choices(lines, arm_ids, best, "best_on_valid")
-    if parsed is None:
-        return None
-    facts, chosen, _ = parsed
-    scores = np.array([f["scores"] for f in facts], dtype=float)
-    if scores.shape != (n, len(arm_ids)) or not np.isfinite(scores).all():
-        raise ValueError("per-template scores are not one finite score per template and row")
-    labels = np.array([int(ln["label"]) for ln in lines])
-    users = np.array([str(ln.get("user")) for ln in lines])
+    else:
+        parsed = _choices(lines, arm_ids, best, "best_on_valid")
+        if parsed is None:
+            return None
+        facts, chosen, _ = parsed
+        scores = np.array([f["scores"] for f in facts], dtype=float)
+        if scores.shape != (n, len(arm_ids)) or not np.isfinite(scores).all():
+            raise ValueError("per-template scores are not one finite score per template and row")
+        labels = np.array([int(ln["label"]) for ln in lines])
+        users = np.array([str(ln.get("user")) for ln in lines])
     arms = {"bandit": chosen, "fixed": np.full(n, arm_ids.index(best)), "random": _random_arms(seed, len(arm_ids), n)}
+    if rank:
+        return [str(ln.get("user", r)) for r, ln in enumerate(lines)], {k: gains[rows, a] for k, a in arms.items()}
     out: dict[str, np.ndarray] = {}
     for k, a in arms.items():
-        ids, values, _ = per_group_auc(labels, scores[np.arange(n), a], users)
-        out[k] = values
+        ids, out[k], _ = per_group_auc(labels, scores[rows, a], users)
     return [str(u) for u in ids], out

@@ -233,6 +233,12 @@ def read_predictions_bounded(path: Path) -> list[dict[str, Any]]:
     return lines
 
 
+def run_predictions(folder: Path, rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """:func:`read_predictions_bounded` of the file ``rec`` names, checked to be a plain file inside
+    the run ``folder`` (:func:`_predictions_path`). Raises ValueError or Rejected as those do."""
+    return read_predictions_bounded(_predictions_path(folder, rec["predictions"]["file"]))
+
+
 # --------------------------------------------------------------------------- what a table is
 
 
@@ -386,7 +392,7 @@ def _per_user(rec: dict[str, Any], folder: Path, metric: str, warn: Warn) -> np.
         return None  # e.g. eval.ks without 10: no ndcg@10 to test on
     path = folder / rec["predictions"]["file"]
     try:
-        values = per_row_values(rec, read_predictions_bounded(_predictions_path(folder, rec["predictions"]["file"])))
+        values = per_row_values(rec, run_predictions(folder, rec))
         arr = np.asarray(values[metric], dtype=float)
     except Exception as e:  # noqa: BLE001 - predictions come from strangers; any failure means "no test"
         warn(f"{path}: no per-user values for the significance test ({_clean_text(e) or type(e).__name__})")
@@ -429,7 +435,7 @@ def add_beyond_metrics(rec: dict[str, Any], folder: Path, warn: Warn) -> int:
         return 0
     path = folder / str(rec["predictions"]["file"])
     try:
-        lines = read_predictions_bounded(_predictions_path(folder, rec["predictions"]["file"]))
+        lines = run_predictions(folder, rec)
         again = recompute_metrics(rec, lines, facts)
     except Exception as e:  # noqa: BLE001 - predictions come from strangers; any failure means "no values"
         warn(f"{path}: no beyond-accuracy metrics ({_clean_text(e) or type(e).__name__})")

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.results.documents import records_document_main
-from benchmark.results.leaderboard import _clean_text, _md_cell, load_runs, read_predictions_bounded
+from benchmark.results.leaderboard import _clean_text, _md_cell, load_runs, run_predictions
 from benchmark.results.tables import SIGNIFICANCE_METRIC, kind_of
 
 START, END = "<!-- precision-ablation:start -->", "<!-- precision-ablation:end -->"
@@ -83,7 +83,7 @@ def _table_key(rec: dict[str, Any]) -> tuple[str, str, str, str] | None:
 def _outputs(folder: Path, rec: dict[str, Any], labeled: bool) -> dict[Any, Any]:
     """Row -> P("Yes") (labeled) or user -> top-10 ids (ranking), from the bounded predictions file."""
     out: dict[Any, Any] = {}
-    for ln in read_predictions_bounded(folder / str(rec["predictions"]["file"])):
+    for ln in run_predictions(folder, rec):
         if labeled and _num(ln.get("score")) is not None:
             out[ln.get("row")] = float(ln["score"])
         elif not labeled and isinstance(ln.get("ranked"), list):

@@ -40,7 +40,7 @@ from benchmark.results.leaderboard import (
     _md_cell,
     aggregate,
     load_runs,
-    read_predictions_bounded,
+    run_predictions,
 )
 from benchmark.results.tables import SIGNIFICANCE_METRIC, kind_of
 
@@ -186,7 +186,7 @@ def selection_tables(rows: list[dict[str, Any]]) -> str:
 
 def _pool_groups(folder: Path, rec: dict[str, Any]) -> dict[str, tuple[str, float]]:
     """Per user group, the template the bandit chose most on the test rows and its share."""
-    lines = read_predictions_bounded(folder / str(rec["predictions"]["file"]))
+    lines = run_predictions(folder, rec)
     chosen: dict[str, Counter] = defaultdict(Counter)
     for ln in lines:
         fact = ln.get("prompt") if isinstance(ln, dict) else None
@@ -262,7 +262,7 @@ def pool_tests(runs: list[tuple[dict[str, Any], Path]]) -> list[dict[str, Any]]:
             arm_ids = [str(t["id"]) for t in pool["templates"]]
             best = str(pool["feedback"][spec[2]])
             got = paired_policy_values(
-                read_predictions_bounded(folder / str(rec["predictions"]["file"])), arm_ids, best, int(pool["seed"]), rank
+                run_predictions(folder, rec), arm_ids, best, int(pool["seed"]), rank
             )
             if got is None:
                 continue

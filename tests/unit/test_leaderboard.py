@@ -278,6 +278,23 @@ def test_a_record_with_a_repeated_key_is_skipped_with_a_warning(tmp_path):
     assert any("tiny-bpr-s1-" in w and "appears twice" in w for w in warnings)
 
 
+@pytest.mark.parametrize("name", ["../outside.jsonl.gz", "/abs/p.jsonl.gz", "link.jsonl.gz", "", 7])
+def test_run_predictions_reads_only_a_plain_file_inside_the_run_folder(tmp_path, name):
+    """Every reader of a run's predictions (leaderboard, prompt and precision tables) goes through
+    run_predictions: a name pointing outside the folder, a link or a non-name is refused."""
+    from benchmark.results.leaderboard import run_predictions
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    good = gzip.compress(b'{"user": "u1", "score": 0.5}\n')
+    (tmp_path / "outside.jsonl.gz").write_bytes(good)
+    (folder / "p.jsonl.gz").write_bytes(good)
+    (folder / "link.jsonl.gz").symlink_to(tmp_path / "outside.jsonl.gz")
+    assert run_predictions(folder, {"predictions": {"file": "p.jsonl.gz"}}) == [{"user": "u1", "score": 0.5}]
+    with pytest.raises(ValueError, match="predictions.file"):
+        run_predictions(folder, {"predictions": {"file": name}})
+
+
 @pytest.mark.parametrize("kind", ["missing", "empty", "only-unreadable"])
 def test_missing_or_empty_runs_folder_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, kind):
     runs = tmp_path / "runs"
